@@ -1,0 +1,213 @@
+//! The event domain: what a valid event is, before and after it is stored.
+//!
+//! Requests are validated once, here, at the boundary ([`NewEvent::try_from`]); the store only
+//! ever sees [`NewEvent`]s, so every rule about ids, types, sizes and timestamps lives in this
+//! module and nowhere else. The stored form is the public `events.v1.Event` message itself:
+//! encoding it once at commit time means GetEvent, ListEvents and SubscribeEvents serve the
+//! same bytes the writer made durable.
+
+pub mod filter;
+pub mod id;
+pub mod json;
+pub mod time;
+
+use std::collections::HashSet;
+
+use prost::Message;
+use prost_types::{Struct, Timestamp};
+
+use crate::error::Error;
+use crate::proto::{Event, PublishEventRequest};
+
+pub use filter::Filter;
+
+/// Most events one PublishEvents call may carry.
+pub const MAX_BATCH: usize = 1_000;
+/// Longest accepted event id and type.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest accepted `api_version` and `source`.
+pub const MAX_LABEL_LEN: usize = 64;
+
+/// Size limits that apply to every event, whatever path it arrives by.
+#[derive(Debug, Clone, Copy)]
+pub struct EventLimits {
+    /// Largest encoded `data` Struct, in bytes.
+    pub max_data_bytes: usize,
+}
+
+/// A validated event, ready to be committed. Fields the caller left out are `None`, so an
+/// idempotent repeat can be compared with exactly what the first caller supplied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The caller's id, or `None` to have one generated at commit.
+    pub id: Option<String>,
+    /// The event key, such as `charge.create`.
+    pub event_type: String,
+    /// The object snapshot.
+    pub data: Struct,
+    /// When the event happened, if the caller said.
+    pub created: Option<Timestamp>,
+    /// Live (true) or test (false).
+    pub livemode: bool,
+    /// Schema version of `data`; empty if not given.
+    pub api_version: String,
+    /// Producer name; empty if not given.
+    pub source: String,
+}
+
+impl NewEvent {
+    /// Validates one publish request. `field` prefixes the names in error messages, so a
+    /// batch entry reports `events[3].type` rather than `type`.
+    pub fn from_request(
+        req: PublishEventRequest,
+        limits: &EventLimits,
+        field: &str,
+    ) -> Result<Self, Error> {
+        let name = |f: &str| {
+            if field.is_empty() {
+                f.to_string()
+            } else {
+                format!("{field}.{f}")
+            }
+        };
+        let id = if req.id.is_empty() {
+            None
+        } else {
+            id::validate(&req.id).map_err(|reason| Error::invalid(name("id"), reason))?;
+            Some(req.id)
+        };
+        if req.r#type.is_empty() {
+            return Err(Error::invalid(name("type"), "is required"));
+        }
+        validate_type(&req.r#type).map_err(|reason| Error::invalid(name("type"), reason))?;
+        let Some(data) = req.data else {
+            return Err(Error::invalid(name("data"), "is required (a JSON object)"));
+        };
+        json::validate_struct(&data)
+            .map_err(|e| Error::invalid(name(&e.path("data")), e.reason))?;
+        let size = data.encoded_len();
+        if size > limits.max_data_bytes {
+            return Err(Error::invalid(
+                name("data"),
+                format!(
+                    "is {size} bytes encoded, over the {} byte limit",
+                    limits.max_data_bytes
+                ),
+            ));
+        }
+        if let Some(created) = &req.created {
+            time::validate(created).map_err(|reason| Error::invalid(name("created"), reason))?;
+        }
+        validate_label(&req.api_version).map_err(|r| Error::invalid(name("api_version"), r))?;
+        validate_label(&req.source).map_err(|r| Error::invalid(name("source"), r))?;
+        Ok(NewEvent {
+            id,
+            event_type: req.r#type,
+            data,
+            created: req.created,
+            livemode: req.livemode,
+            api_version: req.api_version,
+            source: req.source,
+        })
+    }
+
+    /// Validates a batch: 1 to [`MAX_BATCH`] events, each valid, no id twice.
+    pub fn batch_from_requests(
+        reqs: Vec<PublishEventRequest>,
+        limits: &EventLimits,
+    ) -> Result<Vec<Self>, Error> {
+        if reqs.is_empty() {
+            return Err(Error::invalid("events", "must hold at least one event"));
+        }
+        if reqs.len() > MAX_BATCH {
+            return Err(Error::invalid(
+                "events",
+                format!(
+                    "holds {} events, more than the {MAX_BATCH} allowed",
+                    reqs.len()
+                ),
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut events = Vec::with_capacity(reqs.len());
+        for (i, req) in reqs.into_iter().enumerate() {
+            let event = Self::from_request(req, limits, &format!("events[{i}]"))?;
+            if let Some(id) = &event.id {
+                if !seen.insert(id.clone()) {
+                    return Err(Error::invalid(
+                        format!("events[{i}].id"),
+                        format!("{id:?} appears more than once in the batch"),
+                    ));
+                }
+            }
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    /// Builds the stored event. `id` is the caller's or a generated one; `sequence` and
+    /// `received` are assigned by the committer.
+    pub fn into_event(self, id: String, sequence: u64, received: Timestamp) -> Event {
+        Event {
+            location: format!("/events/{id}"),
+            id,
+            r#type: self.event_type,
+            created: Some(self.created.unwrap_or(received)),
+            received: Some(received),
+            livemode: self.livemode,
+            data: Some(self.data),
+            api_version: self.api_version,
+            sequence,
+            source: self.source,
+        }
+    }
+
+    /// The first field in which this request differs from the stored event, or `None` when
+    /// the request is an exact repeat (fields the caller left out are not compared).
+    pub fn differs_from(&self, stored: &Event) -> Option<&'static str> {
+        if self.event_type != stored.r#type {
+            return Some("type");
+        }
+        if Some(&self.data) != stored.data.as_ref() {
+            return Some("data");
+        }
+        if self.livemode != stored.livemode {
+            return Some("livemode");
+        }
+        if self.api_version != stored.api_version {
+            return Some("api_version");
+        }
+        if self.source != stored.source {
+            return Some("source");
+        }
+        if self.created.is_some() && self.created != stored.created {
+            return Some("created");
+        }
+        None
+    }
+}
+
+/// Event types: 1–128 characters of `[A-Za-z0-9_.:/-]`. `*` is reserved for filters.
+pub fn validate_type(t: &str) -> Result<(), String> {
+    if t.is_empty() || t.len() > MAX_ID_LEN {
+        return Err(format!("must be 1 to {MAX_ID_LEN} characters"));
+    }
+    if let Some(c) = t
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-')))
+    {
+        return Err(format!("contains {c:?}; allowed are A-Z a-z 0-9 _ . : / -"));
+    }
+    Ok(())
+}
+
+/// `api_version` and `source`: optional, at most 64 printable characters.
+fn validate_label(s: &str) -> Result<(), String> {
+    if s.chars().count() > MAX_LABEL_LEN {
+        return Err(format!("is longer than {MAX_LABEL_LEN} characters"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err("contains a control character".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! Fan-out: SubscribeEvents streams, catch-up then live.
+//!
+//! Each subscription is one task that walks the store by sequence from its start position up
+//! to the durable point, sends the matching events, sends `caught_up` once, then sleeps until
+//! the durable point moves and walks on. There is no per-subscriber queue fed by publishers:
+//!
+//! - **Exactly once, in order, no gap**: the cursor is a sequence; every durable event above it
+//!   is read from the store in sequence order, so history and live are the same code path and
+//!   the switch between them cannot skip or repeat anything.
+//! - **Never before durable**: the store's reads stop at the durable point.
+//! - **Slow subscribers**: publishers never wait for a subscriber. A subscriber that reads
+//!   slowly simply stays behind the durable point and reads on from the store; its memory on
+//!   the server is one read batch plus a bounded send queue, whatever its lag.
+//! - **Disconnect**: the task watches its stream's receiver and ends as soon as the client is
+//!   gone, releasing everything.
+//! - **Shutdown**: the task ends the stream with UNAVAILABLE naming the last sequence
+//!   delivered, so the client can resume with `after_sequence`.
+
+pub mod subscription;
+
+pub use subscription::{spawn, Start, SubscribeEventsStream, SubscriptionConfig};

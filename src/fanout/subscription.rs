@@ -1,0 +1,206 @@
+//! One SubscribeEvents stream: its start position, its task, and its policy for lag,
+//! disconnect and shutdown (see the module header of `fanout`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost_types::Timestamp;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::Status;
+
+use crate::error::Error;
+use crate::event::{time, Filter};
+use crate::proto::{subscribe_events_response::Item, CaughtUp, Heartbeat, SubscribeEventsResponse};
+use crate::store::EventStore;
+
+/// The stream type tonic serves for SubscribeEvents.
+pub type SubscribeEventsStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<SubscribeEventsResponse, Status>> + Send>>;
+
+/// Events read from the store per step; bounds a subscriber's memory on the server.
+const READ_BATCH: usize = 256;
+/// Items queued towards the transport per subscriber.
+const SEND_QUEUE: usize = 64;
+
+/// Where a subscription begins.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    /// Only events committed after the subscription starts.
+    Now,
+    /// Every stored event.
+    Beginning,
+    /// Events with a sequence above this one.
+    After(u64),
+    /// Events created at or after this time (history and live alike).
+    Created(Timestamp),
+}
+
+/// Server-wide subscription settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscriptionConfig {
+    /// How often a heartbeat is sent.
+    pub heartbeat: Duration,
+}
+
+/// Resolves the start position and spawns the subscription's task on `tracker`.
+pub async fn spawn(
+    store: Arc<dyn EventStore>,
+    start: Start,
+    filter: Filter,
+    config: SubscriptionConfig,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<SubscribeEventsStream, Error> {
+    let durable = *store.durable().borrow();
+    let (cursor, created_from) = match start {
+        Start::Now => (durable, None),
+        Start::Beginning => (0, None),
+        Start::After(seq) if seq > durable => {
+            return Err(Error::OutOfRange {
+                field: "after_sequence",
+                reason: format!("{seq} is beyond the newest durable sequence {durable}"),
+            });
+        }
+        Start::After(seq) => (seq, None),
+        Start::Created(t) => {
+            time::validate(&t).map_err(|r| Error::invalid("from_created", r))?;
+            let first = store.first_sequence_created_from(t).await?;
+            (first.map_or(durable, |s| s - 1), Some(t))
+        }
+    };
+    let (tx, rx) = mpsc::channel(SEND_QUEUE);
+    let subscription = Subscription {
+        store,
+        filter,
+        created_from,
+        cursor,
+        tx,
+        config,
+        shutdown,
+    };
+    tracker.spawn(subscription.run());
+    Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+struct Subscription {
+    store: Arc<dyn EventStore>,
+    filter: Filter,
+    created_from: Option<Timestamp>,
+    /// Every matching event up to this sequence has been sent.
+    cursor: u64,
+    tx: mpsc::Sender<Result<SubscribeEventsResponse, Status>>,
+    config: SubscriptionConfig,
+    shutdown: CancellationToken,
+}
+
+/// Why a subscription task stops.
+enum Stop {
+    ClientGone,
+    Shutdown,
+    Failed(Error),
+}
+
+impl Subscription {
+    async fn run(mut self) {
+        let stop = self.serve().await;
+        let status = match stop {
+            Stop::ClientGone => return,
+            Stop::Shutdown => Status::unavailable(format!(
+                "eventsd is shutting down; resume with after_sequence={}",
+                self.cursor
+            )),
+            Stop::Failed(err) => Status::from(err),
+        };
+        // Best effort: the client may already be gone, or its queue full.
+        let _ = self.tx.try_send(Err(status));
+    }
+
+    async fn serve(&mut self) -> Stop {
+        let mut durable = self.store.durable();
+        let mut next_beat = Instant::now() + self.config.heartbeat;
+        let mut caught_up = false;
+        loop {
+            let newest = *durable.borrow_and_update();
+            while self.cursor < newest {
+                let batch = match self.store.read_from(self.cursor, READ_BATCH).await {
+                    Ok(batch) if !batch.is_empty() => batch,
+                    Ok(_) => break,
+                    Err(err) => return Stop::Failed(err),
+                };
+                for event in batch {
+                    let sequence = event.sequence;
+                    if self.wanted(&event) {
+                        let item = Item::Event(event);
+                        if let Err(stop) = self.send(item).await {
+                            return stop;
+                        }
+                    }
+                    self.cursor = sequence;
+                }
+                if Instant::now() >= next_beat {
+                    next_beat = Instant::now() + self.config.heartbeat;
+                    if let Err(stop) = self.send(self.heartbeat_item()).await {
+                        return stop;
+                    }
+                }
+            }
+            if !caught_up {
+                caught_up = true;
+                if let Err(stop) = self
+                    .send(Item::CaughtUp(CaughtUp {
+                        sequence: self.cursor,
+                    }))
+                    .await
+                {
+                    return stop;
+                }
+            }
+            tokio::select! {
+                changed = durable.changed() => {
+                    if changed.is_err() {
+                        return Stop::Shutdown;
+                    }
+                }
+                _ = sleep_until(next_beat) => {
+                    next_beat = Instant::now() + self.config.heartbeat;
+                    if let Err(stop) = self.send(self.heartbeat_item()).await {
+                        return stop;
+                    }
+                }
+                _ = self.shutdown.cancelled() => return Stop::Shutdown,
+                _ = self.tx.closed() => return Stop::ClientGone,
+            }
+        }
+    }
+
+    fn wanted(&self, event: &crate::proto::Event) -> bool {
+        self.filter.matches(event)
+            && self.created_from.as_ref().is_none_or(|from| {
+                event
+                    .created
+                    .as_ref()
+                    .is_some_and(|c| time::cmp(c, from).is_ge())
+            })
+    }
+
+    fn heartbeat_item(&self) -> Item {
+        Item::Heartbeat(Heartbeat {
+            sequence: self.cursor,
+            time: Some(time::now()),
+        })
+    }
+
+    /// Queues one item, giving up if the client leaves or the server shuts down meanwhile.
+    async fn send(&self, item: Item) -> Result<(), Stop> {
+        let response = SubscribeEventsResponse { item: Some(item) };
+        tokio::select! {
+            sent = self.tx.send(Ok(response)) => sent.map_err(|_| Stop::ClientGone),
+            _ = self.shutdown.cancelled() => Err(Stop::Shutdown),
+        }
+    }
+}

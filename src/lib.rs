@@ -1,0 +1,26 @@
+//! eventsd: a durable events service over gRPC, on an embedded sled store.
+//!
+//! Map of the crate, from the outside in:
+//! - [`config`]: command line and environment (`eventsd`, `eventsd serve`, `eventsd tail`).
+//! - [`server`]: `run(config, listeners, shutdown)`, the one entry point of `main` and tests.
+//! - [`api`]: the gRPC surface, `events.v1.EventService`; request validation at the boundary.
+//! - [`fanout`]: SubscribeEvents streams, catch-up then live, by sequence.
+//! - [`event`]: the domain: what a valid event is, ids, filters, JSON and time conversions.
+//! - [`store`]: the storage interface and the embedded backend with its group commit.
+//! - [`client`]: client subcommands for the terminal.
+//! - [`error`]: the one error type and its mapping to gRPC status codes.
+//! - [`proto`]: the generated `events.v1` code and descriptor set.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod fanout;
+pub mod proto;
+pub mod server;
+pub mod store;
+
+pub use config::ServeConfig;
+pub use error::Error;
+pub use server::{run, Listeners};

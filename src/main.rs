@@ -1,0 +1,42 @@
+//! The `eventsd` binary: tracing, configuration, bind, run. Everything else is in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use eventsd::config::{Cli, Command};
+use eventsd::server::{run, shutdown_signal, Listeners};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+        Command::Serve(config) => serve(config).await,
+        Command::Tail(args) => eventsd::client::tail(args)
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("eventsd: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: eventsd::ServeConfig) -> Result<(), String> {
+    let grpc = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    run(config, Listeners { grpc }, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,199 @@
+//! The embedded backend: one sled database in a local folder.
+//!
+//! Everything lives in one tree, `events` (layout in `keys.rs`), so a commit is one atomic
+//! `apply_batch` followed by one flush:
+//! - GetEvent reads `i{id}` then `e{seq}`: two point reads.
+//! - ListEvents walks the by-time index `c{mode}` (no type filter) or one by-type-time index
+//!   `t{type}\0{mode}` per matching type, merging the streams by (created, sequence), forward
+//!   or backward; only the entries of the page (plus the offset) are visited.
+//! - `total` is exact without a scan of the matching range: per-(mode, type) counters `n…`
+//!   are written in the same batch as the events, so a stream's total is known, and the count
+//!   of a range is whichever is cheaper of counting inside it or counting what lies outside
+//!   it and subtracting (both walks run in lockstep and the first to finish answers). The
+//!   default range (from 1970 to now) has nothing outside it, so its total costs nothing.
+//! - SubscribeEvents reads `e{seq}` forward from a sequence.
+//!
+//! Reads are bounded by the durable point published by the committer after each flush, so
+//! they never see an event a crash could still take away.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use prost::Message;
+use prost_types::Timestamp;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::Error;
+use crate::event::{time, NewEvent};
+use crate::proto::Event;
+use crate::store::commit::{Command, Committer, Counts, DurableState};
+use crate::store::{keys, list, EventStore, ListPage, ListQuery};
+
+/// How many commands may wait for the writer before publishers wait to enqueue.
+const QUEUE_DEPTH: usize = 8_192;
+
+/// Where and how to open the embedded store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The data folder (created if missing).
+    pub path: PathBuf,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+/// A cheap-to-clone handle on the embedded store.
+#[derive(Clone)]
+pub struct SledStore {
+    tree: sled::Tree,
+    commands: mpsc::Sender<Command>,
+    state: watch::Receiver<Arc<DurableState>>,
+    durable: watch::Receiver<u64>,
+    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store and starts its writer thread.
+    pub fn open(config: &StoreConfig) -> Result<Self, Error> {
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_bytes)
+            .open()?;
+        let tree = db.open_tree("events")?;
+        let last_seq = match tree.scan_prefix([keys::EVENT]).next_back() {
+            Some(entry) => {
+                let (key, _) = entry?;
+                keys::seq_of(&key).ok_or_else(|| Error::Corrupt("last event key".into()))?
+            }
+            None => 0,
+        };
+        let mut counts = Counts::new();
+        for entry in tree.scan_prefix([keys::COUNT]) {
+            let (key, value) = entry?;
+            let stream =
+                keys::parse_count(&key).ok_or_else(|| Error::Corrupt("count key".into()))?;
+            let n = keys::u64_value(&value).ok_or_else(|| Error::Corrupt("count value".into()))?;
+            counts.insert(stream, n);
+        }
+        let (state_tx, state) = watch::channel(Arc::new(DurableState {
+            sequence: last_seq,
+            counts: counts.clone(),
+        }));
+        let (durable_tx, durable) = watch::channel(last_seq);
+        let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
+        let committer = Committer::new(tree.clone(), last_seq, counts, state_tx, durable_tx);
+        let writer = std::thread::Builder::new()
+            .name("eventsd-commit".into())
+            .spawn(move || committer.run(rx))
+            .map_err(|e| Error::Storage(sled::Error::Io(e)))?;
+        Ok(SledStore {
+            tree,
+            commands,
+            state,
+            durable,
+            writer: Arc::new(Mutex::new(Some(writer))),
+        })
+    }
+
+    fn event_at(&self, seq: u64) -> Result<Option<Event>, Error> {
+        let Some(bytes) = self.tree.get(keys::event(seq))? else {
+            return Ok(None);
+        };
+        decode(seq, &bytes).map(Some)
+    }
+}
+
+/// Decodes a stored event record.
+pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<Event, Error> {
+    Event::decode(bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))
+}
+
+#[async_trait]
+impl EventStore for SledStore {
+    async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Append { events, reply })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Event>, Error> {
+        let Some(seq) = self.tree.get(keys::id(id))? else {
+            return Ok(None);
+        };
+        let seq =
+            keys::u64_value(&seq).ok_or_else(|| Error::Corrupt(format!("id index of {id:?}")))?;
+        if seq > *self.durable.borrow() {
+            return Ok(None);
+        }
+        self.event_at(seq)
+    }
+
+    async fn list(&self, query: ListQuery) -> Result<ListPage, Error> {
+        let tree = self.tree.clone();
+        let state = self.state.borrow().clone();
+        tokio::task::spawn_blocking(move || list::page(&tree, &state, &query))
+            .await
+            .map_err(|e| Error::Corrupt(format!("list task failed: {e}")))?
+    }
+
+    async fn read_from(&self, after: u64, max: usize) -> Result<Vec<Event>, Error> {
+        let durable = *self.durable.borrow();
+        if after >= durable || max == 0 {
+            return Ok(Vec::new());
+        }
+        let tree = self.tree.clone();
+        tokio::task::spawn_blocking(move || {
+            tree.range(keys::event(after + 1)..=keys::event(durable))
+                .take(max)
+                .map(|entry| {
+                    let (key, value) = entry?;
+                    decode(keys::seq_of(&key).unwrap_or_default(), &value)
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::Corrupt(format!("read task failed: {e}")))?
+    }
+
+    async fn first_sequence_created_from(&self, created: Timestamp) -> Result<Option<u64>, Error> {
+        let tree = self.tree.clone();
+        let durable = *self.durable.borrow();
+        tokio::task::spawn_blocking(move || {
+            let mut first: Option<u64> = None;
+            for mode in [false, true] {
+                let prefix = keys::created_prefix(mode);
+                let lo = keys::entry_floor(&prefix, &created);
+                let hi = keys::entry_ceiling(&prefix, &time::max());
+                for entry in tree.range(lo..=hi) {
+                    let (key, _) = entry?;
+                    let seq = keys::seq_of(&key).unwrap_or(u64::MAX);
+                    if seq <= durable && first.is_none_or(|f| seq < f) {
+                        first = Some(seq);
+                    }
+                }
+            }
+            Ok(first)
+        })
+        .await
+        .map_err(|e| Error::Corrupt(format!("scan task failed: {e}")))?
+    }
+
+    fn durable(&self) -> watch::Receiver<u64> {
+        self.durable.clone()
+    }
+
+    async fn close(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.commands.send(Command::Close { done }).await.is_ok() {
+            let _ = finished.await;
+        }
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}

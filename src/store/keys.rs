@@ -1,0 +1,98 @@
+//! Key layout of the embedded store's single sled tree. One tree keeps every write of a
+//! commit in one atomic `apply_batch`. Integers are big-endian so byte order is numeric order;
+//! times use [`crate::event::time::to_key`] (12 bytes, order-preserving).
+//!
+//! | prefix | key                                         | value                      |
+//! |--------|---------------------------------------------|----------------------------|
+//! | `e`    | `e` seq(8)                                  | the encoded `Event`        |
+//! | `i`    | `i` id                                      | seq(8)                     |
+//! | `c`    | `c` mode(1) created(12) seq(8)              | empty: by-time index       |
+//! | `t`    | `t` type 0x00 mode(1) created(12) seq(8)    | empty: by-type-time index  |
+//! | `n`    | `n` mode(1) type                            | count(8) of that stream    |
+//!
+//! Types never contain 0x00 (validated), so one type's prefix never covers another's.
+
+use prost_types::Timestamp;
+
+use crate::event::time;
+
+pub const EVENT: u8 = b'e';
+pub const ID: u8 = b'i';
+pub const COUNT: u8 = b'n';
+const CREATED: u8 = b'c';
+const TYPE: u8 = b't';
+
+/// Bytes after an index prefix: created(12) seq(8).
+pub const SUFFIX_LEN: usize = time::KEY_LEN + 8;
+
+pub fn event(seq: u64) -> [u8; 9] {
+    let mut k = [EVENT; 9];
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn id(id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.len());
+    k.push(ID);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub fn created_prefix(livemode: bool) -> Vec<u8> {
+    vec![CREATED, livemode as u8]
+}
+
+pub fn type_prefix(event_type: &str, livemode: bool) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + event_type.len());
+    k.push(TYPE);
+    k.extend_from_slice(event_type.as_bytes());
+    k.push(0);
+    k.push(livemode as u8);
+    k
+}
+
+pub fn count(livemode: bool, event_type: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + event_type.len());
+    k.push(COUNT);
+    k.push(livemode as u8);
+    k.extend_from_slice(event_type.as_bytes());
+    k
+}
+
+/// Parses a count key back into (livemode, type).
+pub fn parse_count(key: &[u8]) -> Option<(bool, String)> {
+    let [COUNT, mode, rest @ ..] = key else {
+        return None;
+    };
+    Some((*mode == 1, String::from_utf8(rest.to_vec()).ok()?))
+}
+
+/// An index entry key: prefix, then created, then sequence.
+pub fn entry(prefix: &[u8], created: &Timestamp, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + SUFFIX_LEN);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&time::to_key(created));
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The lowest possible entry key of `prefix` at time `t`.
+pub fn entry_floor(prefix: &[u8], t: &Timestamp) -> Vec<u8> {
+    entry(prefix, t, 0)
+}
+
+/// The highest possible entry key of `prefix` at time `t`.
+pub fn entry_ceiling(prefix: &[u8], t: &Timestamp) -> Vec<u8> {
+    entry(prefix, t, u64::MAX)
+}
+
+/// The last 8 bytes of an event or index key, as a sequence.
+pub fn seq_of(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+/// Decodes a stored big-endian u64 value.
+pub fn u64_value(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.try_into().ok()?))
+}

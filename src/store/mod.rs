@@ -1,0 +1,115 @@
+//! Storage: the narrow interface every backend implements, and the embedded sled backend.
+//!
+//! The interface is five operations: append a batch, get by id, list a range, read from a
+//! sequence, and watch the durable point. It promises:
+//! - `append` returns only once every event of the batch is durable, and a batch is stored
+//!   atomically and in order (all or nothing).
+//! - `sequence` starts at 1 and grows by exactly one per stored event.
+//! - No read returns an event whose sequence is above the durable point, so a crash can never
+//!   erase an event a reader has seen or reuse its sequence.
+//!
+//! The embedded backend lives in [`embedded`] (trees and indexes explained there), its group
+//! commit in [`commit`], and list/count over its indexes in [`list`].
+
+pub mod commit;
+pub mod embedded;
+mod keys;
+pub mod list;
+
+use async_trait::async_trait;
+use prost_types::Timestamp;
+use tokio::sync::watch;
+
+use crate::error::Error;
+use crate::event::{Filter, NewEvent};
+use crate::proto::Event;
+
+pub use embedded::{SledStore, StoreConfig};
+
+/// A listing's sort direction, by (created, sequence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Earliest first.
+    Chronological,
+    /// Latest first.
+    ReverseChronological,
+}
+
+/// Where a listing stopped: the (created, sequence) of the last event returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// The last event's `created`.
+    pub created: Timestamp,
+    /// The last event's sequence.
+    pub sequence: u64,
+}
+
+/// Continues a listing as the consistent view of its first page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The durable sequence the first page saw; later events are not part of the view.
+    pub snapshot: u64,
+    /// The last event already returned.
+    pub after: Position,
+    /// The total the first page counted.
+    pub total: u64,
+}
+
+/// One page request, already validated.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// Earliest `created`, inclusive.
+    pub from: Timestamp,
+    /// Latest `created`, inclusive.
+    pub to: Timestamp,
+    /// Sort direction.
+    pub direction: Direction,
+    /// Type and livemode filter.
+    pub filter: Filter,
+    /// Matching events to skip before the page (first page only).
+    pub offset: usize,
+    /// Page size.
+    pub limit: usize,
+    /// Set for pages after the first.
+    pub resume: Option<Resume>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    /// The page's events, in order.
+    pub events: Vec<Event>,
+    /// Exact count of matching events in the view.
+    pub total: u64,
+    /// The durable sequence that bounds the view.
+    pub snapshot: u64,
+    /// Whether matching events follow this page.
+    pub has_more: bool,
+}
+
+/// What a storage backend offers eventsd. See the module header for the promises.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Stores a batch atomically and in order; returns the stored events once durable.
+    /// Events whose caller-supplied id is already stored with equal fields come back as
+    /// stored (idempotent repeat); a difference is [`Error::AlreadyExists`].
+    async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, Error>;
+
+    /// The durable event with this id, if any.
+    async fn get(&self, id: &str) -> Result<Option<Event>, Error>;
+
+    /// One page of events in a time range, with the exact total.
+    async fn list(&self, query: ListQuery) -> Result<ListPage, Error>;
+
+    /// Up to `max` durable events with a sequence above `after`, in sequence order.
+    async fn read_from(&self, after: u64, max: usize) -> Result<Vec<Event>, Error>;
+
+    /// The lowest sequence among durable events created at or after `created`, if any.
+    async fn first_sequence_created_from(&self, created: Timestamp) -> Result<Option<u64>, Error>;
+
+    /// The newest durable sequence, updated after every commit.
+    fn durable(&self) -> watch::Receiver<u64>;
+
+    /// Finishes queued writes, flushes, and stops accepting new ones.
+    async fn close(&self);
+}
