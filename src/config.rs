@@ -38,6 +38,10 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// HTTP listen address: webhook receivers, `POST /events`, `GET /healthz`.
+    #[arg(long, env = "EVENTSD_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+
     /// Folder holding the event store (created if missing).
     #[arg(long, env = "EVENTSD_DATA_DIR", default_value = "eventsd-data")]
     pub data_dir: PathBuf,
@@ -53,6 +57,35 @@ pub struct ServeConfig {
     /// Page cache of the embedded store, in bytes.
     #[arg(long, env = "EVENTSD_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub cache_bytes: u64,
+
+    /// A webhook signing secret as SOURCE=SECRET (omise, komoju, stripe, or a Standard
+    /// Webhooks source name). Repeat it to give one source two secrets during a rotation.
+    /// Prefer the environment variable (comma-separated) or --webhook-secrets-file, which keep
+    /// secrets out of process listings.
+    #[arg(long = "webhook-secret", env = "EVENTSD_WEBHOOK_SECRET", value_delimiter = ',',
+          value_name = "SOURCE=SECRET", value_parser = parse_webhook_secret, hide_env_values = true)]
+    pub webhook_secrets: Vec<WebhookSecret>,
+
+    /// A file of SOURCE=SECRET lines (blank lines and # comments ignored), read at start.
+    #[arg(long, env = "EVENTSD_WEBHOOK_SECRETS_FILE", value_name = "FILE")]
+    pub webhook_secrets_file: Option<PathBuf>,
+
+    /// Declare a Standard Webhooks source without a secret (accepted unsigned only while the
+    /// HTTP listener is on loopback). Sources with a secret need no declaration.
+    #[arg(long = "webhook-source", env = "EVENTSD_WEBHOOK_SOURCE", value_delimiter = ',', value_name = "NAME")]
+    pub webhook_sources: Vec<String>,
+
+    /// How far a signed webhook timestamp may be from the server's clock.
+    #[arg(long, env = "EVENTSD_WEBHOOK_TOLERANCE", default_value = "300s", value_parser = parse_duration)]
+    pub webhook_tolerance: Duration,
+
+    /// KOMOJU deliveries carry no livemode: store them as live (true) or test (false).
+    #[arg(long, env = "EVENTSD_KOMOJU_LIVEMODE", default_value_t = false)]
+    pub komoju_livemode: bool,
+
+    /// Largest accepted HTTP request body, in bytes.
+    #[arg(long, env = "EVENTSD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
 
     /// Interval between SubscribeEvents heartbeats, such as `15s` or `500ms`.
     #[arg(long, env = "EVENTSD_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration)]
@@ -87,6 +120,46 @@ pub struct TailArgs {
     /// Resume after this sequence.
     #[arg(long)]
     pub after: Option<u64>,
+}
+
+/// A webhook secret for one source. Its `Debug` form never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecret {
+    /// The source name, lowercase: `omise`, `komoju`, `stripe` or a Standard Webhooks source.
+    pub source: String,
+    /// The secret as given.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WebhookSecret({}=<redacted>)", self.source)
+    }
+}
+
+/// Parses `SOURCE=SECRET`; the error never repeats the secret.
+pub fn parse_webhook_secret(text: &str) -> Result<WebhookSecret, String> {
+    let Some((source, secret)) = text.split_once('=') else {
+        return Err("expected SOURCE=SECRET".into());
+    };
+    let source = source.trim().to_ascii_lowercase();
+    validate_source_name(&source)?;
+    if secret.is_empty() {
+        return Err(format!("the secret for {source} is empty"));
+    }
+    Ok(WebhookSecret { source, secret: secret.to_string() })
+}
+
+/// Source names: 1–64 characters of `[a-z0-9_-]`, as they appear in `/webhooks/{source}`.
+pub fn validate_source_name(source: &str) -> Result<(), String> {
+    let ok = !source.is_empty()
+        && source.len() <= 64
+        && source.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("source name {source:?} must be 1 to 64 characters of a-z 0-9 _ -"))
+    }
 }
 
 /// Parses `15s`, `500ms`, `2m`, `1h`, `30d` (and combinations such as `1h30m`).

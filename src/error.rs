@@ -4,6 +4,8 @@
 //! causes (storage, corruption) are logged in full where they are mapped, and the client gets
 //! a generic message: storage paths and sled internals never leave the process.
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use tonic::{Code, Status};
 
 /// Everything that can go wrong in eventsd.
@@ -48,6 +50,24 @@ pub enum Error {
     /// The store failed; the write was not acknowledged.
     #[error("storage error: {0}")]
     Storage(#[from] sled::Error),
+    /// A webhook signature or credential is missing or wrong.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// No webhook route is configured under this source name.
+    #[error("no webhook source named {0:?} is configured")]
+    UnknownSource(String),
+    /// An HTTP body is larger than allowed.
+    #[error("request body is larger than the {limit} byte limit")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// An HTTP body is not declared as JSON.
+    #[error("content type must be application/json (got {0:?})")]
+    UnsupportedMediaType(String),
+    /// An HTTP body is not well-formed JSON.
+    #[error("body is not valid JSON: {0}")]
+    MalformedJson(String),
     /// The server could not start or serve (bind, reflection, transport).
     #[error("{0}")]
     Startup(String),
@@ -75,6 +95,10 @@ impl From<Error> for Status {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
             Error::OutOfRange { .. } => Code::OutOfRange,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::UnknownSource(_) => Code::NotFound,
+            Error::PayloadTooLarge { .. } => Code::ResourceExhausted,
+            Error::UnsupportedMediaType(_) | Error::MalformedJson(_) => Code::InvalidArgument,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::ShuttingDown | Error::WritesDisabled => Code::Unavailable,
             Error::Storage(_) | Error::Corrupt(_) | Error::Startup(_) | Error::Io(_) => {
@@ -83,5 +107,44 @@ impl From<Error> for Status {
             }
         };
         Status::new(code, err.to_string())
+    }
+}
+
+impl Error {
+    /// The HTTP status and the short error code of the JSON error body.
+    fn http_status(&self) -> (StatusCode, &'static str) {
+        match self {
+            Error::InvalidArgument { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument"),
+            Error::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            Error::OutOfRange { .. } => (StatusCode::BAD_REQUEST, "out_of_range"),
+            Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Error::NotFound { .. } | Error::UnknownSource(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::AlreadyExists { .. } => (StatusCode::CONFLICT, "already_exists"),
+            Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Error::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Error::ShuttingDown | Error::WritesDisabled => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            Error::Storage(_) | Error::Corrupt(_) | Error::Startup(_) | Error::Io(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        }
+    }
+}
+
+/// HTTP errors are JSON in the Omise error shape: `{"object": "error", "code", "message"}`.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = self.http_status();
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self, "internal error");
+            "internal storage error (details are in the server log)".to_string()
+        } else {
+            self.to_string()
+        };
+        let body = serde_json::json!({ "object": "error", "code": code, "message": message });
+        (status, axum::Json(body)).into_response()
     }
 }

@@ -36,7 +36,10 @@ async fn serve(config: eventsd::ServeConfig) -> Result<(), String> {
     let grpc = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    run(config, Listeners { grpc }, shutdown_signal())
+    let http = TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.http_listen))?;
+    run(config, Listeners { grpc, http }, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }

@@ -3,7 +3,7 @@
 //! the listeners it is given, and on shutdown stops accepting, ends subscription streams with
 //! UNAVAILABLE, lets in-flight calls finish, flushes the store and returns.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -17,6 +17,8 @@ use crate::config::ServeConfig;
 use crate::error::Error;
 use crate::event::EventLimits;
 use crate::fanout::SubscriptionConfig;
+use crate::ingest::http::{router, IngestState};
+use crate::ingest::sources::WebhookConfig;
 use crate::proto::event_service_server::EventServiceServer;
 use crate::store::{EventStore, SledStore, StoreConfig};
 
@@ -24,6 +26,8 @@ use crate::store::{EventStore, SledStore, StoreConfig};
 pub struct Listeners {
     /// gRPC.
     pub grpc: TcpListener,
+    /// HTTP: webhook ingest, `POST /events`, health.
+    pub http: TcpListener,
 }
 
 /// Serves until `shutdown` completes, then shuts down cleanly.
@@ -32,6 +36,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let http_addr = listeners.http.local_addr()?;
+    let webhooks = WebhookConfig::from_config(&config, http_addr.ip().is_loopback())?;
     let store = SledStore::open(&StoreConfig {
         path: config.data_dir.clone(),
         cache_bytes: config.cache_bytes,
@@ -47,11 +53,16 @@ pub async fn run(
         }
     });
 
+    let limits = EventLimits { max_data_bytes: config.max_data_bytes };
+    let http = router(IngestState {
+        store: store.clone(),
+        limits,
+        webhooks: Arc::new(webhooks),
+        max_body_bytes: config.max_body_bytes,
+    });
     let api = EventsApi::new(
         store.clone(),
-        EventLimits {
-            max_data_bytes: config.max_data_bytes,
-        },
+        limits,
         SubscriptionConfig {
             heartbeat: config.heartbeat_interval,
         },
@@ -77,18 +88,22 @@ pub async fn run(
     let grpc_addr = listeners.grpc.local_addr()?;
     tracing::info!(
         grpc = %grpc_addr,
+        http = %http_addr,
         data_dir = %config.data_dir.display(),
         durable_sequence = *store.durable().borrow(),
         "eventsd serving"
     );
     let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
-    let served = Server::builder()
+    let grpc = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(events)
-        .serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned())
-        .await;
+        .serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned());
+    let http = axum::serve(listeners.http, http)
+        .with_graceful_shutdown(token.clone().cancelled_owned())
+        .into_future();
+    let (grpc_served, http_served) = tokio::join!(grpc, http);
 
     tracing::info!("shutting down: draining subscriptions and flushing the store");
     health
@@ -97,7 +112,8 @@ pub async fn run(
     tasks.close();
     tasks.wait().await;
     store.close().await;
-    served.map_err(|e| Error::Startup(format!("gRPC server: {e}")))?;
+    grpc_served.map_err(|e| Error::Startup(format!("gRPC server: {e}")))?;
+    http_served.map_err(|e| Error::Startup(format!("HTTP server: {e}")))?;
     tracing::info!("eventsd stopped");
     Ok(())
 }

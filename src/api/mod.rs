@@ -60,10 +60,10 @@ impl EventService for EventsApi {
     ) -> Result<Response<Event>, Status> {
         let event = NewEvent::from_request(request.into_inner(), &self.limits, "")?;
         let mut stored = self.store.append(vec![event]).await?;
-        let event = stored
+        let appended = stored
             .pop()
             .ok_or_else(|| Status::internal("the store returned no event"))?;
-        Ok(Response::new(event))
+        Ok(Response::new(appended.event))
     }
 
     async fn publish_events(
@@ -71,7 +71,8 @@ impl EventService for EventsApi {
         request: Request<PublishEventsRequest>,
     ) -> Result<Response<PublishEventsResponse>, Status> {
         let events = NewEvent::batch_from_requests(request.into_inner().events, &self.limits)?;
-        let events = self.store.append(events).await?;
+        let stored = self.store.append(events).await?;
+        let events = stored.into_iter().map(|a| a.event).collect();
         Ok(Response::new(PublishEventsResponse { events }))
     }
 

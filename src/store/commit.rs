@@ -18,6 +18,7 @@
 //!   followed by another that reuses its sequences.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use prost::Message;
@@ -26,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::Error;
 use crate::event::{id, time, NewEvent};
 use crate::proto::Event;
-use crate::store::keys;
+use crate::store::{keys, Appended};
 
 /// Most events staged into one round (one sled batch, one flush).
 pub const MAX_ROUND_EVENTS: usize = 4_096;
@@ -50,7 +51,7 @@ pub enum Command {
         /// The validated events, in order.
         events: Vec<NewEvent>,
         /// Where the answer goes; a dropped receiver does not stop the write.
-        reply: oneshot::Sender<Result<Vec<Event>, Error>>,
+        reply: oneshot::Sender<Result<Vec<Appended>, Error>>,
     },
     /// Finish what is queued before this, flush, and stop.
     Close {
@@ -64,15 +65,15 @@ pub struct Committer {
     tree: sled::Tree,
     last_seq: u64,
     counts: Counts,
-    failed: bool,
+    failed: Arc<AtomicBool>,
     state: watch::Sender<Arc<DurableState>>,
     durable: watch::Sender<u64>,
 }
 
 /// Where a request's answer goes, and the answer.
 type Reply = (
-    oneshot::Sender<Result<Vec<Event>, Error>>,
-    Result<Vec<Event>, Error>,
+    oneshot::Sender<Result<Vec<Appended>, Error>>,
+    Result<Vec<Appended>, Error>,
 );
 
 /// One round's staged work.
@@ -100,15 +101,9 @@ impl Committer {
         counts: Counts,
         state: watch::Sender<Arc<DurableState>>,
         durable: watch::Sender<u64>,
+        failed: Arc<AtomicBool>,
     ) -> Self {
-        Committer {
-            tree,
-            last_seq,
-            counts,
-            failed: false,
-            state,
-            durable,
-        }
+        Committer { tree, last_seq, counts, failed, state, durable }
     }
 
     /// The writer loop; returns when closed or when every sender is gone.
@@ -122,6 +117,7 @@ impl Committer {
             }
             self.commit(round);
             if let Some(done) = close {
+                self.failed.store(true, Ordering::Relaxed);
                 let _ = done.send(());
                 return;
             }
@@ -140,8 +136,8 @@ impl Committer {
     }
 
     /// Stages one request into the round, all or nothing.
-    fn stage(&mut self, events: Vec<NewEvent>, round: &mut Round) -> Result<Vec<Event>, Error> {
-        if self.failed {
+    fn stage(&mut self, events: Vec<NewEvent>, round: &mut Round) -> Result<Vec<Appended>, Error> {
+        if self.failed.load(Ordering::Relaxed) {
             return Err(Error::WritesDisabled);
         }
         let resolved = events
@@ -152,10 +148,10 @@ impl Committer {
         let mut out = Vec::with_capacity(resolved.len());
         for r in resolved {
             match r {
-                Resolved::Existing(event) => out.push(event),
+                Resolved::Existing(event) => out.push(Appended { event, new: false }),
                 Resolved::New(new, id) => {
                     let event = self.stage_new(new, id, received, round);
-                    out.push(event);
+                    out.push(Appended { event, new: true });
                 }
             }
         }
@@ -265,7 +261,7 @@ impl Committer {
                 .and_then(|()| self.tree.flush().map(drop));
             if let Err(err) = written {
                 tracing::error!(error = %err, "commit failed; refusing further writes");
-                self.failed = true;
+                self.failed.store(true, Ordering::Relaxed);
                 for (reply, _) in replies {
                     let _ = reply.send(Err(Error::Storage(err.clone())));
                 }

@@ -17,6 +17,7 @@
 //! they never see an event a crash could still take away.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -29,7 +30,7 @@ use crate::error::Error;
 use crate::event::{time, NewEvent};
 use crate::proto::Event;
 use crate::store::commit::{Command, Committer, Counts, DurableState};
-use crate::store::{keys, list, EventStore, ListPage, ListQuery};
+use crate::store::{keys, list, Appended, EventStore, ListPage, ListQuery};
 
 /// How many commands may wait for the writer before publishers wait to enqueue.
 const QUEUE_DEPTH: usize = 8_192;
@@ -51,6 +52,8 @@ pub struct SledStore {
     state: watch::Receiver<Arc<DurableState>>,
     durable: watch::Receiver<u64>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Set by the writer after a storage error or on close.
+    read_only: Arc<AtomicBool>,
 }
 
 impl SledStore {
@@ -82,7 +85,15 @@ impl SledStore {
         }));
         let (durable_tx, durable) = watch::channel(last_seq);
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
-        let committer = Committer::new(tree.clone(), last_seq, counts, state_tx, durable_tx);
+        let read_only = Arc::new(AtomicBool::new(false));
+        let committer = Committer::new(
+            tree.clone(),
+            last_seq,
+            counts,
+            state_tx,
+            durable_tx,
+            read_only.clone(),
+        );
         let writer = std::thread::Builder::new()
             .name("eventsd-commit".into())
             .spawn(move || committer.run(rx))
@@ -93,6 +104,7 @@ impl SledStore {
             state,
             durable,
             writer: Arc::new(Mutex::new(Some(writer))),
+            read_only,
         })
     }
 
@@ -111,7 +123,11 @@ pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<Event, Error> {
 
 #[async_trait]
 impl EventStore for SledStore {
-    async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, Error> {
+    fn writable(&self) -> bool {
+        !self.read_only.load(Ordering::Relaxed)
+    }
+
+    async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, Error> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Append { events, reply })

@@ -87,13 +87,25 @@ pub struct ListPage {
     pub has_more: bool,
 }
 
+/// One event of an append, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    /// The stored event.
+    pub event: Event,
+    /// True if this append stored it; false for an idempotent repeat of a stored event.
+    pub new: bool,
+}
+
 /// What a storage backend offers eventsd. See the module header for the promises.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Stores a batch atomically and in order; returns the stored events once durable.
     /// Events whose caller-supplied id is already stored with equal fields come back as
     /// stored (idempotent repeat); a difference is [`Error::AlreadyExists`].
-    async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, Error>;
+    async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, Error>;
+
+    /// Whether the store accepts writes (false after a storage error or once closed).
+    fn writable(&self) -> bool;
 
     /// The durable event with this id, if any.
     async fn get(&self, id: &str) -> Result<Option<Event>, Error>;

@@ -1,0 +1,229 @@
+//! The HTTP router: webhook receivers, `POST /events` and `GET /healthz`.
+//!
+//! Order of checks for a delivery, cheapest and least revealing first: route (404), content
+//! type (415), body size (413), signature (401), JSON (400), envelope and event rules (422,
+//! naming the field), then the durable append: 201 for a new event, 200 for a redelivery of
+//! the same event, 409 for the same id with different content. Errors are JSON in the Omise
+//! error shape (`error.rs`).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Map, Value};
+
+use crate::error::Error;
+use crate::event::json::{event_to_json, object_to_struct};
+use crate::event::{time, EventLimits, NewEvent};
+use crate::ingest::sources::WebhookConfig;
+use crate::ingest::webhook::envelope::{self, WebhookEvent};
+use crate::ingest::webhook::signature::{self, Provider};
+use crate::proto::PublishEventRequest;
+use crate::store::{Appended, EventStore};
+
+/// What the HTTP handlers share: cheap-to-clone handles.
+#[derive(Clone)]
+pub struct IngestState {
+    /// The event store.
+    pub store: Arc<dyn EventStore>,
+    /// Event size limits (shared with gRPC).
+    pub limits: EventLimits,
+    /// Webhook routes and secrets.
+    pub webhooks: Arc<WebhookConfig>,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+}
+
+/// The HTTP routes.
+pub fn router(state: IngestState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/events", post(publish))
+        .route("/webhooks/{source}", post(webhook))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// 200 while the store accepts writes, 503 otherwise.
+async fn healthz(State(state): State<IngestState>) -> Response {
+    if state.store.writable() {
+        (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response()
+    } else {
+        let body = serde_json::json!({ "status": "unavailable", "reason": "the store does not accept writes" });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+/// `POST /webhooks/{source}`: one provider delivery.
+async fn webhook(
+    State(state): State<IngestState>,
+    Path(source_name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Error> {
+    let source = state
+        .webhooks
+        .sources
+        .get(&source_name)
+        .ok_or_else(|| Error::UnknownSource(source_name.clone()))?;
+    require_json(&headers)?;
+    let body = body_bytes(body, state.max_body_bytes)?;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    if !source.secrets.is_empty() {
+        let tolerance = chrono::Duration::from_std(state.webhooks.tolerance)
+            .unwrap_or(chrono::Duration::seconds(300));
+        signature::verify(source.provider, &source.secrets, &header, &body, chrono::Utc::now(), tolerance)
+            .map_err(|e| Error::Unauthenticated(e.to_string()))?;
+    } else if !state.webhooks.accept_unsigned {
+        return Err(Error::Unauthenticated(format!(
+            "no webhook secret is configured for {source_name}; unsigned deliveries are accepted only on a loopback listener"
+        )));
+    }
+    let json = parse_json(&body)?;
+    let webhook_id = header("webhook-id");
+    let delivery = envelope::parse(source.provider, &json, webhook_id.as_deref())
+        .map_err(envelope_error)?;
+    let livemode = match source.provider {
+        Provider::Komoju => state.webhooks.komoju_livemode,
+        _ => delivery.livemode.unwrap_or(false),
+    };
+    let request = webhook_request(delivery, livemode, &source_name)?;
+    let event = NewEvent::from_request(request, &state.limits, "")?;
+    append_one(&state, event).await
+}
+
+/// `POST /events`: the proto3 JSON form of PublishEventRequest.
+async fn publish(
+    State(state): State<IngestState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Error> {
+    require_json(&headers)?;
+    let body = body_bytes(body, state.max_body_bytes)?;
+    let json = parse_json(&body)?;
+    let request = publish_request(&json)?;
+    let event = NewEvent::from_request(request, &state.limits, "")?;
+    append_one(&state, event).await
+}
+
+async fn append_one(state: &IngestState, event: NewEvent) -> Result<Response, Error> {
+    let mut stored = state.store.append(vec![event]).await?;
+    let Some(Appended { event, new }) = stored.pop() else {
+        return Err(Error::Corrupt("the store returned no event".into()));
+    };
+    let status = if new { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(event_to_json(&event))).into_response())
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), Error> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedMediaType(content_type))
+    }
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, Error> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::PayloadTooLarge { limit }
+        } else {
+            Error::MalformedJson(rejection.body_text())
+        }
+    })
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::MalformedJson(e.to_string()))
+}
+
+/// An envelope error as a 422 naming the field.
+fn envelope_error(err: envelope::EnvelopeError) -> Error {
+    match err {
+        envelope::EnvelopeError::Missing(field) => Error::invalid(field, "is required"),
+        envelope::EnvelopeError::WrongType { field, expected } => {
+            Error::invalid(field, format!("must be {expected}"))
+        }
+        envelope::EnvelopeError::Invalid { field, reason } => Error::invalid(field, reason),
+    }
+}
+
+/// A webhook delivery as a publish request; `data` must convert to a Struct exactly.
+fn webhook_request(
+    delivery: WebhookEvent,
+    livemode: bool,
+    source: &str,
+) -> Result<PublishEventRequest, Error> {
+    let data = object_to_struct(&delivery.data).map_err(|e| Error::invalid(e.path("data"), e.reason))?;
+    Ok(PublishEventRequest {
+        id: delivery.id,
+        r#type: delivery.event_type,
+        data: Some(data),
+        created: delivery.created.map(time::from_chrono),
+        livemode,
+        api_version: delivery.api_version.unwrap_or_default(),
+        source: source.to_string(),
+    })
+}
+
+/// Reads the proto3 JSON form of PublishEventRequest, naming the field at fault.
+fn publish_request(json: &Value) -> Result<PublishEventRequest, Error> {
+    let Some(object) = json.as_object() else {
+        return Err(Error::invalid("body", "must be a JSON object"));
+    };
+    let mut request = PublishEventRequest::default();
+    for (key, value) in object {
+        match key.as_str() {
+            "id" => request.id = string_field(value, "id")?,
+            "type" => request.r#type = string_field(value, "type")?,
+            "source" => request.source = string_field(value, "source")?,
+            "api_version" | "apiVersion" => request.api_version = string_field(value, "api_version")?,
+            "livemode" => {
+                request.livemode = value
+                    .as_bool()
+                    .ok_or_else(|| Error::invalid("livemode", "must be true or false"))?;
+            }
+            "created" => {
+                let text = value
+                    .as_str()
+                    .ok_or_else(|| Error::invalid("created", "must be an RFC 3339 timestamp string"))?;
+                let parsed = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| {
+                    Error::invalid("created", format!("must be an RFC 3339 timestamp ({e})"))
+                })?;
+                request.created = Some(time::from_chrono(parsed.to_utc()));
+            }
+            "data" => {
+                let map: &Map<String, Value> = value
+                    .as_object()
+                    .ok_or_else(|| Error::invalid("data", "must be a JSON object"))?;
+                let data = object_to_struct(map).map_err(|e| Error::invalid(e.path("data"), e.reason))?;
+                request.data = Some(data);
+            }
+            other => return Err(Error::invalid(other, "is not a field of PublishEventRequest")),
+        }
+    }
+    Ok(request)
+}
+
+fn string_field(value: &Value, field: &str) -> Result<String, Error> {
+    value
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::invalid(field, "must be a string"))
+}
