@@ -29,6 +29,9 @@ pub enum Command {
     Serve(ServeConfig),
     /// Subscribe and print events as JSON lines, resuming after a dropped connection.
     Tail(TailArgs),
+    /// Verify a stopped server's store offline: records, sequence continuity, indexes,
+    /// counters and the ack record. Exits non-zero if anything is wrong.
+    Check(CheckArgs),
 }
 
 /// Server settings.
@@ -54,6 +57,11 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_request_bytes: usize,
 
+    /// Which failures an acknowledged event survives: power-loss adds an fdatasync of the
+    /// store's files to every group commit; process-crash relies on sled's flush alone.
+    #[arg(long, env = "EVENTSD_DURABILITY", value_enum, default_value = "power-loss")]
+    pub durability: crate::store::Durability,
+
     /// Page cache of the embedded store, in bytes.
     #[arg(long, env = "EVENTSD_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub cache_bytes: u64,
@@ -72,7 +80,12 @@ pub struct ServeConfig {
 
     /// Declare a Standard Webhooks source without a secret (accepted unsigned only while the
     /// HTTP listener is on loopback). Sources with a secret need no declaration.
-    #[arg(long = "webhook-source", env = "EVENTSD_WEBHOOK_SOURCE", value_delimiter = ',', value_name = "NAME")]
+    #[arg(
+        long = "webhook-source",
+        env = "EVENTSD_WEBHOOK_SOURCE",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
     pub webhook_sources: Vec<String>,
 
     /// How far a signed webhook timestamp may be from the server's clock.
@@ -99,6 +112,14 @@ impl ServeConfig {
         config.data_dir = data_dir.into();
         config
     }
+}
+
+/// `eventsd check` settings.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Folder holding the event store.
+    #[arg(long, env = "EVENTSD_DATA_DIR", default_value = "eventsd-data")]
+    pub data_dir: PathBuf,
 }
 
 /// `eventsd tail` settings.
@@ -154,7 +175,9 @@ pub fn parse_webhook_secret(text: &str) -> Result<WebhookSecret, String> {
 pub fn validate_source_name(source: &str) -> Result<(), String> {
     let ok = !source.is_empty()
         && source.len() <= 64
-        && source.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        && source
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     if ok {
         Ok(())
     } else {

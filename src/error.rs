@@ -82,10 +82,7 @@ pub enum Error {
 impl Error {
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::InvalidArgument {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Error::InvalidArgument { field: field.into(), reason: reason.into() }
     }
 }
 
@@ -118,7 +115,9 @@ impl Error {
             Error::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             Error::OutOfRange { .. } => (StatusCode::BAD_REQUEST, "out_of_range"),
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
-            Error::NotFound { .. } | Error::UnknownSource(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::NotFound { .. } | Error::UnknownSource(_) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
             Error::AlreadyExists { .. } => (StatusCode::CONFLICT, "already_exists"),
             Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Error::UnsupportedMediaType(_) => {

@@ -19,6 +19,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(config) => serve(config).await,
+        Command::Check(args) => check(&args.data_dir),
         Command::Tail(args) => eventsd::client::tail(args)
             .await
             .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
@@ -39,7 +40,25 @@ async fn serve(config: eventsd::ServeConfig) -> Result<(), String> {
     let http = TcpListener::bind(config.http_listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.http_listen))?;
-    run(config, Listeners { grpc, http }, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    run(config, Listeners { grpc, http }, shutdown_signal()).await.map_err(|e| e.to_string())
+}
+
+fn check(dir: &std::path::Path) -> Result<(), String> {
+    let report = eventsd::store::check::check(dir).map_err(|e| e.to_string())?;
+    let range = report.range.map_or("none".to_string(), |(a, b)| format!("{a}..={b}"));
+    let acked = report.acked.map_or("none".to_string(), |a| a.to_string());
+    println!(
+        "{}: {} events, sequences {range}, acknowledged up to {acked}",
+        dir.display(),
+        report.events
+    );
+    for problem in &report.problems {
+        println!("problem: {problem}");
+    }
+    if report.is_ok() {
+        println!("ok");
+        Ok(())
+    } else {
+        Err(format!("{} problem(s) found", report.problem_count))
+    }
 }

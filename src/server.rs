@@ -41,6 +41,7 @@ pub async fn run(
     let store = SledStore::open(&StoreConfig {
         path: config.data_dir.clone(),
         cache_bytes: config.cache_bytes,
+        durability: config.durability,
     })?;
     let store: Arc<dyn EventStore> = Arc::new(store);
     let token = CancellationToken::new();
@@ -63,9 +64,7 @@ pub async fn run(
     let api = EventsApi::new(
         store.clone(),
         limits,
-        SubscriptionConfig {
-            heartbeat: config.heartbeat_interval,
-        },
+        SubscriptionConfig { heartbeat: config.heartbeat_interval },
         token.clone(),
         tasks.clone(),
     );
@@ -106,9 +105,7 @@ pub async fn run(
     let (grpc_served, http_served) = tokio::join!(grpc, http);
 
     tracing::info!("shutting down: draining subscriptions and flushing the store");
-    health
-        .set_not_serving::<EventServiceServer<EventsApi>>()
-        .await;
+    health.set_not_serving::<EventServiceServer<EventsApi>>().await;
     tasks.close();
     tasks.wait().await;
     store.close().await;

@@ -80,11 +80,7 @@ impl PageRequest {
                 format!("must not be negative (got {})", req.offset),
             ));
         }
-        let limit = if req.limit == 0 {
-            DEFAULT_LIMIT
-        } else {
-            req.limit.min(MAX_LIMIT)
-        };
+        let limit = if req.limit == 0 { DEFAULT_LIMIT } else { req.limit.min(MAX_LIMIT) };
         let requested_order = Order::try_from(req.order)
             .map_err(|_| Error::invalid("order", format!("unknown value {}", req.order)))?;
         for (field, ts) in [("from", &req.from), ("to", &req.to)] {
@@ -100,11 +96,7 @@ impl PageRequest {
             if time::cmp(&from, &to).is_gt() {
                 return Err(Error::invalid(
                     "from",
-                    format!(
-                        "{} is after to {}",
-                        time::to_rfc3339(&from),
-                        time::to_rfc3339(&to)
-                    ),
+                    format!("{} is after to {}", time::to_rfc3339(&from), time::to_rfc3339(&to)),
                 ));
             }
             let order = match requested_order {
@@ -131,10 +123,7 @@ impl PageRequest {
         let token = decode_token(&req.page_token)?;
         let token_order = Order::try_from(token.order).unwrap_or(Order::Chronological);
         let differs = |field: &str| {
-            Err(Error::invalid(
-                field,
-                "differs from the listing's first page (page_token)",
-            ))
+            Err(Error::invalid(field, "differs from the listing's first page (page_token)"))
         };
         if req.from.is_some() && req.from != token.from {
             return differs("from");
@@ -173,10 +162,7 @@ impl PageRequest {
                 limit: limit as usize,
                 resume: Some(Resume {
                     snapshot: token.snapshot,
-                    after: Position {
-                        created: after_created,
-                        sequence: token.after_sequence,
-                    },
+                    after: Position { created: after_created, sequence: token.after_sequence },
                     total: token.total,
                 }),
             },
@@ -227,16 +213,11 @@ fn direction(order: Order) -> Direction {
 }
 
 fn bad_token() -> Error {
-    Error::invalid(
-        "page_token",
-        "is not a token this server issued (use next_page_token as given)",
-    )
+    Error::invalid("page_token", "is not a token this server issued (use next_page_token as given)")
 }
 
 fn check_value(bytes: &[u8]) -> [u8; CHECK_LEN] {
-    let digest = Sha256::new_with_prefix(b"eventsd page token")
-        .chain_update(bytes)
-        .finalize();
+    let digest = Sha256::new_with_prefix(b"eventsd page token").chain_update(bytes).finalize();
     let mut out = [0u8; CHECK_LEN];
     out.copy_from_slice(&digest[..CHECK_LEN]);
     out
@@ -250,9 +231,8 @@ fn encode_token(token: &PageToken) -> String {
 }
 
 fn decode_token(text: &str) -> Result<PageToken, Error> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text)
-        .map_err(|_| bad_token())?;
+    let bytes =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).map_err(|_| bad_token())?;
     let split = bytes.len().checked_sub(CHECK_LEN).ok_or_else(bad_token)?;
     let (body, check) = bytes.split_at(split);
     if check != check_value(body) {
@@ -274,17 +254,11 @@ mod tests {
             version: TOKEN_VERSION,
             snapshot: 42,
             from: Some(time::epoch()),
-            to: Some(Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 0,
-            }),
+            to: Some(Timestamp { seconds: 1_700_000_000, nanos: 0 }),
             order: Order::Chronological as i32,
             types: vec!["charge.*".into()],
             livemode: Some(false),
-            after_created: Some(Timestamp {
-                seconds: 5,
-                nanos: 6,
-            }),
+            after_created: Some(Timestamp { seconds: 5, nanos: 6 }),
             after_sequence: 7,
             total: 100,
             position: 20,

@@ -42,13 +42,7 @@ impl EventsApi {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Self {
-        EventsApi {
-            store,
-            limits,
-            subscriptions,
-            shutdown,
-            tasks,
-        }
+        EventsApi { store, limits, subscriptions, shutdown, tasks }
     }
 }
 
@@ -60,9 +54,8 @@ impl EventService for EventsApi {
     ) -> Result<Response<Event>, Status> {
         let event = NewEvent::from_request(request.into_inner(), &self.limits, "")?;
         let mut stored = self.store.append(vec![event]).await?;
-        let appended = stored
-            .pop()
-            .ok_or_else(|| Status::internal("the store returned no event"))?;
+        let appended =
+            stored.pop().ok_or_else(|| Status::internal("the store returned no event"))?;
         Ok(Response::new(appended.event))
     }
 

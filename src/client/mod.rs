@@ -44,10 +44,7 @@ pub async fn tail(args: TailArgs) -> Result<(), tonic::Status> {
                 ) {
                     return Err(status);
                 }
-                eprintln!(
-                    "eventsd tail: {}; reconnecting in {backoff:?}",
-                    status.message()
-                );
+                eprintln!("eventsd tail: {}; reconnecting in {backoff:?}", status.message());
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -66,31 +63,16 @@ async fn follow(
         _ => None,
     };
     let channel = Channel::from_shared(args.addr.clone())
-        .map_err(|e| {
-            (
-                last,
-                tonic::Status::invalid_argument(format!("--addr: {e}")),
-            )
-        })?
+        .map_err(|e| (last, tonic::Status::invalid_argument(format!("--addr: {e}"))))?
         .connect()
         .await
         .map_err(|e| {
-            (
-                last,
-                tonic::Status::unavailable(format!("cannot connect to {}: {e}", args.addr)),
-            )
+            (last, tonic::Status::unavailable(format!("cannot connect to {}: {e}", args.addr)))
         })?;
     let mut client = EventServiceClient::new(channel);
-    let request = SubscribeEventsRequest {
-        start,
-        types: args.types.clone(),
-        livemode: args.livemode,
-    };
-    let mut stream = client
-        .subscribe_events(request)
-        .await
-        .map_err(|s| (last, s))?
-        .into_inner();
+    let request =
+        SubscribeEventsRequest { start, types: args.types.clone(), livemode: args.livemode };
+    let mut stream = client.subscribe_events(request).await.map_err(|s| (last, s))?.into_inner();
     *backoff = Duration::from_millis(250);
     loop {
         let message = stream.message().await.map_err(|s| (last, s))?;

@@ -72,10 +72,7 @@ impl Filter {
     /// True when no type pattern narrows the filter.
     pub fn all_types(&self) -> bool {
         self.patterns.is_empty()
-            || self
-                .patterns
-                .iter()
-                .any(|p| matches!(p, Pattern::Prefix(x) if x.is_empty()))
+            || self.patterns.iter().any(|p| matches!(p, Pattern::Prefix(x) if x.is_empty()))
     }
 
     /// Whether events of this type pass the type patterns.

@@ -11,9 +11,8 @@ pub fn validate(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(format!("must be 1 to {MAX_ID_LEN} characters"));
     }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
+    if let Some(c) =
+        id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
     {
         return Err(format!("contains {c:?}; allowed are A-Z a-z 0-9 _ . : -"));
     }
@@ -54,25 +53,16 @@ mod tests {
     fn generated_ids_match_the_omise_pattern_and_validate() {
         for live in [true, false] {
             let id = generate(live, 1_700_000_000_000);
-            let rest = id
-                .strip_prefix(if live { "evnt_" } else { "evnt_test_" })
-                .expect("prefix");
+            let rest = id.strip_prefix(if live { "evnt_" } else { "evnt_test_" }).expect("prefix");
             assert!(!rest.is_empty());
-            assert!(rest
-                .chars()
-                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
+            assert!(rest.chars().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
             validate(&id).expect("generated id is valid");
         }
     }
 
     #[test]
     fn provider_ids_are_valid_and_odd_ones_are_not() {
-        for ok in [
-            "evt_1NG8Du2eZvKYlo2CUI79vXWy",
-            "4xwf1falwkeagr4mn0gg6n19d",
-            "a",
-            "x:y.z-1_2",
-        ] {
+        for ok in ["evt_1NG8Du2eZvKYlo2CUI79vXWy", "4xwf1falwkeagr4mn0gg6n19d", "a", "x:y.z-1_2"] {
             assert!(validate(ok).is_ok(), "{ok}");
         }
         let long = "a".repeat(129);

@@ -26,10 +26,7 @@ pub struct JsonError {
 
 impl JsonError {
     fn new(reason: impl Into<String>) -> Self {
-        JsonError {
-            at: String::new(),
-            reason: reason.into(),
-        }
+        JsonError { at: String::new(), reason: reason.into() }
     }
 
     fn under(mut self, segment: &str) -> Self {
@@ -54,9 +51,7 @@ pub fn validate_struct(s: &Struct) -> Result<(), JsonError> {
 
 fn validate_fields(s: &Struct, depth: usize) -> Result<(), JsonError> {
     if depth > MAX_DEPTH {
-        return Err(JsonError::new(format!(
-            "nests deeper than {MAX_DEPTH} levels"
-        )));
+        return Err(JsonError::new(format!("nests deeper than {MAX_DEPTH} levels")));
     }
     for (k, v) in &s.fields {
         validate_value(v, depth).map_err(|e| e.under(&key_segment(k)))?;
@@ -67,15 +62,13 @@ fn validate_fields(s: &Struct, depth: usize) -> Result<(), JsonError> {
 fn validate_value(v: &Value, depth: usize) -> Result<(), JsonError> {
     match &v.kind {
         None => Err(JsonError::new("is a Value with no kind set")),
-        Some(Kind::NumberValue(n)) if !n.is_finite() => Err(JsonError::new(
-            "is not a finite number (JSON has no NaN or infinity)",
-        )),
+        Some(Kind::NumberValue(n)) if !n.is_finite() => {
+            Err(JsonError::new("is not a finite number (JSON has no NaN or infinity)"))
+        }
         Some(Kind::StructValue(s)) => validate_fields(s, depth + 1),
         Some(Kind::ListValue(l)) => {
             if depth + 1 > MAX_DEPTH {
-                return Err(JsonError::new(format!(
-                    "nests deeper than {MAX_DEPTH} levels"
-                )));
+                return Err(JsonError::new(format!("nests deeper than {MAX_DEPTH} levels")));
             }
             for (i, item) in l.values.iter().enumerate() {
                 validate_value(item, depth + 1).map_err(|e| e.under(&format!("[{i}]")))?;
@@ -93,9 +86,7 @@ pub fn object_to_struct(map: &Map<String, Json>) -> Result<Struct, JsonError> {
 
 fn fields_to_struct(map: &Map<String, Json>, depth: usize) -> Result<Struct, JsonError> {
     if depth > MAX_DEPTH {
-        return Err(JsonError::new(format!(
-            "nests deeper than {MAX_DEPTH} levels"
-        )));
+        return Err(JsonError::new(format!("nests deeper than {MAX_DEPTH} levels")));
     }
     let mut fields = std::collections::BTreeMap::new();
     for (k, v) in map {
@@ -114,9 +105,7 @@ fn json_to_value(v: &Json, depth: usize) -> Result<Value, JsonError> {
         Json::Object(m) => Kind::StructValue(fields_to_struct(m, depth + 1)?),
         Json::Array(items) => {
             if depth + 1 > MAX_DEPTH {
-                return Err(JsonError::new(format!(
-                    "nests deeper than {MAX_DEPTH} levels"
-                )));
+                return Err(JsonError::new(format!("nests deeper than {MAX_DEPTH} levels")));
             }
             let values = items
                 .iter()
@@ -138,18 +127,10 @@ fn exact_double(n: &Number) -> Result<f64, JsonError> {
         ))
     };
     if let Some(u) = n.as_u64() {
-        return if u <= MAX_EXACT_INT {
-            Ok(u as f64)
-        } else {
-            Err(too_big())
-        };
+        return if u <= MAX_EXACT_INT { Ok(u as f64) } else { Err(too_big()) };
     }
     if let Some(i) = n.as_i64() {
-        return if i.unsigned_abs() <= MAX_EXACT_INT {
-            Ok(i as f64)
-        } else {
-            Err(too_big())
-        };
+        return if i.unsigned_abs() <= MAX_EXACT_INT { Ok(i as f64) } else { Err(too_big()) };
     }
     n.as_f64()
         .filter(|f| f.is_finite())
@@ -159,10 +140,7 @@ fn exact_double(n: &Number) -> Result<f64, JsonError> {
 /// Converts a Struct to a JSON object. Whole doubles within 2^53 print as integers, so a
 /// JSON integer that came in goes out as the same integer.
 pub fn struct_to_object(s: &Struct) -> Map<String, Json> {
-    s.fields
-        .iter()
-        .map(|(k, v)| (k.clone(), value_to_json(v)))
-        .collect()
+    s.fields.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect()
 }
 
 /// Converts one Value to JSON (a Value with no kind, rejected at ingest, prints as null).
@@ -189,8 +167,7 @@ fn number_to_json(n: f64) -> Json {
 /// a string), the same shape grpcurl prints, with every field present.
 pub fn event_to_json(event: &crate::proto::Event) -> Json {
     let ts = |t: &Option<prost_types::Timestamp>| {
-        t.as_ref()
-            .map_or(Json::Null, |t| Json::String(super::time::to_rfc3339(t)))
+        t.as_ref().map_or(Json::Null, |t| Json::String(super::time::to_rfc3339(t)))
     };
     serde_json::json!({
         "id": event.id,
@@ -232,12 +209,7 @@ mod tests {
     #[test]
     fn non_finite_numbers_and_empty_values_are_rejected() {
         let mut s = Struct::default();
-        s.fields.insert(
-            "x".into(),
-            Value {
-                kind: Some(Kind::NumberValue(f64::NAN)),
-            },
-        );
+        s.fields.insert("x".into(), Value { kind: Some(Kind::NumberValue(f64::NAN)) });
         assert_eq!(validate_struct(&s).unwrap_err().path("data"), "data.x");
         let mut s = Struct::default();
         s.fields.insert("y".into(), Value { kind: None });

@@ -89,10 +89,7 @@ impl NewEvent {
         if size > limits.max_data_bytes {
             return Err(Error::invalid(
                 name("data"),
-                format!(
-                    "is {size} bytes encoded, over the {} byte limit",
-                    limits.max_data_bytes
-                ),
+                format!("is {size} bytes encoded, over the {} byte limit", limits.max_data_bytes),
             ));
         }
         if let Some(created) = &req.created {
@@ -122,10 +119,7 @@ impl NewEvent {
         if reqs.len() > MAX_BATCH {
             return Err(Error::invalid(
                 "events",
-                format!(
-                    "holds {} events, more than the {MAX_BATCH} allowed",
-                    reqs.len()
-                ),
+                format!("holds {} events, more than the {MAX_BATCH} allowed", reqs.len()),
             ));
         }
         let mut seen = HashSet::new();
@@ -192,9 +186,8 @@ pub fn validate_type(t: &str) -> Result<(), String> {
     if t.is_empty() || t.len() > MAX_ID_LEN {
         return Err(format!("must be 1 to {MAX_ID_LEN} characters"));
     }
-    if let Some(c) = t
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-')))
+    if let Some(c) =
+        t.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-')))
     {
         return Err(format!("contains {c:?}; allowed are A-Z a-z 0-9 _ . : / -"));
     }

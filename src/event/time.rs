@@ -27,10 +27,7 @@ pub fn now() -> Timestamp {
 
 /// Converts a chrono time.
 pub fn from_chrono(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
-    Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
+    Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
 /// Converts to chrono; `None` outside chrono's range (validated timestamps never are).
@@ -47,18 +44,12 @@ pub fn to_rfc3339(ts: &Timestamp) -> String {
 
 /// The latest valid timestamp, 9999-12-31T23:59:59.999999999Z.
 pub fn max() -> Timestamp {
-    Timestamp {
-        seconds: MAX_SECONDS,
-        nanos: 999_999_999,
-    }
+    Timestamp { seconds: MAX_SECONDS, nanos: 999_999_999 }
 }
 
 /// 1970-01-01T00:00:00Z.
 pub fn epoch() -> Timestamp {
-    Timestamp {
-        seconds: 0,
-        nanos: 0,
-    }
+    Timestamp { seconds: 0, nanos: 0 }
 }
 
 /// Order-preserving bytes: byte-wise comparison of keys equals time comparison.
@@ -81,30 +72,12 @@ mod tests {
     #[test]
     fn keys_sort_like_times_across_the_epoch() {
         let times = [
-            Timestamp {
-                seconds: MIN_SECONDS,
-                nanos: 0,
-            },
-            Timestamp {
-                seconds: -1,
-                nanos: 999_999_999,
-            },
-            Timestamp {
-                seconds: 0,
-                nanos: 0,
-            },
-            Timestamp {
-                seconds: 0,
-                nanos: 1,
-            },
-            Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 5,
-            },
-            Timestamp {
-                seconds: MAX_SECONDS,
-                nanos: 999_999_999,
-            },
+            Timestamp { seconds: MIN_SECONDS, nanos: 0 },
+            Timestamp { seconds: -1, nanos: 999_999_999 },
+            Timestamp { seconds: 0, nanos: 0 },
+            Timestamp { seconds: 0, nanos: 1 },
+            Timestamp { seconds: 1_700_000_000, nanos: 5 },
+            Timestamp { seconds: MAX_SECONDS, nanos: 999_999_999 },
         ];
         for pair in times.windows(2) {
             assert!(to_key(&pair[0]) < to_key(&pair[1]));

@@ -74,15 +74,7 @@ pub async fn spawn(
         }
     };
     let (tx, rx) = mpsc::channel(SEND_QUEUE);
-    let subscription = Subscription {
-        store,
-        filter,
-        created_from,
-        cursor,
-        tx,
-        config,
-        shutdown,
-    };
+    let subscription = Subscription { store, filter, created_from, cursor, tx, config, shutdown };
     tracker.spawn(subscription.run());
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
@@ -151,11 +143,8 @@ impl Subscription {
             }
             if !caught_up {
                 caught_up = true;
-                if let Err(stop) = self
-                    .send(Item::CaughtUp(CaughtUp {
-                        sequence: self.cursor,
-                    }))
-                    .await
+                if let Err(stop) =
+                    self.send(Item::CaughtUp(CaughtUp { sequence: self.cursor })).await
                 {
                     return stop;
                 }
@@ -181,18 +170,12 @@ impl Subscription {
     fn wanted(&self, event: &crate::proto::Event) -> bool {
         self.filter.matches(event)
             && self.created_from.as_ref().is_none_or(|from| {
-                event
-                    .created
-                    .as_ref()
-                    .is_some_and(|c| time::cmp(c, from).is_ge())
+                event.created.as_ref().is_some_and(|c| time::cmp(c, from).is_ge())
             })
     }
 
     fn heartbeat_item(&self) -> Item {
-        Item::Heartbeat(Heartbeat {
-            sequence: self.cursor,
-            time: Some(time::now()),
-        })
+        Item::Heartbeat(Heartbeat { sequence: self.cursor, time: Some(time::now()) })
     }
 
     /// Queues one item, giving up if the client leaves or the server shuts down meanwhile.

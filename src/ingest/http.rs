@@ -74,17 +74,19 @@ async fn webhook(
         .ok_or_else(|| Error::UnknownSource(source_name.clone()))?;
     require_json(&headers)?;
     let body = body_bytes(body, state.max_body_bytes)?;
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     if !source.secrets.is_empty() {
         let tolerance = chrono::Duration::from_std(state.webhooks.tolerance)
             .unwrap_or(chrono::Duration::seconds(300));
-        signature::verify(source.provider, &source.secrets, &header, &body, chrono::Utc::now(), tolerance)
-            .map_err(|e| Error::Unauthenticated(e.to_string()))?;
+        signature::verify(
+            source.provider,
+            &source.secrets,
+            &header,
+            &body,
+            chrono::Utc::now(),
+            tolerance,
+        )
+        .map_err(|e| Error::Unauthenticated(e.to_string()))?;
     } else if !state.webhooks.accept_unsigned {
         return Err(Error::Unauthenticated(format!(
             "no webhook secret is configured for {source_name}; unsigned deliveries are accepted only on a loopback listener"
@@ -92,8 +94,8 @@ async fn webhook(
     }
     let json = parse_json(&body)?;
     let webhook_id = header("webhook-id");
-    let delivery = envelope::parse(source.provider, &json, webhook_id.as_deref())
-        .map_err(envelope_error)?;
+    let delivery =
+        envelope::parse(source.provider, &json, webhook_id.as_deref()).map_err(envelope_error)?;
     let livemode = match source.provider {
         Provider::Komoju => state.webhooks.komoju_livemode,
         _ => delivery.livemode.unwrap_or(false),
@@ -132,7 +134,9 @@ fn require_json(headers: &HeaderMap) -> Result<(), Error> {
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .unwrap_or_default();
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
         Ok(())
     } else {
         Err(Error::UnsupportedMediaType(content_type))
@@ -170,7 +174,8 @@ fn webhook_request(
     livemode: bool,
     source: &str,
 ) -> Result<PublishEventRequest, Error> {
-    let data = object_to_struct(&delivery.data).map_err(|e| Error::invalid(e.path("data"), e.reason))?;
+    let data =
+        object_to_struct(&delivery.data).map_err(|e| Error::invalid(e.path("data"), e.reason))?;
     Ok(PublishEventRequest {
         id: delivery.id,
         r#type: delivery.event_type,
@@ -193,16 +198,18 @@ fn publish_request(json: &Value) -> Result<PublishEventRequest, Error> {
             "id" => request.id = string_field(value, "id")?,
             "type" => request.r#type = string_field(value, "type")?,
             "source" => request.source = string_field(value, "source")?,
-            "api_version" | "apiVersion" => request.api_version = string_field(value, "api_version")?,
+            "api_version" | "apiVersion" => {
+                request.api_version = string_field(value, "api_version")?
+            }
             "livemode" => {
                 request.livemode = value
                     .as_bool()
                     .ok_or_else(|| Error::invalid("livemode", "must be true or false"))?;
             }
             "created" => {
-                let text = value
-                    .as_str()
-                    .ok_or_else(|| Error::invalid("created", "must be an RFC 3339 timestamp string"))?;
+                let text = value.as_str().ok_or_else(|| {
+                    Error::invalid("created", "must be an RFC 3339 timestamp string")
+                })?;
                 let parsed = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| {
                     Error::invalid("created", format!("must be an RFC 3339 timestamp ({e})"))
                 })?;
@@ -212,7 +219,8 @@ fn publish_request(json: &Value) -> Result<PublishEventRequest, Error> {
                 let map: &Map<String, Value> = value
                     .as_object()
                     .ok_or_else(|| Error::invalid("data", "must be a JSON object"))?;
-                let data = object_to_struct(map).map_err(|e| Error::invalid(e.path("data"), e.reason))?;
+                let data =
+                    object_to_struct(map).map_err(|e| Error::invalid(e.path("data"), e.reason))?;
                 request.data = Some(data);
             }
             other => return Err(Error::invalid(other, "is not a field of PublishEventRequest")),
@@ -222,8 +230,5 @@ fn publish_request(json: &Value) -> Result<PublishEventRequest, Error> {
 }
 
 fn string_field(value: &Value, field: &str) -> Result<String, Error> {
-    value
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| Error::invalid(field, "must be a string"))
+    value.as_str().map(str::to_string).ok_or_else(|| Error::invalid(field, "must be a string"))
 }

@@ -39,7 +39,10 @@ impl WebhookConfig {
         let mut secrets: Vec<WebhookSecret> = config.webhook_secrets.clone();
         if let Some(path) = &config.webhook_secrets_file {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::Startup(format!("cannot read --webhook-secrets-file {}: {e}", path.display()))
+                Error::Startup(format!(
+                    "cannot read --webhook-secrets-file {}: {e}",
+                    path.display()
+                ))
             })?;
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
@@ -54,11 +57,9 @@ impl WebhookConfig {
         }
 
         let mut sources = BTreeMap::new();
-        for (name, provider) in [
-            ("omise", Provider::Omise),
-            ("komoju", Provider::Komoju),
-            ("stripe", Provider::Stripe),
-        ] {
+        for (name, provider) in
+            [("omise", Provider::Omise), ("komoju", Provider::Komoju), ("stripe", Provider::Stripe)]
+        {
             sources.insert(name.to_string(), Source { provider, secrets: Vec::new() });
         }
         for name in &config.webhook_sources {
@@ -71,9 +72,8 @@ impl WebhookConfig {
             let entry = sources
                 .entry(source.clone())
                 .or_insert(Source { provider: Provider::StandardWebhooks, secrets: Vec::new() });
-            signature::validate_secret(entry.provider, &secret).map_err(|e| {
-                Error::Startup(format!("webhook secret for {source}: {e}"))
-            })?;
+            signature::validate_secret(entry.provider, &secret)
+                .map_err(|e| Error::Startup(format!("webhook secret for {source}: {e}")))?;
             entry.secrets.push(secret);
         }
 

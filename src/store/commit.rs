@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::Error;
 use crate::event::{id, time, NewEvent};
 use crate::proto::Event;
+use crate::store::durability::Syncer;
 use crate::store::{keys, Appended};
 
 /// Most events staged into one round (one sled batch, one flush).
@@ -66,15 +67,13 @@ pub struct Committer {
     last_seq: u64,
     counts: Counts,
     failed: Arc<AtomicBool>,
+    syncer: Syncer,
     state: watch::Sender<Arc<DurableState>>,
     durable: watch::Sender<u64>,
 }
 
 /// Where a request's answer goes, and the answer.
-type Reply = (
-    oneshot::Sender<Result<Vec<Appended>, Error>>,
-    Result<Vec<Appended>, Error>,
-);
+type Reply = (oneshot::Sender<Result<Vec<Appended>, Error>>, Result<Vec<Appended>, Error>);
 
 /// One round's staged work.
 #[derive(Default)]
@@ -102,8 +101,9 @@ impl Committer {
         state: watch::Sender<Arc<DurableState>>,
         durable: watch::Sender<u64>,
         failed: Arc<AtomicBool>,
+        syncer: Syncer,
     ) -> Self {
-        Committer { tree, last_seq, counts, failed, state, durable }
+        Committer { tree, last_seq, counts, failed, syncer, state, durable }
     }
 
     /// The writer loop; returns when closed or when every sender is gone.
@@ -118,6 +118,9 @@ impl Committer {
             self.commit(round);
             if let Some(done) = close {
                 self.failed.store(true, Ordering::Relaxed);
+                if let Err(err) = self.syncer.sync_ack() {
+                    tracing::error!(error = %err, "cannot sync the ack record at close");
+                }
                 let _ = done.send(());
                 return;
             }
@@ -140,10 +143,8 @@ impl Committer {
         if self.failed.load(Ordering::Relaxed) {
             return Err(Error::WritesDisabled);
         }
-        let resolved = events
-            .into_iter()
-            .map(|e| self.resolve(e, round))
-            .collect::<Result<Vec<_>, _>>()?;
+        let resolved =
+            events.into_iter().map(|e| self.resolve(e, round)).collect::<Result<Vec<_>, _>>()?;
         let received = *round.received.get_or_insert_with(time::now);
         let mut out = Vec::with_capacity(resolved.len());
         for r in resolved {
@@ -174,10 +175,7 @@ impl Committer {
         };
         match event.differs_from(&existing) {
             None => Ok(Resolved::Existing(existing)),
-            Some(field) => Err(Error::AlreadyExists {
-                id: given.clone(),
-                field,
-            }),
+            Some(field) => Err(Error::AlreadyExists { id: given.clone(), field }),
         }
     }
 
@@ -220,27 +218,14 @@ impl Committer {
         let batch = &mut round.batch;
         batch.insert(&keys::event(seq), event.encode_to_vec());
         batch.insert(keys::id(&event.id), &seq.to_be_bytes());
+        batch.insert(keys::entry(&keys::created_prefix(event.livemode), &created, seq), &[]);
         batch.insert(
-            keys::entry(&keys::created_prefix(event.livemode), &created, seq),
+            keys::entry(&keys::type_prefix(&event.r#type, event.livemode), &created, seq),
             &[],
         );
-        batch.insert(
-            keys::entry(
-                &keys::type_prefix(&event.r#type, event.livemode),
-                &created,
-                seq,
-            ),
-            &[],
-        );
-        let count = self
-            .counts
-            .entry((event.livemode, event.r#type.clone()))
-            .or_default();
+        let count = self.counts.entry((event.livemode, event.r#type.clone())).or_default();
         *count += 1;
-        batch.insert(
-            keys::count(event.livemode, &event.r#type),
-            &count.to_be_bytes(),
-        );
+        batch.insert(keys::count(event.livemode, &event.r#type), &count.to_be_bytes());
         round.new_events += 1;
         round.staged.insert(event.id.clone(), event.clone());
         event
@@ -248,17 +233,9 @@ impl Committer {
 
     /// Applies and flushes the round, then answers every request in it.
     fn commit(&mut self, round: Round) {
-        let Round {
-            batch,
-            new_events,
-            replies,
-            ..
-        } = round;
+        let Round { batch, new_events, replies, .. } = round;
         if new_events > 0 {
-            let written = self
-                .tree
-                .apply_batch(batch)
-                .and_then(|()| self.tree.flush().map(drop));
+            let written = self.tree.apply_batch(batch).and_then(|()| self.tree.flush().map(drop));
             if let Err(err) = written {
                 tracing::error!(error = %err, "commit failed; refusing further writes");
                 self.failed.store(true, Ordering::Relaxed);
@@ -272,6 +249,10 @@ impl Committer {
                 counts: self.counts.clone(),
             }));
             self.durable.send_replace(self.last_seq);
+            if let Err(err) = self.syncer.record_ack(self.last_seq) {
+                // The events are durable; only loss detection after a crash is weakened.
+                tracing::error!(error = %err, "cannot write the ack record");
+            }
         }
         for (reply, result) in replies {
             let _ = reply.send(result);

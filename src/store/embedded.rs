@@ -30,6 +30,7 @@ use crate::error::Error;
 use crate::event::{time, NewEvent};
 use crate::proto::Event;
 use crate::store::commit::{Command, Committer, Counts, DurableState};
+use crate::store::durability::{read_ack, AckRecord, Durability, Syncer, ACK_FILE};
 use crate::store::{keys, list, Appended, EventStore, ListPage, ListQuery};
 
 /// How many commands may wait for the writer before publishers wait to enqueue.
@@ -42,6 +43,8 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// sled's page cache, in bytes.
     pub cache_bytes: u64,
+    /// Which failures an acknowledged event survives.
+    pub durability: Durability,
 }
 
 /// A cheap-to-clone handle on the embedded store.
@@ -59,11 +62,22 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (or creates) the store and starts its writer thread.
     pub fn open(config: &StoreConfig) -> Result<Self, Error> {
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_bytes)
-            .open()?;
-        let tree = db.open_tree("events")?;
+        let sled_config = sled_config(&config.path, config.cache_bytes);
+        // sled may panic on some damaged files instead of returning an error; either way the
+        // store must not be served.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            sled_config.open().and_then(|db| db.open_tree("events"))
+        }));
+        let tree = match opened {
+            Ok(tree) => tree?,
+            Err(_) => {
+                return Err(Error::Corrupt(format!(
+                    "sled could not read the store in {} (it panicked); run `eventsd check --data-dir {}`",
+                    config.path.display(),
+                    config.path.display()
+                )))
+            }
+        };
         let last_seq = match tree.scan_prefix([keys::EVENT]).next_back() {
             Some(entry) => {
                 let (key, _) = entry?;
@@ -79,10 +93,10 @@ impl SledStore {
             let n = keys::u64_value(&value).ok_or_else(|| Error::Corrupt("count value".into()))?;
             counts.insert(stream, n);
         }
-        let (state_tx, state) = watch::channel(Arc::new(DurableState {
-            sequence: last_seq,
-            counts: counts.clone(),
-        }));
+        verify_against_ack(&config.path, last_seq, &counts)?;
+        let syncer = Syncer::open(&config.path, config.durability)?;
+        let (state_tx, state) =
+            watch::channel(Arc::new(DurableState { sequence: last_seq, counts: counts.clone() }));
         let (durable_tx, durable) = watch::channel(last_seq);
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let read_only = Arc::new(AtomicBool::new(false));
@@ -93,6 +107,7 @@ impl SledStore {
             state_tx,
             durable_tx,
             read_only.clone(),
+            syncer,
         );
         let writer = std::thread::Builder::new()
             .name("eventsd-commit".into())
@@ -114,6 +129,43 @@ impl SledStore {
         };
         decode(seq, &bytes).map(Some)
     }
+}
+
+/// sled's segment size. Items larger than a quarter of it go to blob files; 8 MiB keeps a leaf
+/// of maximum-size events inline in the log (see `durability.rs` for why that matters).
+const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
+
+/// The sled settings of an eventsd store: every opener must use the same segment size.
+pub(crate) fn sled_config(path: &std::path::Path, cache_bytes: u64) -> sled::Config {
+    sled::Config::new().path(path).cache_capacity(cache_bytes).segment_size(SEGMENT_SIZE)
+}
+
+/// Refuses a store that lost acknowledged events or whose counters disagree with its events.
+fn verify_against_ack(dir: &std::path::Path, last_seq: u64, counts: &Counts) -> Result<(), Error> {
+    let check = format!("run `eventsd check --data-dir {}`", dir.display());
+    match read_ack(dir)? {
+        AckRecord::Acked(acked) if acked > last_seq => {
+            return Err(Error::Corrupt(format!(
+                "the store ends at sequence {last_seq} but sequence {acked} was acknowledged: \
+                 acknowledged events are missing (sled dropped a damaged tail); {check} and \
+                 restore from a backup"
+            )));
+        }
+        AckRecord::Damaged => {
+            return Err(Error::Corrupt(format!(
+                "the ack record {ACK_FILE} is damaged, so lost events cannot be ruled out; {check}, \
+                 and if it reports the store complete, delete {ACK_FILE} to accept it"
+            )));
+        }
+        _ => {}
+    }
+    let counted: u64 = counts.values().sum();
+    if counted != last_seq {
+        return Err(Error::Corrupt(format!(
+            "the store's counters hold {counted} events but its last sequence is {last_seq}; {check}"
+        )));
+    }
+    Ok(())
 }
 
 /// Decodes a stored event record.

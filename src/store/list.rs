@@ -37,18 +37,11 @@ pub fn page(tree: &sled::Tree, state: &DurableState, query: &ListQuery) -> Resul
     };
 
     let mut merge = Merge::new(
-        streams
-            .iter()
-            .map(|s| entries(tree, &s.prefix, query))
-            .collect(),
+        streams.iter().map(|s| entries(tree, &s.prefix, query)).collect(),
         query.direction,
         snapshot,
     );
-    let skip = if query.resume.is_some() {
-        0
-    } else {
-        query.offset
-    };
+    let skip = if query.resume.is_some() { 0 } else { query.offset };
     for _ in 0..skip {
         if merge.next_seq()?.is_none() {
             break;
@@ -66,30 +59,18 @@ pub fn page(tree: &sled::Tree, state: &DurableState, query: &ListQuery) -> Resul
             .ok_or_else(|| Error::Corrupt(format!("index points to missing event {seq}")))?;
         events.push(decode(seq, &bytes)?);
     }
-    Ok(ListPage {
-        events,
-        total,
-        snapshot,
-        has_more,
-    })
+    Ok(ListPage { events, total, snapshot, has_more })
 }
 
 /// The index streams a query reads, with each stream's count at the snapshot.
 fn select_streams(state: &DurableState, query: &ListQuery) -> Vec<Stream> {
     let filter = &query.filter;
-    let modes = [false, true]
-        .into_iter()
-        .filter(|m| filter.matches_mode(*m));
+    let modes = [false, true].into_iter().filter(|m| filter.matches_mode(*m));
     if filter.all_types() {
         return modes
             .map(|mode| Stream {
                 prefix: keys::created_prefix(mode),
-                total: state
-                    .counts
-                    .iter()
-                    .filter(|((m, _), _)| *m == mode)
-                    .map(|(_, n)| n)
-                    .sum(),
+                total: state.counts.iter().filter(|((m, _), _)| *m == mode).map(|(_, n)| n).sum(),
             })
             .collect();
     }
@@ -97,10 +78,7 @@ fn select_streams(state: &DurableState, query: &ListQuery) -> Vec<Stream> {
         .counts
         .iter()
         .filter(|((mode, t), n)| **n > 0 && filter.matches_mode(*mode) && filter.matches_type(t))
-        .map(|((mode, t), n)| Stream {
-            prefix: keys::type_prefix(t, *mode),
-            total: *n,
-        })
+        .map(|((mode, t), n)| Stream { prefix: keys::type_prefix(t, *mode), total: *n })
         .collect()
 }
 
@@ -135,22 +113,9 @@ fn count_in_range(
 ) -> Result<u64, Error> {
     let lo = keys::entry_floor(&stream.prefix, from);
     let hi = keys::entry_ceiling(&stream.prefix, to);
-    let start = keys::entry(
-        &stream.prefix,
-        &Timestamp {
-            seconds: i64::MIN,
-            nanos: 0,
-        },
-        0,
-    );
-    let end = keys::entry(
-        &stream.prefix,
-        &Timestamp {
-            seconds: i64::MAX,
-            nanos: i32::MAX,
-        },
-        u64::MAX,
-    );
+    let start = keys::entry(&stream.prefix, &Timestamp { seconds: i64::MIN, nanos: 0 }, 0);
+    let end =
+        keys::entry(&stream.prefix, &Timestamp { seconds: i64::MAX, nanos: i32::MAX }, u64::MAX);
     let mut inside = tree.range(lo.clone()..=hi.clone());
     let mut outside = tree
         .range(start..lo)
@@ -177,9 +142,7 @@ fn step(
         None => Ok(None),
         Some(entry) => {
             let (key, _) = entry?;
-            Ok(Some(u64::from(
-                keys::seq_of(&key).is_some_and(|s| s <= snapshot),
-            )))
+            Ok(Some(u64::from(keys::seq_of(&key).is_some_and(|s| s <= snapshot))))
         }
     }
 }
@@ -196,13 +159,7 @@ struct Merge {
 impl Merge {
     fn new(streams: Vec<Entries>, direction: Direction, snapshot: u64) -> Self {
         let heads = vec![None; streams.len()];
-        Merge {
-            streams,
-            heads,
-            direction,
-            snapshot,
-            started: false,
-        }
+        Merge { streams, heads, direction, snapshot, started: false }
     }
 
     /// Fills stream `i`'s head with its next entry within the snapshot (as the key suffix).

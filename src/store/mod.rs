@@ -11,7 +11,9 @@
 //! The embedded backend lives in [`embedded`] (trees and indexes explained there), its group
 //! commit in [`commit`], and list/count over its indexes in [`list`].
 
+pub mod check;
 pub mod commit;
+pub mod durability;
 pub mod embedded;
 mod keys;
 pub mod list;
@@ -24,6 +26,7 @@ use crate::error::Error;
 use crate::event::{Filter, NewEvent};
 use crate::proto::Event;
 
+pub use durability::Durability;
 pub use embedded::{SledStore, StoreConfig};
 
 /// A listing's sort direction, by (created, sequence).

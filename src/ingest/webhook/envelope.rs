@@ -94,10 +94,8 @@ pub fn parse(
     body: &Value,
     webhook_id_header: Option<&str>,
 ) -> Result<WebhookEvent, EnvelopeError> {
-    let envelope = body.as_object().ok_or(EnvelopeError::WrongType {
-        field: "body",
-        expected: AN_OBJECT,
-    })?;
+    let envelope =
+        body.as_object().ok_or(EnvelopeError::WrongType { field: "body", expected: AN_OBJECT })?;
     match provider {
         Provider::Omise => Ok(WebhookEvent {
             id: non_empty_string(envelope, "id", "id")?,
@@ -153,10 +151,7 @@ fn required<'a>(
 /// The error for an id or type that is present but empty (or only spaces),
 /// which no provider sends and which would be useless as a key.
 fn empty(field: &'static str) -> EnvelopeError {
-    EnvelopeError::Invalid {
-        field,
-        reason: "must not be empty".to_owned(),
-    }
+    EnvelopeError::Invalid { field, reason: "must not be empty".to_owned() }
 }
 
 /// Reads a required string that must have some content. Only emptiness is
@@ -168,10 +163,7 @@ fn non_empty_string(
 ) -> Result<String, EnvelopeError> {
     let text = required(map, key, path)?
         .as_str()
-        .ok_or(EnvelopeError::WrongType {
-            field: path,
-            expected: A_STRING,
-        })?;
+        .ok_or(EnvelopeError::WrongType { field: path, expected: A_STRING })?;
     if text.trim().is_empty() {
         return Err(empty(path));
     }
@@ -187,10 +179,7 @@ fn nullable_string(
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => Ok(Some(text.clone())),
-        Some(_) => Err(EnvelopeError::WrongType {
-            field: key,
-            expected: A_STRING,
-        }),
+        Some(_) => Err(EnvelopeError::WrongType { field: key, expected: A_STRING }),
     }
 }
 
@@ -198,10 +187,7 @@ fn nullable_string(
 fn boolean(map: &Map<String, Value>, key: &'static str) -> Result<bool, EnvelopeError> {
     required(map, key, key)?
         .as_bool()
-        .ok_or(EnvelopeError::WrongType {
-            field: key,
-            expected: A_BOOLEAN,
-        })
+        .ok_or(EnvelopeError::WrongType { field: key, expected: A_BOOLEAN })
 }
 
 /// Reads a required object, borrowed so that a nested lookup (Stripe's
@@ -213,26 +199,17 @@ fn object<'a>(
 ) -> Result<&'a Map<String, Value>, EnvelopeError> {
     required(map, key, path)?
         .as_object()
-        .ok_or(EnvelopeError::WrongType {
-            field: path,
-            expected: AN_OBJECT,
-        })
+        .ok_or(EnvelopeError::WrongType { field: path, expected: AN_OBJECT })
 }
 
 /// Reads a required RFC 3339 timestamp string (any offset) as UTC.
 fn rfc3339(map: &Map<String, Value>, key: &'static str) -> Result<DateTime<Utc>, EnvelopeError> {
     let text = required(map, key, key)?
         .as_str()
-        .ok_or(EnvelopeError::WrongType {
-            field: key,
-            expected: AN_RFC3339_STRING,
-        })?;
-    DateTime::parse_from_rfc3339(text)
-        .map(|time| time.with_timezone(&Utc))
-        .map_err(|_| EnvelopeError::Invalid {
-            field: key,
-            reason: "must be an RFC 3339 timestamp".to_owned(),
-        })
+        .ok_or(EnvelopeError::WrongType { field: key, expected: AN_RFC3339_STRING })?;
+    DateTime::parse_from_rfc3339(text).map(|time| time.with_timezone(&Utc)).map_err(|_| {
+        EnvelopeError::Invalid { field: key, reason: "must be an RFC 3339 timestamp".to_owned() }
+    })
 }
 
 /// Reads a required integer count of unix seconds, as Stripe sends `created`.
@@ -244,10 +221,7 @@ fn unix_seconds(
 ) -> Result<DateTime<Utc>, EnvelopeError> {
     let seconds = required(map, key, key)?
         .as_i64()
-        .ok_or(EnvelopeError::WrongType {
-            field: key,
-            expected: UNIX_SECONDS,
-        })?;
+        .ok_or(EnvelopeError::WrongType { field: key, expected: UNIX_SECONDS })?;
     DateTime::from_timestamp(seconds, 0).ok_or_else(|| EnvelopeError::Invalid {
         field: key,
         reason: "is outside the range of representable dates".to_owned(),
@@ -285,9 +259,7 @@ mod tests {
     }
 
     fn time(rfc3339: &str) -> Option<DateTime<Utc>> {
-        DateTime::parse_from_rfc3339(rfc3339)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
+        DateTime::parse_from_rfc3339(rfc3339).ok().map(|t| t.with_timezone(&Utc))
     }
 
     fn object_of(value: &Value) -> Map<String, Value> {
@@ -384,23 +356,15 @@ mod tests {
     #[test]
     fn stripe_api_version_may_be_null_or_absent() {
         let body = sample(Provider::Stripe);
-        for variant in [
-            edited(&body, "api_version", Some(Value::Null)),
-            edited(&body, "api_version", None),
-        ] {
+        for variant in
+            [edited(&body, "api_version", Some(Value::Null)), edited(&body, "api_version", None)]
+        {
             let event = parse(Provider::Stripe, &variant, None);
             assert_eq!(event.map(|e| e.api_version), Ok(None));
         }
         assert_eq!(
-            parse(
-                Provider::Stripe,
-                &edited(&body, "api_version", Some(json!(2019))),
-                None
-            ),
-            Err(EnvelopeError::WrongType {
-                field: "api_version",
-                expected: "a string"
-            })
+            parse(Provider::Stripe, &edited(&body, "api_version", Some(json!(2019))), None),
+            Err(EnvelopeError::WrongType { field: "api_version", expected: "a string" })
         );
     }
 
@@ -473,11 +437,7 @@ mod tests {
             let body = sample(provider);
             for &path in required_fields(provider) {
                 let result = parse_sample(provider, &edited(&body, path, None));
-                assert_eq!(
-                    result,
-                    Err(EnvelopeError::Missing(path)),
-                    "{provider} {path}"
-                );
+                assert_eq!(result, Err(EnvelopeError::Missing(path)), "{provider} {path}");
             }
         }
     }
@@ -485,9 +445,7 @@ mod tests {
     #[test]
     fn missing_message_names_the_field() {
         let body = edited(&sample(Provider::Omise), "key", None);
-        let message = parse(Provider::Omise, &body, None)
-            .err()
-            .map(|e| e.to_string());
+        let message = parse(Provider::Omise, &body, None).err().map(|e| e.to_string());
         assert_eq!(message.as_deref(), Some("missing field `key`"));
     }
 
@@ -496,18 +454,11 @@ mod tests {
     /// For each provider: a field, a value of the wrong JSON type, and what
     /// the error must say the field should be.
     fn wrong_types(provider: Provider) -> Vec<(&'static str, Value, &'static str)> {
-        let common_id = vec![
-            ("id", json!(42), "a string"),
-            ("id", Value::Null, "a string"),
-        ];
+        let common_id = vec![("id", json!(42), "a string"), ("id", Value::Null, "a string")];
         let specific = match provider {
             Provider::Omise => vec![
                 ("key", json!(["charge.create"]), "a string"),
-                (
-                    "created",
-                    json!(1_486_129_974),
-                    "an RFC 3339 timestamp string",
-                ),
+                ("created", json!(1_486_129_974), "an RFC 3339 timestamp string"),
                 ("livemode", json!("false"), "a boolean"),
                 ("livemode", Value::Null, "a boolean"),
                 ("data", json!("charge"), "an object"),
@@ -520,32 +471,16 @@ mod tests {
             ],
             Provider::Stripe => vec![
                 ("type", json!({}), "a string"),
-                (
-                    "created",
-                    json!("1686089970"),
-                    "an integer number of unix seconds",
-                ),
-                (
-                    "created",
-                    json!(1_686_089_970.5),
-                    "an integer number of unix seconds",
-                ),
-                (
-                    "created",
-                    json!(u64::MAX),
-                    "an integer number of unix seconds",
-                ),
+                ("created", json!("1686089970"), "an integer number of unix seconds"),
+                ("created", json!(1_686_089_970.5), "an integer number of unix seconds"),
+                ("created", json!(u64::MAX), "an integer number of unix seconds"),
                 ("livemode", json!(0), "a boolean"),
                 ("data", json!(null), "an object"),
                 ("data.object", json!("setup_intent"), "an object"),
             ],
             Provider::StandardWebhooks => vec![
                 ("type", json!(7), "a string"),
-                (
-                    "timestamp",
-                    json!(1_667_506_770),
-                    "an RFC 3339 timestamp string",
-                ),
+                ("timestamp", json!(1_667_506_770), "an RFC 3339 timestamp string"),
                 ("data", json!([{"id": 1}]), "an object"),
             ],
         };
@@ -573,20 +508,11 @@ mod tests {
     #[test]
     fn non_object_bodies_are_refused() {
         for provider in Provider::ALL {
-            for body in [
-                json!(null),
-                json!([]),
-                json!("event"),
-                json!(1),
-                json!(true),
-            ] {
+            for body in [json!(null), json!([]), json!("event"), json!(1), json!(true)] {
                 let result = parse_sample(provider, &body);
                 assert_eq!(
                     result,
-                    Err(EnvelopeError::WrongType {
-                        field: "body",
-                        expected: "an object"
-                    }),
+                    Err(EnvelopeError::WrongType { field: "body", expected: "an object" }),
                     "{provider} {body}"
                 );
             }
@@ -626,13 +552,8 @@ mod tests {
             }
         }
         let body = edited(&sample(Provider::Omise), "created", Some(json!("soon")));
-        let message = parse(Provider::Omise, &body, None)
-            .err()
-            .map(|e| e.to_string());
-        assert_eq!(
-            message.as_deref(),
-            Some("field `created` must be an RFC 3339 timestamp")
-        );
+        let message = parse(Provider::Omise, &body, None).err().map(|e| e.to_string());
+        assert_eq!(message.as_deref(), Some("field `created` must be an RFC 3339 timestamp"));
     }
 
     #[test]
@@ -640,10 +561,7 @@ mod tests {
         let body = edited(&sample(Provider::Stripe), "created", Some(json!(i64::MAX)));
         assert!(matches!(
             parse(Provider::Stripe, &body, None),
-            Err(EnvelopeError::Invalid {
-                field: "created",
-                ..
-            })
+            Err(EnvelopeError::Invalid { field: "created", .. })
         ));
     }
 
@@ -678,11 +596,7 @@ mod tests {
             "missing field `data.object`"
         );
         assert_eq!(
-            EnvelopeError::WrongType {
-                field: "livemode",
-                expected: "a boolean"
-            }
-            .to_string(),
+            EnvelopeError::WrongType { field: "livemode", expected: "a boolean" }.to_string(),
             "field `livemode` must be a boolean"
         );
     }

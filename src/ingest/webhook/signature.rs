@@ -72,12 +72,8 @@ pub enum Provider {
 impl Provider {
     /// Every provider, so that configuration parsing, documentation and tests
     /// can enumerate them without forgetting one when another is added.
-    pub const ALL: [Provider; 4] = [
-        Provider::Omise,
-        Provider::Komoju,
-        Provider::Stripe,
-        Provider::StandardWebhooks,
-    ];
+    pub const ALL: [Provider; 4] =
+        [Provider::Omise, Provider::Komoju, Provider::Stripe, Provider::StandardWebhooks];
 
     /// The provider's name as its own documentation spells it, for logs and
     /// error messages.
@@ -202,11 +198,7 @@ pub fn verify(
             let value = require(header, STRIPE_SIGNATURE)?;
             let parsed = parse_stripe_header(&value)?;
             let timestamp = parse_unix_seconds(STRIPE_SIGNATURE, parsed.timestamp)?;
-            check_mac(
-                &keys,
-                &[parsed.timestamp.as_bytes(), b".", body],
-                &parsed.signatures,
-            )?;
+            check_mac(&keys, &[parsed.timestamp.as_bytes(), b".", body], &parsed.signatures)?;
             check_fresh(STRIPE_SIGNATURE, timestamp, now, tolerance)
         }
         Provider::StandardWebhooks => {
@@ -258,10 +250,7 @@ pub fn sign(
     let headers = match provider {
         Provider::Omise => {
             let tag = compute_mac(&key, &[ts.as_bytes(), b".", body])?;
-            vec![
-                (OMISE_SIGNATURE.to_owned(), encode_hex(&tag)),
-                (OMISE_TIMESTAMP.to_owned(), ts),
-            ]
+            vec![(OMISE_SIGNATURE.to_owned(), encode_hex(&tag)), (OMISE_TIMESTAMP.to_owned(), ts)]
         }
         Provider::Komoju => {
             let tag = compute_mac(&key, &[body])?;
@@ -285,10 +274,7 @@ pub fn sign(
             vec![
                 (WEBHOOK_ID.to_owned(), id.to_owned()),
                 (WEBHOOK_TIMESTAMP.to_owned(), ts),
-                (
-                    WEBHOOK_SIGNATURE.to_owned(),
-                    format!("v1,{}", BASE64.encode(tag)),
-                ),
+                (WEBHOOK_SIGNATURE.to_owned(), format!("v1,{}", BASE64.encode(tag))),
             ]
         }
     };
@@ -300,9 +286,7 @@ pub fn sign(
 /// request looks like. The error names the secret by position only.
 fn keys_for(provider: Provider, secrets: &[String]) -> Result<Vec<Vec<u8>>, SignatureError> {
     if secrets.is_empty() {
-        return Err(SignatureError::BadSecret(format!(
-            "no {provider} secret is configured"
-        )));
+        return Err(SignatureError::BadSecret(format!("no {provider} secret is configured")));
     }
     let count = secrets.len();
     secrets
@@ -354,9 +338,7 @@ fn key_bytes(provider: Provider, secret: &str) -> Result<Vec<u8>, SignatureError
 fn decode_secret(encoded: &str, reason: &str) -> Result<Vec<u8>, SignatureError> {
     match BASE64.decode(encoded) {
         Ok(bytes) if !bytes.is_empty() => Ok(bytes),
-        Ok(_) => Err(SignatureError::BadSecret(
-            "the secret decodes to no bytes".to_owned(),
-        )),
+        Ok(_) => Err(SignatureError::BadSecret("the secret decodes to no bytes".to_owned())),
         Err(_) => Err(SignatureError::BadSecret(reason.to_owned())),
     }
 }
@@ -371,10 +353,7 @@ fn require(
     let value = header(&name.to_ascii_lowercase()).ok_or(SignatureError::MissingHeader(name))?;
     let trimmed = value.trim();
     if trimmed.is_empty() {
-        return Err(SignatureError::Malformed(
-            name,
-            "the value is empty".to_owned(),
-        ));
+        return Err(SignatureError::Malformed(name, "the value is empty".to_owned()));
     }
     Ok(trimmed.to_owned())
 }
@@ -405,11 +384,7 @@ fn check_fresh(
     let age_seconds = now.timestamp().saturating_sub(timestamp);
     let tolerance_seconds = tolerance.num_seconds().max(0);
     if age_seconds.unsigned_abs() > tolerance_seconds.unsigned_abs() {
-        return Err(SignatureError::Stale {
-            header: name,
-            age_seconds,
-            tolerance_seconds,
-        });
+        return Err(SignatureError::Stale { header: name, age_seconds, tolerance_seconds });
     }
     Ok(())
 }
@@ -444,11 +419,7 @@ fn parse_stripe_header(value: &str) -> Result<StripeHeader<'_>, SignatureError> 
     let malformed = |reason: &str| SignatureError::Malformed(STRIPE_SIGNATURE, reason.to_owned());
     let mut timestamp = None;
     let mut signatures = Vec::new();
-    for item in value
-        .split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-    {
+    for item in value.split(',').map(str::trim).filter(|item| !item.is_empty()) {
         let (key, field) = item
             .split_once('=')
             .ok_or_else(|| malformed("expected comma-separated key=value pairs"))?;
@@ -464,10 +435,7 @@ fn parse_stripe_header(value: &str) -> Result<StripeHeader<'_>, SignatureError> 
         return Err(malformed("no v1= signature"));
     }
     check_count(STRIPE_SIGNATURE, &signatures)?;
-    Ok(StripeHeader {
-        timestamp,
-        signatures,
-    })
+    Ok(StripeHeader { timestamp, signatures })
 }
 
 /// Reads a `webhook-signature` header: space-separated `version,signature`
@@ -493,10 +461,7 @@ fn standard_webhooks_signatures(value: &str) -> Result<Vec<Vec<u8>>, SignatureEr
         }
     }
     if candidates.is_empty() {
-        return Err(SignatureError::Malformed(
-            WEBHOOK_SIGNATURE,
-            "no v1 signature".to_owned(),
-        ));
+        return Err(SignatureError::Malformed(WEBHOOK_SIGNATURE, "no v1 signature".to_owned()));
     }
     check_count(WEBHOOK_SIGNATURE, &candidates)?;
     Ok(candidates)
@@ -644,10 +609,7 @@ mod tests {
 
     /// Headers keyed by lower-case name, the way the caller will look them up.
     fn headers(pairs: &[(String, String)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(name, value)| (name.to_ascii_lowercase(), value.clone()))
-            .collect()
+        pairs.iter().map(|(name, value)| (name.to_ascii_lowercase(), value.clone())).collect()
     }
 
     fn check(
@@ -695,18 +657,12 @@ mod tests {
             pairs,
             Ok(vec![
                 ("Omise-Signature".to_owned(), expected.to_owned()),
-                (
-                    "Omise-Signature-Timestamp".to_owned(),
-                    "1700000000".to_owned()
-                ),
+                ("Omise-Signature-Timestamp".to_owned(), "1700000000".to_owned()),
             ])
         );
         let mut h = HashMap::new();
         h.insert("omise-signature".to_owned(), expected.to_owned());
-        h.insert(
-            "omise-signature-timestamp".to_owned(),
-            "1700000000".to_owned(),
-        );
+        h.insert("omise-signature-timestamp".to_owned(), "1700000000".to_owned());
         assert_eq!(check(Provider::Omise, &[OMISE_SECRET], &h, BODY), Ok(()));
     }
 
@@ -733,16 +689,10 @@ mod tests {
         let expected = "c2e4bd355e885eeba803ddf8c9f3dcbcd9cf556590d3080ae78ed5b12f615753";
         assert_eq!(
             sign(Provider::Stripe, STRIPE_SECRET, None, NOW, BODY),
-            Ok(vec![(
-                "Stripe-Signature".to_owned(),
-                format!("t=1700000000,v1={expected}")
-            )])
+            Ok(vec![("Stripe-Signature".to_owned(), format!("t=1700000000,v1={expected}"))])
         );
         let mut h = HashMap::new();
-        h.insert(
-            "stripe-signature".to_owned(),
-            format!("t=1700000000,v0=00,v1={expected}"),
-        );
+        h.insert("stripe-signature".to_owned(), format!("t=1700000000,v0=00,v1={expected}"));
         assert_eq!(check(Provider::Stripe, &[STRIPE_SECRET], &h, BODY), Ok(()));
     }
 
@@ -757,13 +707,7 @@ mod tests {
         let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
         let expected = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
         assert_eq!(
-            sign(
-                Provider::StandardWebhooks,
-                SW_SECRET,
-                Some(id),
-                1_614_265_330,
-                body
-            ),
+            sign(Provider::StandardWebhooks, SW_SECRET, Some(id), 1_614_265_330, body),
             Ok(vec![
                 ("webhook-id".to_owned(), id.to_owned()),
                 ("webhook-timestamp".to_owned(), "1614265330".to_owned()),
@@ -780,14 +724,7 @@ mod tests {
         for secret in [SW_SECRET, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] {
             let secrets = vec![secret.to_owned()];
             assert_eq!(
-                verify(
-                    Provider::StandardWebhooks,
-                    &secrets,
-                    &lookup,
-                    body,
-                    then,
-                    tolerance()
-                ),
+                verify(Provider::StandardWebhooks, &secrets, &lookup, body, then, tolerance()),
                 Ok(())
             );
         }
@@ -854,11 +791,7 @@ mod tests {
 
     #[test]
     fn too_old_timestamp_is_stale() {
-        for provider in [
-            Provider::Omise,
-            Provider::Stripe,
-            Provider::StandardWebhooks,
-        ] {
+        for provider in [Provider::Omise, Provider::Stripe, Provider::StandardWebhooks] {
             let (secret, _) = secret_pair(provider);
             let h = signed(provider, secret, NOW - 400, BODY);
             assert_eq!(
@@ -875,11 +808,7 @@ mod tests {
 
     #[test]
     fn too_far_future_timestamp_is_stale() {
-        for provider in [
-            Provider::Omise,
-            Provider::Stripe,
-            Provider::StandardWebhooks,
-        ] {
+        for provider in [Provider::Omise, Provider::Stripe, Provider::StandardWebhooks] {
             let (secret, _) = secret_pair(provider);
             let h = signed(provider, secret, NOW + 301, BODY);
             assert_eq!(
@@ -896,11 +825,7 @@ mod tests {
 
     #[test]
     fn timestamps_exactly_at_the_tolerance_pass() {
-        for provider in [
-            Provider::Omise,
-            Provider::Stripe,
-            Provider::StandardWebhooks,
-        ] {
+        for provider in [Provider::Omise, Provider::Stripe, Provider::StandardWebhooks] {
             let (secret, _) = secret_pair(provider);
             for timestamp in [NOW - TOLERANCE, NOW + TOLERANCE] {
                 let h = signed(provider, secret, timestamp, BODY);
@@ -932,10 +857,7 @@ mod tests {
         let lookup = |name: &str| h.get(name).cloned();
         let secrets = vec![STRIPE_SECRET.to_owned()];
         let negative = chrono::Duration::seconds(-5);
-        assert_eq!(
-            verify(Provider::Stripe, &secrets, &lookup, BODY, now(), negative),
-            Ok(())
-        );
+        assert_eq!(verify(Provider::Stripe, &secrets, &lookup, BODY, now(), negative), Ok(()));
         let late = now() + chrono::Duration::seconds(1);
         assert_eq!(
             verify(Provider::Stripe, &secrets, &lookup, BODY, late, negative),
@@ -951,24 +873,12 @@ mod tests {
     fn missing_headers_are_named() {
         let cases: [(Provider, &str, &str); 7] = [
             (Provider::Omise, "omise-signature", "Omise-Signature"),
-            (
-                Provider::Omise,
-                "omise-signature-timestamp",
-                "Omise-Signature-Timestamp",
-            ),
+            (Provider::Omise, "omise-signature-timestamp", "Omise-Signature-Timestamp"),
             (Provider::Komoju, "x-komoju-signature", "X-Komoju-Signature"),
             (Provider::Stripe, "stripe-signature", "Stripe-Signature"),
             (Provider::StandardWebhooks, "webhook-id", "webhook-id"),
-            (
-                Provider::StandardWebhooks,
-                "webhook-timestamp",
-                "webhook-timestamp",
-            ),
-            (
-                Provider::StandardWebhooks,
-                "webhook-signature",
-                "webhook-signature",
-            ),
+            (Provider::StandardWebhooks, "webhook-timestamp", "webhook-timestamp"),
+            (Provider::StandardWebhooks, "webhook-signature", "webhook-signature"),
         ];
         for (provider, lookup_name, display_name) in cases {
             let (secret, _) = secret_pair(provider);
@@ -1029,17 +939,10 @@ mod tests {
         ] {
             let mut h = good.clone();
             h.insert("omise-signature".to_owned(), value.clone());
-            assert_eq!(
-                check(Provider::Omise, &[OMISE_SECRET], &h, BODY),
-                Ok(()),
-                "{value}"
-            );
+            assert_eq!(check(Provider::Omise, &[OMISE_SECRET], &h, BODY), Ok(()), "{value}");
         }
         let mut h = good.clone();
-        h.insert(
-            "omise-signature".to_owned(),
-            format!("{other_sig},{other_sig}"),
-        );
+        h.insert("omise-signature".to_owned(), format!("{other_sig},{other_sig}"));
         assert_eq!(
             check(Provider::Omise, &[OMISE_SECRET], &h, BODY),
             Err(SignatureError::Mismatch)
@@ -1054,13 +957,7 @@ mod tests {
                 OMISE_SIGNATURE,
             );
         }
-        for value in [
-            "-1700000000",
-            "1.7e9",
-            "soon",
-            "99999999999999999999",
-            "+1700000000",
-        ] {
+        for value in ["-1700000000", "1.7e9", "soon", "99999999999999999999", "+1700000000"] {
             assert_malformed(
                 malformed_in(Provider::Omise, "omise-signature-timestamp", value),
                 OMISE_TIMESTAMP,
@@ -1071,10 +968,7 @@ mod tests {
     #[test]
     fn omise_timestamp_is_part_of_what_is_signed() {
         let mut h = signed(Provider::Omise, OMISE_SECRET, NOW, BODY);
-        h.insert(
-            "omise-signature-timestamp".to_owned(),
-            (NOW + 1).to_string(),
-        );
+        h.insert("omise-signature-timestamp".to_owned(), (NOW + 1).to_string());
         assert_eq!(
             check(Provider::Omise, &[OMISE_SECRET], &h, BODY),
             Err(SignatureError::Mismatch)
@@ -1085,13 +979,7 @@ mod tests {
 
     #[test]
     fn komoju_malformed_header() {
-        for value in [
-            "zz",
-            "abc",
-            &"0".repeat(62),
-            &"g".repeat(64),
-            "deadbeef,deadbeef",
-        ] {
+        for value in ["zz", "abc", &"0".repeat(62), &"g".repeat(64), "deadbeef,deadbeef"] {
             assert_malformed(
                 malformed_in(Provider::Komoju, "x-komoju-signature", value),
                 KOMOJU_SIGNATURE,
@@ -1131,11 +1019,7 @@ mod tests {
         ] {
             let mut h = HashMap::new();
             h.insert("stripe-signature".to_owned(), value.clone());
-            assert_eq!(
-                check(Provider::Stripe, &[STRIPE_SECRET], &h, BODY),
-                Ok(()),
-                "{value}"
-            );
+            assert_eq!(check(Provider::Stripe, &[STRIPE_SECRET], &h, BODY), Ok(()), "{value}");
         }
     }
 
@@ -1146,10 +1030,7 @@ mod tests {
         let as_v0 = value.replace("v1=", "v0=");
         let mut h = HashMap::new();
         h.insert("stripe-signature".to_owned(), as_v0);
-        assert_malformed(
-            check(Provider::Stripe, &[STRIPE_SECRET], &h, BODY),
-            STRIPE_SIGNATURE,
-        );
+        assert_malformed(check(Provider::Stripe, &[STRIPE_SECRET], &h, BODY), STRIPE_SIGNATURE);
     }
 
     #[test]
@@ -1227,13 +1108,7 @@ mod tests {
 
     #[test]
     fn standard_webhooks_malformed_headers() {
-        for value in [
-            "v1,not base64!",
-            "v1,c2hvcnQ=",
-            "v1a,c2lnbmF0dXJl",
-            "v2,abc",
-            "nonsense",
-        ] {
+        for value in ["v1,not base64!", "v1,c2hvcnQ=", "v1a,c2lnbmF0dXJl", "v2,abc", "nonsense"] {
             assert_malformed(
                 malformed_in(Provider::StandardWebhooks, "webhook-signature", value),
                 WEBHOOK_SIGNATURE,
@@ -1272,10 +1147,7 @@ mod tests {
         }
         // Standard Webhooks allows the bare base64 without its prefix.
         assert_eq!(
-            validate_secret(
-                Provider::StandardWebhooks,
-                "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-            ),
+            validate_secret(Provider::StandardWebhooks, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
             Ok(())
         );
     }
@@ -1295,10 +1167,7 @@ mod tests {
         ];
         for (provider, secret) in cases {
             assert!(
-                matches!(
-                    validate_secret(provider, secret),
-                    Err(SignatureError::BadSecret(_))
-                ),
+                matches!(validate_secret(provider, secret), Err(SignatureError::BadSecret(_))),
                 "{provider} {secret:?}"
             );
         }
@@ -1312,10 +1181,7 @@ mod tests {
             let message = error.as_ref().map(ToString::to_string).unwrap_or_default();
             let debug = format!("{error:?}");
             assert!(message.starts_with("invalid webhook secret: "), "{message}");
-            assert!(
-                !message.contains("Sup3r") && !debug.contains("Sup3r"),
-                "{message}"
-            );
+            assert!(!message.contains("Sup3r") && !debug.contains("Sup3r"), "{message}");
         }
     }
 
@@ -1335,19 +1201,13 @@ mod tests {
         let h = signed(Provider::Stripe, STRIPE_SECRET, NOW, BODY);
         assert_eq!(
             check(Provider::Stripe, &[], &h, BODY),
-            Err(SignatureError::BadSecret(
-                "no Stripe secret is configured".to_owned()
-            ))
+            Err(SignatureError::BadSecret("no Stripe secret is configured".to_owned()))
         );
     }
 
     #[test]
     fn sign_refuses_negative_timestamps() {
-        for provider in [
-            Provider::Omise,
-            Provider::Stripe,
-            Provider::StandardWebhooks,
-        ] {
+        for provider in [Provider::Omise, Provider::Stripe, Provider::StandardWebhooks] {
             let (secret, _) = secret_pair(provider);
             assert!(matches!(
                 sign(provider, secret, Some(MSG_ID), -1, BODY),
@@ -1382,10 +1242,7 @@ mod tests {
             .to_string(),
             "stale timestamp in webhook-timestamp: 400 s in the future, outside the 300 s tolerance"
         );
-        assert_eq!(
-            SignatureError::Mismatch.to_string(),
-            "signature does not match"
-        );
+        assert_eq!(SignatureError::Mismatch.to_string(), "signature does not match");
         assert_eq!(
             SignatureError::Malformed(STRIPE_SIGNATURE, "no t= timestamp".to_owned()).to_string(),
             "malformed header Stripe-Signature: no t= timestamp"
