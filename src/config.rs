@@ -62,6 +62,28 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_DURABILITY", value_enum, default_value = "power-loss")]
     pub durability: crate::store::Durability,
 
+    /// Most unary calls in flight across all connections; beyond it calls are refused at once
+    /// with RESOURCE_EXHAUSTED (load shedding) rather than queued.
+    #[arg(long, env = "EVENTSD_MAX_IN_FLIGHT", default_value_t = 2048)]
+    pub max_in_flight: usize,
+
+    /// Most concurrent HTTP/2 streams (calls and subscriptions) per gRPC connection.
+    #[arg(long, env = "EVENTSD_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
+    pub max_concurrent_streams: u32,
+
+    /// Time limit of a unary call, such as `30s`; a call over it ends with CANCELLED.
+    #[arg(long, env = "EVENTSD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Interval of HTTP/2 keepalive pings on gRPC connections; a peer that does not answer
+    /// within --keepalive-timeout is disconnected.
+    #[arg(long, env = "EVENTSD_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long to wait for a keepalive ping's answer.
+    #[arg(long, env = "EVENTSD_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
     /// Page cache of the embedded store, in bytes.
     #[arg(long, env = "EVENTSD_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub cache_bytes: u64,

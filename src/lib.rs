@@ -5,6 +5,7 @@
 //! - [`server`]: `run(config, listeners, shutdown)`, the one entry point of `main` and tests.
 //! - [`api`]: the gRPC surface, `events.v1.EventService`; request validation at the boundary.
 //! - [`ingest`]: HTTP ingest: provider webhooks, `POST /events`, `GET /healthz`.
+//! - [`limits`]: overload protection: one in-flight limit across all connections.
 //! - [`fanout`]: SubscribeEvents streams, catch-up then live, by sequence.
 //! - [`event`]: the domain: what a valid event is, ids, filters, JSON and time conversions.
 //! - [`store`]: the storage interface and the embedded backend with its group commit.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod event;
 pub mod fanout;
 pub mod ingest;
+pub mod limits;
 pub mod proto;
 pub mod server;
 pub mod store;

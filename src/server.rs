@@ -19,6 +19,7 @@ use crate::event::EventLimits;
 use crate::fanout::SubscriptionConfig;
 use crate::ingest::http::{router, IngestState};
 use crate::ingest::sources::WebhookConfig;
+use crate::limits::InFlightLimit;
 use crate::proto::event_service_server::EventServiceServer;
 use crate::store::{EventStore, SledStore, StoreConfig};
 
@@ -94,6 +95,11 @@ pub async fn run(
     );
     let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
     let grpc = Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .timeout(config.request_timeout)
+        .layer(InFlightLimit::new(config.max_in_flight))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
