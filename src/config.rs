@@ -45,6 +45,31 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
 
+    /// TOML file of API keys (name, key or sha256, scopes, mode). Without it every caller is
+    /// unrestricted and eventsd listens on loopback only. SIGHUP reloads the file.
+    #[arg(long, env = "EVENTSD_API_KEYS", value_name = "FILE")]
+    pub api_keys: Option<PathBuf>,
+
+    /// Serve on a non-loopback address without API keys or client certificates.
+    #[arg(long, env = "EVENTSD_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
+    /// PEM certificate chain: serve gRPC and HTTP over TLS (with --tls-key).
+    #[arg(long, env = "EVENTSD_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "EVENTSD_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: require client certificates signed by it (mutual TLS).
+    #[arg(long, env = "EVENTSD_TLS_CLIENT_CA", value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Do not serve gRPC reflection.
+    #[arg(long, env = "EVENTSD_NO_REFLECTION")]
+    pub no_reflection: bool,
+
     /// Folder holding the event store (created if missing).
     #[arg(long, env = "EVENTSD_DATA_DIR", default_value = "eventsd-data")]
     pub data_dir: PathBuf,

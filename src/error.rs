@@ -53,6 +53,9 @@ pub enum Error {
     /// A webhook signature or credential is missing or wrong.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The caller's key may not do this (scope or mode).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// No webhook route is configured under this source name.
     #[error("no webhook source named {0:?} is configured")]
     UnknownSource(String),
@@ -93,6 +96,7 @@ impl From<Error> for Status {
             Error::NotFound { .. } => Code::NotFound,
             Error::OutOfRange { .. } => Code::OutOfRange,
             Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::UnknownSource(_) => Code::NotFound,
             Error::PayloadTooLarge { .. } => Code::ResourceExhausted,
             Error::UnsupportedMediaType(_) | Error::MalformedJson(_) => Code::InvalidArgument,
@@ -115,6 +119,7 @@ impl Error {
             Error::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             Error::OutOfRange { .. } => (StatusCode::BAD_REQUEST, "out_of_range"),
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Error::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission_denied"),
             Error::NotFound { .. } | Error::UnknownSource(_) => {
                 (StatusCode::NOT_FOUND, "not_found")
             }

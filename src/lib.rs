@@ -3,6 +3,7 @@
 //! Map of the crate, from the outside in:
 //! - [`config`]: command line and environment (`eventsd`, `eventsd serve`, `eventsd tail`).
 //! - [`server`]: `run(config, listeners, shutdown)`, the one entry point of `main` and tests.
+//! - [`auth`]: API keys, scopes and test/live modes.
 //! - [`api`]: the gRPC surface, `events.v1.EventService`; request validation at the boundary.
 //! - [`ingest`]: HTTP ingest: provider webhooks, `POST /events`, `GET /healthz`.
 //! - [`limits`]: overload protection: one in-flight limit across all connections.
@@ -14,6 +15,7 @@
 //! - [`proto`]: the generated `events.v1` code and descriptor set.
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -10,9 +10,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
-use crate::api::EventsApi;
+use crate::api::{Authenticate, EventsApi};
+use crate::auth::KeyRing;
 use crate::config::ServeConfig;
 use crate::error::Error;
 use crate::event::EventLimits;
@@ -38,6 +40,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let http_addr = listeners.http.local_addr()?;
+    let grpc_addr = listeners.grpc.local_addr()?;
+    let keys = match &config.api_keys {
+        Some(path) => KeyRing::load(path)?,
+        None => KeyRing::disabled(),
+    };
+    check_exposure(&config, &keys, &[grpc_addr, http_addr])?;
     let webhooks = WebhookConfig::from_config(&config, http_addr.ip().is_loopback())?;
     let store = SledStore::open(&StoreConfig {
         path: config.data_dir.clone(),
@@ -54,6 +62,9 @@ pub async fn run(
             token.cancel();
         }
     });
+    if keys.enabled() {
+        tasks.spawn(reload_keys_on_sighup(keys.clone(), token.clone()));
+    }
 
     let limits = EventLimits { max_data_bytes: config.max_data_bytes };
     let http = router(IngestState {
@@ -61,6 +72,7 @@ pub async fn run(
         limits,
         webhooks: Arc::new(webhooks),
         max_body_bytes: config.max_body_bytes,
+        keys: keys.clone(),
     });
     let api = EventsApi::new(
         store.clone(),
@@ -69,23 +81,21 @@ pub async fn run(
         token.clone(),
         tasks.clone(),
     );
-    let events = EventServiceServer::new(api)
-        .max_decoding_message_size(config.max_request_bytes)
-        .max_encoding_message_size(usize::MAX);
+    let events = InterceptedService::new(
+        EventServiceServer::new(api)
+            .max_decoding_message_size(config.max_request_bytes)
+            .max_encoding_message_size(usize::MAX),
+        Authenticate(keys.clone()),
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<EventServiceServer<EventsApi>>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
+    let (reflection_v1, reflection_v1alpha) = if config.no_reflection {
+        (None, None)
+    } else {
+        let (v1, v1alpha) = reflection_services()?;
+        (Some(v1), Some(v1alpha))
+    };
 
-    let grpc_addr = listeners.grpc.local_addr()?;
     tracing::info!(
         grpc = %grpc_addr,
         http = %http_addr,
@@ -101,8 +111,8 @@ pub async fn run(
         .timeout(config.request_timeout)
         .layer(InFlightLimit::new(config.max_in_flight))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
         .add_service(events)
         .serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned());
     let http = axum::serve(listeners.http, http)
@@ -119,6 +129,74 @@ pub async fn run(
     http_served.map_err(|e| Error::Startup(format!("HTTP server: {e}")))?;
     tracing::info!("eventsd stopped");
     Ok(())
+}
+
+/// The reflection services (v1, and v1alpha for grpcurl 1.8, evans and Postman), describing
+/// events.v1 and grpc.health.v1.
+fn reflection_services() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    Error,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = builder().build_v1().map_err(|e| Error::Startup(format!("reflection: {e}")))?;
+    let v1alpha = builder().build_v1alpha().map_err(|e| Error::Startup(format!("reflection: {e}")))?;
+    Ok((v1, v1alpha))
+}
+
+/// The safe default: without API keys or client certificates, eventsd listens on loopback
+/// only, unless the operator says otherwise with --allow-unauthenticated.
+fn check_exposure(config: &ServeConfig, keys: &KeyRing, addrs: &[std::net::SocketAddr]) -> Result<(), Error> {
+    if keys.enabled() || config.tls_client_ca.is_some() {
+        return Ok(());
+    }
+    let exposed: Vec<String> = addrs.iter().filter(|a| !a.ip().is_loopback()).map(|a| a.to_string()).collect();
+    if exposed.is_empty() {
+        tracing::warn!("no API keys configured (--api-keys): every caller is unrestricted, so eventsd serves on loopback only");
+        return Ok(());
+    }
+    if config.allow_unauthenticated {
+        tracing::warn!(addresses = %exposed.join(", "), "serving without authentication on non-loopback addresses (--allow-unauthenticated)");
+        return Ok(());
+    }
+    Err(Error::Startup(format!(
+        "refusing to listen on {} without authentication: configure --api-keys or --tls-client-ca, \
+         or pass --allow-unauthenticated",
+        exposed.join(", ")
+    )))
+}
+
+/// Reloads the API keys on every SIGHUP until shutdown.
+async fn reload_keys_on_sighup(keys: KeyRing, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGHUP; API keys will not reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => keys.reload(),
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = keys;
+        shutdown.cancelled().await;
+    }
 }
 
 /// Completes on SIGINT (ctrl-c) or SIGTERM.

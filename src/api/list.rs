@@ -12,6 +12,7 @@ use prost::Message;
 use prost_types::Timestamp;
 use sha2::{Digest, Sha256};
 
+use crate::auth::Principal;
 use crate::error::Error;
 use crate::event::{time, Filter};
 use crate::proto::{ListEventsRequest, ListEventsResponse, Order};
@@ -171,6 +172,20 @@ impl PageRequest {
             first_offset: token.first_offset,
             position: token.position,
         })
+    }
+
+    /// Narrows the listing to what the caller may read. A page token whose listing the
+    /// caller's mode would narrow was issued to someone else: its total covers events this
+    /// caller may not see, so it is refused.
+    pub fn restrict_to(&mut self, caller: &Principal) -> Result<(), Error> {
+        let before = self.query.filter.livemode;
+        caller.restrict(&mut self.query.filter)?;
+        if self.query.resume.is_some() && self.query.filter.livemode != before {
+            return Err(Error::PermissionDenied(
+                "page_token belongs to a listing this key cannot read".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Builds the response for the page the store returned.

@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Map, Value};
 
+use crate::auth::{KeyRing, Scope};
 use crate::error::Error;
 use crate::event::json::{event_to_json, object_to_struct};
 use crate::event::{time, EventLimits, NewEvent};
@@ -37,6 +38,8 @@ pub struct IngestState {
     pub webhooks: Arc<WebhookConfig>,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// API keys for `POST /events` (webhook routes use their signatures instead).
+    pub keys: KeyRing,
 }
 
 /// The HTTP routes.
@@ -111,11 +114,15 @@ async fn publish(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Error> {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let caller = state.keys.authenticate(authorization)?;
+    caller.require(Scope::Publish)?;
     require_json(&headers)?;
     let body = body_bytes(body, state.max_body_bytes)?;
     let json = parse_json(&body)?;
     let request = publish_request(&json)?;
     let event = NewEvent::from_request(request, &state.limits, "")?;
+    caller.require_mode(event.livemode, "livemode")?;
     append_one(&state, event).await
 }
 

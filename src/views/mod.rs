@@ -1,0 +1,218 @@
+//! Provider-shaped JSON views over HTTP: stored events read back in the shapes of the Omise
+//! and KOMOJU Events APIs, so a client written for either provider can read eventsd as is.
+//!
+//! - `GET /events`, `GET /events/{id}`: the Omise list and event shapes ([`omise`]).
+//! - `GET /api/v1/events`, `GET /api/v1/events/{id}`: the KOMOJU shapes ([`komoju`]).
+//!
+//! What the views promise:
+//! - A listing means exactly what ListEvents means: the query parameters become a
+//!   `ListEventsRequest` validated by [`PageRequest`], so defaults, the limit cap, the type and
+//!   livemode filters, the exact `total` and the (created, sequence) order are ListEvents' own.
+//!   Paging is by offset (or KOMOJU page) rather than page token, so unlike a token listing, a
+//!   later page may see events committed after the first one.
+//! - Like every read, a view shows only durable events.
+//! - A bad parameter is 422 with a message naming it; an unknown id is 404. Both use the JSON
+//!   error body of [`Error`]'s `IntoResponse` (`{"object":"error","code","message"}`).
+//! - Times are UTC RFC 3339 with `Z`: whole seconds (`2017-02-03T13:52:54Z`, as the providers
+//!   print them) when the nanoseconds are 0, fractional seconds otherwise. Whole numbers in
+//!   `data` print as integers, so a provider payload stored through eventsd reads back equal.
+//! - Unknown query parameters are ignored, as the providers' APIs ignore them.
+
+pub mod komoju;
+pub mod omise;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::Query;
+use axum::routing::get;
+use axum::Router;
+use prost_types::Timestamp;
+use serde_json::{Map, Value as Json};
+
+use crate::api::list::PageRequest;
+use crate::error::Error;
+use crate::event::json::struct_to_object;
+use crate::event::{id, time};
+use crate::proto::{Event, ListEventsRequest, ListEventsResponse};
+use crate::store::EventStore;
+
+/// What the view handlers share: a cheap-to-clone store handle.
+#[derive(Clone)]
+pub struct ViewsState {
+    /// The event store.
+    pub store: Arc<dyn EventStore>,
+}
+
+/// The read-only view routes, to merge into the HTTP router.
+pub fn router(state: ViewsState) -> Router {
+    Router::new()
+        .route("/events", get(omise::list))
+        .route("/events/{id}", get(omise::get))
+        .route("/api/v1/events", get(komoju::list))
+        .route("/api/v1/events/{id}", get(komoju::get))
+        .with_state(state)
+}
+
+/// The durable event with this id. An id eventsd could never have stored is simply not found:
+/// for a path segment 404 is the answer, whatever is wrong with it.
+async fn find(store: &dyn EventStore, event_id: String) -> Result<Event, Error> {
+    if id::validate(&event_id).is_err() {
+        return Err(Error::NotFound { id: event_id });
+    }
+    store.get(&event_id).await?.ok_or(Error::NotFound { id: event_id })
+}
+
+/// Runs one ListEvents page: validation and defaults by [`PageRequest`], then the store.
+async fn list(store: &dyn EventStore, request: ListEventsRequest) -> Result<ListEventsResponse, Error> {
+    let page_request = PageRequest::new(request, time::now()).map_err(name_type_param)?;
+    let page = store.list(page_request.query.clone()).await?;
+    Ok(page_request.respond(page))
+}
+
+/// ListEvents names its type filter `types[i]`; over HTTP the parameter is `type`.
+fn name_type_param(err: Error) -> Error {
+    match err {
+        Error::InvalidArgument { field, reason } if field.starts_with("types") => {
+            Error::invalid("type", reason)
+        }
+        other => other,
+    }
+}
+
+/// A time as the providers print it: RFC 3339 in UTC with `Z`, fractional seconds only when
+/// there are any.
+fn time_json(ts: &Option<Timestamp>) -> Json {
+    ts.as_ref().map_or(Json::Null, |t| Json::String(time::to_rfc3339(t)))
+}
+
+/// An event's `data` as a JSON object (stored events always have one).
+fn data_json(event: &Event) -> Json {
+    Json::Object(event.data.as_ref().map(struct_to_object).unwrap_or_default())
+}
+
+/// An optional label: `null` when it was not given, as the providers print absent values.
+fn label_json(text: &str) -> Json {
+    if text.is_empty() {
+        Json::Null
+    } else {
+        Json::String(text.to_string())
+    }
+}
+
+/// eventsd's own event fields, added to both provider shapes (extra fields that parsers of
+/// either provider ignore): `sequence` to resume a subscription from, `source`, `api_version`.
+fn add_extras(object: &mut Map<String, Json>, event: &Event) {
+    object.insert("sequence".into(), Json::from(event.sequence));
+    object.insert("source".into(), label_json(&event.source));
+    object.insert("api_version".into(), label_json(&event.api_version));
+}
+
+/// The query string as name/value pairs, in order, repeats kept.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn new(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Self, Error> {
+        query
+            .map(|Query(pairs)| Params(pairs))
+            .map_err(|rejection| Error::invalid("query", rejection.body_text()))
+    }
+
+    /// The value of a parameter that may appear at most once.
+    fn one(&self, name: &str) -> Result<Option<&str>, Error> {
+        let mut values = self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(Error::invalid(name, "is given more than once"));
+        }
+        Ok(first)
+    }
+
+    /// An integer parameter.
+    fn int(&self, name: &str) -> Result<Option<i32>, Error> {
+        let Some(text) = self.one(name)? else {
+            return Ok(None);
+        };
+        text.trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::invalid(name, format!("must be an integer (got {text:?})")))
+    }
+
+    /// `true` or `false`.
+    fn bool(&self, name: &str) -> Result<Option<bool>, Error> {
+        match self.one(name)? {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(other) => {
+                Err(Error::invalid(name, format!("must be true or false (got {other:?})")))
+            }
+        }
+    }
+
+    /// An ISO 8601 / RFC 3339 time such as `2017-02-03T13:52:54Z` or
+    /// `2017-02-03T20:52:54+07:00`.
+    fn time(&self, name: &str) -> Result<Option<Timestamp>, Error> {
+        let Some(text) = self.one(name)? else {
+            return Ok(None);
+        };
+        // An unescaped `+` in a query string arrives as a space; read it back as the offset
+        // sign the caller meant.
+        let parsed = chrono::DateTime::parse_from_rfc3339(text)
+            .or_else(|e| chrono::DateTime::parse_from_rfc3339(&text.replace(' ', "+")).map_err(|_| e))
+            .map_err(|e| {
+                Error::invalid(
+                    name,
+                    format!("must be an ISO 8601 time such as 2017-02-03T13:52:54Z (got {text:?}: {e})"),
+                )
+            })?;
+        Ok(Some(time::from_chrono(parsed.to_utc())))
+    }
+
+    /// Every value of a repeatable, comma-separated parameter, empty items dropped.
+    fn list(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        Params(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn times_accept_z_offsets_and_a_plus_decoded_as_space() {
+        let p = params(&[("a", "2017-02-03T13:52:54Z"), ("b", "2017-02-03T20:52:54 07:00")]);
+        assert_eq!(p.time("a").unwrap(), p.time("b").unwrap());
+        let err = params(&[("from", "yesterday")]).time("from").unwrap_err();
+        assert!(err.to_string().starts_with("from: "), "{err}");
+    }
+
+    #[test]
+    fn scalar_parameters_may_appear_once_and_lists_split_on_commas() {
+        let p = params(&[("limit", "1"), ("limit", "2"), ("type", "a.b,c.*"), ("type", "d")]);
+        assert!(p.int("limit").unwrap_err().to_string().starts_with("limit: "));
+        assert_eq!(p.list("type"), ["a.b", "c.*", "d"]);
+        assert_eq!(params(&[("livemode", "yes")]).bool("livemode").unwrap_err().to_string(),
+            "livemode: must be true or false (got \"yes\")");
+    }
+
+    #[test]
+    fn times_print_whole_seconds_unless_there_are_nanoseconds() {
+        let whole = Some(Timestamp { seconds: 1_486_129_974, nanos: 0 });
+        assert_eq!(time_json(&whole), "2017-02-03T13:52:54Z");
+        let fractional = Some(Timestamp { seconds: 1_486_129_974, nanos: 120_000_000 });
+        assert_eq!(time_json(&fractional), "2017-02-03T13:52:54.120Z");
+    }
+}
