@@ -28,7 +28,19 @@ pub enum Command {
     /// Run the server (the default).
     Serve(ServeConfig),
     /// Subscribe and print events as JSON lines, resuming after a dropped connection.
+    #[command(after_help = CLIENT_HELP)]
     Tail(TailArgs),
+    /// Publish one event and print it as stored, as one JSON object. `data` comes from
+    /// --data, --data-file, or stdin when neither is given.
+    #[command(after_help = CLIENT_HELP)]
+    Publish(PublishArgs),
+    /// Print one event by id, as one JSON object.
+    #[command(after_help = CLIENT_HELP)]
+    Get(GetArgs),
+    /// List events with the ListEvents options: one page as one JSON object, or with --all
+    /// every event of the listing as JSON lines.
+    #[command(after_help = CLIENT_HELP)]
+    List(ListArgs),
     /// Verify a stopped server's store offline: records, sequence continuity, indexes,
     /// counters and the ack record. Exits non-zero if anything is wrong.
     Check(CheckArgs),
@@ -235,4 +247,119 @@ pub fn validate_source_name(source: &str) -> Result<(), String> {
 /// Parses `15s`, `500ms`, `2m`, `1h`, `30d` (and combinations such as `1h30m`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 15s, 500ms, 2m)"))
+}
+
+/// The part of every client subcommand's help that is about the connection.
+const CLIENT_HELP: &str = "The API key, if any, is read from EVENTSD_API_KEY and sent as \
+`authorization: Bearer <key>`. On failure eventsd prints `eventsd: CODE: message` (the gRPC \
+status) or `eventsd: --flag: reason` on stderr and exits with 1 (2 for a usage error).";
+
+/// Where client subcommands connect.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// Server address (gRPC), such as http://127.0.0.1:50051.
+    #[arg(long, env = "EVENTSD_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+}
+
+/// `eventsd publish` settings.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// Where to connect.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The event type, such as `charge.create`.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub event_type: String,
+    /// The event's data: a JSON object, such as '{"object":"charge","amount":100000}'.
+    #[arg(long, value_name = "JSON", conflicts_with = "data_file")]
+    pub data: Option<String>,
+    /// Read the data (a JSON object) from this file; `-` means stdin.
+    #[arg(long, value_name = "FILE")]
+    pub data_file: Option<PathBuf>,
+    /// The event id; eventsd generates one when it is not given. With an id the publish is
+    /// idempotent: repeating it returns the stored event.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// When the event happened, in RFC 3339 (such as 2017-02-03T13:52:54Z); defaults to the
+    /// time the server receives it.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    pub created: Option<prost_types::Timestamp>,
+    /// Mark the event live; without it the event is a test event.
+    #[arg(long)]
+    pub livemode: bool,
+    /// The schema version of the data, such as `2024-06-20`.
+    #[arg(long, value_name = "V")]
+    pub api_version: Option<String>,
+    /// Who produced the event, such as `payments`.
+    #[arg(long, value_name = "S")]
+    pub source: Option<String>,
+}
+
+/// `eventsd get` settings.
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// Where to connect.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The event id.
+    pub id: String,
+}
+
+/// `eventsd list` settings: the fields of ListEventsRequest.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Where to connect.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Earliest `created` to include, inclusive, in RFC 3339 (default 1970-01-01T00:00:00Z).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    pub from: Option<prost_types::Timestamp>,
+    /// Latest `created` to include, inclusive, in RFC 3339 (default now).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    pub to: Option<prost_types::Timestamp>,
+    /// How many matching events to skip before the first page (default 0).
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    pub offset: Option<i32>,
+    /// Page size: default 20, at most 100 (larger values are reduced to 100). With --all, the
+    /// size of each page fetched.
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    pub limit: Option<i32>,
+    /// Sort order, by (created, sequence) [default: chronological].
+    #[arg(long, value_enum)]
+    pub order: Option<ListOrder>,
+    /// Only these types (exact, or a trailing wildcard such as `charge.*`); repeatable or
+    /// comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub types: Vec<String>,
+    /// Only live (`true`) or only test (`false`) events; both when not given.
+    #[arg(long, value_name = "true|false")]
+    pub livemode: Option<bool>,
+    /// Continue a listing: the `next_page_token` of a previous page (other options must then
+    /// be left out or equal the first page's; only --limit may change).
+    #[arg(long, value_name = "TOKEN")]
+    pub page_token: Option<String>,
+    /// Follow `next_page_token` to the end and print every event as one JSON line, instead of
+    /// printing one page as one JSON object.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// A listing's order, as `eventsd list --order` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListOrder {
+    /// Earliest first.
+    Chronological,
+    /// Latest first.
+    #[value(alias = "reverse_chronological")]
+    ReverseChronological,
+}
+
+/// Parses an RFC 3339 time, such as `2017-02-03T13:52:54Z` or `2017-02-03T20:52:54+07:00`.
+pub fn parse_time(text: &str) -> Result<prost_types::Timestamp, String> {
+    let t = chrono::DateTime::parse_from_rfc3339(text)
+        .map_err(|e| format!("{e} (expected RFC 3339, such as 2017-02-03T13:52:54Z)"))?;
+    Ok(crate::event::time::from_chrono(t.to_utc()))
 }

@@ -10,7 +10,9 @@
 //! - [`fanout`]: SubscribeEvents streams, catch-up then live, by sequence.
 //! - [`event`]: the domain: what a valid event is, ids, filters, JSON and time conversions.
 //! - [`store`]: the storage interface and the embedded backend with its group commit.
-//! - [`client`]: client subcommands for the terminal.
+//! - [`tls`]: TLS and mutual TLS for both listeners.
+//! - [`client`]: client subcommands for the terminal (`publish`, `get`, `list`, `tail`).
+//! - [`views`]: read-only HTTP views in the Omise and KOMOJU Events API shapes.
 //! - [`error`]: the one error type and its mapping to gRPC status codes.
 //! - [`proto`]: the generated `events.v1` code and descriptor set.
 
@@ -26,6 +28,8 @@ pub mod limits;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod tls;
+pub mod views;
 
 pub use config::ServeConfig;
 pub use error::Error;

@@ -4,13 +4,14 @@
 //! UNAVAILABLE, lets in-flight calls finish, flushes the store and returns.
 
 use std::future::{Future, IntoFuture};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::api::{Authenticate, EventsApi};
@@ -24,6 +25,7 @@ use crate::ingest::sources::WebhookConfig;
 use crate::limits::InFlightLimit;
 use crate::proto::event_service_server::EventServiceServer;
 use crate::store::{EventStore, SledStore, StoreConfig};
+use crate::tls::{Tls, TlsListener};
 
 /// The sockets the server serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -46,6 +48,7 @@ pub async fn run(
         None => KeyRing::disabled(),
     };
     check_exposure(&config, &keys, &[grpc_addr, http_addr])?;
+    let tls = Tls::load(&config)?;
     let webhooks = WebhookConfig::from_config(&config, http_addr.ip().is_loopback())?;
     let store = SledStore::open(&StoreConfig {
         path: config.data_dir.clone(),
@@ -73,7 +76,11 @@ pub async fn run(
         webhooks: Arc::new(webhooks),
         max_body_bytes: config.max_body_bytes,
         keys: keys.clone(),
-    });
+    })
+    .merge(crate::views::router(crate::views::ViewsState {
+        store: store.clone(),
+        keys: keys.clone(),
+    }));
     let api = EventsApi::new(
         store.clone(),
         limits,
@@ -99,12 +106,19 @@ pub async fn run(
     tracing::info!(
         grpc = %grpc_addr,
         http = %http_addr,
+        tls = tls.is_some(),
         data_dir = %config.data_dir.display(),
         durable_sequence = *store.durable().borrow(),
         "eventsd serving"
     );
     let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
-    let grpc = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder
+            .tls_config(tls.grpc.clone())
+            .map_err(|e| Error::Startup(format!("gRPC TLS: {e}")))?;
+    }
+    let grpc = builder
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
@@ -115,9 +129,21 @@ pub async fn run(
         .add_optional_service(reflection_v1alpha)
         .add_service(events)
         .serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned());
-    let http = axum::serve(listeners.http, http)
-        .with_graceful_shutdown(token.clone().cancelled_owned())
-        .into_future();
+    let http: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
+        Some(tls) => {
+            let listener = TlsListener::new(listeners.http, tls.http, token.clone())?;
+            Box::pin(
+                axum::serve(listener, http)
+                    .with_graceful_shutdown(token.clone().cancelled_owned())
+                    .into_future(),
+            )
+        }
+        None => Box::pin(
+            axum::serve(listeners.http, http)
+                .with_graceful_shutdown(token.clone().cancelled_owned())
+                .into_future(),
+        ),
+    };
     let (grpc_served, http_served) = tokio::join!(grpc, http);
 
     tracing::info!("shutting down: draining subscriptions and flushing the store");
@@ -135,7 +161,9 @@ pub async fn run(
 /// events.v1 and grpc.health.v1.
 fn reflection_services() -> Result<
     (
-        tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
         tonic_reflection::server::v1alpha::ServerReflectionServer<
             impl tonic_reflection::server::v1alpha::ServerReflection,
         >,
@@ -148,17 +176,23 @@ fn reflection_services() -> Result<
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let v1 = builder().build_v1().map_err(|e| Error::Startup(format!("reflection: {e}")))?;
-    let v1alpha = builder().build_v1alpha().map_err(|e| Error::Startup(format!("reflection: {e}")))?;
+    let v1alpha =
+        builder().build_v1alpha().map_err(|e| Error::Startup(format!("reflection: {e}")))?;
     Ok((v1, v1alpha))
 }
 
 /// The safe default: without API keys or client certificates, eventsd listens on loopback
 /// only, unless the operator says otherwise with --allow-unauthenticated.
-fn check_exposure(config: &ServeConfig, keys: &KeyRing, addrs: &[std::net::SocketAddr]) -> Result<(), Error> {
+fn check_exposure(
+    config: &ServeConfig,
+    keys: &KeyRing,
+    addrs: &[std::net::SocketAddr],
+) -> Result<(), Error> {
     if keys.enabled() || config.tls_client_ca.is_some() {
         return Ok(());
     }
-    let exposed: Vec<String> = addrs.iter().filter(|a| !a.ip().is_loopback()).map(|a| a.to_string()).collect();
+    let exposed: Vec<String> =
+        addrs.iter().filter(|a| !a.ip().is_loopback()).map(|a| a.to_string()).collect();
     if exposed.is_empty() {
         tracing::warn!("no API keys configured (--api-keys): every caller is unrestricted, so eventsd serves on loopback only");
         return Ok(());
@@ -178,7 +212,8 @@ fn check_exposure(config: &ServeConfig, keys: &KeyRing, addrs: &[std::net::Socke
 async fn reload_keys_on_sighup(keys: KeyRing, shutdown: CancellationToken) {
     #[cfg(unix)]
     {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
             Ok(signal) => signal,
             Err(err) => {
                 tracing::error!(error = %err, "cannot listen for SIGHUP; API keys will not reload");

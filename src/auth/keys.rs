@@ -86,12 +86,21 @@ pub struct KeyFile {
     entries: Vec<Entry>,
 }
 
+impl std::fmt::Debug for KeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
+        f.debug_struct("KeyFile").field("names", &names).finish_non_exhaustive()
+    }
+}
+
 impl KeyFile {
     /// Reads and validates a key file; errors name the entry, never a key.
     pub fn read(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Startup(format!("cannot read API key file {}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|e| Error::Startup(format!("API key file {}: {e}", path.display())))
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Startup(format!("cannot read API key file {}: {e}", path.display()))
+        })?;
+        Self::parse(&text)
+            .map_err(|e| Error::Startup(format!("API key file {}: {e}", path.display())))
     }
 
     /// Parses key file text.
@@ -116,7 +125,8 @@ impl KeyFile {
             }
             let digest = match (k.key, k.sha256) {
                 (Some(key), None) if !key.is_empty() => sha2::Sha256::digest(key.as_bytes()).into(),
-                (None, Some(hex)) => parse_hex_digest(&hex).ok_or_else(|| format!("{at}: sha256 must be 64 hex digits"))?,
+                (None, Some(hex)) => parse_hex_digest(&hex)
+                    .ok_or_else(|| format!("{at}: sha256 must be 64 hex digits"))?,
                 _ => return Err(format!("{at}: give exactly one of `key` or `sha256`")),
             };
             entries.push(Entry { name: k.name, digest, scopes: k.scopes, mode: k.mode });

@@ -160,12 +160,19 @@ impl KeyRing {
             ));
         };
         let presented = presented_key(header).ok_or_else(|| {
-            Error::Unauthenticated("malformed authorization header: expected Bearer <key> or Basic <base64 key:>".into())
+            Error::Unauthenticated(
+                "malformed authorization header: expected Bearer <key> or Basic <base64 key:>"
+                    .into(),
+            )
         })?;
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let keys = self.keys.read().map(|k| Arc::clone(&k)).unwrap_or_default();
         keys.find(&digest)
-            .map(|entry| Principal { name: entry.name.clone(), scopes: entry.scopes.clone(), mode: entry.mode })
+            .map(|entry| Principal {
+                name: entry.name.clone(),
+                scopes: entry.scopes.clone(),
+                mode: entry.mode,
+            })
             .ok_or_else(|| Error::Unauthenticated("unknown API key".into()))
     }
 }

@@ -103,8 +103,10 @@ async fn webhook(
         Provider::Komoju => state.webhooks.komoju_livemode,
         _ => delivery.livemode.unwrap_or(false),
     };
-    let request = webhook_request(delivery, livemode, &source_name)?;
-    let event = NewEvent::from_request(request, &state.limits, "")?;
+    let request = webhook_request(delivery, livemode, &source_name)
+        .map_err(|e| as_sent_by(source.provider, e))?;
+    let event = NewEvent::from_request(request, &state.limits, "")
+        .map_err(|e| as_sent_by(source.provider, e))?;
     append_one(&state, event).await
 }
 
@@ -173,6 +175,26 @@ fn envelope_error(err: envelope::EnvelopeError) -> Error {
         }
         envelope::EnvelopeError::Invalid { field, reason } => Error::invalid(field, reason),
     }
+}
+
+/// Renames a field error from eventsd's names to the names in the provider's delivery
+/// (`type` is Omise's `key`, `data` is Stripe's `data.object`, `id` is Standard Webhooks'
+/// `webhook-id` header), so the sender can find the field at fault.
+fn as_sent_by(provider: Provider, err: Error) -> Error {
+    let Error::InvalidArgument { field, reason } = err else { return err };
+    let renamed = match (provider, field.as_str()) {
+        (Provider::Omise, "type") => "key".to_string(),
+        (Provider::Komoju, "created") => "created_at".to_string(),
+        (Provider::StandardWebhooks, "id") => "webhook-id".to_string(),
+        (Provider::StandardWebhooks, "created") => "timestamp".to_string(),
+        (Provider::Stripe, f)
+            if f == "data" || f.starts_with("data.") || f.starts_with("data[") =>
+        {
+            format!("data.object{}", &f[4..])
+        }
+        _ => field,
+    };
+    Error::InvalidArgument { field: renamed, reason }
 }
 
 /// A webhook delivery as a publish request; `data` must convert to a Struct exactly.

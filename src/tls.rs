@@ -1,0 +1,167 @@
+//! TLS for both listeners, with optional client-certificate verification (mutual TLS).
+//!
+//! One crypto provider only (ring), so rustls never has two to choose from. gRPC uses tonic's
+//! own TLS acceptor; HTTP uses a rustls acceptor built from the same files and served through
+//! [`TlsListener`], which completes handshakes off the accept loop so one slow client cannot
+//! hold up others. Files are read once at start; a bad file stops the server with its name.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, RootCertStore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use crate::config::ServeConfig;
+use crate::error::Error;
+
+/// How long a client may take to complete a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS settings for both listeners.
+pub struct Tls {
+    /// For tonic's server builder.
+    pub grpc: ServerTlsConfig,
+    /// For the HTTP listener.
+    pub http: TlsAcceptor,
+}
+
+impl Tls {
+    /// Loads the certificate, key and optional client CA named in the configuration;
+    /// `None` when TLS is not configured.
+    pub fn load(config: &ServeConfig) -> Result<Option<Self>, Error> {
+        let (Some(cert_path), Some(key_path)) = (&config.tls_cert, &config.tls_key) else {
+            return Ok(None);
+        };
+        let cert_pem = read(cert_path, "--tls-cert")?;
+        let key_pem = read(key_path, "--tls-key")?;
+        let client_ca_pem =
+            config.tls_client_ca.as_deref().map(|p| read(p, "--tls-client-ca")).transpose()?;
+
+        let mut grpc = ServerTlsConfig::new().identity(Identity::from_pem(&cert_pem, &key_pem));
+        if let Some(ca) = &client_ca_pem {
+            grpc = grpc.client_ca_root(Certificate::from_pem(ca));
+        }
+        let http = http_acceptor(&cert_pem, &key_pem, client_ca_pem.as_deref())?;
+        Ok(Some(Tls { grpc, http }))
+    }
+}
+
+fn read(path: &Path, flag: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path)
+        .map_err(|e| Error::Startup(format!("cannot read {flag} {}: {e}", path.display())))
+}
+
+fn bad(flag: &str, e: impl std::fmt::Display) -> Error {
+    Error::Startup(format!("{flag}: {e}"))
+}
+
+fn http_acceptor(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_ca_pem: Option<&[u8]>,
+) -> Result<TlsAcceptor, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("--tls-cert", e))?;
+    if certs.is_empty() {
+        return Err(bad("--tls-cert", "holds no PEM certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad("--tls-key", e))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("TLS", e))?;
+    let builder = match client_ca_pem {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca) {
+                roots
+                    .add(cert.map_err(|e| bad("--tls-client-ca", e))?)
+                    .map_err(|e| bad("--tls-client-ca", e))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| bad("--tls-client-ca", e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| bad("--tls-key", e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A TLS listener for axum: accepts TCP, completes handshakes in their own tasks, and hands
+/// over only finished TLS connections. Failed or slow handshakes are dropped and logged.
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    /// Starts accepting on `listener` until `shutdown`.
+    pub fn new(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (tx, ready) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(conn) => conn,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "HTTP accept failed");
+                            continue;
+                        }
+                    },
+                    () = shutdown.cancelled() => return,
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { ready, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The accept task ended (shutdown): wait for axum's graceful shutdown to stop us.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
