@@ -13,14 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set();
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(
-        out_dir.join("events_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
-    )?;
+    fs::write(out_dir.join("events_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
 
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
     Ok(())
 }

@@ -121,6 +121,15 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub keepalive_timeout: Duration,
 
+    /// Remove events committed longer ago than this (on `received`), such as `30d` or `12h`.
+    /// Removal runs in the background, oldest first, without stalling publishes.
+    #[arg(long, env = "EVENTSD_RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+
+    /// Keep at most this many events; the oldest are removed first.
+    #[arg(long, env = "EVENTSD_MAX_EVENTS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_events: Option<u64>,
+
     /// Page cache of the embedded store, in bytes.
     #[arg(long, env = "EVENTSD_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub cache_bytes: u64,

@@ -41,6 +41,14 @@ pub enum Error {
         /// Why it is out of range.
         reason: String,
     },
+    /// A position points before the oldest kept event (retention removed what follows it).
+    #[error("{position} points before the oldest kept event; the earliest available sequence is {earliest}")]
+    Expired {
+        /// The request field holding the position.
+        position: &'static str,
+        /// The oldest kept sequence.
+        earliest: u64,
+    },
     /// The server is shutting down or the store is closed.
     #[error("eventsd is shutting down")]
     ShuttingDown,
@@ -91,10 +99,22 @@ impl Error {
 
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
+        if let Error::Expired { earliest, .. } = &err {
+            let details = tonic_types::ErrorDetails::with_error_info(
+                "EVENTS_EXPIRED",
+                "eventsd",
+                [("earliest_sequence".to_string(), earliest.to_string())],
+            );
+            return <Status as tonic_types::StatusExt>::with_error_details(
+                Code::OutOfRange,
+                err.to_string(),
+                details,
+            );
+        }
         let code = match &err {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
-            Error::OutOfRange { .. } => Code::OutOfRange,
+            Error::OutOfRange { .. } | Error::Expired { .. } => Code::OutOfRange,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::UnknownSource(_) => Code::NotFound,
@@ -117,7 +137,7 @@ impl Error {
         match self {
             Error::InvalidArgument { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument"),
             Error::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-            Error::OutOfRange { .. } => (StatusCode::BAD_REQUEST, "out_of_range"),
+            Error::OutOfRange { .. } | Error::Expired { .. } => (StatusCode::BAD_REQUEST, "out_of_range"),
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Error::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission_denied"),
             Error::NotFound { .. } | Error::UnknownSource(_) => {

@@ -20,9 +20,10 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(config) => serve(config).await,
         Command::Check(args) => check(&args.data_dir),
-        Command::Tail(args) => eventsd::client::tail(args)
-            .await
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+        Command::Tail(args) => eventsd::client::tail(args).await.map_err(|e| e.to_string()),
+        Command::Publish(args) => eventsd::client::publish(args).await.map_err(|e| e.to_string()),
+        Command::Get(args) => eventsd::client::get(args).await.map_err(|e| e.to_string()),
+        Command::List(args) => eventsd::client::list(args).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,6 +24,7 @@ use crate::ingest::http::{router, IngestState};
 use crate::ingest::sources::WebhookConfig;
 use crate::limits::InFlightLimit;
 use crate::proto::event_service_server::EventServiceServer;
+use crate::store::retention::{self, Retention};
 use crate::store::{EventStore, SledStore, StoreConfig};
 use crate::tls::{Tls, TlsListener};
 
@@ -55,6 +56,8 @@ pub async fn run(
         cache_bytes: config.cache_bytes,
         durability: config.durability,
     })?;
+    let retention = Retention { max_age: config.retention, max_events: config.max_events };
+    let retention_store = retention.is_enabled().then(|| store.clone());
     let store: Arc<dyn EventStore> = Arc::new(store);
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -67,6 +70,10 @@ pub async fn run(
     });
     if keys.enabled() {
         tasks.spawn(reload_keys_on_sighup(keys.clone(), token.clone()));
+    }
+    if let Some(store) = retention_store {
+        tracing::info!(max_age = ?retention.max_age, max_events = ?retention.max_events, "retention enabled");
+        tasks.spawn(retention::enforce(store, retention, token.clone()));
     }
 
     let limits = EventLimits { max_data_bytes: config.max_data_bytes };

@@ -52,6 +52,8 @@ struct PageToken {
     position: u64,
     #[prost(int32, tag = "12")]
     first_offset: i32,
+    #[prost(uint64, tag = "13")]
+    first_kept: u64,
 }
 
 /// A validated ListEvents request: the store query plus what the response must echo.
@@ -165,6 +167,7 @@ impl PageRequest {
                     snapshot: token.snapshot,
                     after: Position { created: after_created, sequence: token.after_sequence },
                     total: token.total,
+                    first: token.first_kept,
                 }),
             },
             order: token_order,
@@ -204,6 +207,7 @@ impl PageRequest {
                 total: page.total,
                 position: self.position + page.events.len() as u64,
                 first_offset: self.first_offset,
+                first_kept: page.first,
             }),
             _ => String::new(),
         };
@@ -278,6 +282,7 @@ mod tests {
             total: 100,
             position: 20,
             first_offset: 0,
+            first_kept: 1,
         }
     }
 

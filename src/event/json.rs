@@ -132,9 +132,13 @@ fn exact_double(n: &Number) -> Result<f64, JsonError> {
     if let Some(i) = n.as_i64() {
         return if i.unsigned_abs() <= MAX_EXACT_INT { Ok(i as f64) } else { Err(too_big()) };
     }
-    n.as_f64()
-        .filter(|f| f.is_finite())
-        .ok_or_else(|| JsonError::new(format!("number {n} is out of range")))
+    // An integer literal beyond the 64-bit range arrives here as a float; a whole number this
+    // large cannot be promised exact either way, so it is refused like the integers above.
+    match n.as_f64() {
+        Some(f) if f.is_finite() && !(f.fract() == 0.0 && f.abs() > MAX_EXACT_INT as f64) => Ok(f),
+        Some(f) if f.is_finite() => Err(too_big()),
+        _ => Err(JsonError::new(format!("number {n} is out of range"))),
+    }
 }
 
 /// Converts a Struct to a JSON object. Whole doubles within 2^53 print as integers, so a

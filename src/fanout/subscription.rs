@@ -57,9 +57,13 @@ pub async fn spawn(
     tracker: &TaskTracker,
 ) -> Result<SubscribeEventsStream, Error> {
     let durable = *store.durable().borrow();
+    let first = store.first_sequence();
     let (cursor, created_from) = match start {
         Start::Now => (durable, None),
-        Start::Beginning => (0, None),
+        Start::Beginning => (first - 1, None),
+        Start::After(seq) if seq + 1 < first => {
+            return Err(Error::Expired { position: "after_sequence", earliest: first });
+        }
         Start::After(seq) if seq > durable => {
             return Err(Error::OutOfRange {
                 field: "after_sequence",

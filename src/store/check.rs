@@ -58,7 +58,11 @@ pub fn check(dir: &Path) -> Result<Report, Error> {
     let mut by_id: BTreeMap<String, u64> = BTreeMap::new();
     let mut tallies: BTreeMap<(bool, String), u64> = BTreeMap::new();
     let mut events: BTreeMap<u64, (bool, String, prost_types::Timestamp)> = BTreeMap::new();
-    let mut expected_next: Option<u64> = None;
+    let first_kept = match tree.get(keys::FIRST_KEY)? {
+        Some(v) => keys::u64_value(&v).unwrap_or(1),
+        None => 1,
+    };
+    let mut expected_next: Option<u64> = Some(first_kept);
 
     for entry in tree.scan_prefix([keys::EVENT]) {
         let (key, value) = entry?;
@@ -78,7 +82,7 @@ pub fn check(dir: &Path) -> Result<Report, Error> {
         }
         if let Some(next) = expected_next {
             if seq != next {
-                report.problem(format!("sequence gap: {next} to {} are missing", seq - 1));
+                report.problem(format!("sequence gap: {next} to {} are missing", seq.saturating_sub(1)));
             }
         }
         expected_next = Some(seq + 1);

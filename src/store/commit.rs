@@ -13,6 +13,8 @@
 //! - Sequences are assigned here, contiguously, in commit order.
 //! - The writer runs to completion whatever the caller does: a client that hangs up leaves its
 //!   events wholly stored or absent, never partial.
+//! - Retention trims run as rounds of their own, oldest first, at most [`MAX_TRIM`] events
+//!   each, so publishes queued meanwhile wait for one bounded round at most.
 //! - After a storage error the writer refuses further writes (reads go on): sled keeps its
 //!   first I/O error until the store is reopened, and a half-applied round must never be
 //!   followed by another that reuses its sequences.
@@ -33,6 +35,9 @@ use crate::store::{keys, Appended};
 /// Most events staged into one round (one sled batch, one flush).
 pub const MAX_ROUND_EVENTS: usize = 4_096;
 
+/// Most events one trim command removes, so a trim never stalls publishes for long.
+pub const MAX_TRIM: u64 = 1_000;
+
 /// Event counts per (livemode, type): the basis of ListEvents' exact totals.
 pub type Counts = BTreeMap<(bool, String), u64>;
 
@@ -41,6 +46,8 @@ pub type Counts = BTreeMap<(bool, String), u64>;
 pub struct DurableState {
     /// The newest durable sequence.
     pub sequence: u64,
+    /// The oldest kept sequence (retention removes events below it).
+    pub first: u64,
     /// Counts of durable events per (livemode, type).
     pub counts: Counts,
 }
@@ -54,6 +61,13 @@ pub enum Command {
         /// Where the answer goes; a dropped receiver does not stop the write.
         reply: oneshot::Sender<Result<Vec<Appended>, Error>>,
     },
+    /// Remove the oldest events through this sequence (a bounded number per command).
+    Trim {
+        /// The last sequence to remove.
+        through: u64,
+        /// Answered with the new first kept sequence.
+        done: oneshot::Sender<Result<u64, Error>>,
+    },
     /// Finish what is queued before this, flush, and stop.
     Close {
         /// Signalled once the writer has stopped.
@@ -65,6 +79,7 @@ pub enum Command {
 pub struct Committer {
     tree: sled::Tree,
     last_seq: u64,
+    first_seq: u64,
     counts: Counts,
     failed: Arc<AtomicBool>,
     syncer: Syncer,
@@ -96,46 +111,68 @@ impl Committer {
     /// A writer continuing after `last_seq`, with the stored counts.
     pub fn new(
         tree: sled::Tree,
-        last_seq: u64,
+        (first_seq, last_seq): (u64, u64),
         counts: Counts,
         state: watch::Sender<Arc<DurableState>>,
         durable: watch::Sender<u64>,
         failed: Arc<AtomicBool>,
         syncer: Syncer,
     ) -> Self {
-        Committer { tree, last_seq, counts, failed, syncer, state, durable }
+        Committer { tree, last_seq, first_seq, counts, failed, syncer, state, durable }
     }
 
     /// The writer loop; returns when closed or when every sender is gone.
     pub fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        while let Some(first) = commands.blocking_recv() {
-            let mut round = Round::default();
-            let mut close = self.take(first, &mut round);
-            while close.is_none() && round.new_events < MAX_ROUND_EVENTS {
-                let Ok(next) = commands.try_recv() else { break };
-                close = self.take(next, &mut round);
-            }
-            self.commit(round);
-            if let Some(done) = close {
-                self.failed.store(true, Ordering::Relaxed);
-                if let Err(err) = self.syncer.sync_ack() {
-                    tracing::error!(error = %err, "cannot sync the ack record at close");
+        let mut next = None;
+        loop {
+            let command = match next.take() {
+                Some(command) => command,
+                None => match commands.blocking_recv() {
+                    Some(command) => command,
+                    None => return,
+                },
+            };
+            match command {
+                Command::Append { events, reply } => {
+                    // Group commit: everything already queued joins this round, up to a
+                    // trim or close, which run as rounds of their own.
+                    let mut round = Round::default();
+                    self.take(events, reply, &mut round);
+                    while round.new_events < MAX_ROUND_EVENTS {
+                        match commands.try_recv() {
+                            Ok(Command::Append { events, reply }) => self.take(events, reply, &mut round),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit(round);
                 }
-                let _ = done.send(());
-                return;
+                Command::Trim { through, done } => {
+                    let _ = done.send(self.trim(through));
+                }
+                Command::Close { done } => {
+                    self.failed.store(true, Ordering::Relaxed);
+                    if let Err(err) = self.syncer.sync_ack() {
+                        tracing::error!(error = %err, "cannot sync the ack record at close");
+                    }
+                    let _ = done.send(());
+                    return;
+                }
             }
         }
     }
 
-    fn take(&mut self, command: Command, round: &mut Round) -> Option<oneshot::Sender<()>> {
-        match command {
-            Command::Append { events, reply } => {
-                let result = self.stage(events, round);
-                round.replies.push((reply, result));
-                None
-            }
-            Command::Close { done } => Some(done),
-        }
+    fn take(
+        &mut self,
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<Vec<Appended>, Error>>,
+        round: &mut Round,
+    ) {
+        let result = self.stage(events, round);
+        round.replies.push((reply, result));
     }
 
     /// Stages one request into the round, all or nothing.
@@ -235,27 +272,80 @@ impl Committer {
     fn commit(&mut self, round: Round) {
         let Round { batch, new_events, replies, .. } = round;
         if new_events > 0 {
-            let written = self.tree.apply_batch(batch).and_then(|()| self.tree.flush().map(drop));
-            if let Err(err) = written {
-                tracing::error!(error = %err, "commit failed; refusing further writes");
-                self.failed.store(true, Ordering::Relaxed);
+            if let Err(err) = self.write(batch) {
                 for (reply, _) in replies {
                     let _ = reply.send(Err(Error::Storage(err.clone())));
                 }
                 return;
             }
-            self.state.send_replace(Arc::new(DurableState {
-                sequence: self.last_seq,
-                counts: self.counts.clone(),
-            }));
-            self.durable.send_replace(self.last_seq);
-            if let Err(err) = self.syncer.record_ack(self.last_seq) {
-                // The events are durable; only loss detection after a crash is weakened.
-                tracing::error!(error = %err, "cannot write the ack record");
-            }
         }
         for (reply, result) in replies {
             let _ = reply.send(result);
         }
+    }
+
+    /// Applies a batch, makes it durable, and publishes the new durable state. After a
+    /// failure every later write is refused (see the module header).
+    fn write(&mut self, batch: sled::Batch) -> Result<(), sled::Error> {
+        let written = self
+            .tree
+            .apply_batch(batch)
+            .and_then(|()| self.tree.flush().map(drop))
+            .and_then(|()| self.syncer.sync().map_err(sled::Error::Io));
+        if let Err(err) = written {
+            tracing::error!(error = %err, "commit failed; refusing further writes");
+            self.failed.store(true, Ordering::Relaxed);
+            return Err(err);
+        }
+        self.state.send_replace(Arc::new(DurableState {
+            sequence: self.last_seq,
+            first: self.first_seq,
+            counts: self.counts.clone(),
+        }));
+        self.durable.send_replace(self.last_seq);
+        if let Err(err) = self.syncer.record_ack(self.last_seq) {
+            // The events are durable; only loss detection after a crash is weakened.
+            tracing::error!(error = %err, "cannot write the ack record");
+        }
+        Ok(())
+    }
+
+    /// Removes the oldest events through `through` (at most [`MAX_TRIM`] per call), in
+    /// sequence order, with their index entries; returns the new first kept sequence.
+    fn trim(&mut self, through: u64) -> Result<u64, Error> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(Error::WritesDisabled);
+        }
+        let upto = through.min(self.last_seq).min(self.first_seq.saturating_add(MAX_TRIM - 1));
+        if upto < self.first_seq {
+            return Ok(self.first_seq);
+        }
+        let mut batch = sled::Batch::default();
+        for seq in self.first_seq..=upto {
+            let Some(bytes) = self.tree.get(keys::event(seq))? else {
+                return Err(Error::Corrupt(format!("event {seq} is missing while trimming")));
+            };
+            let event = Event::decode(bytes.as_ref()).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
+            let created = event.created.unwrap_or_default();
+            batch.remove(&keys::event(seq));
+            // An id removed earlier and published again belongs to the newer event.
+            if self.tree.get(keys::id(&event.id))?.as_deref() == Some(&seq.to_be_bytes()[..]) {
+                batch.remove(keys::id(&event.id));
+            }
+            batch.remove(keys::entry(&keys::created_prefix(event.livemode), &created, seq));
+            batch.remove(keys::entry(&keys::type_prefix(&event.r#type, event.livemode), &created, seq));
+            let stream = (event.livemode, event.r#type);
+            let count = self.counts.get(&stream).copied().unwrap_or(0).saturating_sub(1);
+            batch.insert(keys::count(stream.0, &stream.1), &count.to_be_bytes());
+            self.counts.insert(stream, count);
+        }
+        batch.insert(&keys::FIRST_KEY, &(upto + 1).to_be_bytes());
+        let previous = self.first_seq;
+        self.first_seq = upto + 1;
+        if let Err(err) = self.write(batch) {
+            self.first_seq = previous;
+            return Err(Error::Storage(err));
+        }
+        Ok(self.first_seq)
     }
 }

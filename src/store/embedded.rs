@@ -31,6 +31,7 @@ use crate::event::{time, NewEvent};
 use crate::proto::Event;
 use crate::store::commit::{Command, Committer, Counts, DurableState};
 use crate::store::durability::{read_ack, AckRecord, Durability, Syncer, ACK_FILE};
+use crate::store::retention::Retention;
 use crate::store::{keys, list, Appended, EventStore, ListPage, ListQuery};
 
 /// How many commands may wait for the writer before publishers wait to enqueue.
@@ -60,6 +61,47 @@ pub struct SledStore {
 }
 
 impl SledStore {
+    /// Removes events through `through` in bounded steps; returns the new first kept sequence.
+    pub async fn trim(&self, through: u64) -> Result<u64, Error> {
+        loop {
+            let (done, answer) = oneshot::channel();
+            self.commands.send(Command::Trim { through, done }).await.map_err(|_| Error::ShuttingDown)?;
+            let first = answer.await.map_err(|_| Error::ShuttingDown)??;
+            if first > through || first > *self.durable.borrow() {
+                return Ok(first);
+            }
+        }
+    }
+
+    /// The last sequence that retention would remove now, if any: beyond `max_events`, or
+    /// committed before `max_age` ago (looking at no more than `scan` events per call).
+    pub fn expired_through(&self, policy: &Retention, scan: usize) -> Result<Option<u64>, Error> {
+        let state = self.state.borrow().clone();
+        let mut through = None;
+        if let Some(max) = policy.max_events {
+            let kept = (state.sequence + 1).saturating_sub(state.first);
+            if kept > max {
+                through = Some(state.sequence - max);
+            }
+        }
+        if let Some(age) = policy.max_age {
+            let cutoff = chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
+            let cutoff = time::from_chrono(cutoff);
+            let range = keys::event(state.first)..=keys::event(state.sequence);
+            for entry in self.tree.range(range).take(scan) {
+                let (key, value) = entry?;
+                let seq = keys::seq_of(&key).unwrap_or_default();
+                let event = decode(seq, &value)?;
+                let received = event.received.unwrap_or_default();
+                if time::cmp(&received, &cutoff).is_ge() {
+                    break;
+                }
+                through = Some(through.map_or(seq, |t: u64| t.max(seq)));
+            }
+        }
+        Ok(through)
+    }
+
     /// Opens (or creates) the store and starts its writer thread.
     pub fn open(config: &StoreConfig) -> Result<Self, Error> {
         let sled_config = sled_config(&config.path, config.cache_bytes);
@@ -93,16 +135,22 @@ impl SledStore {
             let n = keys::u64_value(&value).ok_or_else(|| Error::Corrupt("count value".into()))?;
             counts.insert(stream, n);
         }
-        verify_against_ack(&config.path, last_seq, &counts)?;
+        let first_seq = match tree.get(keys::FIRST_KEY)? {
+            Some(v) => keys::u64_value(&v).ok_or_else(|| Error::Corrupt("first kept sequence".into()))?,
+            None => 1,
+        };
+        // Retention may have removed every event; sequences still go on after the last one.
+        let last_seq = last_seq.max(first_seq - 1);
+        verify_against_ack(&config.path, (first_seq, last_seq), &counts)?;
         let syncer = Syncer::open(&config.path, config.durability)?;
         let (state_tx, state) =
-            watch::channel(Arc::new(DurableState { sequence: last_seq, counts: counts.clone() }));
+            watch::channel(Arc::new(DurableState { sequence: last_seq, first: first_seq, counts: counts.clone() }));
         let (durable_tx, durable) = watch::channel(last_seq);
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let read_only = Arc::new(AtomicBool::new(false));
         let committer = Committer::new(
             tree.clone(),
-            last_seq,
+            (first_seq, last_seq),
             counts,
             state_tx,
             durable_tx,
@@ -141,7 +189,11 @@ pub(crate) fn sled_config(path: &std::path::Path, cache_bytes: u64) -> sled::Con
 }
 
 /// Refuses a store that lost acknowledged events or whose counters disagree with its events.
-fn verify_against_ack(dir: &std::path::Path, last_seq: u64, counts: &Counts) -> Result<(), Error> {
+fn verify_against_ack(
+    dir: &std::path::Path,
+    (first_seq, last_seq): (u64, u64),
+    counts: &Counts,
+) -> Result<(), Error> {
     let check = format!("run `eventsd check --data-dir {}`", dir.display());
     match read_ack(dir)? {
         AckRecord::Acked(acked) if acked > last_seq => {
@@ -160,9 +212,10 @@ fn verify_against_ack(dir: &std::path::Path, last_seq: u64, counts: &Counts) -> 
         _ => {}
     }
     let counted: u64 = counts.values().sum();
-    if counted != last_seq {
+    let kept = last_seq + 1 - first_seq;
+    if counted != kept {
         return Err(Error::Corrupt(format!(
-            "the store's counters hold {counted} events but its last sequence is {last_seq}; {check}"
+            "the store's counters hold {counted} events but sequences {first_seq}..={last_seq} are kept; {check}"
         )));
     }
     Ok(())
@@ -209,6 +262,10 @@ impl EventStore for SledStore {
     }
 
     async fn read_from(&self, after: u64, max: usize) -> Result<Vec<Event>, Error> {
+        let first = self.state.borrow().first;
+        if after + 1 < first {
+            return Err(Error::Expired { position: "after_sequence", earliest: first });
+        }
         let durable = *self.durable.borrow();
         if after >= durable || max == 0 {
             return Ok(Vec::new());
@@ -248,6 +305,10 @@ impl EventStore for SledStore {
         })
         .await
         .map_err(|e| Error::Corrupt(format!("scan task failed: {e}")))?
+    }
+
+    fn first_sequence(&self) -> u64 {
+        self.state.borrow().first
     }
 
     fn durable(&self) -> watch::Receiver<u64> {

@@ -9,6 +9,7 @@
 //! | `c`    | `c` mode(1) created(12) seq(8)              | empty: by-time index       |
 //! | `t`    | `t` type 0x00 mode(1) created(12) seq(8)    | empty: by-type-time index  |
 //! | `n`    | `n` mode(1) type                            | count(8) of that stream    |
+//! | `f`    | `f`                                         | first kept seq(8)          |
 //!
 //! Types never contain 0x00 (validated), so one type's prefix never covers another's.
 
@@ -19,6 +20,8 @@ use crate::event::time;
 pub const EVENT: u8 = b'e';
 pub const ID: u8 = b'i';
 pub const COUNT: u8 = b'n';
+/// The single key holding the first kept sequence (absent: 1).
+pub const FIRST_KEY: [u8; 1] = [b'f'];
 const CREATED: u8 = b'c';
 const TYPE: u8 = b't';
 

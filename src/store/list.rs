@@ -26,6 +26,11 @@ struct Stream {
 
 /// Answers one page.
 pub fn page(tree: &sled::Tree, state: &DurableState, query: &ListQuery) -> Result<ListPage, Error> {
+    if let Some(resume) = &query.resume {
+        if resume.first < state.first {
+            return Err(Error::Expired { position: "page_token", earliest: state.first });
+        }
+    }
     let snapshot = query.resume.as_ref().map_or(state.sequence, |r| r.snapshot);
     let streams = select_streams(state, query);
     let total = match &query.resume {
@@ -59,7 +64,7 @@ pub fn page(tree: &sled::Tree, state: &DurableState, query: &ListQuery) -> Resul
             .ok_or_else(|| Error::Corrupt(format!("index points to missing event {seq}")))?;
         events.push(decode(seq, &bytes)?);
     }
-    Ok(ListPage { events, total, snapshot, has_more })
+    Ok(ListPage { events, total, snapshot, has_more, first: state.first })
 }
 
 /// The index streams a query reads, with each stream's count at the snapshot.

@@ -17,6 +17,7 @@ pub mod durability;
 pub mod embedded;
 mod keys;
 pub mod list;
+pub mod retention;
 
 use async_trait::async_trait;
 use prost_types::Timestamp;
@@ -56,6 +57,9 @@ pub struct Resume {
     pub after: Position,
     /// The total the first page counted.
     pub total: u64,
+    /// The oldest kept sequence when the first page was served; if retention has removed
+    /// events since, the view can no longer be honoured.
+    pub first: u64,
 }
 
 /// One page request, already validated.
@@ -88,6 +92,8 @@ pub struct ListPage {
     pub snapshot: u64,
     /// Whether matching events follow this page.
     pub has_more: bool,
+    /// The oldest kept sequence the page was served with.
+    pub first: u64,
 }
 
 /// One event of an append, as stored.
@@ -121,6 +127,9 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The lowest sequence among durable events created at or after `created`, if any.
     async fn first_sequence_created_from(&self, created: Timestamp) -> Result<Option<u64>, Error>;
+
+    /// The oldest kept sequence; retention removes events below it.
+    fn first_sequence(&self) -> u64;
 
     /// The newest durable sequence, updated after every commit.
     fn durable(&self) -> watch::Receiver<u64>;

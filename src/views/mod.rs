@@ -11,6 +11,11 @@
 //!   Paging is by offset (or KOMOJU page) rather than page token, so unlike a token listing, a
 //!   later page may see events committed after the first one.
 //! - Like every read, a view shows only durable events.
+//! - The views read with the same API keys as gRPC ([`KeyRing`]): `authorization: Bearer <key>`
+//!   or HTTP Basic with the key as the user name (as `curl -u sk_…:` sends it to Omise and
+//!   KOMOJU). A key needs the `read` scope, and a test or live key sees only its own mode: an
+//!   event of the other mode is 404 and lists and totals are narrowed, exactly as over gRPC.
+//!   Without a key file every caller reads everything (eventsd then serves loopback only).
 //! - A bad parameter is 422 with a message naming it; an unknown id is 404. Both use the JSON
 //!   error body of [`Error`]'s `IntoResponse` (`{"object":"error","code","message"}`).
 //! - Times are UTC RFC 3339 with `Z`: whole seconds (`2017-02-03T13:52:54Z`, as the providers
@@ -25,23 +30,27 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::Query;
+use axum::http::{header, HeaderMap};
 use axum::routing::get;
 use axum::Router;
 use prost_types::Timestamp;
 use serde_json::{Map, Value as Json};
 
 use crate::api::list::PageRequest;
+use crate::auth::{KeyRing, Principal, Scope};
 use crate::error::Error;
 use crate::event::json::struct_to_object;
 use crate::event::{id, time};
 use crate::proto::{Event, ListEventsRequest, ListEventsResponse};
 use crate::store::EventStore;
 
-/// What the view handlers share: a cheap-to-clone store handle.
+/// What the view handlers share: cheap-to-clone handles.
 #[derive(Clone)]
 pub struct ViewsState {
     /// The event store.
     pub store: Arc<dyn EventStore>,
+    /// The API keys (the same ring as gRPC, so a SIGHUP reload applies here too).
+    pub keys: KeyRing,
 }
 
 /// The read-only view routes, to merge into the HTTP router.
@@ -54,19 +63,37 @@ pub fn router(state: ViewsState) -> Router {
         .with_state(state)
 }
 
-/// The durable event with this id. An id eventsd could never have stored is simply not found:
-/// for a path segment 404 is the answer, whatever is wrong with it.
-async fn find(store: &dyn EventStore, event_id: String) -> Result<Event, Error> {
+/// The caller, authenticated from the `authorization` header, with the `read` scope. Handlers
+/// call it first, so a caller without a valid key learns nothing, not even which parameters
+/// are wrong.
+fn reader(state: &ViewsState, headers: &HeaderMap) -> Result<Principal, Error> {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let caller = state.keys.authenticate(authorization)?;
+    caller.require(Scope::Read)?;
+    Ok(caller)
+}
+
+/// The durable event with this id, if the caller may see it. An id eventsd could never have
+/// stored is simply not found (for a path segment 404 is the answer, whatever is wrong with
+/// it), and so is an event of a mode the caller's key cannot read.
+async fn find(state: &ViewsState, caller: &Principal, event_id: String) -> Result<Event, Error> {
     if id::validate(&event_id).is_err() {
         return Err(Error::NotFound { id: event_id });
     }
-    store.get(&event_id).await?.ok_or(Error::NotFound { id: event_id })
+    let found = state.store.get(&event_id).await?.filter(|e| caller.allows(e.livemode));
+    found.ok_or(Error::NotFound { id: event_id })
 }
 
-/// Runs one ListEvents page: validation and defaults by [`PageRequest`], then the store.
-async fn list(store: &dyn EventStore, request: ListEventsRequest) -> Result<ListEventsResponse, Error> {
-    let page_request = PageRequest::new(request, time::now()).map_err(name_type_param)?;
-    let page = store.list(page_request.query.clone()).await?;
+/// Runs one ListEvents page as the caller: validation and defaults by [`PageRequest`], the
+/// caller's mode, then the store.
+async fn list(
+    state: &ViewsState,
+    caller: &Principal,
+    request: ListEventsRequest,
+) -> Result<ListEventsResponse, Error> {
+    let mut page_request = PageRequest::new(request, time::now()).map_err(name_type_param)?;
+    page_request.restrict_to(caller)?;
+    let page = state.store.list(page_request.query.clone()).await?;
     Ok(page_request.respond(page))
 }
 
@@ -160,11 +187,15 @@ impl Params {
         // An unescaped `+` in a query string arrives as a space; read it back as the offset
         // sign the caller meant.
         let parsed = chrono::DateTime::parse_from_rfc3339(text)
-            .or_else(|e| chrono::DateTime::parse_from_rfc3339(&text.replace(' ', "+")).map_err(|_| e))
+            .or_else(|e| {
+                chrono::DateTime::parse_from_rfc3339(&text.replace(' ', "+")).map_err(|_| e)
+            })
             .map_err(|e| {
                 Error::invalid(
                     name,
-                    format!("must be an ISO 8601 time such as 2017-02-03T13:52:54Z (got {text:?}: {e})"),
+                    format!(
+                        "must be an ISO 8601 time such as 2017-02-03T13:52:54Z (got {text:?}: {e})"
+                    ),
                 )
             })?;
         Ok(Some(time::from_chrono(parsed.to_utc())))
@@ -204,8 +235,10 @@ mod tests {
         let p = params(&[("limit", "1"), ("limit", "2"), ("type", "a.b,c.*"), ("type", "d")]);
         assert!(p.int("limit").unwrap_err().to_string().starts_with("limit: "));
         assert_eq!(p.list("type"), ["a.b", "c.*", "d"]);
-        assert_eq!(params(&[("livemode", "yes")]).bool("livemode").unwrap_err().to_string(),
-            "livemode: must be true or false (got \"yes\")");
+        assert_eq!(
+            params(&[("livemode", "yes")]).bool("livemode").unwrap_err().to_string(),
+            "livemode: must be true or false (got \"yes\")"
+        );
     }
 
     #[test]
