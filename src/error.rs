@@ -132,6 +132,12 @@ impl From<Error> for Status {
 }
 
 impl Error {
+    /// The short error code (`invalid_argument`, `unauthenticated`, …) used in HTTP error
+    /// bodies and metrics labels.
+    pub fn code_name(&self) -> &'static str {
+        self.http_status().1
+    }
+
     /// The HTTP status and the short error code of the JSON error body.
     fn http_status(&self) -> (StatusCode, &'static str) {
         match self {

@@ -6,6 +6,7 @@
 //! - [`auth`]: API keys, scopes and test/live modes.
 //! - [`api`]: the gRPC surface, `events.v1.EventService`; request validation at the boundary.
 //! - [`ingest`]: HTTP ingest: provider webhooks, `POST /events`, `GET /healthz`.
+//! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`limits`]: overload protection: one in-flight limit across all connections.
 //! - [`fanout`]: SubscribeEvents streams, catch-up then live, by sequence.
 //! - [`event`]: the domain: what a valid event is, ids, filters, JSON and time conversions.
@@ -25,6 +26,7 @@ pub mod event;
 pub mod fanout;
 pub mod ingest;
 pub mod limits;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod store;

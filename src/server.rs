@@ -19,7 +19,8 @@ use crate::auth::KeyRing;
 use crate::config::ServeConfig;
 use crate::error::Error;
 use crate::event::EventLimits;
-use crate::fanout::SubscriptionConfig;
+use crate::fanout::{Fanout, SubscriptionConfig};
+use crate::metrics::{Metrics, MetricsState};
 use crate::ingest::http::{router, IngestState};
 use crate::ingest::sources::WebhookConfig;
 use crate::limits::InFlightLimit;
@@ -51,10 +52,12 @@ pub async fn run(
     check_exposure(&config, &keys, &[grpc_addr, http_addr])?;
     let tls = Tls::load(&config)?;
     let webhooks = WebhookConfig::from_config(&config, http_addr.ip().is_loopback())?;
+    let metrics = Metrics::new();
     let store = SledStore::open(&StoreConfig {
         path: config.data_dir.clone(),
         cache_bytes: config.cache_bytes,
         durability: config.durability,
+        metrics: metrics.clone(),
     })?;
     let retention = Retention { max_age: config.retention, max_events: config.max_events };
     let retention_store = retention.is_enabled().then(|| store.clone());
@@ -76,6 +79,7 @@ pub async fn run(
         tasks.spawn(retention::enforce(store, retention, token.clone()));
     }
 
+    let in_flight = InFlightLimit::new(config.max_in_flight);
     let limits = EventLimits { max_data_bytes: config.max_data_bytes };
     let http = router(IngestState {
         store: store.clone(),
@@ -83,18 +87,23 @@ pub async fn run(
         webhooks: Arc::new(webhooks),
         max_body_bytes: config.max_body_bytes,
         keys: keys.clone(),
+        metrics: metrics.clone(),
     })
-    .merge(crate::views::router(crate::views::ViewsState {
+    .merge(crate::views::router(crate::views::ViewsState { store: store.clone(), keys: keys.clone() }))
+    .merge(crate::metrics::router(MetricsState {
+        metrics: metrics.clone(),
         store: store.clone(),
-        keys: keys.clone(),
+        data_dir: config.data_dir.clone(),
+        limit: in_flight.clone(),
     }));
-    let api = EventsApi::new(
+    let fanout = Fanout::new(
         store.clone(),
-        limits,
         SubscriptionConfig { heartbeat: config.heartbeat_interval },
+        metrics.clone(),
         token.clone(),
         tasks.clone(),
     );
+    let api = EventsApi::new(store.clone(), limits, fanout, metrics);
     let events = InterceptedService::new(
         EventServiceServer::new(api)
             .max_decoding_message_size(config.max_request_bytes)
@@ -130,7 +139,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .timeout(config.request_timeout)
-        .layer(InFlightLimit::new(config.max_in_flight))
+        .layer(in_flight)
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)

@@ -10,14 +10,13 @@ pub mod list;
 
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{KeyRing, Principal, Scope};
 use crate::error::Error;
 use crate::event::{time, EventLimits, Filter, NewEvent};
-use crate::fanout::{self, Start, SubscribeEventsStream, SubscriptionConfig};
+use crate::fanout::{Fanout, Start, SubscribeEventsStream};
+use crate::metrics::Metrics;
 use crate::proto::event_service_server::EventService;
 use crate::proto::subscribe_events_request::Start as StartProto;
 use crate::proto::{
@@ -31,21 +30,47 @@ use crate::store::EventStore;
 pub struct EventsApi {
     store: Arc<dyn EventStore>,
     limits: EventLimits,
-    subscriptions: SubscriptionConfig,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
+    fanout: Fanout,
+    metrics: Metrics,
 }
 
 impl EventsApi {
-    /// Builds the service. Subscription tasks are spawned on `tasks` and end on `shutdown`.
-    pub fn new(
-        store: Arc<dyn EventStore>,
-        limits: EventLimits,
-        subscriptions: SubscriptionConfig,
-        shutdown: CancellationToken,
-        tasks: TaskTracker,
-    ) -> Self {
-        EventsApi { store, limits, subscriptions, shutdown, tasks }
+    /// Builds the service.
+    pub fn new(store: Arc<dyn EventStore>, limits: EventLimits, fanout: Fanout, metrics: Metrics) -> Self {
+        EventsApi { store, limits, fanout, metrics }
+    }
+
+    /// PublishEvent and PublishEvents: authorise, validate, append; refusals are counted.
+    async fn publish<T>(
+        &self,
+        request: Request<T>,
+        batch: bool,
+        entries: impl FnOnce(T) -> Vec<PublishEventRequest>,
+    ) -> Result<Vec<Event>, Status> {
+        let result = async {
+            let caller = principal(&request)?;
+            caller.require(Scope::Publish)?;
+            let mut entries = entries(request.into_inner());
+            let events = if batch {
+                NewEvent::batch_from_requests(entries, &self.limits)?
+            } else {
+                let entry = entries.pop().unwrap_or_default();
+                vec![NewEvent::from_request(entry, &self.limits, "")?]
+            };
+            for (i, event) in events.iter().enumerate() {
+                let field = if batch { format!("events[{i}].livemode") } else { "livemode".to_string() };
+                caller.require_mode(event.livemode, &field)?;
+            }
+            self.store.append(events).await
+        }
+        .await;
+        match result {
+            Ok(stored) => Ok(stored.into_iter().map(|a| a.event).collect()),
+            Err(err) => {
+                self.metrics.rejected("grpc", err.code_name());
+                Err(err.into())
+            }
+        }
     }
 }
 
@@ -78,28 +103,16 @@ impl EventService for EventsApi {
         &self,
         request: Request<PublishEventRequest>,
     ) -> Result<Response<Event>, Status> {
-        let caller = principal(&request)?;
-        caller.require(Scope::Publish)?;
-        let event = NewEvent::from_request(request.into_inner(), &self.limits, "")?;
-        caller.require_mode(event.livemode, "livemode")?;
-        let mut stored = self.store.append(vec![event]).await?;
-        let appended =
-            stored.pop().ok_or_else(|| Status::internal("the store returned no event"))?;
-        Ok(Response::new(appended.event))
+        let mut stored = self.publish(request, false, |r| vec![r]).await?;
+        let appended = stored.pop().ok_or_else(|| Status::internal("the store returned no event"))?;
+        Ok(Response::new(appended))
     }
 
     async fn publish_events(
         &self,
         request: Request<PublishEventsRequest>,
     ) -> Result<Response<PublishEventsResponse>, Status> {
-        let caller = principal(&request)?;
-        caller.require(Scope::Publish)?;
-        let events = NewEvent::batch_from_requests(request.into_inner().events, &self.limits)?;
-        for (i, event) in events.iter().enumerate() {
-            caller.require_mode(event.livemode, &format!("events[{i}].livemode"))?;
-        }
-        let stored = self.store.append(events).await?;
-        let events = stored.into_iter().map(|a| a.event).collect();
+        let events = self.publish(request, true, |r| r.events).await?;
         Ok(Response::new(PublishEventsResponse { events }))
     }
 
@@ -150,15 +163,7 @@ impl EventService for EventsApi {
             Some(StartProto::AfterSequence(seq)) => Start::After(seq),
             Some(StartProto::FromCreated(t)) => Start::Created(t),
         };
-        let stream = fanout::spawn(
-            self.store.clone(),
-            start,
-            filter,
-            self.subscriptions,
-            self.shutdown.clone(),
-            &self.tasks,
-        )
-        .await?;
+        let stream = self.fanout.subscribe(start, filter).await?;
         Ok(Response::new(stream))
     }
 }

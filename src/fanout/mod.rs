@@ -18,4 +18,4 @@
 
 pub mod subscription;
 
-pub use subscription::{spawn, Start, SubscribeEventsStream, SubscriptionConfig};
+pub use subscription::{Fanout, Start, SubscribeEventsStream, SubscriptionConfig};

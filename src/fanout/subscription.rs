@@ -15,6 +15,7 @@ use tonic::Status;
 
 use crate::error::Error;
 use crate::event::{time, Filter};
+use crate::metrics::{Metrics, SubscriberGuard};
 use crate::proto::{subscribe_events_response::Item, CaughtUp, Heartbeat, SubscribeEventsResponse};
 use crate::store::EventStore;
 
@@ -47,15 +48,36 @@ pub struct SubscriptionConfig {
     pub heartbeat: Duration,
 }
 
-/// Resolves the start position and spawns the subscription's task on `tracker`.
-pub async fn spawn(
+/// Everything subscriptions share: cheap-to-clone handles.
+#[derive(Clone)]
+pub struct Fanout {
     store: Arc<dyn EventStore>,
-    start: Start,
-    filter: Filter,
     config: SubscriptionConfig,
+    metrics: Metrics,
     shutdown: CancellationToken,
-    tracker: &TaskTracker,
-) -> Result<SubscribeEventsStream, Error> {
+    tasks: TaskTracker,
+}
+
+impl Fanout {
+    /// Subscriptions over `store`; their tasks are tracked on `tasks` and end on `shutdown`.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        config: SubscriptionConfig,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
+        Fanout { store, config, metrics, shutdown, tasks }
+    }
+
+    /// Resolves the start position and spawns the subscription's task.
+    pub async fn subscribe(&self, start: Start, filter: Filter) -> Result<SubscribeEventsStream, Error> {
+        spawn(self, start, filter).await
+    }
+}
+
+async fn spawn(fanout: &Fanout, start: Start, filter: Filter) -> Result<SubscribeEventsStream, Error> {
+    let store = fanout.store.clone();
     let durable = *store.durable().borrow();
     let first = store.first_sequence();
     let (cursor, created_from) = match start {
@@ -78,8 +100,18 @@ pub async fn spawn(
         }
     };
     let (tx, rx) = mpsc::channel(SEND_QUEUE);
-    let subscription = Subscription { store, filter, created_from, cursor, tx, config, shutdown };
-    tracker.spawn(subscription.run());
+    let subscription = Subscription {
+        store,
+        filter,
+        created_from,
+        cursor,
+        tx,
+        config: fanout.config,
+        shutdown: fanout.shutdown.clone(),
+        gauge: fanout.metrics.subscriber(),
+        metrics: fanout.metrics.clone(),
+    };
+    fanout.tasks.spawn(subscription.run());
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
 
@@ -92,6 +124,8 @@ struct Subscription {
     tx: mpsc::Sender<Result<SubscribeEventsResponse, Status>>,
     config: SubscriptionConfig,
     shutdown: CancellationToken,
+    gauge: SubscriberGuard,
+    metrics: Metrics,
 }
 
 /// Why a subscription task stops.
@@ -122,6 +156,7 @@ impl Subscription {
         let mut caught_up = false;
         loop {
             let newest = *durable.borrow_and_update();
+            self.gauge.set_lagging(newest.saturating_sub(self.cursor) > READ_BATCH as u64);
             while self.cursor < newest {
                 let batch = match self.store.read_from(self.cursor, READ_BATCH).await {
                     Ok(batch) if !batch.is_empty() => batch,
@@ -135,6 +170,7 @@ impl Subscription {
                         if let Err(stop) = self.send(item).await {
                             return stop;
                         }
+                        self.metrics.delivered();
                     }
                     self.cursor = sequence;
                 }

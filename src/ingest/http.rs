@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use serde_json::{Map, Value};
 
 use crate::auth::{KeyRing, Scope};
+use crate::metrics::Metrics;
 use crate::error::Error;
 use crate::event::json::{event_to_json, object_to_struct};
 use crate::event::{time, EventLimits, NewEvent};
@@ -40,6 +41,8 @@ pub struct IngestState {
     pub max_body_bytes: usize,
     /// API keys for `POST /events` (webhook routes use their signatures instead).
     pub keys: KeyRing,
+    /// Where refusals are counted.
+    pub metrics: Metrics,
 }
 
 /// The HTTP routes.
@@ -63,8 +66,22 @@ async fn healthz(State(state): State<IngestState>) -> Response {
     }
 }
 
-/// `POST /webhooks/{source}`: one provider delivery.
+/// `POST /webhooks/{source}`: one provider delivery; refusals are counted by source.
 async fn webhook(
+    State(state): State<IngestState>,
+    Path(source_name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Error> {
+    let route = match state.webhooks.sources.contains_key(&source_name) {
+        true => format!("webhook:{source_name}"),
+        false => "webhook:unknown".to_string(),
+    };
+    let result = receive_webhook(State(state.clone()), Path(source_name), headers, body).await;
+    result.inspect_err(|e| state.metrics.rejected(&route, e.code_name()))
+}
+
+async fn receive_webhook(
     State(state): State<IngestState>,
     Path(source_name): Path<String>,
     headers: HeaderMap,
@@ -110,9 +127,18 @@ async fn webhook(
     append_one(&state, event).await
 }
 
-/// `POST /events`: the proto3 JSON form of PublishEventRequest.
+/// `POST /events`: the proto3 JSON form of PublishEventRequest; refusals are counted.
 async fn publish(
     State(state): State<IngestState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Error> {
+    let result = receive_publish(&state, headers, body).await;
+    result.inspect_err(|e| state.metrics.rejected("http", e.code_name()))
+}
+
+async fn receive_publish(
+    state: &IngestState,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Error> {
@@ -125,7 +151,7 @@ async fn publish(
     let request = publish_request(&json)?;
     let event = NewEvent::from_request(request, &state.limits, "")?;
     caller.require_mode(event.livemode, "livemode")?;
-    append_one(&state, event).await
+    append_one(state, event).await
 }
 
 async fn append_one(state: &IngestState, event: NewEvent) -> Result<Response, Error> {

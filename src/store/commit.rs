@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::Error;
 use crate::event::{id, time, NewEvent};
 use crate::proto::Event;
+use crate::metrics::Metrics;
 use crate::store::durability::Syncer;
 use crate::store::{keys, Appended};
 
@@ -83,6 +84,7 @@ pub struct Committer {
     counts: Counts,
     failed: Arc<AtomicBool>,
     syncer: Syncer,
+    metrics: Metrics,
     state: watch::Sender<Arc<DurableState>>,
     durable: watch::Sender<u64>,
 }
@@ -117,8 +119,9 @@ impl Committer {
         durable: watch::Sender<u64>,
         failed: Arc<AtomicBool>,
         syncer: Syncer,
+        metrics: Metrics,
     ) -> Self {
-        Committer { tree, last_seq, first_seq, counts, failed, syncer, state, durable }
+        Committer { tree, last_seq, first_seq, counts, failed, syncer, metrics, state, durable }
     }
 
     /// The writer loop; returns when closed or when every sender is gone.
@@ -270,14 +273,20 @@ impl Committer {
 
     /// Applies and flushes the round, then answers every request in it.
     fn commit(&mut self, round: Round) {
-        let Round { batch, new_events, replies, .. } = round;
+        let Round { batch, new_events, replies, staged, .. } = round;
         if new_events > 0 {
-            if let Err(err) = self.write(batch) {
+            let started = std::time::Instant::now();
+            let written = self.write(batch);
+            self.metrics.commit(new_events, started.elapsed());
+            if let Err(err) = written {
                 for (reply, _) in replies {
                     let _ = reply.send(Err(Error::Storage(err.clone())));
                 }
                 return;
             }
+        }
+        for event in staged.values() {
+            self.metrics.published(&event.r#type, &event.source);
         }
         for (reply, result) in replies {
             let _ = reply.send(result);

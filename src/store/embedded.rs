@@ -31,6 +31,7 @@ use crate::event::{time, NewEvent};
 use crate::proto::Event;
 use crate::store::commit::{Command, Committer, Counts, DurableState};
 use crate::store::durability::{read_ack, AckRecord, Durability, Syncer, ACK_FILE};
+use crate::metrics::Metrics;
 use crate::store::retention::Retention;
 use crate::store::{keys, list, Appended, EventStore, ListPage, ListQuery};
 
@@ -46,6 +47,8 @@ pub struct StoreConfig {
     pub cache_bytes: u64,
     /// Which failures an acknowledged event survives.
     pub durability: Durability,
+    /// Where commit and publish figures go.
+    pub metrics: Metrics,
 }
 
 /// A cheap-to-clone handle on the embedded store.
@@ -58,6 +61,7 @@ pub struct SledStore {
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// Set by the writer after a storage error or on close.
     read_only: Arc<AtomicBool>,
+    metrics: Metrics,
 }
 
 impl SledStore {
@@ -156,6 +160,7 @@ impl SledStore {
             durable_tx,
             read_only.clone(),
             syncer,
+            config.metrics.clone(),
         );
         let writer = std::thread::Builder::new()
             .name("eventsd-commit".into())
@@ -168,6 +173,7 @@ impl SledStore {
             durable,
             writer: Arc::new(Mutex::new(Some(writer))),
             read_only,
+            metrics: config.metrics.clone(),
         })
     }
 
@@ -233,12 +239,15 @@ impl EventStore for SledStore {
     }
 
     async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, Error> {
+        let started = std::time::Instant::now();
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Append { events, reply })
             .await
             .map_err(|_| Error::ShuttingDown)?;
-        answer.await.map_err(|_| Error::ShuttingDown)?
+        let appended = answer.await.map_err(|_| Error::ShuttingDown)??;
+        self.metrics.publish_latency(started.elapsed());
+        Ok(appended)
     }
 
     async fn get(&self, id: &str) -> Result<Option<Event>, Error> {
