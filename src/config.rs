@@ -209,6 +209,9 @@ pub struct TailArgs {
     /// Resume after this sequence.
     #[arg(long)]
     pub after: Option<u64>,
+    /// Print events as CloudEvents 1.0 JSON (received in the CloudEvents protobuf format).
+    #[arg(long)]
+    pub cloudevents: bool,
 }
 
 /// A webhook secret for one source. Its `Debug` form never shows the secret.

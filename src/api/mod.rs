@@ -19,6 +19,7 @@ use crate::fanout::{Fanout, Start, SubscribeEventsStream};
 use crate::metrics::Metrics;
 use crate::proto::event_service_server::EventService;
 use crate::proto::subscribe_events_request::Start as StartProto;
+use crate::proto::Format;
 use crate::proto::{
     Event, GetEventRequest, ListEventsRequest, ListEventsResponse, PublishEventRequest,
     PublishEventsRequest, PublishEventsResponse, SubscribeEventsRequest,
@@ -163,7 +164,12 @@ impl EventService for EventsApi {
             Some(StartProto::AfterSequence(seq)) => Start::After(seq),
             Some(StartProto::FromCreated(t)) => Start::Created(t),
         };
-        let stream = self.fanout.subscribe(start, filter).await?;
+        let cloudevents = match Format::try_from(req.format) {
+            Ok(Format::Unspecified | Format::Event) => false,
+            Ok(Format::Cloudevent) => true,
+            Err(_) => return Err(Error::invalid("format", format!("unknown value {}", req.format)).into()),
+        };
+        let stream = self.fanout.subscribe(start, filter, cloudevents).await?;
         Ok(Response::new(stream))
     }
 }

@@ -26,7 +26,7 @@ use crate::event::json::event_to_json;
 use crate::proto::event_service_client::EventServiceClient;
 use crate::proto::subscribe_events_request::Start;
 use crate::proto::subscribe_events_response::Item;
-use crate::proto::SubscribeEventsRequest;
+use crate::proto::{Format, SubscribeEventsRequest};
 
 pub use publish::publish;
 pub use read::{get, list};
@@ -266,8 +266,13 @@ async fn follow(
         _ => None,
     };
     let mut client = connect(&args.addr, key).await.map_err(|e| (last, e))?;
-    let request =
-        SubscribeEventsRequest { start, types: args.types.clone(), livemode: args.livemode };
+    let format = if args.cloudevents { Format::Cloudevent } else { Format::Event };
+    let request = SubscribeEventsRequest {
+        start,
+        types: args.types.clone(),
+        livemode: args.livemode,
+        format: format as i32,
+    };
     let mut stream =
         client.subscribe_events(request).await.map_err(|s| (last, s.into()))?.into_inner();
     *backoff = Duration::from_millis(250);
@@ -280,6 +285,13 @@ async fn follow(
             Some(Item::Event(event)) => {
                 last = Some(event.sequence);
                 print_json(&event_to_json(&event)).map_err(|e| (last, e))?;
+            }
+            Some(Item::CloudEvent(ce)) => {
+                let json = crate::event::cloudevent::proto_to_json(&ce);
+                if let Some(seq) = json["sequence"].as_str().and_then(|s| s.parse().ok()) {
+                    last = Some(seq);
+                }
+                print_json(&json).map_err(|e| (last, e))?;
             }
             Some(Item::CaughtUp(c)) => {
                 last = Some(last.unwrap_or(0).max(c.sequence));

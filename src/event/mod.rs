@@ -6,6 +6,7 @@
 //! encoding it once at commit time means GetEvent, ListEvents and SubscribeEvents serve the
 //! same bytes the writer made durable.
 
+pub mod cloudevent;
 pub mod filter;
 pub mod id;
 pub mod json;

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tonic::Status;
 
 use crate::error::Error;
-use crate::event::{time, Filter};
+use crate::event::{cloudevent, time, Filter};
 use crate::metrics::{Metrics, SubscriberGuard};
 use crate::proto::{subscribe_events_response::Item, CaughtUp, Heartbeat, SubscribeEventsResponse};
 use crate::store::EventStore;
@@ -71,12 +71,23 @@ impl Fanout {
     }
 
     /// Resolves the start position and spawns the subscription's task.
-    pub async fn subscribe(&self, start: Start, filter: Filter) -> Result<SubscribeEventsStream, Error> {
-        spawn(self, start, filter).await
+    /// `cloudevents` sends events as CloudEvents instead of events.v1.Event.
+    pub async fn subscribe(
+        &self,
+        start: Start,
+        filter: Filter,
+        cloudevents: bool,
+    ) -> Result<SubscribeEventsStream, Error> {
+        spawn(self, start, filter, cloudevents).await
     }
 }
 
-async fn spawn(fanout: &Fanout, start: Start, filter: Filter) -> Result<SubscribeEventsStream, Error> {
+async fn spawn(
+    fanout: &Fanout,
+    start: Start,
+    filter: Filter,
+    cloudevents: bool,
+) -> Result<SubscribeEventsStream, Error> {
     let store = fanout.store.clone();
     let durable = *store.durable().borrow();
     let first = store.first_sequence();
@@ -110,6 +121,7 @@ async fn spawn(fanout: &Fanout, start: Start, filter: Filter) -> Result<Subscrib
         shutdown: fanout.shutdown.clone(),
         gauge: fanout.metrics.subscriber(),
         metrics: fanout.metrics.clone(),
+        cloudevents,
     };
     fanout.tasks.spawn(subscription.run());
     Ok(Box::pin(ReceiverStream::new(rx)))
@@ -126,6 +138,7 @@ struct Subscription {
     shutdown: CancellationToken,
     gauge: SubscriberGuard,
     metrics: Metrics,
+    cloudevents: bool,
 }
 
 /// Why a subscription task stops.
@@ -166,7 +179,10 @@ impl Subscription {
                 for event in batch {
                     let sequence = event.sequence;
                     if self.wanted(&event) {
-                        let item = Item::Event(event);
+                        let item = match self.cloudevents {
+                            true => Item::CloudEvent(cloudevent::to_proto(&event)),
+                            false => Item::Event(event),
+                        };
                         if let Err(stop) = self.send(item).await {
                             return stop;
                         }

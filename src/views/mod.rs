@@ -3,6 +3,7 @@
 //!
 //! - `GET /events`, `GET /events/{id}`: the Omise list and event shapes ([`omise`]).
 //! - `GET /api/v1/events`, `GET /api/v1/events/{id}`: the KOMOJU shapes ([`komoju`]).
+//! - `GET /cloudevents`, `GET /cloudevents/{id}`: CloudEvents 1.0 JSON ([`cloudevents`]).
 //!
 //! What the views promise:
 //! - A listing means exactly what ListEvents means: the query parameters become a
@@ -23,6 +24,7 @@
 //!   `data` print as integers, so a provider payload stored through eventsd reads back equal.
 //! - Unknown query parameters are ignored, as the providers' APIs ignore them.
 
+pub mod cloudevents;
 pub mod komoju;
 pub mod omise;
 
@@ -60,6 +62,8 @@ pub fn router(state: ViewsState) -> Router {
         .route("/events/{id}", get(omise::get))
         .route("/api/v1/events", get(komoju::list))
         .route("/api/v1/events/{id}", get(komoju::get))
+        .route("/cloudevents", get(cloudevents::poll))
+        .route("/cloudevents/{id}", get(cloudevents::get))
         .with_state(state)
 }
 
