@@ -112,6 +112,11 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
+    /// On SIGTERM, how long in-flight calls and streams get to finish before connections are
+    /// closed; the store is flushed either way.
+    #[arg(long, env = "EVENTSD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Interval of HTTP/2 keepalive pings on gRPC connections; a peer that does not answer
     /// within --keepalive-timeout is disconnected.
     #[arg(long, env = "EVENTSD_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]

@@ -143,7 +143,9 @@ impl Error {
         match self {
             Error::InvalidArgument { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument"),
             Error::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-            Error::OutOfRange { .. } | Error::Expired { .. } => (StatusCode::BAD_REQUEST, "out_of_range"),
+            Error::OutOfRange { .. } | Error::Expired { .. } => {
+                (StatusCode::BAD_REQUEST, "out_of_range")
+            }
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Error::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission_denied"),
             Error::NotFound { .. } | Error::UnknownSource(_) => {

@@ -77,7 +77,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let published = Family::<EventLabels, Counter>::default();
-        registry.register("eventsd_events_published", "Events stored, by type and source", published.clone());
+        registry.register(
+            "eventsd_events_published",
+            "Events stored, by type and source",
+            published.clone(),
+        );
         let publish_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
         registry.register(
             "eventsd_publish_duration_seconds",
@@ -97,7 +101,11 @@ impl Metrics {
             commit_sync_seconds.clone(),
         );
         let subscribers = Gauge::default();
-        registry.register("eventsd_subscribers", "Open SubscribeEvents streams", subscribers.clone());
+        registry.register(
+            "eventsd_subscribers",
+            "Open SubscribeEvents streams",
+            subscribers.clone(),
+        );
         let subscribers_lagging = Gauge::default();
         registry.register(
             "eventsd_subscribers_lagging",
@@ -105,7 +113,11 @@ impl Metrics {
             subscribers_lagging.clone(),
         );
         let deliveries = Counter::default();
-        registry.register("eventsd_deliveries", "Events delivered to subscribers", deliveries.clone());
+        registry.register(
+            "eventsd_deliveries",
+            "Events delivered to subscribers",
+            deliveries.clone(),
+        );
         let rejections = Family::<RejectLabels, Counter>::default();
         registry.register(
             "eventsd_ingest_rejections",
@@ -129,7 +141,10 @@ impl Metrics {
     pub fn published(&self, event_type: &str, source: &str) {
         self.0
             .published
-            .get_or_create(&EventLabels { r#type: event_type.to_string(), source: source.to_string() })
+            .get_or_create(&EventLabels {
+                r#type: event_type.to_string(),
+                source: source.to_string(),
+            })
             .inc();
     }
 
@@ -211,7 +226,9 @@ pub fn router(state: MetricsState) -> Router {
 
 async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
     let mut text = String::new();
-    if let Err(err) = prometheus_client::encoding::text::encode_registry(&mut text, &state.metrics.0.registry) {
+    if let Err(err) =
+        prometheus_client::encoding::text::encode_registry(&mut text, &state.metrics.0.registry)
+    {
         tracing::error!(error = %err, "cannot encode metrics");
     }
     // The registry's text ends with `# EOF`; the scrape-time series go before it.

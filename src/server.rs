@@ -20,10 +20,10 @@ use crate::config::ServeConfig;
 use crate::error::Error;
 use crate::event::EventLimits;
 use crate::fanout::{Fanout, SubscriptionConfig};
-use crate::metrics::{Metrics, MetricsState};
 use crate::ingest::http::{router, IngestState};
 use crate::ingest::sources::WebhookConfig;
 use crate::limits::InFlightLimit;
+use crate::metrics::{Metrics, MetricsState};
 use crate::proto::event_service_server::EventServiceServer;
 use crate::store::retention::{self, Retention};
 use crate::store::{EventStore, SledStore, StoreConfig};
@@ -49,8 +49,9 @@ pub async fn run(
         Some(path) => KeyRing::load(path)?,
         None => KeyRing::disabled(),
     };
-    check_exposure(&config, &keys, &[grpc_addr, http_addr])?;
     let tls = Tls::load(&config)?;
+    let mutual_tls = tls.is_some() && config.tls_client_ca.is_some();
+    check_exposure(&config, &keys, mutual_tls, &[grpc_addr, http_addr])?;
     let webhooks = WebhookConfig::from_config(&config, http_addr.ip().is_loopback())?;
     let metrics = Metrics::new();
     let store = SledStore::open(&StoreConfig {
@@ -72,7 +73,10 @@ pub async fn run(
         }
     });
     if keys.enabled() {
-        tasks.spawn(reload_keys_on_sighup(keys.clone(), token.clone()));
+        // The listener is installed here, before serving: a SIGHUP that arrived before the
+        // task first ran would otherwise take its default action and end the process.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tasks.spawn(reload_keys_on_sighup(keys.clone(), hangup, token.clone()));
     }
     if let Some(store) = retention_store {
         tracing::info!(max_age = ?retention.max_age, max_events = ?retention.max_events, "retention enabled");
@@ -89,7 +93,10 @@ pub async fn run(
         keys: keys.clone(),
         metrics: metrics.clone(),
     })
-    .merge(crate::views::router(crate::views::ViewsState { store: store.clone(), keys: keys.clone() }))
+    .merge(crate::views::router(crate::views::ViewsState {
+        store: store.clone(),
+        keys: keys.clone(),
+    }))
     .merge(crate::metrics::router(MetricsState {
         metrics: metrics.clone(),
         store: store.clone(),
@@ -160,7 +167,23 @@ pub async fn run(
                 .into_future(),
         ),
     };
-    let (grpc_served, http_served) = tokio::join!(grpc, http);
+    let served = async { tokio::join!(grpc, http) };
+    // After the shutdown signal, connections get the grace period to finish; a client that
+    // stops reading must not keep the process alive.
+    let grace = {
+        let token = token.clone();
+        async move {
+            token.cancelled().await;
+            tokio::time::sleep(config.shutdown_grace).await;
+        }
+    };
+    let (grpc_served, http_served) = tokio::select! {
+        results = served => results,
+        () = grace => {
+            tracing::warn!(grace = ?config.shutdown_grace, "connections still open after the shutdown grace; closing them");
+            (Ok(()), Ok(()))
+        }
+    };
 
     tracing::info!("shutting down: draining subscriptions and flushing the store");
     health.set_not_serving::<EventServiceServer<EventsApi>>().await;
@@ -202,9 +225,10 @@ fn reflection_services() -> Result<
 fn check_exposure(
     config: &ServeConfig,
     keys: &KeyRing,
+    mutual_tls: bool,
     addrs: &[std::net::SocketAddr],
 ) -> Result<(), Error> {
-    if keys.enabled() || config.tls_client_ca.is_some() {
+    if keys.enabled() || mutual_tls {
         return Ok(());
     }
     let exposed: Vec<String> =
@@ -225,28 +249,16 @@ fn check_exposure(
 }
 
 /// Reloads the API keys on every SIGHUP until shutdown.
-async fn reload_keys_on_sighup(keys: KeyRing, shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(signal) => signal,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGHUP; API keys will not reload");
-                return;
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = hangup.recv() => keys.reload(),
-                () = shutdown.cancelled() => return,
-            }
+async fn reload_keys_on_sighup(
+    keys: KeyRing,
+    mut hangup: tokio::signal::unix::Signal,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => keys.reload(),
+            () = shutdown.cancelled() => return,
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = keys;
-        shutdown.cancelled().await;
     }
 }
 

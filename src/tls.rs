@@ -39,8 +39,15 @@ impl Tls {
     /// Loads the certificate, key and optional client CA named in the configuration;
     /// `None` when TLS is not configured.
     pub fn load(config: &ServeConfig) -> Result<Option<Self>, Error> {
-        let (Some(cert_path), Some(key_path)) = (&config.tls_cert, &config.tls_key) else {
-            return Ok(None);
+        let (cert_path, key_path) = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) if config.tls_client_ca.is_none() => return Ok(None),
+            // Never fall back to plaintext when TLS was asked for but is incomplete.
+            _ => {
+                return Err(Error::Startup(
+                    "--tls-cert and --tls-key go together, and --tls-client-ca needs both".into(),
+                ))
+            }
         };
         let cert_pem = read(cert_path, "--tls-cert")?;
         let key_pem = read(key_path, "--tls-key")?;

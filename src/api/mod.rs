@@ -37,7 +37,12 @@ pub struct EventsApi {
 
 impl EventsApi {
     /// Builds the service.
-    pub fn new(store: Arc<dyn EventStore>, limits: EventLimits, fanout: Fanout, metrics: Metrics) -> Self {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        limits: EventLimits,
+        fanout: Fanout,
+        metrics: Metrics,
+    ) -> Self {
         EventsApi { store, limits, fanout, metrics }
     }
 
@@ -59,7 +64,8 @@ impl EventsApi {
                 vec![NewEvent::from_request(entry, &self.limits, "")?]
             };
             for (i, event) in events.iter().enumerate() {
-                let field = if batch { format!("events[{i}].livemode") } else { "livemode".to_string() };
+                let field =
+                    if batch { format!("events[{i}].livemode") } else { "livemode".to_string() };
                 caller.require_mode(event.livemode, &field)?;
             }
             self.store.append(events).await
@@ -105,7 +111,8 @@ impl EventService for EventsApi {
         request: Request<PublishEventRequest>,
     ) -> Result<Response<Event>, Status> {
         let mut stored = self.publish(request, false, |r| vec![r]).await?;
-        let appended = stored.pop().ok_or_else(|| Status::internal("the store returned no event"))?;
+        let appended =
+            stored.pop().ok_or_else(|| Status::internal("the store returned no event"))?;
         Ok(Response::new(appended))
     }
 
@@ -167,7 +174,9 @@ impl EventService for EventsApi {
         let cloudevents = match Format::try_from(req.format) {
             Ok(Format::Unspecified | Format::Event) => false,
             Ok(Format::Cloudevent) => true,
-            Err(_) => return Err(Error::invalid("format", format!("unknown value {}", req.format)).into()),
+            Err(_) => {
+                return Err(Error::invalid("format", format!("unknown value {}", req.format)).into())
+            }
         };
         let stream = self.fanout.subscribe(start, filter, cloudevents).await?;
         Ok(Response::new(stream))

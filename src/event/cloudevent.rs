@@ -50,13 +50,19 @@ pub fn to_proto(event: &Event) -> CloudEvent {
     let string = |s: String| CloudEventAttributeValue { attr: Some(Attr::CeString(s)) };
     let mut attributes = HashMap::new();
     if let Some(created) = event.created {
-        attributes.insert("time".to_string(), CloudEventAttributeValue { attr: Some(Attr::CeTimestamp(created)) });
+        attributes.insert(
+            "time".to_string(),
+            CloudEventAttributeValue { attr: Some(Attr::CeTimestamp(created)) },
+        );
     }
     if let Some(subject) = subject(event) {
         attributes.insert("subject".to_string(), string(subject));
     }
     attributes.insert("datacontenttype".to_string(), string("application/json".into()));
-    attributes.insert("livemode".to_string(), CloudEventAttributeValue { attr: Some(Attr::CeBoolean(event.livemode)) });
+    attributes.insert(
+        "livemode".to_string(),
+        CloudEventAttributeValue { attr: Some(Attr::CeBoolean(event.livemode)) },
+    );
     attributes.insert("location".to_string(), string(event.location.clone()));
     attributes.insert("sequence".to_string(), string(event.sequence.to_string()));
     if !event.api_version.is_empty() {
@@ -111,7 +117,9 @@ pub fn proto_to_json(ce: &CloudEvent) -> Json {
         let value = match ce.attributes[name].attr.as_ref() {
             Some(Attr::CeBoolean(b)) => Json::Bool(*b),
             Some(Attr::CeInteger(i)) => json!(i),
-            Some(Attr::CeString(s)) | Some(Attr::CeUri(s)) | Some(Attr::CeUriRef(s)) => Json::String(s.clone()),
+            Some(Attr::CeString(s)) | Some(Attr::CeUri(s)) | Some(Attr::CeUriRef(s)) => {
+                Json::String(s.clone())
+            }
             Some(Attr::CeBytes(b)) => {
                 Json::String(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b))
             }

@@ -10,8 +10,11 @@
 use prost_types::{value::Kind, ListValue, Struct, Value};
 use serde_json::{Map, Number, Value as Json};
 
-/// Deepest nesting accepted in `data`, counting objects and lists.
-pub const MAX_DEPTH: usize = 64;
+/// Deepest nesting accepted in `data`, counting objects and lists. Protobuf decoders stop at
+/// 100 nested messages, and each level of a Struct costs up to three (map entry, Value,
+/// Struct) below SubscribeEventsResponse → Event: 32 keeps every stored event readable by
+/// every RPC and every client.
+pub const MAX_DEPTH: usize = 32;
 /// Largest integer magnitude a double holds exactly.
 const MAX_EXACT_INT: u64 = 1 << 53;
 

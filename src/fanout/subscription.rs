@@ -25,6 +25,8 @@ pub type SubscribeEventsStream =
 
 /// Events read from the store per step; bounds a subscriber's memory on the server.
 const READ_BATCH: usize = 256;
+/// How long the final status of a stream may wait for room in its queue.
+const FINAL_STATUS_WAIT: Duration = Duration::from_secs(5);
 /// Items queued towards the transport per subscriber.
 const SEND_QUEUE: usize = 64;
 
@@ -94,7 +96,7 @@ async fn spawn(
     let (cursor, created_from) = match start {
         Start::Now => (durable, None),
         Start::Beginning => (first - 1, None),
-        Start::After(seq) if seq + 1 < first => {
+        Start::After(seq) if seq.saturating_add(1) < first => {
             return Err(Error::Expired { position: "after_sequence", earliest: first });
         }
         Start::After(seq) if seq > durable => {
@@ -159,8 +161,10 @@ impl Subscription {
             )),
             Stop::Failed(err) => Status::from(err),
         };
-        // Best effort: the client may already be gone, or its queue full.
-        let _ = self.tx.try_send(Err(status));
+        // The final status must reach the client, or a slow reader would see its stream end
+        // with OK and not resume. A client that stops reading entirely gets a bounded wait;
+        // the server's shutdown grace bounds the rest.
+        let _ = tokio::time::timeout(FINAL_STATUS_WAIT, self.tx.send(Err(status))).await;
     }
 
     async fn serve(&mut self) -> Stop {

@@ -18,13 +18,13 @@ use axum::{Json, Router};
 use serde_json::{Map, Value};
 
 use crate::auth::{KeyRing, Scope};
-use crate::metrics::Metrics;
 use crate::error::Error;
 use crate::event::json::{event_to_json, object_to_struct};
 use crate::event::{time, EventLimits, NewEvent};
 use crate::ingest::sources::WebhookConfig;
 use crate::ingest::webhook::envelope::{self, WebhookEvent};
 use crate::ingest::webhook::signature::{self, Provider};
+use crate::metrics::Metrics;
 use crate::proto::PublishEventRequest;
 use crate::store::{Appended, EventStore};
 

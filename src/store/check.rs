@@ -82,7 +82,10 @@ pub fn check(dir: &Path) -> Result<Report, Error> {
         }
         if let Some(next) = expected_next {
             if seq != next {
-                report.problem(format!("sequence gap: {next} to {} are missing", seq.saturating_sub(1)));
+                report.problem(format!(
+                    "sequence gap: {next} to {} are missing",
+                    seq.saturating_sub(1)
+                ));
             }
         }
         expected_next = Some(seq + 1);

@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::Error;
 use crate::event::{id, time, NewEvent};
-use crate::proto::Event;
 use crate::metrics::Metrics;
+use crate::proto::Event;
 use crate::store::durability::Syncer;
 use crate::store::{keys, Appended};
 
@@ -143,7 +143,9 @@ impl Committer {
                     self.take(events, reply, &mut round);
                     while round.new_events < MAX_ROUND_EVENTS {
                         match commands.try_recv() {
-                            Ok(Command::Append { events, reply }) => self.take(events, reply, &mut round),
+                            Ok(Command::Append { events, reply }) => {
+                                self.take(events, reply, &mut round)
+                            }
                             Ok(other) => {
                                 next = Some(other);
                                 break;
@@ -334,7 +336,8 @@ impl Committer {
             let Some(bytes) = self.tree.get(keys::event(seq))? else {
                 return Err(Error::Corrupt(format!("event {seq} is missing while trimming")));
             };
-            let event = Event::decode(bytes.as_ref()).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
+            let event = Event::decode(bytes.as_ref())
+                .map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
             let created = event.created.unwrap_or_default();
             batch.remove(&keys::event(seq));
             // An id removed earlier and published again belongs to the newer event.
@@ -342,7 +345,11 @@ impl Committer {
                 batch.remove(keys::id(&event.id));
             }
             batch.remove(keys::entry(&keys::created_prefix(event.livemode), &created, seq));
-            batch.remove(keys::entry(&keys::type_prefix(&event.r#type, event.livemode), &created, seq));
+            batch.remove(keys::entry(
+                &keys::type_prefix(&event.r#type, event.livemode),
+                &created,
+                seq,
+            ));
             let stream = (event.livemode, event.r#type);
             let count = self.counts.get(&stream).copied().unwrap_or(0).saturating_sub(1);
             batch.insert(keys::count(stream.0, &stream.1), &count.to_be_bytes());

@@ -28,10 +28,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::Error;
 use crate::event::{time, NewEvent};
+use crate::metrics::Metrics;
 use crate::proto::Event;
 use crate::store::commit::{Command, Committer, Counts, DurableState};
 use crate::store::durability::{read_ack, AckRecord, Durability, Syncer, ACK_FILE};
-use crate::metrics::Metrics;
 use crate::store::retention::Retention;
 use crate::store::{keys, list, Appended, EventStore, ListPage, ListQuery};
 
@@ -69,7 +69,10 @@ impl SledStore {
     pub async fn trim(&self, through: u64) -> Result<u64, Error> {
         loop {
             let (done, answer) = oneshot::channel();
-            self.commands.send(Command::Trim { through, done }).await.map_err(|_| Error::ShuttingDown)?;
+            self.commands
+                .send(Command::Trim { through, done })
+                .await
+                .map_err(|_| Error::ShuttingDown)?;
             let first = answer.await.map_err(|_| Error::ShuttingDown)??;
             if first > through || first > *self.durable.borrow() {
                 return Ok(first);
@@ -89,7 +92,8 @@ impl SledStore {
             }
         }
         if let Some(age) = policy.max_age {
-            let cutoff = chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
+            let cutoff = chrono::Utc::now()
+                - chrono::Duration::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
             let cutoff = time::from_chrono(cutoff);
             let range = keys::event(state.first)..=keys::event(state.sequence);
             for entry in self.tree.range(range).take(scan) {
@@ -140,15 +144,20 @@ impl SledStore {
             counts.insert(stream, n);
         }
         let first_seq = match tree.get(keys::FIRST_KEY)? {
-            Some(v) => keys::u64_value(&v).ok_or_else(|| Error::Corrupt("first kept sequence".into()))?,
+            Some(v) => {
+                keys::u64_value(&v).ok_or_else(|| Error::Corrupt("first kept sequence".into()))?
+            }
             None => 1,
         };
         // Retention may have removed every event; sequences still go on after the last one.
         let last_seq = last_seq.max(first_seq - 1);
         verify_against_ack(&config.path, (first_seq, last_seq), &counts)?;
         let syncer = Syncer::open(&config.path, config.durability)?;
-        let (state_tx, state) =
-            watch::channel(Arc::new(DurableState { sequence: last_seq, first: first_seq, counts: counts.clone() }));
+        let (state_tx, state) = watch::channel(Arc::new(DurableState {
+            sequence: last_seq,
+            first: first_seq,
+            counts: counts.clone(),
+        }));
         let (durable_tx, durable) = watch::channel(last_seq);
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let read_only = Arc::new(AtomicBool::new(false));
@@ -272,7 +281,7 @@ impl EventStore for SledStore {
 
     async fn read_from(&self, after: u64, max: usize) -> Result<Vec<Event>, Error> {
         let first = self.state.borrow().first;
-        if after + 1 < first {
+        if after.saturating_add(1) < first {
             return Err(Error::Expired { position: "after_sequence", earliest: first });
         }
         let durable = *self.durable.borrow();

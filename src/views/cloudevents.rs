@@ -28,7 +28,11 @@ const MAX_LIMIT: i32 = 1_000;
 const NEXT_AFTER: HeaderName = HeaderName::from_static("eventsd-next-after");
 
 /// `GET /cloudevents/{id}`.
-pub async fn get(State(state): State<ViewsState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, Error> {
+pub async fn get(
+    State(state): State<ViewsState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
     let caller = reader(&state, &headers)?;
     let stored = find(&state, &caller, id).await?;
     Ok(respond(JSON_CONTENT_TYPE, &to_json(&stored), None))
@@ -42,12 +46,13 @@ pub async fn poll(
 ) -> Result<Response, Error> {
     let caller = reader(&state, &headers)?;
     let params = Params::new(query)?;
+    // Without a position, polling starts at the oldest kept event; an explicit position
+    // before it is refused (read_from), as SubscribeEvents refuses it, so nothing is skipped.
     let after = match params.one("after_sequence")? {
-        None => 0,
-        Some(text) => text
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| Error::invalid("after_sequence", format!("must be a whole number (got {text:?})")))?,
+        None => state.store.first_sequence() - 1,
+        Some(text) => text.trim().parse::<u64>().map_err(|_| {
+            Error::invalid("after_sequence", format!("must be a whole number (got {text:?})"))
+        })?,
     };
     let limit = params.int("limit")?.unwrap_or(DEFAULT_LIMIT);
     if limit < 1 {
@@ -56,8 +61,6 @@ pub async fn poll(
     let mut filter = Filter::new(&params.list("type"), params.bool("livemode")?)
         .map_err(super::name_type_param)?;
     caller.restrict(&mut filter)?;
-    let first = state.store.first_sequence();
-    let after = after.max(first - 1);
     let events = state.store.read_from(after, limit.min(MAX_LIMIT) as usize).await?;
     let next = events.last().map_or(after, |e| e.sequence);
     let batch: Vec<Value> = events.iter().filter(|e| filter.matches(e)).map(to_json).collect();
@@ -66,7 +69,8 @@ pub async fn poll(
 
 fn respond(content_type: &'static str, body: &Value, next: Option<u64>) -> Response {
     let mut response =
-        ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body.to_string()).into_response();
+        ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body.to_string())
+            .into_response();
     if let Some(next) = next {
         response.headers_mut().insert(NEXT_AFTER, HeaderValue::from(next));
     }

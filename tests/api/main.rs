@@ -1,0 +1,20 @@
+//! Integration tests: one binary, the real server started through `helpers::spawn_app`.
+
+mod bad_input;
+mod cli;
+mod cloudevents;
+mod helpers;
+mod http_events;
+mod list;
+mod metrics;
+mod nesting;
+mod persistence;
+mod publish;
+mod reflection_health;
+mod retention;
+mod security;
+mod subscribe;
+mod support;
+mod tls;
+mod views;
+mod webhooks;
