@@ -55,6 +55,12 @@ pub enum Error {
     /// An earlier storage error disabled writes until the store is reopened.
     #[error("writes are disabled after a storage error; reads still work")]
     WritesDisabled,
+    /// The store is being reopened after a storage error.
+    #[error("the store is reopening after a storage error; retry shortly")]
+    Reopening,
+    /// The disk is full; the write was not acknowledged.
+    #[error("the disk is full; the write was not stored")]
+    DiskFull,
     /// The store failed; the write was not acknowledged.
     #[error("storage error: {0}")]
     Storage(#[from] sled::Error),
@@ -91,6 +97,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// A storage error as the client should see it: a full disk is DiskFull.
+    pub fn from_storage(err: sled::Error) -> Self {
+        match &err {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => Error::DiskFull,
+            _ => Error::Storage(err),
+        }
+    }
+
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidArgument { field: field.into(), reason: reason.into() }
@@ -121,7 +135,8 @@ impl From<Error> for Status {
             Error::PayloadTooLarge { .. } => Code::ResourceExhausted,
             Error::UnsupportedMediaType(_) | Error::MalformedJson(_) => Code::InvalidArgument,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
-            Error::ShuttingDown | Error::WritesDisabled => Code::Unavailable,
+            Error::ShuttingDown | Error::WritesDisabled | Error::Reopening => Code::Unavailable,
+            Error::DiskFull => Code::ResourceExhausted,
             Error::Storage(_) | Error::Corrupt(_) | Error::Startup(_) | Error::Io(_) => {
                 tracing::error!(error = %err, "internal error");
                 return Status::internal("internal storage error (details are in the server log)");
@@ -156,9 +171,10 @@ impl Error {
             Error::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
-            Error::ShuttingDown | Error::WritesDisabled => {
+            Error::ShuttingDown | Error::WritesDisabled | Error::Reopening => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
+            Error::DiskFull => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
             Error::Storage(_) | Error::Corrupt(_) | Error::Startup(_) | Error::Io(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }

@@ -31,10 +31,14 @@ use crate::event::{id, time, NewEvent};
 use crate::metrics::Metrics;
 use crate::proto::Event;
 use crate::store::durability::Syncer;
+use crate::store::embedded::{load, Loaded, SharedTree, StoreConfig};
 use crate::store::{keys, Appended};
 
 /// Most events staged into one round (one sled batch, one flush).
 pub const MAX_ROUND_EVENTS: usize = 4_096;
+
+/// Least time between two attempts to reopen the store after a storage error.
+const RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Most events one trim command removes, so a trim never stalls publishes for long.
 pub const MAX_TRIM: u64 = 1_000;
@@ -79,6 +83,9 @@ pub enum Command {
 /// The writer's state, owned by its thread.
 pub struct Committer {
     tree: sled::Tree,
+    shared: SharedTree,
+    config: StoreConfig,
+    last_recovery: Option<std::time::Instant>,
     last_seq: u64,
     first_seq: u64,
     counts: Counts,
@@ -112,7 +119,8 @@ enum Resolved {
 impl Committer {
     /// A writer continuing after `last_seq`, with the stored counts.
     pub fn new(
-        tree: sled::Tree,
+        shared: SharedTree,
+        config: StoreConfig,
         (first_seq, last_seq): (u64, u64),
         counts: Counts,
         state: watch::Sender<Arc<DurableState>>,
@@ -120,8 +128,21 @@ impl Committer {
         failed: Arc<AtomicBool>,
         syncer: Syncer,
         metrics: Metrics,
-    ) -> Self {
-        Committer { tree, last_seq, first_seq, counts, failed, syncer, metrics, state, durable }
+    ) -> Result<Self, Error> {
+        Ok(Committer {
+            tree: shared.get()?,
+            shared,
+            config,
+            last_recovery: None,
+            last_seq,
+            first_seq,
+            counts,
+            failed,
+            syncer,
+            metrics,
+            state,
+            durable,
+        })
     }
 
     /// The writer loop; returns when closed or when every sender is gone.
@@ -183,7 +204,7 @@ impl Committer {
     /// Stages one request into the round, all or nothing.
     fn stage(&mut self, events: Vec<NewEvent>, round: &mut Round) -> Result<Vec<Appended>, Error> {
         if self.failed.load(Ordering::Relaxed) {
-            return Err(Error::WritesDisabled);
+            self.recover()?;
         }
         let resolved =
             events.into_iter().map(|e| self.resolve(e, round)).collect::<Result<Vec<_>, _>>()?;
@@ -282,7 +303,7 @@ impl Committer {
             self.metrics.commit(new_events, started.elapsed());
             if let Err(err) = written {
                 for (reply, _) in replies {
-                    let _ = reply.send(Err(Error::Storage(err.clone())));
+                    let _ = reply.send(Err(Error::from_storage(err.clone())));
                 }
                 return;
             }
@@ -318,6 +339,47 @@ impl Committer {
             // The events are durable; only loss detection after a crash is weakened.
             tracing::error!(error = %err, "cannot write the ack record");
         }
+        Ok(())
+    }
+
+    /// After a storage error (a full disk, say), reopens the store in-process: sled keeps its
+    /// first I/O error until reopened. At most one attempt per [`RECOVERY_INTERVAL`], triggered
+    /// by a write. Whatever sled recovered is synced before it becomes visible, and the ack
+    /// record is checked again, so no acknowledged event can have gone missing unnoticed.
+    fn recover(&mut self) -> Result<(), Error> {
+        if self.last_recovery.is_some_and(|at| at.elapsed() < RECOVERY_INTERVAL) {
+            return Err(Error::WritesDisabled);
+        }
+        self.last_recovery = Some(std::time::Instant::now());
+        let recovered = self.shared.reopen(&mut self.tree, &self.config).and_then(|()| {
+            let loaded = load(&self.tree, &self.config.path)?;
+            self.tree.flush()?;
+            let mut syncer = Syncer::open(&self.config.path, self.config.durability)?;
+            syncer.sync()?;
+            Ok((loaded, syncer))
+        });
+        let (Loaded { first_seq, last_seq, counts }, syncer) = match recovered {
+            Ok(recovered) => recovered,
+            Err(err) => {
+                tracing::error!(error = %err, "reopening the store failed; writes stay disabled");
+                return Err(Error::WritesDisabled);
+            }
+        };
+        self.syncer = syncer;
+        self.first_seq = first_seq;
+        self.last_seq = last_seq;
+        self.counts = counts;
+        self.state.send_replace(Arc::new(DurableState {
+            sequence: last_seq,
+            first: first_seq,
+            counts: self.counts.clone(),
+        }));
+        self.durable.send_replace(last_seq);
+        self.failed.store(false, Ordering::Relaxed);
+        tracing::info!(
+            last_sequence = last_seq,
+            "store reopened after a storage error; writes resumed"
+        );
         Ok(())
     }
 
@@ -360,7 +422,7 @@ impl Committer {
         self.first_seq = upto + 1;
         if let Err(err) = self.write(batch) {
             self.first_seq = previous;
-            return Err(Error::Storage(err));
+            return Err(Error::from_storage(err));
         }
         Ok(self.first_seq)
     }

@@ -54,7 +54,8 @@ pub struct StoreConfig {
 /// A cheap-to-clone handle on the embedded store.
 #[derive(Clone)]
 pub struct SledStore {
-    tree: sled::Tree,
+    /// The tree, replaced when the writer reopens the store after a storage error.
+    tree: SharedTree,
     commands: mpsc::Sender<Command>,
     state: watch::Receiver<Arc<DurableState>>,
     durable: watch::Receiver<u64>,
@@ -96,7 +97,7 @@ impl SledStore {
                 - chrono::Duration::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
             let cutoff = time::from_chrono(cutoff);
             let range = keys::event(state.first)..=keys::event(state.sequence);
-            for entry in self.tree.range(range).take(scan) {
+            for entry in self.tree.get()?.range(range).take(scan) {
                 let (key, value) = entry?;
                 let seq = keys::seq_of(&key).unwrap_or_default();
                 let event = decode(seq, &value)?;
@@ -112,46 +113,8 @@ impl SledStore {
 
     /// Opens (or creates) the store and starts its writer thread.
     pub fn open(config: &StoreConfig) -> Result<Self, Error> {
-        let sled_config = sled_config(&config.path, config.cache_bytes);
-        // sled may panic on some damaged files instead of returning an error; either way the
-        // store must not be served.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            sled_config.open().and_then(|db| db.open_tree("events"))
-        }));
-        let tree = match opened {
-            Ok(tree) => tree?,
-            Err(_) => {
-                return Err(Error::Corrupt(format!(
-                    "sled could not read the store in {} (it panicked); run `eventsd check --data-dir {}`",
-                    config.path.display(),
-                    config.path.display()
-                )))
-            }
-        };
-        let last_seq = match tree.scan_prefix([keys::EVENT]).next_back() {
-            Some(entry) => {
-                let (key, _) = entry?;
-                keys::seq_of(&key).ok_or_else(|| Error::Corrupt("last event key".into()))?
-            }
-            None => 0,
-        };
-        let mut counts = Counts::new();
-        for entry in tree.scan_prefix([keys::COUNT]) {
-            let (key, value) = entry?;
-            let stream =
-                keys::parse_count(&key).ok_or_else(|| Error::Corrupt("count key".into()))?;
-            let n = keys::u64_value(&value).ok_or_else(|| Error::Corrupt("count value".into()))?;
-            counts.insert(stream, n);
-        }
-        let first_seq = match tree.get(keys::FIRST_KEY)? {
-            Some(v) => {
-                keys::u64_value(&v).ok_or_else(|| Error::Corrupt("first kept sequence".into()))?
-            }
-            None => 1,
-        };
-        // Retention may have removed every event; sequences still go on after the last one.
-        let last_seq = last_seq.max(first_seq - 1);
-        verify_against_ack(&config.path, (first_seq, last_seq), &counts)?;
+        let tree = open_tree(config)?;
+        let Loaded { first_seq, last_seq, counts } = load(&tree, &config.path)?;
         let syncer = Syncer::open(&config.path, config.durability)?;
         let (state_tx, state) = watch::channel(Arc::new(DurableState {
             sequence: last_seq,
@@ -161,8 +124,10 @@ impl SledStore {
         let (durable_tx, durable) = watch::channel(last_seq);
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let read_only = Arc::new(AtomicBool::new(false));
+        let tree = SharedTree::new(tree);
         let committer = Committer::new(
             tree.clone(),
+            config.clone(),
             (first_seq, last_seq),
             counts,
             state_tx,
@@ -170,7 +135,7 @@ impl SledStore {
             read_only.clone(),
             syncer,
             config.metrics.clone(),
-        );
+        )?;
         let writer = std::thread::Builder::new()
             .name("eventsd-commit".into())
             .spawn(move || committer.run(rx))
@@ -187,11 +152,63 @@ impl SledStore {
     }
 
     fn event_at(&self, seq: u64) -> Result<Option<Event>, Error> {
-        let Some(bytes) = self.tree.get(keys::event(seq))? else {
+        let Some(bytes) = self.tree.get()?.get(keys::event(seq))? else {
             return Ok(None);
         };
         decode(seq, &bytes).map(Some)
     }
+}
+
+/// Opens the store's tree. sled may panic on some damaged files instead of returning an
+/// error; either way the store must not be served.
+pub(crate) fn open_tree(config: &StoreConfig) -> Result<sled::Tree, Error> {
+    let sled_config = sled_config(&config.path, config.cache_bytes);
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        sled_config.open().and_then(|db| db.open_tree("events"))
+    }));
+    match opened {
+        Ok(tree) => Ok(tree?),
+        Err(_) => Err(Error::Corrupt(format!(
+            "sled could not read the store in {} (it panicked); run `eventsd check --data-dir {}`",
+            config.path.display(),
+            config.path.display()
+        ))),
+    }
+}
+
+/// What a store holds, read at open.
+pub(crate) struct Loaded {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub counts: Counts,
+}
+
+/// Reads the sequence range and counters, and refuses a store that lost acknowledged events.
+pub(crate) fn load(tree: &sled::Tree, dir: &std::path::Path) -> Result<Loaded, Error> {
+    let last_seq = match tree.scan_prefix([keys::EVENT]).next_back() {
+        Some(entry) => {
+            let (key, _) = entry?;
+            keys::seq_of(&key).ok_or_else(|| Error::Corrupt("last event key".into()))?
+        }
+        None => 0,
+    };
+    let mut counts = Counts::new();
+    for entry in tree.scan_prefix([keys::COUNT]) {
+        let (key, value) = entry?;
+        let stream = keys::parse_count(&key).ok_or_else(|| Error::Corrupt("count key".into()))?;
+        let n = keys::u64_value(&value).ok_or_else(|| Error::Corrupt("count value".into()))?;
+        counts.insert(stream, n);
+    }
+    let first_seq = match tree.get(keys::FIRST_KEY)? {
+        Some(v) => {
+            keys::u64_value(&v).ok_or_else(|| Error::Corrupt("first kept sequence".into()))?
+        }
+        None => 1,
+    };
+    // Retention may have removed every event; sequences still go on after the last one.
+    let last_seq = last_seq.max(first_seq - 1);
+    verify_against_ack(dir, (first_seq, last_seq), &counts)?;
+    Ok(Loaded { first_seq, last_seq, counts })
 }
 
 /// sled's segment size. Items larger than a quarter of it go to blob files; 8 MiB keeps a leaf
@@ -236,6 +253,50 @@ fn verify_against_ack(
     Ok(())
 }
 
+/// The store's tree behind a lock, so the writer can swap in a reopened one. Readers take a
+/// clone (an `Arc` inside sled) and release the lock at once. While the writer reopens the
+/// store, there is no tree and reads answer UNAVAILABLE rather than anything untrue.
+#[derive(Clone)]
+pub struct SharedTree(Arc<std::sync::RwLock<Option<sled::Tree>>>);
+
+impl SharedTree {
+    fn new(tree: sled::Tree) -> Self {
+        SharedTree(Arc::new(std::sync::RwLock::new(Some(tree))))
+    }
+
+    fn slot(&self) -> std::sync::RwLockWriteGuard<'_, Option<sled::Tree>> {
+        self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The current tree.
+    pub fn get(&self) -> Result<sled::Tree, Error> {
+        let guard = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.clone().ok_or(Error::Reopening)
+    }
+
+    /// Releases every handle on the old database (`current` is the writer's own) and opens
+    /// it again, retrying while readers still hold the old one (sled's file lock).
+    pub fn reopen(&self, current: &mut sled::Tree, config: &StoreConfig) -> Result<(), Error> {
+        *self.slot() = None;
+        *current = sled::Config::new().temporary(true).open()?.open_tree("events")?;
+        let mut attempts = 0;
+        loop {
+            match open_tree(config) {
+                Ok(tree) => {
+                    *self.slot() = Some(tree.clone());
+                    *current = tree;
+                    return Ok(());
+                }
+                Err(err) if attempts >= 50 => return Err(err),
+                Err(_) => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
 /// Decodes a stored event record.
 pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<Event, Error> {
     Event::decode(bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))
@@ -260,7 +321,7 @@ impl EventStore for SledStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Event>, Error> {
-        let Some(seq) = self.tree.get(keys::id(id))? else {
+        let Some(seq) = self.tree.get()?.get(keys::id(id))? else {
             return Ok(None);
         };
         let seq =
@@ -272,7 +333,7 @@ impl EventStore for SledStore {
     }
 
     async fn list(&self, query: ListQuery) -> Result<ListPage, Error> {
-        let tree = self.tree.clone();
+        let tree = self.tree.get()?;
         let state = self.state.borrow().clone();
         tokio::task::spawn_blocking(move || list::page(&tree, &state, &query))
             .await
@@ -288,7 +349,7 @@ impl EventStore for SledStore {
         if after >= durable || max == 0 {
             return Ok(Vec::new());
         }
-        let tree = self.tree.clone();
+        let tree = self.tree.get()?;
         tokio::task::spawn_blocking(move || {
             tree.range(keys::event(after + 1)..=keys::event(durable))
                 .take(max)
@@ -303,7 +364,7 @@ impl EventStore for SledStore {
     }
 
     async fn first_sequence_created_from(&self, created: Timestamp) -> Result<Option<u64>, Error> {
-        let tree = self.tree.clone();
+        let tree = self.tree.get()?;
         let durable = *self.durable.borrow();
         tokio::task::spawn_blocking(move || {
             let mut first: Option<u64> = None;
