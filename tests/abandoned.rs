@@ -36,10 +36,14 @@ async fn wait_for_gauge(http: std::net::SocketAddr, name: &str, want: u64) -> bo
 
 #[tokio::test]
 async fn abandoned_subscriptions_release_their_resources() {
-    let streams: usize = std::env::var("EVENTSD_ABANDONED_STREAMS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
+    let streams: usize = std::env::var("EVENTSD_ABANDONED_STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut server, _) =
-        child::Server::start(&dir.path().join("data"), &dir.path().join("log")).await.expect("start");
+    let (mut server, _) = child::Server::start(&dir.path().join("data"), &dir.path().join("log"))
+        .await
+        .expect("start");
     let baseline = rss_kib(server.pid());
 
     for round in 1..=2 {

@@ -29,7 +29,9 @@ fn any_value() -> impl Strategy<Value = Value> {
 }
 
 fn any_timestamp() -> impl Strategy<Value = Option<Timestamp>> {
-    prop::option::of((any::<i64>(), any::<i32>()).prop_map(|(seconds, nanos)| Timestamp { seconds, nanos }))
+    prop::option::of(
+        (any::<i64>(), any::<i32>()).prop_map(|(seconds, nanos)| Timestamp { seconds, nanos }),
+    )
 }
 
 fn any_publish() -> impl Strategy<Value = PublishEventRequest> {
@@ -42,14 +44,16 @@ fn any_publish() -> impl Strategy<Value = PublishEventRequest> {
         ".{0,70}",
         ".{0,70}",
     )
-        .prop_map(|(id, r#type, data, created, livemode, api_version, source)| PublishEventRequest {
-            id,
-            r#type,
-            data: data.map(|fields| Struct { fields }),
-            created,
-            livemode,
-            api_version,
-            source,
+        .prop_map(|(id, r#type, data, created, livemode, api_version, source)| {
+            PublishEventRequest {
+                id,
+                r#type,
+                data: data.map(|fields| Struct { fields }),
+                created,
+                livemode,
+                api_version,
+                source,
+            }
         })
 }
 

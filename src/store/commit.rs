@@ -117,7 +117,9 @@ enum Resolved {
 }
 
 impl Committer {
-    /// A writer continuing after `last_seq`, with the stored counts.
+    /// A writer continuing after `last_seq`, with the stored counts. Called once, by the
+    /// store's `open`, which owns every one of these parts.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         shared: SharedTree,
         config: StoreConfig,

@@ -25,6 +25,11 @@ use std::time::{Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
+/// Marker file written the first time the store holds a blob file: from then on every start
+/// reads every record, because a missing blob would otherwise go unnoticed (sled's `blobs/`
+/// may be emptied by the very damage we must detect).
+pub const BLOBS_MARKER: &str = "eventsd.blobs";
+
 /// File name of the ack record inside the data folder.
 pub const ACK_FILE: &str = "eventsd.ack";
 const ACK_MAGIC: &[u8; 8] = b"EVTDACK1";
@@ -45,6 +50,7 @@ pub struct Syncer {
     mode: Durability,
     db: File,
     blobs: PathBuf,
+    dir: PathBuf,
     blobs_seen: Option<SystemTime>,
     synced_blobs: BTreeSet<std::ffi::OsString>,
     ack: File,
@@ -67,6 +73,7 @@ impl Syncer {
             mode,
             db,
             blobs: dir.join("blobs"),
+            dir: dir.to_path_buf(),
             blobs_seen: None,
             synced_blobs: BTreeSet::new(),
             ack,
@@ -105,6 +112,10 @@ impl Syncer {
             present.insert(name);
         }
         File::open(&self.blobs)?.sync_all()?;
+        if !present.is_empty() && !self.dir.join(BLOBS_MARKER).exists() {
+            File::create(self.dir.join(BLOBS_MARKER))?.sync_all()?;
+            File::open(&self.dir)?.sync_all()?;
+        }
         self.synced_blobs = present;
         self.blobs_seen = Some(modified);
         Ok(())

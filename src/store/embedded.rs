@@ -31,7 +31,7 @@ use crate::event::{time, NewEvent};
 use crate::metrics::Metrics;
 use crate::proto::Event;
 use crate::store::commit::{Command, Committer, Counts, DurableState};
-use crate::store::durability::{read_ack, AckRecord, Durability, Syncer, ACK_FILE};
+use crate::store::durability::{read_ack, AckRecord, Durability, Syncer, ACK_FILE, BLOBS_MARKER};
 use crate::store::retention::Retention;
 use crate::store::{keys, list, Appended, EventStore, ListPage, ListQuery};
 
@@ -166,8 +166,16 @@ pub(crate) fn open_tree(config: &StoreConfig) -> Result<sled::Tree, Error> {
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         sled_config.open().and_then(|db| db.open_tree("events"))
     }));
+    let check = format!("run `eventsd check --data-dir {}`", config.path.display());
     match opened {
-        Ok(tree) => Ok(tree?),
+        Ok(Ok(tree)) => Ok(tree),
+        Ok(Err(err @ (sled::Error::Corruption { .. } | sled::Error::Unsupported(_)))) => {
+            Err(Error::Corrupt(format!(
+                "cannot open the store in {}: {err}; {check}",
+                config.path.display()
+            )))
+        }
+        Ok(Err(err)) => Err(Error::Storage(err)),
         Err(_) => Err(Error::Corrupt(format!(
             "sled could not read the store in {} (it panicked); run `eventsd check --data-dir {}`",
             config.path.display(),
@@ -208,12 +216,41 @@ pub(crate) fn load(tree: &sled::Tree, dir: &std::path::Path) -> Result<Loaded, E
     // Retention may have removed every event; sequences still go on after the last one.
     let last_seq = last_seq.max(first_seq - 1);
     verify_against_ack(dir, (first_seq, last_seq), &counts)?;
+    verify_blobs(tree, dir)?;
     Ok(Loaded { first_seq, last_seq, counts })
 }
 
-/// sled's segment size. Items larger than a quarter of it go to blob files; 8 MiB keeps a leaf
-/// of maximum-size events inline in the log (see `durability.rs` for why that matters).
-const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
+/// When sled holds blob files (only stores with very large events), reads every event record
+/// once: a missing or damaged blob must stop the start, not surface later as failed reads.
+/// Costs a full read of the store, and only for such stores.
+fn verify_blobs(tree: &sled::Tree, dir: &std::path::Path) -> Result<(), Error> {
+    let has_blobs = dir.join(BLOBS_MARKER).exists()
+        || std::fs::read_dir(dir.join("blobs")).is_ok_and(|mut d| d.next().is_some());
+    if !has_blobs {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut records = 0u64;
+    for entry in tree.scan_prefix([keys::EVENT]) {
+        let (key, value) = entry.map_err(|e| {
+            Error::Corrupt(format!(
+                "an event record of the store in {} cannot be read ({e}); run `eventsd check --data-dir {}`",
+                dir.display(),
+                dir.display()
+            ))
+        })?;
+        decode(keys::seq_of(&key).unwrap_or_default(), &value)?;
+        records += 1;
+    }
+    tracing::info!(records, took = ?started.elapsed(), "verified every event record (the store holds blob files)");
+    Ok(())
+}
+
+/// sled's segment size, the largest sled accepts. Items larger than a quarter of it go to blob
+/// files; a leaf holds at most 17 entries, so events with up to about 230 KiB of data always
+/// stay in the log. Larger events can end up in blobs, which the committer syncs and
+/// [`verify_blobs`] checks at start.
+const SEGMENT_SIZE: usize = 16 * 1024 * 1024;
 
 /// The sled settings of an eventsd store: every opener must use the same segment size.
 pub(crate) fn sled_config(path: &std::path::Path, cache_bytes: u64) -> sled::Config {

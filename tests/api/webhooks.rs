@@ -404,7 +404,10 @@ async fn a_delivery_shows_up_on_a_live_subscription() {
 /// the body (KOMOJU) or `{id}.{t}.{body}` (Standard Webhooks).
 const KNOWN_TIMESTAMP: i64 = 1_714_557_600;
 
-fn known_answers() -> Vec<(Route, &'static str, Vec<(&'static str, &'static str)>)> {
+/// A route, its secret, and the headers a sender computes, for each provider.
+type KnownAnswer = (Route, &'static str, Vec<(&'static str, &'static str)>);
+
+fn known_answers() -> Vec<KnownAnswer> {
     vec![
         (
             OMISE,
