@@ -31,6 +31,7 @@ use crate::event::{id, time, NewEvent};
 use crate::metrics::Metrics;
 use crate::proto::Event;
 use crate::store::durability::Syncer;
+use crate::store::recent::Recent;
 use crate::store::embedded::{load, Loaded, SharedTree, StoreConfig};
 use crate::store::{keys, Appended};
 
@@ -92,6 +93,7 @@ pub struct Committer {
     failed: Arc<AtomicBool>,
     syncer: Syncer,
     metrics: Metrics,
+    recent: Arc<Recent>,
     state: watch::Sender<Arc<DurableState>>,
     durable: watch::Sender<u64>,
 }
@@ -130,6 +132,7 @@ impl Committer {
         failed: Arc<AtomicBool>,
         syncer: Syncer,
         metrics: Metrics,
+        recent: Arc<Recent>,
     ) -> Result<Self, Error> {
         Ok(Committer {
             tree: shared.get()?,
@@ -142,6 +145,7 @@ impl Committer {
             failed,
             syncer,
             metrics,
+            recent,
             state,
             durable,
         })
@@ -301,7 +305,12 @@ impl Committer {
         let Round { batch, new_events, replies, staged, .. } = round;
         if new_events > 0 {
             let started = std::time::Instant::now();
-            let written = self.write(batch);
+            let mut fresh: Vec<Event> = staged.into_values().collect();
+            fresh.sort_unstable_by_key(|e| e.sequence);
+            for event in &fresh {
+                self.metrics.published(&event.r#type, &event.source);
+            }
+            let written = self.write(batch, fresh);
             self.metrics.commit(new_events, started.elapsed());
             if let Err(err) = written {
                 for (reply, _) in replies {
@@ -310,9 +319,6 @@ impl Committer {
                 return;
             }
         }
-        for event in staged.values() {
-            self.metrics.published(&event.r#type, &event.source);
-        }
         for (reply, result) in replies {
             let _ = reply.send(result);
         }
@@ -320,7 +326,7 @@ impl Committer {
 
     /// Applies a batch, makes it durable, and publishes the new durable state. After a
     /// failure every later write is refused (see the module header).
-    fn write(&mut self, batch: sled::Batch) -> Result<(), sled::Error> {
+    fn write(&mut self, batch: sled::Batch, fresh: Vec<Event>) -> Result<(), sled::Error> {
         let written = self
             .tree
             .apply_batch(batch)
@@ -331,6 +337,8 @@ impl Committer {
             self.failed.store(true, Ordering::Relaxed);
             return Err(err);
         }
+        // The cache first: once the durable point moves, readers may ask for these events.
+        self.recent.push(fresh);
         self.state.send_replace(Arc::new(DurableState {
             sequence: self.last_seq,
             first: self.first_seq,
@@ -422,10 +430,11 @@ impl Committer {
         batch.insert(&keys::FIRST_KEY, &(upto + 1).to_be_bytes());
         let previous = self.first_seq;
         self.first_seq = upto + 1;
-        if let Err(err) = self.write(batch) {
+        if let Err(err) = self.write(batch, Vec::new()) {
             self.first_seq = previous;
             return Err(Error::from_storage(err));
         }
+        self.recent.prune_before(self.first_seq);
         Ok(self.first_seq)
     }
 }

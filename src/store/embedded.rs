@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::proto::Event;
 use crate::store::commit::{Command, Committer, Counts, DurableState};
 use crate::store::durability::{read_ack, AckRecord, Durability, Syncer, ACK_FILE, BLOBS_MARKER};
+use crate::store::recent::Recent;
 use crate::store::retention::Retention;
 use crate::store::{keys, list, Appended, EventStore, ListPage, ListQuery};
 
@@ -63,6 +64,8 @@ pub struct SledStore {
     /// Set by the writer after a storage error or on close.
     read_only: Arc<AtomicBool>,
     metrics: Metrics,
+    /// Recently committed events, for live subscribers.
+    recent: Arc<Recent>,
 }
 
 impl SledStore {
@@ -125,6 +128,7 @@ impl SledStore {
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let read_only = Arc::new(AtomicBool::new(false));
         let tree = SharedTree::new(tree);
+        let recent = Arc::new(Recent::default());
         let committer = Committer::new(
             tree.clone(),
             config.clone(),
@@ -135,6 +139,7 @@ impl SledStore {
             read_only.clone(),
             syncer,
             config.metrics.clone(),
+            recent.clone(),
         )?;
         let writer = std::thread::Builder::new()
             .name("eventsd-commit".into())
@@ -148,6 +153,7 @@ impl SledStore {
             writer: Arc::new(Mutex::new(Some(writer))),
             read_only,
             metrics: config.metrics.clone(),
+            recent,
         })
     }
 
@@ -385,6 +391,9 @@ impl EventStore for SledStore {
         let durable = *self.durable.borrow();
         if after >= durable || max == 0 {
             return Ok(Vec::new());
+        }
+        if let Some(events) = self.recent.read(after, max, durable) {
+            return Ok(events);
         }
         let tree = self.tree.get()?;
         tokio::task::spawn_blocking(move || {

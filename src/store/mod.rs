@@ -17,6 +17,7 @@ pub mod durability;
 pub mod embedded;
 mod keys;
 pub mod list;
+pub mod recent;
 pub mod retention;
 
 use async_trait::async_trait;
