@@ -31,8 +31,8 @@ use crate::event::{id, time, NewEvent};
 use crate::metrics::Metrics;
 use crate::proto::Event;
 use crate::store::durability::Syncer;
-use crate::store::recent::Recent;
 use crate::store::embedded::{load, Loaded, SharedTree, StoreConfig};
+use crate::store::recent::Recent;
 use crate::store::{keys, Appended};
 
 /// Most events staged into one round (one sled batch, one flush).

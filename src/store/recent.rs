@@ -50,6 +50,14 @@ impl Recent {
             return None;
         }
         let start = usize::try_from(after + 1 - front).ok()?;
-        Some(events.iter().skip(start).take_while(|e| e.sequence <= durable).take(max).cloned().collect())
+        Some(
+            events
+                .iter()
+                .skip(start)
+                .take_while(|e| e.sequence <= durable)
+                .take(max)
+                .cloned()
+                .collect(),
+        )
     }
 }
