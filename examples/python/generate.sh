@@ -24,9 +24,19 @@ mkdir -p "$out"
   --python_out="$out" \
   --pyi_out="$out" \
   --grpc_python_out="$out" \
-  "$proto_root/events/v1/events.proto"
+  "$proto_root/events/v1/events.proto" \
+  "$proto_root/io/cloudevents/v1/cloudevents.proto"
+
+# The CloudEvents package is `io.cloudevents.v1`, but `io` is a module of Python's standard
+# library, so `import io.cloudevents` cannot work. Its stubs move to `cloudevents_io.v1`
+# (the protobuf descriptors keep their proto names; only the Python import path changes).
+mkdir -p "$out/cloudevents_io"
+mv "$out/io/cloudevents/v1" "$out/cloudevents_io/v1"
+rm -rf "$out/io"
+sed -i 's/^from io\.cloudevents\.v1 import/from cloudevents_io.v1 import/' "$out"/events/v1/*.py "$out"/events/v1/*.pyi
 
 # Make the generated folders regular packages, so `import events.v1` works the same
 # on every Python version.
-touch "$out/events/__init__.py" "$out/events/v1/__init__.py"
+touch "$out/events/__init__.py" "$out/events/v1/__init__.py" \
+  "$out/cloudevents_io/__init__.py" "$out/cloudevents_io/v1/__init__.py"
 echo "generated Python stubs in $out" >&2
