@@ -10,15 +10,6 @@ use std::time::Duration;
 use eventsd::proto::subscribe_events_response::Item;
 use eventsd::proto::SubscribeEventsRequest;
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 async fn gauge(http: std::net::SocketAddr, name: &str) -> Option<u64> {
     let text = reqwest::get(format!("http://{http}/metrics")).await.ok()?.text().await.ok()?;
     text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
@@ -44,7 +35,7 @@ async fn abandoned_subscriptions_release_their_resources() {
     let (mut server, _) = child::Server::start(&dir.path().join("data"), &dir.path().join("log"))
         .await
         .expect("start");
-    let baseline = rss_kib(server.pid());
+    let baseline = child::rss_kib(server.pid());
 
     for round in 1..=2 {
         // Idle streams spread over connections (the server allows 1,024 per connection).
@@ -68,7 +59,7 @@ async fn abandoned_subscriptions_release_their_resources() {
             open.push(stream);
         }
         assert!(wait_for_gauge(server.http, "eventsd_subscribers", streams as u64).await);
-        let loaded = rss_kib(server.pid());
+        let loaded = child::rss_kib(server.pid());
 
         // Abrupt disconnect: drop the streams and their connections without ending them.
         drop(open);
@@ -77,7 +68,7 @@ async fn abandoned_subscriptions_release_their_resources() {
             wait_for_gauge(server.http, "eventsd_subscribers", 0).await,
             "subscriptions were not released after the clients went away"
         );
-        let after = rss_kib(server.pid());
+        let after = child::rss_kib(server.pid());
         println!(
             "abandoned round {round}: {streams} idle streams: RSS {baseline} KiB idle → {loaded} KiB \
              ({:.1} KiB per stream) → {after} KiB after abrupt disconnect; subscribers gauge back to 0",

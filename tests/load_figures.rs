@@ -15,15 +15,6 @@ use std::time::{Duration, Instant};
 use eventsd::proto::{PublishEventRequest, PublishEventsRequest, SubscribeEventsRequest};
 use prost_types::{value::Kind, Struct, Value};
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn event(i: usize) -> PublishEventRequest {
     let mut data = Struct::default();
     data.fields.insert("amount".into(), Value { kind: Some(Kind::NumberValue(i as f64)) });
@@ -49,10 +40,10 @@ async fn publish_all(server: &child::Server, total: usize) -> (f64, u64) {
             }
         }));
     }
-    let mut peak = rss_kib(server.pid());
+    let mut peak = child::rss_kib(server.pid());
     for task in tasks {
         task.await.expect("publisher");
-        peak = peak.max(rss_kib(server.pid()));
+        peak = peak.max(child::rss_kib(server.pid()));
     }
     (total as f64 / started.elapsed().as_secs_f64(), peak)
 }
@@ -64,7 +55,7 @@ async fn a_subscriber_that_never_reads_does_not_slow_publishing() {
     let (server, _) = child::Server::start(&dir.path().join("data"), &dir.path().join("log"))
         .await
         .expect("start");
-    let idle = rss_kib(server.pid());
+    let idle = child::rss_kib(server.pid());
     let (alone, alone_peak) = publish_all(&server, total).await;
 
     // A subscriber from the beginning that never reads a single message.
@@ -128,7 +119,7 @@ async fn at_twice_the_in_flight_limit_excess_calls_fail_fast() {
         accepted.extend(a);
         refused += r;
         slowest_refusal = slowest_refusal.max(ms);
-        peak = peak.max(rss_kib(server.pid()));
+        peak = peak.max(child::rss_kib(server.pid()));
     }
     accepted.sort();
     let pct = |p: f64| {

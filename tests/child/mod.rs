@@ -312,6 +312,16 @@ pub async fn connect(addr: SocketAddr) -> Client {
     EventServiceClient::new(channel).max_decoding_message_size(usize::MAX)
 }
 
+/// The resident memory of process `pid`, in KiB (0 if it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
