@@ -137,15 +137,15 @@ impl Metrics {
         }))
     }
 
-    /// One event stored.
-    pub fn published(&self, event_type: &str, source: &str) {
+    /// `n` events of this type and source stored.
+    pub fn published(&self, event_type: &str, source: &str, n: u64) {
         self.0
             .published
             .get_or_create(&EventLabels {
                 r#type: event_type.to_string(),
                 source: source.to_string(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// One publish acknowledged after `elapsed`.

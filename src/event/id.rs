@@ -4,19 +4,9 @@
 //! random bits, both in lowercase base36, so ids sort roughly by time and never collide in
 //! practice (the committer still checks).
 
-use crate::event::MAX_ID_LEN;
-
 /// Checks a caller-supplied id: 1–128 characters of `[A-Za-z0-9_.:-]`.
 pub fn validate(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > MAX_ID_LEN {
-        return Err(format!("must be 1 to {MAX_ID_LEN} characters"));
-    }
-    if let Some(c) =
-        id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
-    {
-        return Err(format!("contains {c:?}; allowed are A-Z a-z 0-9 _ . : -"));
-    }
-    Ok(())
+    crate::event::validate_token(id, &['_', '.', ':', '-'])
 }
 
 /// A new id: `evnt_` (live) or `evnt_test_` (test), the time in ms and random bits in base36.

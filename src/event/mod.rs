@@ -184,13 +184,17 @@ impl NewEvent {
 
 /// Event types: 1–128 characters of `[A-Za-z0-9_.:/-]`. `*` is reserved for filters.
 pub fn validate_type(t: &str) -> Result<(), String> {
-    if t.is_empty() || t.len() > MAX_ID_LEN {
+    validate_token(t, &['_', '.', ':', '/', '-'])
+}
+
+/// Ids and types: 1–128 ASCII letters, digits and the given punctuation.
+pub(crate) fn validate_token(s: &str, punctuation: &[char]) -> Result<(), String> {
+    if s.is_empty() || s.len() > MAX_ID_LEN {
         return Err(format!("must be 1 to {MAX_ID_LEN} characters"));
     }
-    if let Some(c) =
-        t.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-')))
-    {
-        return Err(format!("contains {c:?}; allowed are A-Z a-z 0-9 _ . : / -"));
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || punctuation.contains(c))) {
+        let allowed: Vec<String> = punctuation.iter().map(char::to_string).collect();
+        return Err(format!("contains {c:?}; allowed are A-Z a-z 0-9 {}", allowed.join(" ")));
     }
     Ok(())
 }

@@ -31,7 +31,7 @@ use crate::event::{id, time, NewEvent};
 use crate::metrics::Metrics;
 use crate::proto::Event;
 use crate::store::durability::Syncer;
-use crate::store::embedded::{load, Loaded, SharedTree, StoreConfig};
+use crate::store::embedded::{decode, load, Loaded, SharedTree, StoreConfig};
 use crate::store::recent::Recent;
 use crate::store::{keys, Appended};
 
@@ -258,9 +258,7 @@ impl Committer {
             .tree
             .get(keys::event(seq))?
             .ok_or_else(|| Error::Corrupt(format!("id {id:?} points to missing sequence {seq}")))?;
-        Event::decode(bytes.as_ref())
-            .map(Some)
-            .map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))
+        decode(seq, &bytes).map(Some)
     }
 
     fn fresh_id(&self, livemode: bool, round: &Round) -> Result<String, Error> {
@@ -292,9 +290,7 @@ impl Committer {
             keys::entry(&keys::type_prefix(&event.r#type, event.livemode), &created, seq),
             &[],
         );
-        let count = self.counts.entry((event.livemode, event.r#type.clone())).or_default();
-        *count += 1;
-        batch.insert(keys::count(event.livemode, &event.r#type), &count.to_be_bytes());
+        *self.counts.entry((event.livemode, event.r#type.clone())).or_default() += 1;
         round.new_events += 1;
         round.staged.insert(event.id.clone(), event.clone());
         event
@@ -302,13 +298,24 @@ impl Committer {
 
     /// Applies and flushes the round, then answers every request in it.
     fn commit(&mut self, round: Round) {
-        let Round { batch, new_events, replies, staged, .. } = round;
+        let Round { mut batch, new_events, replies, staged, .. } = round;
         if new_events > 0 {
             let started = std::time::Instant::now();
             let mut fresh: Vec<Event> = staged.into_values().collect();
             fresh.sort_unstable_by_key(|e| e.sequence);
+            // Counters and metrics once per stream per round, not once per event.
+            let mut per_stream: BTreeMap<(bool, &str, &str), u64> = BTreeMap::new();
             for event in &fresh {
-                self.metrics.published(&event.r#type, &event.source);
+                *per_stream.entry((event.livemode, &event.r#type, &event.source)).or_default() += 1;
+            }
+            let mut streams = std::collections::BTreeSet::new();
+            for (&(livemode, event_type, source), &n) in &per_stream {
+                self.metrics.published(event_type, source, n);
+                if streams.insert((livemode, event_type)) {
+                    let count =
+                        self.counts.get(&(livemode, event_type.to_string())).copied().unwrap_or(0);
+                    batch.insert(keys::count(livemode, event_type), &count.to_be_bytes());
+                }
             }
             let written = self.write(batch, fresh);
             self.metrics.commit(new_events, started.elapsed());
@@ -408,8 +415,7 @@ impl Committer {
             let Some(bytes) = self.tree.get(keys::event(seq))? else {
                 return Err(Error::Corrupt(format!("event {seq} is missing while trimming")));
             };
-            let event = Event::decode(bytes.as_ref())
-                .map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
+            let event = decode(seq, &bytes)?;
             let created = event.created.unwrap_or_default();
             batch.remove(&keys::event(seq));
             // An id removed earlier and published again belongs to the newer event.
