@@ -84,7 +84,22 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_NO_REFLECTION")]
     pub no_reflection: bool,
 
-    /// Folder holding the event store (created if missing).
+    /// Where events live: `sled`, the embedded store in --data-dir (the default), or
+    /// `nats://h1:4222,h2:4222,h3:4222`, a NATS JetStream cluster (2.12 or newer) that several
+    /// stateless eventsd instances share.
+    #[arg(long, env = "EVENTSD_STORE", default_value = "sled", value_parser = parse_store)]
+    pub store: StoreKind,
+
+    /// JetStream only: the stream holding the events (created if missing, verified if not);
+    /// its subjects are `<NAME>.>`.
+    #[arg(long, env = "EVENTSD_NATS_STREAM", default_value = "EVENTSD", value_parser = parse_stream_name)]
+    pub nats_stream: String,
+
+    /// JetStream only: replicas of the stream when eventsd creates it (1, 3 or 5).
+    #[arg(long, env = "EVENTSD_NATS_REPLICAS", default_value_t = 3, value_parser = parse_replicas)]
+    pub nats_replicas: usize,
+
+    /// Folder holding the embedded event store (created if missing).
     #[arg(long, env = "EVENTSD_DATA_DIR", default_value = "eventsd-data")]
     pub data_dir: PathBuf,
 
@@ -260,6 +275,44 @@ pub fn validate_source_name(source: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("source name {source:?} must be 1 to 64 characters of a-z 0-9 _ -"))
+    }
+}
+
+/// Which backend stores the events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The embedded sled store in `--data-dir`.
+    Embedded,
+    /// A NATS JetStream cluster at these comma-separated `nats://` URLs.
+    JetStream(String),
+}
+
+fn parse_store(text: &str) -> Result<StoreKind, String> {
+    if text == "sled" {
+        return Ok(StoreKind::Embedded);
+    }
+    let urls: Vec<&str> = text.split(',').map(str::trim).collect();
+    if urls.iter().all(|u| u.starts_with("nats://") && u.len() > "nats://".len()) {
+        return Ok(StoreKind::JetStream(urls.join(",")));
+    }
+    Err("expected `sled` or nats://HOST:PORT[,nats://HOST:PORT…]".into())
+}
+
+fn parse_stream_name(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err("1-64 characters of [A-Za-z0-9_-]".into())
+    }
+}
+
+fn parse_replicas(text: &str) -> Result<usize, String> {
+    match text.parse() {
+        Ok(n @ (1 | 3 | 5)) => Ok(n),
+        _ => Err("1, 3 or 5".into()),
     }
 }
 

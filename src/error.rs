@@ -58,6 +58,10 @@ pub enum Error {
     /// The store is being reopened after a storage error.
     #[error("the store is reopening after a storage error; retry shortly")]
     Reopening,
+    /// The replicated store cannot answer now (no stream leader, a node failing over, this
+    /// instance still catching up); nothing was acknowledged, and a retry is safe.
+    #[error("the event store is unavailable: {0}; retry shortly")]
+    Unavailable(String),
     /// The disk is full; the write was not acknowledged.
     #[error("the disk is full; the write was not stored")]
     DiskFull,
@@ -135,7 +139,10 @@ impl From<Error> for Status {
             Error::PayloadTooLarge { .. } => Code::ResourceExhausted,
             Error::UnsupportedMediaType(_) | Error::MalformedJson(_) => Code::InvalidArgument,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
-            Error::ShuttingDown | Error::WritesDisabled | Error::Reopening => Code::Unavailable,
+            Error::ShuttingDown
+            | Error::WritesDisabled
+            | Error::Reopening
+            | Error::Unavailable(_) => Code::Unavailable,
             Error::DiskFull => Code::ResourceExhausted,
             Error::Storage(_) | Error::Corrupt(_) | Error::Startup(_) | Error::Io(_) => {
                 tracing::error!(error = %err, "internal error");
@@ -171,9 +178,10 @@ impl Error {
             Error::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
-            Error::ShuttingDown | Error::WritesDisabled | Error::Reopening => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
+            Error::ShuttingDown
+            | Error::WritesDisabled
+            | Error::Reopening
+            | Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::DiskFull => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
             Error::Storage(_) | Error::Corrupt(_) | Error::Startup(_) | Error::Io(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")

@@ -16,7 +16,7 @@ use tonic::transport::Server;
 
 use crate::api::{Authenticate, EventsApi};
 use crate::auth::KeyRing;
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, StoreKind};
 use crate::error::Error;
 use crate::event::EventLimits;
 use crate::fanout::{Fanout, SubscriptionConfig};
@@ -25,6 +25,7 @@ use crate::ingest::sources::WebhookConfig;
 use crate::limits::InFlightLimit;
 use crate::metrics::{Metrics, MetricsState};
 use crate::proto::event_service_server::EventServiceServer;
+use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
 use crate::store::retention::{self, Retention};
 use crate::store::{EventStore, SledStore, StoreConfig};
 use crate::tls::{Tls, TlsListener};
@@ -54,15 +55,8 @@ pub async fn run(
     check_exposure(&config, &keys, mutual_tls, &[grpc_addr, http_addr])?;
     let webhooks = WebhookConfig::from_config(&config, http_addr.ip().is_loopback())?;
     let metrics = Metrics::new();
-    let store = SledStore::open(&StoreConfig {
-        path: config.data_dir.clone(),
-        cache_bytes: config.cache_bytes,
-        durability: config.durability,
-        metrics: metrics.clone(),
-    })?;
     let retention = Retention { max_age: config.retention, max_events: config.max_events };
-    let retention_store = retention.is_enabled().then(|| store.clone());
-    let store: Arc<dyn EventStore> = Arc::new(store);
+    let (store, retention_store) = open_store(&config, &retention, &metrics).await?;
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
     tokio::spawn({
@@ -72,12 +66,15 @@ pub async fn run(
             token.cancel();
         }
     });
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<EventServiceServer<EventsApi>>().await;
     if keys.enabled() {
         // The listener is installed here, before serving: a SIGHUP that arrived before the
         // task first ran would otherwise take its default action and end the process.
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tasks.spawn(reload_keys_on_sighup(keys.clone(), hangup, token.clone()));
     }
+    tasks.spawn(report_health(store.clone(), health.clone(), token.clone()));
     if let Some(store) = retention_store {
         tracing::info!(max_age = ?retention.max_age, max_events = ?retention.max_events, "retention enabled");
         tasks.spawn(retention::enforce(store, retention, token.clone()));
@@ -117,8 +114,6 @@ pub async fn run(
             .max_encoding_message_size(usize::MAX),
         Authenticate(keys.clone()),
     );
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<EventServiceServer<EventsApi>>().await;
     let (reflection_v1, reflection_v1alpha) = if config.no_reflection {
         (None, None)
     } else {
@@ -130,7 +125,7 @@ pub async fn run(
         grpc = %grpc_addr,
         http = %http_addr,
         tls = tls.is_some(),
-        data_dir = %config.data_dir.display(),
+        store = %store_description(&config),
         durable_sequence = *store.durable().borrow(),
         "eventsd serving"
     );
@@ -194,6 +189,76 @@ pub async fn run(
     http_served.map_err(|e| Error::Startup(format!("HTTP server: {e}")))?;
     tracing::info!("eventsd stopped");
     Ok(())
+}
+
+/// Opens the configured backend; the embedded store also comes back for retention.
+async fn open_store(
+    config: &ServeConfig,
+    retention: &Retention,
+    metrics: &Metrics,
+) -> Result<(Arc<dyn EventStore>, Option<SledStore>), Error> {
+    match &config.store {
+        StoreKind::Embedded => {
+            let store = SledStore::open(&StoreConfig {
+                path: config.data_dir.clone(),
+                cache_bytes: config.cache_bytes,
+                durability: config.durability,
+                metrics: metrics.clone(),
+            })?;
+            let retained = retention.is_enabled().then(|| store.clone());
+            Ok((Arc::new(store), retained))
+        }
+        StoreKind::JetStream(urls) => {
+            if retention.is_enabled() {
+                return Err(Error::Startup(
+                    "--retention and --max-events apply to the embedded store only: the \
+                     JetStream stream keeps every event, so sequences stay gapless"
+                        .into(),
+                ));
+            }
+            let store = JetStreamStore::open(&JetStreamConfig {
+                urls: urls.clone(),
+                stream: config.nats_stream.clone(),
+                replicas: config.nats_replicas,
+                request_timeout: config.request_timeout,
+                metrics: metrics.clone(),
+            })
+            .await?;
+            Ok((Arc::new(store), None))
+        }
+    }
+}
+
+fn store_description(config: &ServeConfig) -> String {
+    match &config.store {
+        StoreKind::Embedded => format!("sled in {}", config.data_dir.display()),
+        StoreKind::JetStream(urls) => format!("JetStream stream {} at {urls}", config.nats_stream),
+    }
+}
+
+/// Keeps the gRPC health status in step with the store: NOT_SERVING while it cannot take
+/// writes (a storage error; for JetStream, no connection or no stream leader).
+async fn report_health(
+    store: Arc<dyn EventStore>,
+    health: tonic_health::server::HealthReporter,
+    token: CancellationToken,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        let now = store.writable();
+        if now != serving {
+            serving = now;
+            if now {
+                health.set_serving::<EventServiceServer<EventsApi>>().await;
+            } else {
+                health.set_not_serving::<EventServiceServer<EventsApi>>().await;
+            }
+        }
+    }
 }
 
 /// The reflection services (v1, and v1alpha for grpcurl 1.8, evans and Postman), describing

@@ -100,10 +100,14 @@ async fn spawn(
             return Err(Error::Expired { position: "after_sequence", earliest: first });
         }
         Start::After(seq) if seq > durable => {
-            return Err(Error::OutOfRange {
-                field: "after_sequence",
-                reason: format!("{seq} is beyond the newest durable sequence {durable}"),
-            });
+            let newest = store.newest().await?;
+            if seq > newest {
+                return Err(Error::OutOfRange {
+                    field: "after_sequence",
+                    reason: format!("{seq} is beyond the newest durable sequence {newest}"),
+                });
+            }
+            (seq, None)
         }
         Start::After(seq) => (seq, None),
         Start::Created(t) => {

@@ -378,9 +378,22 @@ impl EventStore for SledStore {
     async fn list(&self, query: ListQuery) -> Result<ListPage, Error> {
         let tree = self.tree.get()?;
         let state = self.state.borrow().clone();
-        tokio::task::spawn_blocking(move || list::page(&tree, &state, &query))
-            .await
-            .map_err(|e| Error::Corrupt(format!("list task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let page = list::page(&tree, &state, &query)?;
+            let events = page
+                .sequences
+                .iter()
+                .map(|&seq| {
+                    let bytes = tree.get(keys::event(seq))?.ok_or_else(|| {
+                        Error::Corrupt(format!("index points to missing event {seq}"))
+                    })?;
+                    decode(seq, &bytes)
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            Ok(page.with_events(events))
+        })
+        .await
+        .map_err(|e| Error::Corrupt(format!("list task failed: {e}")))?
     }
 
     async fn read_from(&self, after: u64, max: usize) -> Result<Vec<Event>, Error> {
@@ -412,24 +425,9 @@ impl EventStore for SledStore {
     async fn first_sequence_created_from(&self, created: Timestamp) -> Result<Option<u64>, Error> {
         let tree = self.tree.get()?;
         let durable = *self.durable.borrow();
-        tokio::task::spawn_blocking(move || {
-            let mut first: Option<u64> = None;
-            for mode in [false, true] {
-                let prefix = keys::created_prefix(mode);
-                let lo = keys::entry_floor(&prefix, &created);
-                let hi = keys::entry_ceiling(&prefix, &time::max());
-                for entry in tree.range(lo..=hi) {
-                    let (key, _) = entry?;
-                    let seq = keys::seq_of(&key).unwrap_or(u64::MAX);
-                    if seq <= durable && first.is_none_or(|f| seq < f) {
-                        first = Some(seq);
-                    }
-                }
-            }
-            Ok(first)
-        })
-        .await
-        .map_err(|e| Error::Corrupt(format!("scan task failed: {e}")))?
+        tokio::task::spawn_blocking(move || list::first_created_from(&tree, &created, durable))
+            .await
+            .map_err(|e| Error::Corrupt(format!("scan task failed: {e}")))?
     }
 
     fn first_sequence(&self) -> u64 {

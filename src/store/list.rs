@@ -1,22 +1,81 @@
-//! ListEvents over the embedded store's indexes: stream selection, the (created, sequence)
-//! merge in either direction, and exact totals.
+//! ListEvents over an index of (created, sequence) entries: stream selection, the merge in
+//! either direction, and exact totals. Shared by both backends: the embedded store's sled tree
+//! and the JetStream backend's in-memory index hold the same keys (`keys.rs`), and each
+//! backend turns the sequences of a page into events its own way.
 //!
 //! A listing reads one index stream per selected (mode) or (type, mode). Each stream is a
-//! sled range already sorted by created then sequence; the streams are merged, entries above
-//! the view's snapshot are skipped, the offset is skipped, and `limit + 1` entries are taken so
-//! the page knows whether more follow. Cost: O(streams × (offset + limit)) index entries plus
-//! `limit` point reads; a deep offset is linear in the offset.
+//! range already sorted by created then sequence; the streams are merged, entries above the
+//! view's snapshot are skipped, the offset is skipped, and `limit + 1` entries are taken so
+//! the page knows whether more follow. Cost: O(streams × (offset + limit)) index entries; a
+//! deep offset is linear in the offset.
 
 use std::ops::Bound;
 
 use prost_types::Timestamp;
 
 use crate::error::Error;
+use crate::event::time;
+use crate::proto::Event;
 use crate::store::commit::DurableState;
-use crate::store::embedded::decode;
 use crate::store::{keys, Direction, ListPage, ListQuery};
 
-type Entries = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>>;
+/// Index keys of a range, in the requested direction.
+pub type Keys<'a, K> = Box<dyn Iterator<Item = Result<K, Error>> + 'a>;
+
+/// An ordered set of index keys (layout in `keys.rs`) that listings walk.
+pub trait Index {
+    /// A key as the index hands it out.
+    type Key: AsRef<[u8]>;
+
+    /// The keys within the bounds, ascending or (reverse chronological) descending.
+    fn keys(
+        &self,
+        lo: Bound<Vec<u8>>,
+        hi: Bound<Vec<u8>>,
+        direction: Direction,
+    ) -> Keys<'_, Self::Key>;
+}
+
+impl Index for sled::Tree {
+    type Key = sled::IVec;
+
+    fn keys(
+        &self,
+        lo: Bound<Vec<u8>>,
+        hi: Bound<Vec<u8>>,
+        direction: Direction,
+    ) -> Keys<'_, sled::IVec> {
+        let range = self.range::<Vec<u8>, _>((lo, hi));
+        let range = range.map(|entry| entry.map(|(key, _)| key).map_err(Error::Storage));
+        match direction {
+            Direction::Chronological => Box::new(range),
+            Direction::ReverseChronological => Box::new(range.rev()),
+        }
+    }
+}
+
+/// The sequences of one page; the backend reads the events.
+#[derive(Debug, Clone)]
+pub struct SequencePage {
+    /// The page's sequences, in order.
+    pub sequences: Vec<u64>,
+    /// Exact count of matching events in the view.
+    pub total: u64,
+    /// The durable sequence that bounds the view.
+    pub snapshot: u64,
+    /// Whether matching events follow this page.
+    pub has_more: bool,
+    /// The oldest kept sequence the page was served with.
+    pub first: u64,
+}
+
+impl SequencePage {
+    /// The page with its events read.
+    pub fn with_events(self, events: Vec<Event>) -> ListPage {
+        let SequencePage { total, snapshot, has_more, first, .. } = self;
+        ListPage { events, total, snapshot, has_more, first }
+    }
+}
 
 /// One index stream of a listing and its event count at the snapshot.
 struct Stream {
@@ -24,8 +83,12 @@ struct Stream {
     total: u64,
 }
 
-/// Answers one page.
-pub fn page(tree: &sled::Tree, state: &DurableState, query: &ListQuery) -> Result<ListPage, Error> {
+/// Answers one page with sequences.
+pub fn page<I: Index>(
+    index: &I,
+    state: &DurableState,
+    query: &ListQuery,
+) -> Result<SequencePage, Error> {
     if let Some(resume) = &query.resume {
         if resume.first < state.first {
             return Err(Error::Expired { position: "page_token", earliest: state.first });
@@ -37,12 +100,12 @@ pub fn page(tree: &sled::Tree, state: &DurableState, query: &ListQuery) -> Resul
         Some(resume) => resume.total,
         None => streams
             .iter()
-            .map(|s| count_in_range(tree, s, &query.from, &query.to, snapshot))
+            .map(|s| count_in_range(index, s, &query.from, &query.to, snapshot))
             .sum::<Result<u64, Error>>()?,
     };
 
     let mut merge = Merge::new(
-        streams.iter().map(|s| entries(tree, &s.prefix, query)).collect(),
+        streams.iter().map(|s| entries(index, &s.prefix, query)).collect(),
         query.direction,
         snapshot,
     );
@@ -52,19 +115,38 @@ pub fn page(tree: &sled::Tree, state: &DurableState, query: &ListQuery) -> Resul
             break;
         }
     }
-    let mut events = Vec::with_capacity(query.limit.min(128));
+    let mut sequences = Vec::with_capacity(query.limit.min(128));
     let mut has_more = false;
     while let Some(seq) = merge.next_seq()? {
-        if events.len() == query.limit {
+        if sequences.len() == query.limit {
             has_more = true;
             break;
         }
-        let bytes = tree
-            .get(keys::event(seq))?
-            .ok_or_else(|| Error::Corrupt(format!("index points to missing event {seq}")))?;
-        events.push(decode(seq, &bytes)?);
+        sequences.push(seq);
     }
-    Ok(ListPage { events, total, snapshot, has_more, first: state.first })
+    Ok(SequencePage { sequences, total, snapshot, has_more, first: state.first })
+}
+
+/// The lowest sequence at or below `durable` among events created at or after `created`.
+/// Walks the by-time entries from `created` on: linear in the events created after it.
+pub fn first_created_from<I: Index>(
+    index: &I,
+    created: &Timestamp,
+    durable: u64,
+) -> Result<Option<u64>, Error> {
+    let mut first: Option<u64> = None;
+    for mode in [false, true] {
+        let prefix = keys::created_prefix(mode);
+        let lo = Bound::Included(keys::entry_floor(&prefix, created));
+        let hi = Bound::Included(keys::entry_ceiling(&prefix, &time::max()));
+        for key in index.keys(lo, hi, Direction::Chronological) {
+            let seq = keys::seq_of(key?.as_ref()).unwrap_or(u64::MAX);
+            if seq <= durable && first.is_none_or(|f| seq < f) {
+                first = Some(seq);
+            }
+        }
+    }
+    Ok(first)
 }
 
 /// The index streams a query reads, with each stream's count at the snapshot.
@@ -88,7 +170,7 @@ fn select_streams(state: &DurableState, query: &ListQuery) -> Vec<Stream> {
 }
 
 /// The query's range of one stream, in its direction, resuming after the last position.
-fn entries(tree: &sled::Tree, prefix: &[u8], query: &ListQuery) -> Entries {
+fn entries<'a, I: Index>(index: &'a I, prefix: &[u8], query: &ListQuery) -> Keys<'a, I::Key> {
     let mut lo = Bound::Included(keys::entry_floor(prefix, &query.from));
     let mut hi = Bound::Included(keys::entry_ceiling(prefix, &query.to));
     if let Some(resume) = &query.resume {
@@ -98,19 +180,15 @@ fn entries(tree: &sled::Tree, prefix: &[u8], query: &ListQuery) -> Entries {
             Direction::ReverseChronological => hi = Bound::Excluded(at),
         }
     }
-    let range = tree.range::<Vec<u8>, _>((lo, hi));
-    match query.direction {
-        Direction::Chronological => Box::new(range),
-        Direction::ReverseChronological => Box::new(range.rev()),
-    }
+    index.keys(lo, hi, query.direction)
 }
 
 /// Counts a stream's entries with `from <= created <= to` and sequence within the snapshot.
 ///
 /// Walks inside the range and outside it in lockstep; the first walk to end answers (inside
 /// directly, outside as `total - outside`), so the cost is twice the smaller side.
-fn count_in_range(
-    tree: &sled::Tree,
+fn count_in_range<I: Index>(
+    index: &I,
     stream: &Stream,
     from: &Timestamp,
     to: &Timestamp,
@@ -121,10 +199,11 @@ fn count_in_range(
     let start = keys::entry(&stream.prefix, &Timestamp { seconds: i64::MIN, nanos: 0 }, 0);
     let end =
         keys::entry(&stream.prefix, &Timestamp { seconds: i64::MAX, nanos: i32::MAX }, u64::MAX);
-    let mut inside = tree.range(lo.clone()..=hi.clone());
-    let mut outside = tree
-        .range(start..lo)
-        .chain(tree.range::<Vec<u8>, _>((Bound::Excluded(hi), Bound::Included(end))));
+    let forward = Direction::Chronological;
+    let mut inside = index.keys(Bound::Included(lo.clone()), Bound::Included(hi.clone()), forward);
+    let mut outside = index
+        .keys(Bound::Included(start), Bound::Excluded(lo), forward)
+        .chain(index.keys(Bound::Excluded(hi), Bound::Included(end), forward));
     let (mut n_in, mut n_out) = (0u64, 0u64);
     loop {
         match step(&mut inside, snapshot)? {
@@ -139,30 +218,29 @@ fn count_in_range(
 }
 
 /// Advances one entry: `None` at the end, else 1 if it is within the snapshot, 0 if not.
-fn step(
-    iter: &mut impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+fn step<K: AsRef<[u8]>>(
+    iter: &mut impl Iterator<Item = Result<K, Error>>,
     snapshot: u64,
 ) -> Result<Option<u64>, Error> {
     match iter.next() {
         None => Ok(None),
-        Some(entry) => {
-            let (key, _) = entry?;
-            Ok(Some(u64::from(keys::seq_of(&key).is_some_and(|s| s <= snapshot))))
+        Some(key) => {
+            Ok(Some(u64::from(keys::seq_of(key?.as_ref()).is_some_and(|s| s <= snapshot))))
         }
     }
 }
 
 /// A k-way merge of index streams by their (created, sequence) suffix.
-struct Merge {
-    streams: Vec<Entries>,
+struct Merge<'a, K> {
+    streams: Vec<Keys<'a, K>>,
     heads: Vec<Option<Vec<u8>>>,
     direction: Direction,
     snapshot: u64,
     started: bool,
 }
 
-impl Merge {
-    fn new(streams: Vec<Entries>, direction: Direction, snapshot: u64) -> Self {
+impl<'a, K: AsRef<[u8]>> Merge<'a, K> {
+    fn new(streams: Vec<Keys<'a, K>>, direction: Direction, snapshot: u64) -> Self {
         let heads = vec![None; streams.len()];
         Merge { streams, heads, direction, snapshot, started: false }
     }
@@ -170,8 +248,9 @@ impl Merge {
     /// Fills stream `i`'s head with its next entry within the snapshot (as the key suffix).
     fn refill(&mut self, i: usize) -> Result<(), Error> {
         self.heads[i] = None;
-        for entry in self.streams[i].by_ref() {
-            let (key, _) = entry?;
+        for key in self.streams[i].by_ref() {
+            let key = key?;
+            let key = key.as_ref();
             let Some(suffix) = key.get(key.len().saturating_sub(keys::SUFFIX_LEN)..) else {
                 continue;
             };

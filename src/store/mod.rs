@@ -15,6 +15,7 @@ pub mod check;
 pub mod commit;
 pub mod durability;
 pub mod embedded;
+pub mod jetstream;
 mod keys;
 pub mod list;
 pub mod recent;
@@ -134,6 +135,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The newest durable sequence, updated after every commit.
     fn durable(&self) -> watch::Receiver<u64>;
+
+    /// The newest durable sequence anywhere: for a store that several instances share, the
+    /// stream may be a moment ahead of this instance's [`EventStore::durable`] point (which
+    /// then catches up). The embedded store has one point.
+    async fn newest(&self) -> Result<u64, Error> {
+        Ok(*self.durable().borrow())
+    }
 
     /// Finishes queued writes, flushes, and stops accepting new ones.
     async fn close(&self);

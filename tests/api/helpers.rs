@@ -1,9 +1,13 @@
 //! The one way tests start eventsd: the real server through `eventsd::run`, on 127.0.0.1:0,
 //! with a fresh data folder. No sleeps: the listener is bound before `run` starts, so the
 //! first call simply waits in the accept queue until the server is up.
+//!
+//! With `EVENTSD_TEST_STORE=nats://…` every app runs on that JetStream cluster instead, each
+//! on a stream of its own (kept across `restart`), so the same tests check both backends.
+//! Tests of what only the embedded store has (its data folder, retention) return early there,
+//! saying so.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use eventsd::proto::event_service_client::EventServiceClient;
@@ -39,6 +43,13 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let mut config = ServeConfig::with_data_dir(dir.path().join("data"));
+    if let Some(urls) = jetstream_urls() {
+        config.store = eventsd::config::StoreKind::JetStream(urls);
+        config.nats_stream = format!("T{:016x}", rand_u64());
+        if let Ok(replicas) = std::env::var("EVENTSD_TEST_NATS_REPLICAS") {
+            config.nats_replicas = replicas.parse().expect("EVENTSD_TEST_NATS_REPLICAS");
+        }
+    }
     adjust(&mut config);
     start(config, dir).await
 }
@@ -60,6 +71,28 @@ async fn start(config: ServeConfig, dir: Arc<TempDir>) -> TestApp {
     TestApp { addr, http, client, config, dir, stop: Some(stop), server: Some(server) }
 }
 
+/// The JetStream cluster the tests run on, if `EVENTSD_TEST_STORE` names one.
+pub fn jetstream_urls() -> Option<String> {
+    std::env::var("EVENTSD_TEST_STORE").ok().filter(|s| s.starts_with("nats://"))
+}
+
+/// True (after printing why) when the tests run on JetStream: for tests of what only the
+/// embedded store has.
+pub fn embedded_only(test: &str) -> bool {
+    let skip = jetstream_urls().is_some();
+    if skip {
+        eprintln!("{test}: checks the embedded store only; skipped on JetStream");
+    }
+    skip
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(std::time::SystemTime::now().elapsed().map_or(0, |d| d.as_nanos() as u64));
+    hasher.finish()
+}
+
 /// A new client connection to `addr`.
 pub async fn connect(addr: SocketAddr) -> EventServiceClient<Channel> {
     let channel = Channel::from_shared(format!("http://{addr}"))
@@ -74,11 +107,6 @@ impl TestApp {
     /// A new, separate client connection.
     pub async fn new_client(&self) -> EventServiceClient<Channel> {
         connect(self.addr).await
-    }
-
-    /// The data folder.
-    pub fn data_dir(&self) -> PathBuf {
-        self.config.data_dir.clone()
     }
 
     /// Shuts the server down as SIGTERM would and waits until `run` returns.

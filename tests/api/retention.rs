@@ -15,7 +15,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::cloudevents::get_with_headers;
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{embedded_only, spawn_app_with, TestApp};
 use crate::support::{
     after_sequence, all_events, event, everything, from_beginning, history, publish, publish_batch,
     sequences, stored_total, subscribe, Client,
@@ -79,6 +79,9 @@ fn assert_expired(status: &Status, field: &str, earliest: u64, case: &str) {
 
 #[tokio::test]
 async fn beyond_max_events_only_the_newest_are_kept() {
+    if embedded_only("beyond_max_events_only_the_newest_are_kept") {
+        return;
+    }
     // Arrange + Act
     let (mut app, published) = spawn_trimmed().await;
 
@@ -94,6 +97,9 @@ async fn beyond_max_events_only_the_newest_are_kept() {
 
 #[tokio::test]
 async fn the_metrics_show_the_kept_count_and_the_durable_sequence_after_removal() {
+    if embedded_only("the_metrics_show_the_kept_count_and_the_durable_sequence_after_removal") {
+        return;
+    }
     let (app, _) = spawn_trimmed().await;
 
     let metrics = get_with_headers(&format!("{}/metrics", app.http)).await;
@@ -105,6 +111,9 @@ async fn the_metrics_show_the_kept_count_and_the_durable_sequence_after_removal(
 
 #[tokio::test]
 async fn resuming_a_subscription_before_the_oldest_kept_event_is_out_of_range() {
+    if embedded_only("resuming_a_subscription_before_the_oldest_kept_event_is_out_of_range") {
+        return;
+    }
     let (mut app, _) = spawn_trimmed().await;
 
     for after in [0, 2, 6] {
@@ -120,6 +129,9 @@ async fn resuming_a_subscription_before_the_oldest_kept_event_is_out_of_range() 
 #[tokio::test]
 async fn a_subscription_resuming_just_before_the_oldest_kept_event_or_from_the_beginning_starts_there(
 ) {
+    if embedded_only("a_subscription_resuming_just_before_the_oldest_kept_event_or_from_the_beginning_starts_there") {
+        return;
+    }
     let (mut app, _) = spawn_trimmed().await;
 
     for (case, request) in
@@ -135,6 +147,9 @@ async fn a_subscription_resuming_just_before_the_oldest_kept_event_or_from_the_b
 
 #[tokio::test]
 async fn a_page_token_taken_before_a_removal_is_out_of_range() {
+    if embedded_only("a_page_token_taken_before_a_removal_is_out_of_range") {
+        return;
+    }
     // Arrange: five events fit the limit, so nothing is removed while the first page is read.
     let mut app = spawn_app_with(|c| c.max_events = Some(MAX_EVENTS)).await;
     publish_batch(&mut app.client, (1..=5).map(numbered).collect()).await;
@@ -160,6 +175,9 @@ async fn a_page_token_taken_before_a_removal_is_out_of_range() {
 
 #[tokio::test]
 async fn after_a_restart_sequences_continue_and_the_limit_still_holds() {
+    if embedded_only("after_a_restart_sequences_continue_and_the_limit_still_holds") {
+        return;
+    }
     // Arrange
     let (app, _) = spawn_trimmed().await;
     let mut app = app.restart().await;
@@ -176,6 +194,9 @@ async fn after_a_restart_sequences_continue_and_the_limit_still_holds() {
 
 #[tokio::test]
 async fn a_removed_id_published_again_is_a_new_event_while_a_kept_id_is_idempotent() {
+    if embedded_only("a_removed_id_published_again_is_a_new_event_while_a_kept_id_is_idempotent") {
+        return;
+    }
     // Idempotency by id holds only while the event is kept.
     let (mut app, published) = spawn_trimmed().await;
 
@@ -191,6 +212,9 @@ async fn a_removed_id_published_again_is_a_new_event_while_a_kept_id_is_idempote
 
 #[tokio::test]
 async fn events_older_than_the_retention_age_are_removed_and_sequences_go_on() {
+    if embedded_only("events_older_than_the_retention_age_are_removed_and_sequences_go_on") {
+        return;
+    }
     // Arrange
     let mut app = spawn_app_with(|c| c.retention = Some(Duration::from_secs(1))).await;
     publish_batch(&mut app.client, vec![event("charge.create"); 3]).await;
@@ -205,6 +229,9 @@ async fn events_older_than_the_retention_age_are_removed_and_sequences_go_on() {
 
 #[tokio::test]
 async fn after_every_event_expired_a_restart_keeps_the_sequence_going() {
+    if embedded_only("after_every_event_expired_a_restart_keeps_the_sequence_going") {
+        return;
+    }
     // Arrange: every event removed, so no stored event holds the last sequence.
     let mut app = spawn_app_with(|c| c.retention = Some(Duration::from_secs(1))).await;
     publish_batch(&mut app.client, vec![event("charge.create"); 3]).await;
@@ -220,6 +247,9 @@ async fn after_every_event_expired_a_restart_keeps_the_sequence_going() {
 
 #[tokio::test]
 async fn polling_cloudevents_before_the_oldest_kept_event_is_400_out_of_range() {
+    if embedded_only("polling_cloudevents_before_the_oldest_kept_event_is_400_out_of_range") {
+        return;
+    }
     // `GET /cloudevents` promises (views/cloudevents.rs) that a position before the oldest
     // kept event is 400 `out_of_range`, as SubscribeEvents answers OUT_OF_RANGE.
     let (app, _) = spawn_trimmed().await;
@@ -234,6 +264,9 @@ async fn polling_cloudevents_before_the_oldest_kept_event_is_400_out_of_range() 
 
 #[tokio::test]
 async fn resuming_after_the_largest_sequence_is_out_of_range_not_a_failed_call() {
+    if embedded_only("resuming_after_the_largest_sequence_is_out_of_range_not_a_failed_call") {
+        return;
+    }
     // The expiry check (`after_sequence + 1 < first kept`) must not overflow on u64::MAX: it
     // is a checkpoint from another store, OUT_OF_RANGE like any position beyond the newest.
     let (mut app, _) = spawn_trimmed().await;

@@ -524,8 +524,8 @@ async fn shutdown_ends_open_streams_with_unavailable_naming_where_to_resume() {
     assert_eq!(resume_points, vec![3; 5]);
 
     // And a server started again on the same data resumes each of them with nothing lost.
-    let data_dir = app.data_dir();
-    let mut again = spawn_app_with(move |c| c.data_dir = data_dir).await;
+    let config = app.config.clone();
+    let mut again = spawn_app_with(move |c| *c = config).await;
     let more = publish_batch(&mut again.client, events("charge.update", 2)).await;
     let mut stream = subscribe(&mut again.client, after_sequence(resume_points[0])).await;
     let (rest, caught_up_at) = history(&mut stream, 10).await;

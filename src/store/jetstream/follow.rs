@@ -1,0 +1,97 @@
+//! The stream follower: each instance reads the stream in sequence order, from its first
+//! message on, and applies every event to the in-memory index and the recent-events cache,
+//! then advances the instance's durable point. It is the only writer of both.
+//!
+//! It reads with an ordered consumer (flow-controlled, recreated by the client on a gap), and
+//! after any failure starts a new one right after the last applied sequence, so the index
+//! never skips or repeats an event. Every event reaches the index only once the stream has
+//! stored it on a quorum of replicas (the leader delivers only committed messages), so whatever
+//! readers see through the durable point survives the loss of a node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::store::jetstream::api::{decode, Api};
+use crate::store::jetstream::index::SharedIndex;
+use crate::store::recent::Recent;
+
+/// Pause before a new consumer after a failure.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Follows the stream until `stop`, applying events in order.
+pub async fn follow(
+    api: Api,
+    index: SharedIndex,
+    recent: Arc<Recent>,
+    durable: watch::Sender<u64>,
+    stop: CancellationToken,
+) {
+    loop {
+        let next = read_index(&index, |i| i.sequence()) + 1;
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            result = follow_from(&api, next, &index, &recent, &durable) => result,
+        };
+        if let Err(err) = result {
+            tracing::warn!(error = %err, from_sequence = next, "stream follower restarting");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+async fn follow_from(
+    api: &Api,
+    start: u64,
+    index: &SharedIndex,
+    recent: &Recent,
+    durable: &watch::Sender<u64>,
+) -> Result<(), Error> {
+    let context = async_nats::jetstream::new(api.client().clone());
+    let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+        Error::Unavailable(format!("{what} on stream {}: {e}", api.stream()))
+    };
+    let stream = context
+        .get_stream_no_info(api.stream())
+        .await
+        .map_err(|e| unavailable("cannot open the stream", &e))?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable("cannot create the ordered consumer", &e))?;
+    let mut messages =
+        consumer.messages().await.map_err(|e| unavailable("cannot read the stream", &e))?;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| unavailable("reading failed", &e))?;
+        let info = message.info().map_err(|e| unavailable("a message without metadata", &e))?;
+        let event = decode(info.stream_sequence, &message.payload)?;
+        let seq = event.sequence;
+        {
+            let mut index = index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if seq <= index.sequence() {
+                continue; // already applied (a replay after a consumer restart)
+            }
+            index.apply(&event)?;
+        }
+        recent.push(vec![event]);
+        durable.send_replace(seq);
+    }
+    Err(Error::Unavailable("the stream's message feed ended".into()))
+}
+
+/// Reads the index under its lock.
+pub fn read_index<T>(index: &SharedIndex, f: impl FnOnce(&super::index::MemIndex) -> T) -> T {
+    f(&index.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+}

@@ -1,0 +1,207 @@
+//! Start-up of the JetStream backend: connect, refuse servers older than 2.12, and create the
+//! stream or verify that an existing one has the settings eventsd's guarantees rest on.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::store::jetstream::api::{Api, StreamInfo};
+use crate::store::jetstream::subject;
+
+/// The oldest nats-server eventsd accepts: 2.12 brought atomic batches and
+/// `Nats-Expected-Last-Subject-Sequence-Subject`; older servers ignore both silently, which
+/// would break atomic PublishEvents and permanent idempotency without any error.
+const MIN_VERSION: (u64, u64) = (2, 12);
+
+/// How to reach and lay out the stream.
+#[derive(Debug, Clone)]
+pub struct JetStreamConfig {
+    /// Comma-separated `nats://host:port` URLs of the cluster's servers.
+    pub urls: String,
+    /// The stream's name; its subjects are `<name>.>`.
+    pub stream: String,
+    /// Replicas of every event (1, 3 or 5).
+    pub replicas: usize,
+    /// How long one call may wait for JetStream, retries of unknown outcomes included.
+    pub request_timeout: Duration,
+    /// Where publish figures go.
+    pub metrics: Metrics,
+}
+
+/// Connects and returns the API handle with the stream's info.
+pub async fn connect(config: &JetStreamConfig) -> Result<(Api, StreamInfo), Error> {
+    let urls: Vec<async_nats::ServerAddr> = config
+        .urls
+        .split(',')
+        .map(|u| u.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Startup(format!("--store {:?}: {e}", config.urls)))?;
+    let options = async_nats::ConnectOptions::new()
+        .name("eventsd")
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(config.request_timeout));
+    let client = tokio::time::timeout(Duration::from_secs(15), options.connect(urls))
+        .await
+        .map_err(|_| Error::Startup(format!("no NATS server of {} answered", config.urls)))?
+        .map_err(|e| Error::Startup(format!("cannot connect to {}: {e}", config.urls)))?;
+    check_version(&client.server_info().version)?;
+    // Each call gets a few seconds; append retries on top of it stay within the call deadline.
+    let call_timeout = config.request_timeout.min(Duration::from_secs(5));
+    let api = Api::new(client, config.stream.clone(), call_timeout);
+    let wanted = stream_config(config);
+    let info = wait_for_answer(|| api.info()).await?;
+    let info = match info {
+        Some(info) => {
+            verify(&config.stream, &info.config, &wanted)?;
+            info
+        }
+        None => {
+            tracing::info!(stream = %config.stream, replicas = config.replicas, "creating the stream");
+            wait_for_answer(|| api.create(wanted.clone())).await?
+        }
+    };
+    Ok((api, info))
+}
+
+/// Retries a start-up call while the cluster elects leaders (a cluster that has just started
+/// answers "no responders" for a few seconds), for up to 30 seconds.
+async fn wait_for_answer<T, F, Fut>(mut call: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::store::jetstream::api::Failure>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(crate::store::jetstream::api::Failure::Transient(why))
+                if started.elapsed() < Duration::from_secs(30) =>
+            {
+                tracing::info!(reason = %why, "waiting for JetStream");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(failure) => {
+                return Err(Error::Startup(format!("JetStream refused the stream: {:?}", failure)))
+            }
+        }
+    }
+}
+
+/// Refuses servers older than [`MIN_VERSION`].
+fn check_version(version: &str) -> Result<(), Error> {
+    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u64>().ok());
+    let found = (parts.next().flatten(), parts.next().flatten());
+    match found {
+        (Some(major), Some(minor)) if (major, minor) >= MIN_VERSION => Ok(()),
+        _ => Err(Error::Startup(format!(
+            "nats-server {version} is too old: eventsd needs 2.12 or newer, whose atomic batches \
+             and Nats-Expected-Last-Subject-Sequence-Subject checks keep PublishEvents atomic and \
+             ids unique (older servers ignore both without an error)"
+        ))),
+    }
+}
+
+/// The stream eventsd creates: one subject per event, nothing ever removed, atomic batches
+/// and direct reads allowed.
+fn stream_config(config: &JetStreamConfig) -> Value {
+    json!({
+        "name": config.stream,
+        "description": "eventsd events: one message per event, sequence = event sequence",
+        "subjects": [subject::all(&config.stream)],
+        "retention": "limits",
+        "max_consumers": -1,
+        "max_msgs": -1,
+        "max_bytes": -1,
+        "max_age": 0,
+        "max_msgs_per_subject": -1,
+        "max_msg_size": -1,
+        "discard": "old",
+        "storage": "file",
+        "num_replicas": config.replicas,
+        "deny_delete": true,
+        "deny_purge": true,
+        "allow_direct": true,
+        "allow_atomic": true,
+    })
+}
+
+/// Settings an existing stream must share with [`stream_config`]; a difference is refused at
+/// start rather than discovered as a broken guarantee later.
+const VERIFIED: &[&str] = &[
+    "subjects",
+    "retention",
+    "max_msgs",
+    "max_bytes",
+    "max_age",
+    "max_msgs_per_subject",
+    "storage",
+    "num_replicas",
+    "deny_delete",
+    "deny_purge",
+    "allow_direct",
+    "allow_atomic",
+];
+
+fn verify(stream: &str, actual: &Value, wanted: &Value) -> Result<(), Error> {
+    for field in VERIFIED {
+        let have = normalized(field, actual.get(field));
+        let want = normalized(field, wanted.get(field));
+        if have != want {
+            return Err(Error::Startup(format!(
+                "stream {stream} exists with {field} = {have}, but eventsd needs {field} = {want}; \
+                 use another --nats-stream or fix the stream (eventsd never changes an existing \
+                 stream)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A setting in comparable form: absent flags are false, and any limit of zero or less (or
+/// absent) is "unlimited", written -1.
+fn normalized(field: &str, value: Option<&Value>) -> Value {
+    let limit = field.starts_with("max_");
+    match value {
+        None | Some(Value::Null) if limit => json!(-1),
+        None | Some(Value::Null) => json!(false),
+        Some(Value::Number(n)) if limit && n.as_i64().is_some_and(|n| n <= 0) => json!(-1),
+        Some(other) => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_before_2_12_are_refused_with_the_reason() {
+        assert!(check_version("2.12.0").is_ok());
+        assert!(check_version("2.15.1").is_ok());
+        assert!(check_version("3.0.0-beta").is_ok());
+        let err = check_version("2.9.10").unwrap_err().to_string();
+        assert!(err.contains("2.9.10") && err.contains("2.12"), "{err}");
+        assert!(check_version("garbage").is_err());
+    }
+
+    #[test]
+    fn a_stream_with_other_settings_is_refused_naming_the_setting() {
+        let config = JetStreamConfig {
+            urls: String::new(),
+            stream: "EV".into(),
+            replicas: 3,
+            request_timeout: Duration::from_secs(1),
+            metrics: Metrics::new(),
+        };
+        let wanted = stream_config(&config);
+        assert!(verify("EV", &wanted, &wanted).is_ok());
+        let mut other = wanted.clone();
+        other["num_replicas"] = json!(1);
+        let err = verify("EV", &other, &wanted).unwrap_err().to_string();
+        assert!(err.contains("num_replicas = 1"), "{err}");
+        let mut limited = wanted.clone();
+        limited["max_age"] = json!(3_600_000_000_000u64);
+        assert!(verify("EV", &limited, &wanted).is_err());
+    }
+}
