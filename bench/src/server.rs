@@ -109,6 +109,23 @@ struct Spawned {
     log: PathBuf,
 }
 
+/// Over JetStream (`--server-arg=--store=nats://…`), each spawned server gets a stream of its
+/// own, named after its data folder: every scenario starts on an empty store, as with sled,
+/// and a restart finds its stream again.
+fn stream_of(args: &[String], data: &Path) -> Vec<String> {
+    if !args.iter().any(|a| a.contains("nats://")) {
+        return Vec::new();
+    }
+    let name: String = data
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .collect();
+    vec!["--nats-stream".into(), format!("BENCH_{name}")]
+}
+
 impl Target {
     /// Spawns a server with a fresh data folder under `root`, and waits until it serves.
     pub async fn spawn(spec: &ServerSpec, root: &Path, label: &str) -> Result<Self> {
@@ -177,6 +194,7 @@ impl Target {
             .arg("--data-dir")
             .arg(spawned.data.path())
             .args(&spawned.spec.args)
+            .args(stream_of(&spawned.spec.args, spawned.data.path()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

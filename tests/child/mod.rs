@@ -146,6 +146,11 @@ impl Server {
     /// Spawns the binary on `data_dir` with fresh ports; stderr goes to `log` (appended, so a
     /// store's successive lives share one log). Does not wait for anything.
     pub fn spawn(data_dir: &Path, log: &Path) -> Server {
+        Server::spawn_with(data_dir, log, &[])
+    }
+
+    /// [`Server::spawn`] with extra `serve` flags (such as `--store nats://…`).
+    pub fn spawn_with(data_dir: &Path, log: &Path, extra: &[String]) -> Server {
         let grpc = free_addr();
         let http = free_addr();
         let stderr = File::options().create(true).append(true).open(log).expect("open the log");
@@ -157,6 +162,7 @@ impl Server {
             .arg(grpc.to_string())
             .arg("--http-listen")
             .arg(http.to_string())
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -176,8 +182,17 @@ impl Server {
     /// Spawns the binary and waits until it serves. `Err` carries a description of what
     /// happened instead (exit status or time-out) followed by the server's stderr.
     pub async fn start(data_dir: &Path, log: &Path) -> Result<(Server, Duration), String> {
+        Server::start_with(data_dir, log, &[]).await
+    }
+
+    /// [`Server::start`] with extra `serve` flags.
+    pub async fn start_with(
+        data_dir: &Path,
+        log: &Path,
+        extra: &[String],
+    ) -> Result<(Server, Duration), String> {
         for _ in 0..PORT_RETRIES {
-            let mut server = Server::spawn(data_dir, log);
+            let mut server = Server::spawn_with(data_dir, log, extra);
             match server.wait_ready(READY_LIMIT).await {
                 Startup::Ready(took) => return Ok((server, took)),
                 Startup::Exited(_) if server.lost_a_port_race() => continue,
