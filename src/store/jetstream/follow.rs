@@ -4,7 +4,9 @@
 //!
 //! It reads with an ordered consumer (flow-controlled, recreated by the client on a gap), and
 //! after any failure starts a new one right after the last applied sequence, so the index
-//! never skips or repeats an event. Every event reaches the index only once the stream has
+//! never skips or repeats an event. When the feed is quiet for a second while the stream holds
+//! newer events (the consumer's server died: the client may take minutes to notice), it starts
+//! a new consumer too. Every event reaches the index only once the stream has
 //! stored it on a quorum of replicas (the leader delivers only committed messages), so whatever
 //! readers see through the durable point survives the loss of a node.
 
@@ -21,6 +23,9 @@ use crate::error::Error;
 use crate::store::jetstream::api::{decode, Api};
 use crate::store::jetstream::index::SharedIndex;
 use crate::store::recent::Recent;
+
+/// How long the feed may be quiet before the follower checks it is not stalled.
+const STALL_CHECK: Duration = Duration::from_secs(1);
 
 /// Pause before a new consumer after a failure.
 const RETRY: Duration = Duration::from_millis(500);
@@ -73,8 +78,26 @@ async fn follow_from(
         .map_err(|e| unavailable("cannot create the ordered consumer", &e))?;
     let mut messages =
         consumer.messages().await.map_err(|e| unavailable("cannot read the stream", &e))?;
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| unavailable("reading failed", &e))?;
+    loop {
+        let message = match tokio::time::timeout(STALL_CHECK, messages.next()).await {
+            Ok(Some(message)) => message.map_err(|e| unavailable("reading failed", &e))?,
+            Ok(None) => break,
+            Err(_) => {
+                // Quiet is fine if the stream holds nothing newer. A consumer whose server died
+                // can stay quiet for minutes before the client notices: if the stream is ahead
+                // of the index, start a new consumer.
+                let applied = read_index(index, |i| i.sequence());
+                if let Ok(Some(info)) = api.info().await {
+                    if info.state.last_seq > applied {
+                        return Err(Error::Unavailable(format!(
+                            "the consumer stalled at sequence {applied} while the stream holds {}",
+                            info.state.last_seq
+                        )));
+                    }
+                }
+                continue;
+            }
+        };
         let info = message.info().map_err(|e| unavailable("a message without metadata", &e))?;
         let event = decode(info.stream_sequence, &message.payload)?;
         let seq = event.sequence;

