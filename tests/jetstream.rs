@@ -16,7 +16,8 @@
 //! with `EVENTSD_NATS_TESTS=1`; otherwise each prints that it was skipped. Figures (acked
 //! events, the longest pause in acknowledgements, resume time) are printed with
 //! `--nocapture`. `EVENTSD_NATS_EVENTS` sets the events per publisher of the fault test
-//! (default 300). Every wait is bounded.
+//! (default 300), and `EVENTSD_NATS_SYNC_ALWAYS=1` runs the nodes with `sync_interval: always`.
+//! Every wait is bounded.
 
 mod child;
 mod cluster;
@@ -51,6 +52,12 @@ fn enabled(test: &str) -> bool {
         eprintln!("{test}: skipped (set EVENTSD_NATS_TESTS=1 to run the JetStream tests)");
     }
     on
+}
+
+/// A cluster; `EVENTSD_NATS_SYNC_ALWAYS=1` makes its nodes fsync before every ack.
+fn start_cluster() -> Cluster {
+    let sync_always = std::env::var("EVENTSD_NATS_SYNC_ALWAYS").is_ok_and(|v| v == "1");
+    Cluster::start(sync_always)
 }
 
 /// An eventsd instance over the cluster, with its own log in `dir`.
@@ -116,7 +123,7 @@ async fn two_instances_serve_one_stream_with_the_same_guarantees() {
     if !enabled("two_instances_serve_one_stream_with_the_same_guarantees") {
         return;
     }
-    let cluster = Cluster::start(false);
+    let cluster = start_cluster();
     let dir = tempfile::tempdir().expect("temp dir");
     let a = instance(&cluster, dir.path(), "a", &[]).await;
     let b = instance(&cluster, dir.path(), "b", &[]).await;
@@ -302,7 +309,7 @@ async fn a_node_killed_during_publishing_loses_no_acknowledged_event() {
     }
     let per_task: usize =
         std::env::var("EVENTSD_NATS_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
-    let cluster = Cluster::start(false);
+    let cluster = start_cluster();
     let dir = tempfile::tempdir().expect("temp dir");
     let a = instance(&cluster, dir.path(), "a", &[]).await;
     let b = instance(&cluster, dir.path(), "b", &[]).await;
@@ -365,7 +372,7 @@ async fn subscribers_of_a_killed_instance_resume_on_the_other_with_nothing_lost(
     if !enabled("subscribers_of_a_killed_instance_resume_on_the_other_with_nothing_lost") {
         return;
     }
-    let cluster = Cluster::start(false);
+    let cluster = start_cluster();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut a = instance(&cluster, dir.path(), "a", &[]).await;
     let b = instance(&cluster, dir.path(), "b", &[]).await;

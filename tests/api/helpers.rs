@@ -3,7 +3,10 @@
 //! first call simply waits in the accept queue until the server is up.
 //!
 //! With `EVENTSD_TEST_STORE=nats://…` every app runs on that JetStream cluster instead, each
-//! on a stream of its own (kept across `restart`), so the same tests check both backends.
+//! on a stream of its own (kept across `restart`), so the same tests check both backends. An
+//! app is then two eventsd instances over its stream: `client` and `http` reach the first,
+//! and every `new_client()` the second, so whatever a test does over two connections (publish
+//! here, subscribe or read there) crosses instances.
 //! Tests of what only the embedded store has (its data folder, retention) return early there,
 //! saying so.
 
@@ -32,6 +35,43 @@ pub struct TestApp {
     pub dir: Arc<TempDir>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), eventsd::Error>>>,
+    /// On JetStream, the second instance over the same stream.
+    peer: Option<Instance>,
+}
+
+/// One running `eventsd::run`.
+struct Instance {
+    addr: SocketAddr,
+    http: String,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), eventsd::Error>>>,
+}
+
+impl Instance {
+    async fn start(config: &ServeConfig) -> Instance {
+        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC");
+        let addr = grpc.local_addr().expect("gRPC address");
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
+        let http = format!("http://{}", http_listener.local_addr().expect("HTTP address"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(eventsd::run(
+            config.clone(),
+            Listeners { grpc, http: http_listener },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Instance { addr, http, stop: Some(stop), server: Some(server) }
+    }
+
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server run");
+        }
+    }
 }
 
 /// Starts a server with default settings on a new data folder.
@@ -55,20 +95,17 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
 }
 
 async fn start(config: ServeConfig, dir: Arc<TempDir>) -> TestApp {
-    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC");
-    let addr = grpc.local_addr().expect("gRPC address");
-    let http_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
-    let http = format!("http://{}", http_listener.local_addr().expect("HTTP address"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(eventsd::run(
-        config.clone(),
-        Listeners { grpc, http: http_listener },
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let Instance { addr, http, stop, server } = Instance::start(&config).await;
     let client = connect(addr).await;
-    TestApp { addr, http, client, config, dir, stop: Some(stop), server: Some(server) }
+    // The first instance has created the stream by the time it answers; the second joins it.
+    let peer = match &config.store {
+        eventsd::config::StoreKind::JetStream(_) => {
+            let _ = client.clone().list_events(eventsd::proto::ListEventsRequest::default()).await;
+            Some(Instance::start(&config).await)
+        }
+        eventsd::config::StoreKind::Embedded => None,
+    };
+    TestApp { addr, http, client, config, dir, stop, server, peer }
 }
 
 /// The JetStream cluster the tests run on, if `EVENTSD_TEST_STORE` names one.
@@ -105,17 +142,25 @@ pub async fn connect(addr: SocketAddr) -> EventServiceClient<Channel> {
 
 impl TestApp {
     /// A new, separate client connection.
+    /// On JetStream it reaches the second instance.
     pub async fn new_client(&self) -> EventServiceClient<Channel> {
-        connect(self.addr).await
+        connect(self.peer.as_ref().map_or(self.addr, |p| p.addr)).await
     }
 
-    /// Shuts the server down as SIGTERM would and waits until `run` returns.
+    /// Shuts the server (both instances on JetStream) down as SIGTERM would and waits until
+    /// `run` returns.
     pub async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.await.expect("server task").expect("server run");
+        let mut first = Instance {
+            addr: self.addr,
+            http: String::new(),
+            stop: self.stop.take(),
+            server: self.server.take(),
+        };
+        match &mut self.peer {
+            Some(peer) => {
+                tokio::join!(first.stop(), peer.stop());
+            }
+            None => first.stop().await,
         }
     }
 
@@ -128,7 +173,8 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
+        let peer = self.peer.as_mut().and_then(|p| p.stop.take());
+        for stop in [self.stop.take(), peer].into_iter().flatten() {
             let _ = stop.send(());
         }
     }
