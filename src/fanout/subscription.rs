@@ -91,7 +91,7 @@ async fn spawn(
     cloudevents: bool,
 ) -> Result<SubscribeEventsStream, Error> {
     let store = fanout.store.clone();
-    let durable = *store.durable().borrow();
+    let durable = store.newest().await?;
     let first = store.first_sequence();
     let (cursor, created_from) = match start {
         Start::Now => (durable, None),
@@ -100,14 +100,10 @@ async fn spawn(
             return Err(Error::Expired { position: "after_sequence", earliest: first });
         }
         Start::After(seq) if seq > durable => {
-            let newest = store.newest().await?;
-            if seq > newest {
-                return Err(Error::OutOfRange {
-                    field: "after_sequence",
-                    reason: format!("{seq} is beyond the newest durable sequence {newest}"),
-                });
-            }
-            (seq, None)
+            return Err(Error::OutOfRange {
+                field: "after_sequence",
+                reason: format!("{seq} is beyond the newest durable sequence {durable}"),
+            });
         }
         Start::After(seq) => (seq, None),
         Start::Created(t) => {

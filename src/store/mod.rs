@@ -136,9 +136,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// The newest durable sequence, updated after every commit.
     fn durable(&self) -> watch::Receiver<u64>;
 
-    /// The newest durable sequence anywhere: for a store that several instances share, the
-    /// stream may be a moment ahead of this instance's [`EventStore::durable`] point (which
-    /// then catches up). The embedded store has one point.
+    /// Waits until this instance's durable point includes every event acknowledged anywhere
+    /// before the call, and returns it. For a store that several instances share, another
+    /// instance's writes reach this one's [`EventStore::durable`] point a moment after their
+    /// acknowledgement; readers that promise "everything up to now" (a subscription's
+    /// catch-up, a poll) start here. The embedded store has one point and never waits.
     async fn newest(&self) -> Result<u64, Error> {
         Ok(*self.durable().borrow())
     }

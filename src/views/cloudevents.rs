@@ -61,6 +61,8 @@ pub async fn poll(
     let mut filter = Filter::new(&params.list("type"), params.bool("livemode")?)
         .map_err(super::name_type_param)?;
     caller.restrict(&mut filter)?;
+    // Everything acknowledged before the poll (through any instance) is in its answer.
+    state.store.newest().await?;
     let events = state.store.read_from(after, limit.min(MAX_LIMIT) as usize).await?;
     let next = events.last().map_or(after, |e| e.sequence);
     let batch: Vec<Value> = events.iter().filter(|e| filter.matches(e)).map(to_json).collect();

@@ -15,14 +15,15 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
+use prost::Message;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::store::jetstream::api::{decode, Api};
-use crate::store::jetstream::index::SharedIndex;
-use crate::store::recent::Recent;
+use crate::store::jetstream::index::{Indexed, SharedIndex};
+use crate::store::recent::{Recent, CAPACITY};
 
 /// How long the feed may be quiet before the follower checks it is not stalled.
 const STALL_CHECK: Duration = Duration::from_secs(1);
@@ -78,6 +79,9 @@ async fn follow_from(
         .map_err(|e| unavailable("cannot create the ordered consumer", &e))?;
     let mut messages =
         consumer.messages().await.map_err(|e| unavailable("cannot read the stream", &e))?;
+    // Far behind the stream's end only the indexed fields are decoded; from the last
+    // `recent::CAPACITY` events on, whole events, which also feed the recent-events cache.
+    let mut caching = false;
     loop {
         let message = match tokio::time::timeout(STALL_CHECK, messages.next()).await {
             Ok(Some(message)) => message.map_err(|e| unavailable("reading failed", &e))?,
@@ -99,16 +103,27 @@ async fn follow_from(
             }
         };
         let info = message.info().map_err(|e| unavailable("a message without metadata", &e))?;
-        let event = decode(info.stream_sequence, &message.payload)?;
-        let seq = event.sequence;
+        let seq = info.stream_sequence;
+        caching = caching || info.pending < CAPACITY as u64;
+        let (indexed, event) = if caching {
+            let event = decode(seq, &message.payload)?;
+            (Indexed::from(&event), Some(event))
+        } else {
+            let mut indexed = Indexed::decode(&message.payload[..])
+                .map_err(|e| Error::Corrupt(format!("stream message {seq}: {e}")))?;
+            indexed.sequence = seq;
+            (indexed, None)
+        };
         {
             let mut index = index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             if seq <= index.sequence() {
                 continue; // already applied (a replay after a consumer restart)
             }
-            index.apply(&event)?;
+            index.apply(&indexed)?;
         }
-        recent.push(vec![event]);
+        if let Some(event) = event {
+            recent.push(vec![event]);
+        }
         durable.send_replace(seq);
     }
     Err(Error::Unavailable("the stream's message feed ended".into()))

@@ -176,36 +176,48 @@ impl JetStreamStore {
         self.0.api.get_last_on(&subject::id_filter(self.0.api.stream(), id)).await
     }
 
-    /// The event at `seq`: from the recent cache, else from the leader.
+    /// The event at `seq` (known to be stored): from the recent cache, else read directly from
+    /// a replica, else from the leader.
     async fn event_at(&self, seq: u64) -> Result<Option<Event>, Failure> {
         if let Some(mut cached) = self.0.recent.read(seq - 1, 1, seq) {
             if let Some(event) = cached.pop() {
                 return Ok(Some(event));
             }
         }
+        if let Some(event) = self.0.api.direct_get(seq).await? {
+            return Ok(Some(event));
+        }
         self.0.api.get_by_sequence(seq).await
     }
 
-    /// The events at these sequences, in the same order (each one known to be stored).
+    /// The events at these sequences, in the same order (each one known to be stored). Runs of
+    /// consecutive sequences not in the recent cache are read concurrently, one direct batch
+    /// read each; whatever a lagging replica did not return comes from the leader.
     async fn events_at(&self, sequences: &[u64]) -> Result<Vec<Event>, Error> {
         let mut found: HashMap<u64, Event> = HashMap::with_capacity(sequences.len());
         let mut sorted = sequences.to_vec();
         sorted.sort_unstable();
-        // Runs of consecutive sequences in one direct read each.
+        sorted.dedup();
+        let mut reads = tokio::task::JoinSet::new();
         let mut i = 0;
         while i < sorted.len() {
             let mut j = i + 1;
             while j < sorted.len() && sorted[j] == sorted[j - 1] + 1 {
                 j += 1;
             }
-            if let Some(events) = self.0.recent.read(sorted[i] - 1, j - i, sorted[j - 1]) {
-                found.extend(events.into_iter().map(|e| (e.sequence, e)));
-            }
-            if !found.contains_key(&sorted[i]) {
-                let events = self.0.api.get_batch(sorted[i], j - i).await?;
-                found.extend(events.into_iter().map(|e| (e.sequence, e)));
+            let cached =
+                self.0.recent.read(sorted[i] - 1, j - i, sorted[j - 1]).unwrap_or_default();
+            if cached.len() == j - i {
+                found.extend(cached.into_iter().map(|e| (e.sequence, e)));
+            } else {
+                let (api, from, len) = (self.0.api.clone(), sorted[i], j - i);
+                reads.spawn(async move { api.get_batch(from, len).await });
             }
             i = j;
+        }
+        while let Some(read) = reads.join_next().await {
+            let events = read.map_err(|e| Error::Corrupt(format!("read task failed: {e}")))??;
+            found.extend(events.into_iter().map(|e| (e.sequence, e)));
         }
         let mut out = Vec::with_capacity(sequences.len());
         for &seq in sequences {
@@ -423,8 +435,9 @@ impl EventStore for JetStreamStore {
     }
 
     async fn newest(&self) -> Result<u64, Error> {
-        let local = *self.0.durable.borrow();
-        Ok(local.max(self.last_sequence().await?))
+        let target = self.last_sequence().await?;
+        self.caught_up(target).await?;
+        Ok(*self.0.durable.borrow())
     }
 
     async fn first_sequence_created_from(&self, created: Timestamp) -> Result<Option<u64>, Error> {
