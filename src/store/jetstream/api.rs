@@ -213,18 +213,6 @@ impl Api {
         self.msg_get(serde_json::json!({ "seq": seq })).await
     }
 
-    /// The message with this sequence, read directly from any replica: `None` if that replica
-    /// does not have it (yet); the caller then asks the leader.
-    pub async fn direct_get(&self, seq: u64) -> Result<Option<Event>, Failure> {
-        let subject = format!("$JS.API.DIRECT.GET.{}", self.stream);
-        let body = Bytes::from(serde_json::json!({ "seq": seq }).to_string());
-        let message = self.request(subject, HeaderMap::new(), body).await?;
-        if message.status.is_some() || header_u64(&message, "Nats-Sequence") != Some(seq) {
-            return Ok(None);
-        }
-        decode(seq, &message.payload).map(Some).map_err(|e| Failure::Refused(e.to_string()))
-    }
-
     /// The newest message on a subject filter (an id's), from the stream leader, which has
     /// every acknowledged write: read-your-writes from any instance.
     pub async fn get_last_on(&self, filter: &str) -> Result<Option<Event>, Failure> {
@@ -253,7 +241,9 @@ impl Api {
     /// so a follower that is behind returns fewer; the caller keeps the contiguous prefix).
     pub async fn get_batch(&self, from: u64, max: usize) -> Result<Vec<Event>, Failure> {
         if max == 1 {
-            return Ok(self.direct_get(from).await?.into_iter().collect());
+            // A point read: the leader's block cache is warm with recent writes, while a
+            // follower asked directly often has to load the block first (~5 ms at 1M events).
+            return Ok(self.get_by_sequence(from).await?.into_iter().collect());
         }
         let inbox = self.client.new_inbox();
         let mut replies = self

@@ -176,16 +176,12 @@ impl JetStreamStore {
         self.0.api.get_last_on(&subject::id_filter(self.0.api.stream(), id)).await
     }
 
-    /// The event at `seq` (known to be stored): from the recent cache, else read directly from
-    /// a replica, else from the leader.
+    /// The event at `seq` (known to be stored): from the recent cache, else from the leader.
     async fn event_at(&self, seq: u64) -> Result<Option<Event>, Failure> {
         if let Some(mut cached) = self.0.recent.read(seq - 1, 1, seq) {
             if let Some(event) = cached.pop() {
                 return Ok(Some(event));
             }
-        }
-        if let Some(event) = self.0.api.direct_get(seq).await? {
-            return Ok(Some(event));
         }
         self.0.api.get_by_sequence(seq).await
     }
