@@ -1,4 +1,5 @@
-//! eventsd: a durable events service over gRPC, on an embedded sled store.
+//! eventsd: a durable events service over gRPC, on an embedded sled store or, for several
+//! instances, a replicated NATS JetStream stream.
 //!
 //! Map of the crate, from the outside in:
 //! - [`config`]: command line and environment (`eventsd`, `eventsd serve`, `eventsd tail`).
@@ -10,7 +11,8 @@
 //! - [`limits`]: overload protection: one in-flight limit across all connections.
 //! - [`fanout`]: SubscribeEvents streams, catch-up then live, by sequence.
 //! - [`event`]: the domain: what a valid event is, ids, filters, JSON and time conversions.
-//! - [`store`]: the storage interface and the embedded backend with its group commit.
+//! - [`store`]: the storage interface, the embedded backend with its group commit, and the
+//!   JetStream backend (`store::jetstream`).
 //! - [`tls`]: TLS and mutual TLS for both listeners.
 //! - [`client`]: client subcommands for the terminal (`publish`, `get`, `list`, `tail`).
 //! - [`views`]: read-only HTTP views in the Omise and KOMOJU Events API shapes.

@@ -1,4 +1,5 @@
-//! Storage: the narrow interface every backend implements, and the embedded sled backend.
+//! Storage: the narrow interface every backend implements, the embedded sled backend, and the
+//! JetStream backend for several instances ([`jetstream`]).
 //!
 //! The interface is five operations: append a batch, get by id, list a range, read from a
 //! sequence, and watch the durable point. It promises:
@@ -9,7 +10,9 @@
 //!   erase an event a reader has seen or reuse its sequence.
 //!
 //! The embedded backend lives in [`embedded`] (trees and indexes explained there), its group
-//! commit in [`commit`], and list/count over its indexes in [`list`].
+//! commit in [`commit`], and list/count over an index in [`list`], which the JetStream
+//! backend's in-memory index shares. For JetStream, "durable" is per instance: the last event
+//! this instance has read from the stream ([`EventStore::newest`] catches up to the stream).
 
 pub mod check;
 pub mod commit;
