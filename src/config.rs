@@ -95,6 +95,12 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_NATS_STREAM", default_value = "EVENTSD", value_parser = parse_stream_name)]
     pub nats_stream: String,
 
+    /// JetStream only: connect to NATS over TLS, trusting this CA (PEM). Credentials go in the
+    /// URLs, `nats://user:password@host:4222`; prefer EVENTSD_STORE to keep them out of
+    /// process listings (they are never logged).
+    #[arg(long, env = "EVENTSD_NATS_TLS_CA", value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+
     /// JetStream only: replicas of the stream when eventsd creates it (1, 3 or 5).
     #[arg(long, env = "EVENTSD_NATS_REPLICAS", default_value_t = 3, value_parser = parse_replicas)]
     pub nats_replicas: usize,

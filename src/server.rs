@@ -220,6 +220,7 @@ async fn open_store(
                 urls: urls.clone(),
                 stream: config.nats_stream.clone(),
                 replicas: config.nats_replicas,
+                tls_ca: config.nats_tls_ca.clone(),
                 request_timeout: config.request_timeout,
                 metrics: metrics.clone(),
             })
@@ -232,7 +233,11 @@ async fn open_store(
 fn store_description(config: &ServeConfig) -> String {
     match &config.store {
         StoreKind::Embedded => format!("sled in {}", config.data_dir.display()),
-        StoreKind::JetStream(urls) => format!("JetStream stream {} at {urls}", config.nats_stream),
+        StoreKind::JetStream(urls) => format!(
+            "JetStream stream {} at {}",
+            config.nats_stream,
+            crate::store::jetstream::setup::redacted(urls)
+        ),
     }
 }
 

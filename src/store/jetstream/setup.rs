@@ -22,6 +22,8 @@ pub struct JetStreamConfig {
     pub urls: String,
     /// The stream's name; its subjects are `<name>.>`.
     pub stream: String,
+    /// Trust this CA and require TLS on the NATS connection.
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Replicas of every event (1, 3 or 5).
     pub replicas: usize,
     /// How long one call may wait for JetStream, retries of unknown outcomes included.
@@ -32,20 +34,27 @@ pub struct JetStreamConfig {
 
 /// Connects and returns the API handle with the stream's info.
 pub async fn connect(config: &JetStreamConfig) -> Result<(Api, StreamInfo), Error> {
+    let shown = redacted(&config.urls);
     let urls: Vec<async_nats::ServerAddr> = config
         .urls
         .split(',')
         .map(|u| u.trim().parse())
         .collect::<Result<_, _>>()
-        .map_err(|e| Error::Startup(format!("--store {:?}: {e}", config.urls)))?;
-    let options = async_nats::ConnectOptions::new()
+        .map_err(|e| Error::Startup(format!("--store {shown}: {e}")))?;
+    let mut options = async_nats::ConnectOptions::new()
         .name("eventsd")
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(config.request_timeout));
+    if let Some((user, password)) = credentials(&urls)? {
+        options = options.user_and_password(user, password);
+    }
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
     let client = tokio::time::timeout(Duration::from_secs(15), options.connect(urls))
         .await
-        .map_err(|_| Error::Startup(format!("no NATS server of {} answered", config.urls)))?
-        .map_err(|e| Error::Startup(format!("cannot connect to {}: {e}", config.urls)))?;
+        .map_err(|_| Error::Startup(format!("no NATS server of {shown} answered")))?
+        .map_err(|e| Error::Startup(format!("cannot connect to {shown}: {e}")))?;
     check_version(&client.server_info().version)?;
     // Each call gets a few seconds; append retries on top of it stay within the call deadline.
     let call_timeout = config.request_timeout.min(Duration::from_secs(5));
@@ -63,6 +72,42 @@ pub async fn connect(config: &JetStreamConfig) -> Result<(Api, StreamInfo), Erro
         }
     };
     Ok((api, info))
+}
+
+/// The user and password the URLs carry (`nats://user:password@host`): the same in every URL
+/// that has any, or none.
+fn credentials(urls: &[async_nats::ServerAddr]) -> Result<Option<(String, String)>, Error> {
+    let mut found: Option<(String, String)> = None;
+    for url in urls.iter().filter(|u| u.has_user_pass()) {
+        let pair = (
+            url.username().unwrap_or_default().to_string(),
+            url.password().unwrap_or_default().to_string(),
+        );
+        match &found {
+            Some(seen) if *seen != pair => {
+                return Err(Error::Startup(
+                    "--store: the URLs carry different credentials; give every server the same \
+                     user and password"
+                        .into(),
+                ))
+            }
+            _ => found = Some(pair),
+        }
+    }
+    Ok(found)
+}
+
+/// The URLs as they may be shown: any `user:password@` replaced by `***@`.
+pub fn redacted(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &url[..scheme + 3], &url[at..])
+            }
+            _ => url.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Retries a start-up call while the cluster elects leaders (a cluster that has just started
@@ -186,11 +231,27 @@ mod tests {
     }
 
     #[test]
+    fn credentials_never_reach_what_is_shown() {
+        let urls = "nats://eventsd:s3cret@h1:4222,nats://h2:4222";
+        assert_eq!(redacted(urls), "nats://***@h1:4222,nats://h2:4222");
+        let parsed: Vec<async_nats::ServerAddr> =
+            urls.split(',').map(|u| u.parse().unwrap()).collect();
+        assert_eq!(credentials(&parsed).unwrap(), Some(("eventsd".into(), "s3cret".into())));
+        let mixed: Vec<async_nats::ServerAddr> = ["nats://a:b@h1:4222", "nats://a:c@h2:4222"]
+            .iter()
+            .map(|u| u.parse().unwrap())
+            .collect();
+        let err = credentials(&mixed).unwrap_err().to_string();
+        assert!(err.contains("different credentials") && !err.contains("a:b"), "{err}");
+    }
+
+    #[test]
     fn a_stream_with_other_settings_is_refused_naming_the_setting() {
         let config = JetStreamConfig {
             urls: String::new(),
             stream: "EV".into(),
             replicas: 3,
+            tls_ca: None,
             request_timeout: Duration::from_secs(1),
             metrics: Metrics::new(),
         };
