@@ -99,6 +99,15 @@ fn request(id: &str, marker: &str) -> PublishEventRequest {
     }
 }
 
+/// A subscription of everything from `start`.
+async fn subscribe(
+    client: &mut Client,
+    start: Start,
+) -> tonic::Streaming<eventsd::proto::SubscribeEventsResponse> {
+    let request = SubscribeEventsRequest { start: Some(start), ..Default::default() };
+    client.subscribe_events(request).await.expect("subscribe").into_inner()
+}
+
 async fn get(client: &mut Client, id: &str) -> Result<Event, tonic::Status> {
     client.get_event(GetEventRequest { id: id.into() }).await.map(|r| r.into_inner())
 }
@@ -133,14 +142,7 @@ async fn two_instances_serve_one_stream_with_the_same_guarantees() {
     let (mut on_a, mut on_b) = (a.client().await, b.client().await);
 
     // A subscriber of B, caught up before anything is published.
-    let mut live = on_b
-        .subscribe_events(SubscribeEventsRequest {
-            start: Some(Start::FromBeginning(true)),
-            ..Default::default()
-        })
-        .await
-        .expect("subscribe on b")
-        .into_inner();
+    let mut live = subscribe(&mut on_b, Start::FromBeginning(true)).await;
     let first = tokio::time::timeout(PHASE_LIMIT, live.message()).await.expect("hang guard");
     assert!(matches!(first.unwrap().unwrap().item, Some(Item::CaughtUp(_))));
 
@@ -389,16 +391,7 @@ async fn subscribers_of_a_killed_instance_resume_on_the_other_with_nothing_lost(
 
     // A subscriber on A, from the beginning; A is killed once it has received a third.
     let mut received: Vec<Event> = Vec::new();
-    let mut stream = a
-        .client()
-        .await
-        .subscribe_events(SubscribeEventsRequest {
-            start: Some(Start::FromBeginning(true)),
-            ..Default::default()
-        })
-        .await
-        .expect("subscribe on a")
-        .into_inner();
+    let mut stream = subscribe(&mut a.client().await, Start::FromBeginning(true)).await;
     let deadline = Instant::now() + PHASE_LIMIT;
     let mut resumed_after = None;
     while (received.len() as u64) < total {
@@ -416,16 +409,7 @@ async fn subscribers_of_a_killed_instance_resume_on_the_other_with_nothing_lost(
                 }
             }
             let last = received.last().map_or(0, |e| e.sequence);
-            stream = b
-                .client()
-                .await
-                .subscribe_events(SubscribeEventsRequest {
-                    start: Some(Start::AfterSequence(last)),
-                    ..Default::default()
-                })
-                .await
-                .expect("resume on b")
-                .into_inner();
+            stream = subscribe(&mut b.client().await, Start::AfterSequence(last)).await;
             resumed_after = Some((last, started.elapsed()));
             continue;
         }

@@ -33,8 +33,8 @@ pub struct TestApp {
     pub config: ServeConfig,
     /// The data folder; kept alive across restarts.
     pub dir: Arc<TempDir>,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<Result<(), eventsd::Error>>>,
+    /// The instance `addr`, `http` and `client` reach.
+    first: Instance,
     /// On JetStream, the second instance over the same stream.
     peer: Option<Instance>,
 }
@@ -95,7 +95,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
 }
 
 async fn start(config: ServeConfig, dir: Arc<TempDir>) -> TestApp {
-    let Instance { addr, http, stop, server } = Instance::start(&config).await;
+    let first = Instance::start(&config).await;
+    let (addr, http) = (first.addr, first.http.clone());
     let client = connect(addr).await;
     // The first instance has created the stream by the time it answers; the second joins it.
     let peer = match &config.store {
@@ -105,7 +106,7 @@ async fn start(config: ServeConfig, dir: Arc<TempDir>) -> TestApp {
         }
         eventsd::config::StoreKind::Embedded => None,
     };
-    TestApp { addr, http, client, config, dir, stop, server, peer }
+    TestApp { addr, http, client, config, dir, first, peer }
 }
 
 /// The JetStream cluster the tests run on, if `EVENTSD_TEST_STORE` names one.
@@ -150,17 +151,11 @@ impl TestApp {
     /// Shuts the server (both instances on JetStream) down as SIGTERM would and waits until
     /// `run` returns.
     pub async fn stop(&mut self) {
-        let mut first = Instance {
-            addr: self.addr,
-            http: String::new(),
-            stop: self.stop.take(),
-            server: self.server.take(),
-        };
         match &mut self.peer {
             Some(peer) => {
-                tokio::join!(first.stop(), peer.stop());
+                tokio::join!(self.first.stop(), peer.stop());
             }
-            None => first.stop().await,
+            None => self.first.stop().await,
         }
     }
 
@@ -174,7 +169,7 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         let peer = self.peer.as_mut().and_then(|p| p.stop.take());
-        for stop in [self.stop.take(), peer].into_iter().flatten() {
+        for stop in [self.first.stop.take(), peer].into_iter().flatten() {
             let _ = stop.send(());
         }
     }

@@ -21,6 +21,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
+use crate::proto::Event;
 use crate::store::jetstream::api::{decode, Api};
 use crate::store::jetstream::index::{Indexed, SharedIndex};
 use crate::store::recent::{Recent, CAPACITY};
@@ -30,6 +31,14 @@ const STALL_CHECK: Duration = Duration::from_secs(1);
 
 /// Pause before a new consumer after a failure.
 const RETRY: Duration = Duration::from_millis(500);
+
+/// A stream message as the follower decoded it.
+enum Decoded {
+    /// The whole event (near the stream's end: it also goes to the recent-events cache).
+    Whole(Event),
+    /// Only the indexed fields (far behind the end).
+    Fields(Indexed),
+}
 
 /// Follows the stream until `stop`, applying events in order.
 pub async fn follow(
@@ -105,23 +114,25 @@ async fn follow_from(
         let info = message.info().map_err(|e| unavailable("a message without metadata", &e))?;
         let seq = info.stream_sequence;
         caching = caching || info.pending < CAPACITY as u64;
-        let (indexed, event) = if caching {
-            let event = decode(seq, &message.payload)?;
-            (Indexed::from(&event), Some(event))
+        let decoded = if caching {
+            Decoded::Whole(decode(seq, &message.payload)?)
         } else {
-            let mut indexed = Indexed::decode(&message.payload[..])
-                .map_err(|e| Error::Corrupt(format!("stream message {seq}: {e}")))?;
-            indexed.sequence = seq;
-            (indexed, None)
+            Decoded::Fields(
+                Indexed::decode(&message.payload[..])
+                    .map_err(|e| Error::Corrupt(format!("stream message {seq}: {e}")))?,
+            )
         };
         {
             let mut index = index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             if seq <= index.sequence() {
                 continue; // already applied (a replay after a consumer restart)
             }
-            index.apply(&indexed)?;
+            match &decoded {
+                Decoded::Whole(e) => index.apply(seq, &e.id, &e.r#type, e.livemode, e.created)?,
+                Decoded::Fields(f) => index.apply(seq, &f.id, &f.r#type, f.livemode, f.created)?,
+            }
         }
-        if let Some(event) = event {
+        if let Decoded::Whole(event) = decoded {
             recent.push(vec![event]);
         }
         durable.send_replace(seq);

@@ -12,7 +12,6 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::error::Error;
-use crate::proto::Event;
 use crate::store::commit::DurableState;
 use crate::store::list::{Index, Keys};
 use crate::store::{keys, Direction};
@@ -34,21 +33,6 @@ pub struct Indexed {
     /// `Event.livemode`.
     #[prost(bool, tag = "5")]
     pub livemode: bool,
-    /// The stream sequence (not stored in the payload; set from the message).
-    #[prost(uint64, tag = "9")]
-    pub sequence: u64,
-}
-
-impl From<&Event> for Indexed {
-    fn from(event: &Event) -> Self {
-        Indexed {
-            id: event.id.clone(),
-            r#type: event.r#type.clone(),
-            created: event.created,
-            livemode: event.livemode,
-            sequence: event.sequence,
-        }
-    }
 }
 
 /// The index of every event applied so far, in sequence order.
@@ -83,25 +67,27 @@ impl MemIndex {
         self.ids.get(id).copied()
     }
 
-    /// Adds the next event. Refuses a sequence that does not follow the last applied one.
-    pub fn apply(&mut self, event: &Indexed) -> Result<(), Error> {
+    /// Adds the event at `seq` (its id, type, mode and `created`). Refuses a sequence that
+    /// does not follow the last applied one.
+    pub fn apply(
+        &mut self,
+        seq: u64,
+        id: &str,
+        event_type: &str,
+        livemode: bool,
+        created: Option<prost_types::Timestamp>,
+    ) -> Result<(), Error> {
         let expected = self.state.sequence + 1;
-        if event.sequence != expected {
+        if seq != expected {
             return Err(Error::Corrupt(format!(
-                "the stream delivered sequence {} where {expected} was expected",
-                event.sequence
+                "the stream delivered sequence {seq} where {expected} was expected"
             )));
         }
-        let created = event.created.unwrap_or_default();
-        let seq = event.sequence;
-        self.entries.insert(keys::entry(&keys::created_prefix(event.livemode), &created, seq));
-        self.entries.insert(keys::entry(
-            &keys::type_prefix(&event.r#type, event.livemode),
-            &created,
-            seq,
-        ));
-        self.ids.insert(event.id.clone(), seq);
-        *self.state.counts.entry((event.livemode, event.r#type.clone())).or_default() += 1;
+        let created = created.unwrap_or_default();
+        self.entries.insert(keys::entry(&keys::created_prefix(livemode), &created, seq));
+        self.entries.insert(keys::entry(&keys::type_prefix(event_type, livemode), &created, seq));
+        self.ids.insert(id.to_string(), seq);
+        *self.state.counts.entry((livemode, event_type.to_string())).or_default() += 1;
         self.state.sequence = seq;
         Ok(())
     }
@@ -141,6 +127,7 @@ pub type SharedIndex = Arc<std::sync::RwLock<MemIndex>>;
 mod tests {
     use super::*;
     use crate::event::Filter;
+    use crate::proto::Event;
     use crate::store::{list, ListQuery};
     use prost_types::Timestamp;
 
@@ -158,10 +145,11 @@ mod tests {
     #[test]
     fn lists_merge_by_created_and_count_exactly() {
         let mut index = MemIndex::starting_at(1);
-        index.apply(&(&event(1, "a", "charge.create", 30)).into()).unwrap();
-        index.apply(&(&event(2, "b", "refund.create", 10)).into()).unwrap();
-        index.apply(&(&event(3, "c", "charge.create", 20)).into()).unwrap();
-        assert!(index.apply(&(&event(5, "e", "x", 1)).into()).is_err(), "a gap is refused");
+        let mut apply = |e: Event| index.apply(e.sequence, &e.id, &e.r#type, e.livemode, e.created);
+        apply(event(1, "a", "charge.create", 30)).unwrap();
+        apply(event(2, "b", "refund.create", 10)).unwrap();
+        apply(event(3, "c", "charge.create", 20)).unwrap();
+        assert!(apply(event(5, "e", "x", 1)).is_err(), "a gap is refused");
         let query = ListQuery {
             from: Timestamp { seconds: 0, nanos: 0 },
             to: Timestamp { seconds: 100, nanos: 0 },

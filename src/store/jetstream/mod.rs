@@ -31,7 +31,7 @@ pub mod index;
 pub mod setup;
 pub mod subject;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -299,12 +299,17 @@ impl JetStreamStore {
                 Slot::Pending(_) => unreachable_slot()?,
             });
         }
-        let new: Vec<&Event> = out.iter().filter(|a| a.new).map(|a| &a.event).collect();
-        for event in &new {
-            self.0.metrics.published(&event.r#type, &event.source, 1);
+        // Metrics once per (type, source), not once per event.
+        let mut per_stream: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for appended in out.iter().filter(|a| a.new) {
+            *per_stream.entry((&appended.event.r#type, &appended.event.source)).or_default() += 1;
         }
-        if !new.is_empty() {
-            self.0.metrics.commit(new.len(), started.elapsed());
+        for (&(event_type, source), &n) in &per_stream {
+            self.0.metrics.published(event_type, source, n);
+        }
+        let stored = per_stream.values().sum::<u64>();
+        if stored > 0 {
+            self.0.metrics.commit(stored as usize, started.elapsed());
         }
         // Read-your-writes on this instance: answer once the follower has applied the events,
         // so a list, a poll or a subscription right after sees them. They are durable either
@@ -389,11 +394,14 @@ impl EventStore for JetStreamStore {
     }
 
     async fn list(&self, query: ListQuery) -> Result<ListPage, Error> {
-        let target = match &query.resume {
-            Some(resume) => resume.snapshot,
-            None => self.last_sequence().await?,
-        };
-        self.caught_up(target).await?;
+        // A first page includes everything acknowledged before it was asked for; a later one
+        // needs this instance to hold its view's snapshot.
+        match &query.resume {
+            Some(resume) => self.caught_up(resume.snapshot).await?,
+            None => {
+                self.newest().await?;
+            }
+        }
         let index = self.0.index.clone();
         let page = tokio::task::spawn_blocking(move || {
             read_index(&index, |index| list::page(index, index.state(), &query))
