@@ -305,6 +305,11 @@ impl Target {
         }
     }
 
+    /// CPU seconds (user + system) the server process has used since it started.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(&self.pid()?.to_string())
+    }
+
     /// The server's process id, while the bench runs it.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(ServerProcess::pid)

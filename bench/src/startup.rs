@@ -132,6 +132,10 @@ fn disk_figure(du_bytes: u64, events: u64, encoded_bytes: u64) -> Figure {
 fn restart_figure(case: &str, restart: Duration, target: &Target) -> Figure {
     let mut figure = Figure::new("startup", case).with("restart_ms", ms(restart));
     figure.seconds = restart.as_secs_f64();
+    // Read right after SERVING: the CPU the start-up itself cost.
+    if let Some(cpu) = target.cpu_seconds() {
+        figure.set("server_cpu_ms_to_serve", (cpu * 1_000.0).round());
+    }
     if let Ok(rss) = target.rss() {
         figure.set("rss_kib", rss.total_kib);
         rss.apply(&mut figure);

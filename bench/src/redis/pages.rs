@@ -5,8 +5,11 @@
 //! The fill mirrors eventsd's: event n holds the same charge as JSON text and has the id
 //! `<created in ms>-<n>`, with `created` spread over 30 days as in eventsd's fill, so an id is
 //! a time, as it is in Redis. It is pipelined (1,000 XADDs per write) on one connection (the
-//! ids must arrive in order), and capped at [`FILL_CAP`] events: Redis keeps the whole
-//! stream in memory, and XRANGE seeks a radix tree, whose cost barely changes from 1M to 10M.
+//! ids must arrive in order), with `appendfsync no` for its duration (the fill prepares the
+//! reads and is not a durable figure; with `always`, Redis fsyncs once per ~16 KiB it reads
+//! from a pipelining client, so a 1M fill would take minutes), and capped at [`FILL_CAP`]
+//! events: Redis keeps the whole stream in memory, and XRANGE seeks a radix tree, whose cost
+//! barely changes from 1M to 10M.
 //! Each page is checked: its length and its first id.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,7 +137,9 @@ pub async fn run(ctx: &Context, server: &RedisServer) -> Result<Pages> {
     let events = settings.store_events.min(FILL_CAP).max(1);
     eprintln!("[redis] filling a stream with {events} events");
     let plan = Arc::new(Filled::plan(events, String::new()));
-    let around = Around { probe_dir: Some(ctx.root()), server_pid: Some(server.pid()), http: None };
+    let around = Around { probe_dir: None, server_pid: Some(server.pid()), http: None };
+    let mut admin = Connection::open(server.port).await?;
+    set_appendfsync(&mut admin, "no").await?;
     let filler = FillChunk {
         connection: Connection::open(server.port).await?,
         template: ctx.template.clone(),
@@ -144,7 +149,9 @@ pub async fn run(ctx: &Context, server: &RedisServer) -> Result<Pages> {
     };
     let limit = Limit { calls: events.div_ceil(FILL_CHUNK), time: settings.fill_cap };
     let case = format!("fill: XADD pipelined x{FILL_CHUNK}, 1 connection");
-    let (fill, outcome) = load::run_figure(vec![filler], limit, around, "redis", case).await?;
+    let filled = load::run_figure(vec![filler], limit, around, "redis", case).await;
+    set_appendfsync(&mut admin, "always").await?;
+    let (fill, outcome) = filled?;
     if outcome.errors > 0 || outcome.units != events {
         return Err(format!(
             "the Redis fill stored {} of {events} events: {}",
@@ -153,9 +160,8 @@ pub async fn run(ctx: &Context, server: &RedisServer) -> Result<Pages> {
         )
         .into());
     }
-    let fill = fill.with("store_events", events);
+    let fill = fill.with("store_events", events).with("appendfsync", "no");
 
-    let around = Around { probe_dir: None, ..around };
     let mut figures = Vec::new();
     for (ask, name) in [
         (Ask::Newest, "XREVRANGE + - COUNT 100"),
@@ -178,4 +184,13 @@ pub async fn run(ctx: &Context, server: &RedisServer) -> Result<Pages> {
     let random = figures.pop().ok_or("no XRANGE figure")?;
     let newest = figures.pop().ok_or("no XREVRANGE figure")?;
     Ok(Pages { fill, newest, random })
+}
+
+/// `CONFIG SET appendfsync <mode>`.
+async fn set_appendfsync(connection: &mut Connection, mode: &str) -> Result<()> {
+    let args: [&[u8]; 4] = [b"CONFIG", b"SET", b"appendfsync", mode.as_bytes()];
+    match connection.command(&args).await {
+        Ok(Reply::Simple(ok)) if ok == "OK" => Ok(()),
+        other => Err(format!("CONFIG SET appendfsync {mode} answered {other:?}").into()),
+    }
 }

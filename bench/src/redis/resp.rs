@@ -86,15 +86,22 @@ impl Connection {
                 "redis closed the connection",
             ));
         }
-        let text = String::from_utf8_lossy(self.line.strip_suffix(b"\r\n").unwrap_or(&self.line))
-            .into_owned();
-        let (kind, rest) = text.split_at(text.len().min(1));
-        let number = || rest.parse::<i64>().map_err(|_| invalid(&text));
+        // Parsed from the bytes: a page of 100 entries has ~700 reply lines, and the loader
+        // should not allocate for each.
+        let line = self.line.strip_suffix(b"\r\n").unwrap_or(&self.line);
+        let (kind, rest) = line.split_first().ok_or_else(|| invalid(line))?;
+        let text = || String::from_utf8_lossy(rest).into_owned();
+        let number = || {
+            std::str::from_utf8(rest)
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok())
+                .ok_or_else(|| invalid(line))
+        };
         Ok(match kind {
-            "+" => Header::Done(Reply::Simple(rest.to_string())),
-            "-" => Header::Done(Reply::Error(rest.to_string())),
-            ":" => Header::Done(Reply::Integer(number()?)),
-            "$" => match number()? {
+            b'+' => Header::Done(Reply::Simple(text())),
+            b'-' => Header::Done(Reply::Error(text())),
+            b':' => Header::Done(Reply::Integer(number()?)),
+            b'$' => match number()? {
                 n if n < 0 => Header::Done(Reply::Bulk(None)),
                 n => {
                     let mut body = vec![0; n as usize + 2];
@@ -103,11 +110,11 @@ impl Connection {
                     Header::Done(Reply::Bulk(Some(body)))
                 }
             },
-            "*" => match number()? {
+            b'*' => match number()? {
                 n if n < 0 => Header::Done(Reply::Array(None)),
                 n => Header::Array(n as usize),
             },
-            _ => return Err(invalid(&text)),
+            _ => return Err(invalid(line)),
         })
     }
 }
@@ -136,7 +143,8 @@ enum Header {
     Array(usize),
 }
 
-fn invalid(line: &str) -> std::io::Error {
+fn invalid(line: &[u8]) -> std::io::Error {
+    let line = String::from_utf8_lossy(line);
     std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a RESP2 reply: {line:?}"))
 }
 
