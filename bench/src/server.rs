@@ -29,7 +29,8 @@ use crate::report::Figure;
 const SERVICE: &str = "events.v1.EventService";
 /// Pause between two health polls.
 const POLL: Duration = Duration::from_millis(2);
-/// How long a clean stop (SIGTERM) may take before the bench kills the server.
+/// How long a clean stop (SIGTERM) may take before the bench kills the server, at least; a
+/// scale with a longer start-up timeout (a 10M store) allows as long for the stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How to spawn eventsd.
@@ -230,7 +231,11 @@ impl Target {
         if !status.success() {
             return Err(format!("kill -TERM {} failed: {status}", process.pid()).into());
         }
-        let exit = wait_exit(&mut process.child, STOP_TIMEOUT).await?;
+        let timeout = self
+            .spawned
+            .as_ref()
+            .map_or(STOP_TIMEOUT, |s| s.spec.startup_timeout.max(STOP_TIMEOUT));
+        let exit = wait_exit(&mut process.child, timeout).await?;
         Ok((started.elapsed(), exit.success()))
     }
 

@@ -89,6 +89,7 @@ async fn measure(
     eprintln!("[redis] fan-out to {} subscribers", fanout::SUBSCRIBERS);
     let figure = fanout::run(ctx, &server).await?;
     section.figures.push(figure.clone());
+    section.note(format!("fan-out: {}", crate::fanout::notes(&ctx.settings)));
     redis.fanout = Some(figure);
 
     let pages = pages::run(ctx, &server).await?;
