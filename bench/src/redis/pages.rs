@@ -134,7 +134,7 @@ pub struct Pages {
 /// Fills the stream and measures both pages.
 pub async fn run(ctx: &Context, server: &RedisServer) -> Result<Pages> {
     let settings = &ctx.settings;
-    let events = settings.store_events.min(FILL_CAP).max(1);
+    let events = settings.store_events.clamp(1, FILL_CAP);
     eprintln!("[redis] filling a stream with {events} events");
     let plan = Arc::new(Filled::plan(events, String::new()));
     let around = Around { probe_dir: None, server_pid: Some(server.pid()), http: None };
