@@ -46,6 +46,14 @@ pub enum Compared {
     RandomPage,
     /// A page of 100 at offset 100,000 (no Redis counterpart).
     DeepPage,
+    /// The fill of the store, with the RSS read right after it.
+    Fill,
+    /// Disk per event of the cleanly stopped store.
+    Disk,
+    /// Restart after SIGTERM, straight after the fill.
+    StartAfterTerm,
+    /// Restart after kill -9, idle.
+    StartAfterKill,
 }
 
 /// What the scenarios share.

@@ -198,6 +198,9 @@ pub async fn ensure_filled(ctx: &mut Context) -> Result<Option<Figure>> {
         return Ok(None);
     }
     let result = fill(store, &settings, &template, prefix).await;
+    if let Ok(figure) = &result {
+        ctx.baseline.insert(Compared::Fill, figure.clone());
+    }
     if result.is_err() {
         // A half-filled store would make every later figure wrong: the next scenario that
         // needs the store starts a fresh server instead.
@@ -261,6 +264,7 @@ async fn fill(
     filled.events = outcome.units;
     filled.encoded_bytes = encoded_bytes;
     filled.rss_after_fill = rss;
+    figure.set("store_events", filled.events);
     if filled.events < plan.events {
         figure.set("stopped_early_of", plan.events);
     }

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use crate::bench::Context;
+use crate::bench::{Compared, Context};
 use crate::client::{self, status_text, Client, Pool};
 use crate::error::{Context as _, Result};
 use crate::load::{self, Limit, Op};
@@ -59,18 +59,22 @@ pub async fn run(ctx: &mut Context) -> Result<Section> {
 
     eprintln!("[startup] SIGTERM and restart");
     let (stop, clean) = target.stop().await?;
-    section.figures.push(disk_figure(target.disk_usage()?, events, encoded_bytes));
+    let disk = disk_figure(target.disk_usage()?, events, encoded_bytes);
     let restart = target.start().await?;
-    section.figures.push(
-        restart_figure("after SIGTERM", restart, target)
-            .with("stop_ms", ms(stop))
-            .with("clean_exit", clean),
-    );
+    let after_term = restart_figure("after SIGTERM", restart, target)
+        .with("stop_ms", ms(stop))
+        .with("clean_exit", clean);
 
     eprintln!("[startup] kill -9 while idle and restart");
     target.kill().await?;
     let restart = target.start().await?;
-    section.figures.push(restart_figure("after kill -9, idle", restart, target));
+    let after_kill = restart_figure("after kill -9, idle", restart, target);
+    let compared = [
+        (Compared::Disk, disk),
+        (Compared::StartAfterTerm, after_term),
+        (Compared::StartAfterKill, after_kill),
+    ];
+    section.figures.extend(compared.iter().map(|(_, figure)| figure.clone()));
 
     eprintln!("[startup] kill -9 under load and restart");
     let pool = Pool::connect(&target.addr, CHANNELS).await?;
@@ -104,6 +108,7 @@ pub async fn run(ctx: &mut Context) -> Result<Section> {
          health SERVING; kill -9 under load came {:?} after the publishers started",
         settings.kill_after
     ));
+    ctx.baseline.extend(compared);
     section.note(
         "lost = acked events missing after the restart (the newest acked are checked with \
          GetEvent; any loss breaks the durability promise)",

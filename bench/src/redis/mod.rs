@@ -47,7 +47,7 @@ pub async fn run(ctx: &mut Context) -> Result<Section> {
     section.note(
         "targets and floors are issue #13's; a verdict means something only for a release \
          build at --scale full (GetEvent, RSS and start-up targets are for 10M stored: \
-         --scale huge)",
+         --scale huge; rows of groups not run show -)",
     );
     Ok(section)
 }
@@ -118,6 +118,8 @@ enum Goal {
     P50Within(f64),
     /// eventsd's throughput at least `target` (and `floor`) per second.
     Rate { target: f64, floor: Option<f64> },
+    /// The figure's `extra[key]` at most `target` (and `floor`).
+    AtMost { key: &'static str, target: f64, floor: Option<f64> },
     /// No target: printed for the ratio.
     None,
 }
@@ -198,6 +200,34 @@ fn targets(baseline: &std::collections::BTreeMap<Compared, Figure>, redis: &Redi
             goal: Goal::Rate { target: 1_000.0, floor: None },
             target: ">= 1,000 pages/s at offset 100,000",
         },
+        Row {
+            workload: stored("RSS right after the fill", &ours(Compared::Fill)),
+            ours: ours(Compared::Fill),
+            theirs: None,
+            goal: Goal::AtMost { key: "rss_mib", target: 256.0, floor: Some(512.0) },
+            target: "<= 256 MiB at 10M (floor 512 MiB)",
+        },
+        Row {
+            workload: "start-up after SIGTERM straight after the fill".into(),
+            ours: ours(Compared::StartAfterTerm),
+            theirs: None,
+            goal: Goal::AtMost { key: "restart_ms", target: 1_000.0, floor: Some(3_000.0) },
+            target: "<= 1 s at 10M (floor 3 s)",
+        },
+        Row {
+            workload: "start-up after kill -9".into(),
+            ours: ours(Compared::StartAfterKill),
+            theirs: None,
+            goal: Goal::AtMost { key: "restart_ms", target: 1_000.0, floor: Some(1_000.0) },
+            target: "<= 1 s at 10M (floor 1 s)",
+        },
+        Row {
+            workload: "disk per event / encoded event".into(),
+            ours: ours(Compared::Disk),
+            theirs: None,
+            goal: Goal::AtMost { key: "disk_over_encoded", target: 1.3, floor: None },
+            target: "<= 1.3x",
+        },
     ];
     Table {
         title: "issue #13 targets: eventsd and Redis in this run".into(),
@@ -270,12 +300,20 @@ impl Row {
                 Some(rate) => judge(rate, target, floor, true),
                 None => "-",
             },
+            // Judged on the negated value: at most x is at least -x.
+            Goal::AtMost { key, target, floor } => match extra(&self.ours, key) {
+                Some(value) => judge(-value, -target, floor.map(|f| -f), true),
+                None => "-",
+            },
         }
     }
 }
 
 /// A figure as one cell: `4,718/s, p50 0.32 ms` (p99 where the target is about p99 or a ratio).
 fn describe(figure: &Option<Figure>, goal: Goal) -> String {
+    if let Goal::AtMost { key, .. } = goal {
+        return extra(figure, key).map_or("-".into(), |value| format!("{key}={value}"));
+    }
     let Some(figure) = figure else {
         return "-".into();
     };
@@ -287,6 +325,11 @@ fn describe(figure: &Option<Figure>, goal: Goal) -> String {
         _ => format!(", p99 {} ms", format_ms(l.p99_ms)),
     });
     format!("{}/s{}", thousands(rate), latency.unwrap_or_default())
+}
+
+/// A number of a figure's `extra`.
+fn extra(figure: &Option<Figure>, key: &str) -> Option<f64> {
+    figure.as_ref()?.extra.get(key)?.as_f64()
 }
 
 /// 12345.6 → "12,346".
@@ -343,6 +386,12 @@ mod tests {
             "floor met, target missed"
         );
         assert_eq!(row(figure(50_000, 1.0, 1.0), None, ratio).cells()[5], "-");
+        let at_most = Goal::AtMost { key: "rss_mib", target: 256.0, floor: Some(512.0) };
+        let rss = |mib: f64| figure(0, 0.0, 0.0).with("rss_mib", mib);
+        assert_eq!(row(rss(200.0), None, at_most).cells()[5], "met");
+        assert_eq!(row(rss(400.0), None, at_most).cells()[5], "floor met, target missed");
+        assert_eq!(row(rss(1_080.0), None, at_most).cells()[5], "missed");
+        assert_eq!(row(rss(200.0), None, at_most).cells()[1], "rss_mib=200");
     }
 
     #[test]
