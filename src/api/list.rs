@@ -16,7 +16,7 @@ use crate::auth::Principal;
 use crate::error::Error;
 use crate::event::{time, Filter};
 use crate::proto::{ListEventsRequest, ListEventsResponse, Order};
-use crate::store::{Direction, ListPage, ListQuery, Position, Resume};
+use crate::store::{Direction, ListPage, ListQuery, Position, Resume, StoredEvent};
 
 /// Page size when the request says 0.
 pub const DEFAULT_LIMIT: i32 = 20;
@@ -192,7 +192,7 @@ impl PageRequest {
     }
 
     /// Builds the response for the page the store returned.
-    pub fn respond(self, page: ListPage) -> ListEventsResponse {
+    pub fn respond(self, page: ListPage) -> Result<ListEventsResponse, Error> {
         let next_page_token = match (page.has_more, page.events.last()) {
             (true, Some(last)) => encode_token(&PageToken {
                 version: TOKEN_VERSION,
@@ -202,8 +202,8 @@ impl PageRequest {
                 order: self.order as i32,
                 types: self.query.filter.type_patterns(),
                 livemode: self.query.filter.livemode,
-                after_created: last.created,
-                after_sequence: last.sequence,
+                after_created: Some(last.created()),
+                after_sequence: last.sequence(),
                 total: page.total,
                 position: self.position + page.events.len() as u64,
                 first_offset: self.first_offset,
@@ -211,8 +211,8 @@ impl PageRequest {
             }),
             _ => String::new(),
         };
-        ListEventsResponse {
-            data: page.events,
+        Ok(ListEventsResponse {
+            data: page.events.iter().map(StoredEvent::decode).collect::<Result<_, _>>()?,
             total: i64::try_from(page.total).unwrap_or(i64::MAX),
             from: Some(self.query.from),
             to: Some(self.query.to),
@@ -220,7 +220,7 @@ impl PageRequest {
             limit: self.limit,
             order: self.order as i32,
             next_page_token,
-        }
+        })
     }
 }
 
