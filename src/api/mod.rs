@@ -19,10 +19,11 @@ use crate::fanout::{Fanout, Start, SubscribeEventsStream};
 use crate::metrics::Metrics;
 use crate::proto::event_service_server::EventService;
 use crate::proto::subscribe_events_request::Start as StartProto;
+use crate::proto::wire::{ListEventsResponse, PublishEventsResponse};
 use crate::proto::Format;
 use crate::proto::{
-    Event, GetEventRequest, ListEventsRequest, ListEventsResponse, PublishEventRequest,
-    PublishEventsRequest, PublishEventsResponse, SubscribeEventsRequest,
+    GetEventRequest, ListEventsRequest, PublishEventRequest, PublishEventsRequest,
+    SubscribeEventsRequest, WireEvent,
 };
 use crate::store::{EventStore, StoredEvent};
 
@@ -130,11 +131,11 @@ impl EventService for EventsApi {
     async fn publish_event(
         &self,
         request: Request<PublishEventRequest>,
-    ) -> Result<Response<Event>, Status> {
+    ) -> Result<Response<WireEvent>, Status> {
         let mut stored = self.publish(request, false, |r| vec![r]).await?;
         let appended =
             stored.pop().ok_or_else(|| Status::internal("the store returned no event"))?;
-        Ok(Response::new(appended.decode()?))
+        Ok(Response::new(WireEvent::from(&appended)))
     }
 
     async fn publish_events(
@@ -142,14 +143,14 @@ impl EventService for EventsApi {
         request: Request<PublishEventsRequest>,
     ) -> Result<Response<PublishEventsResponse>, Status> {
         let stored = self.publish(request, true, |r| r.events).await?;
-        let events = stored.iter().map(StoredEvent::decode).collect::<Result<_, _>>()?;
+        let events = stored.iter().map(WireEvent::from).collect();
         Ok(Response::new(PublishEventsResponse { events }))
     }
 
     async fn get_event(
         &self,
         request: Request<GetEventRequest>,
-    ) -> Result<Response<Event>, Status> {
+    ) -> Result<Response<WireEvent>, Status> {
         let caller = principal(&request)?;
         caller.require(Scope::Read)?;
         let id = request.into_inner().id;
@@ -161,7 +162,7 @@ impl EventService for EventsApi {
         let Some(event) = find_event(self.store.as_ref(), &caller, &id, None).await? else {
             return Err(Error::NotFound { id }.into());
         };
-        Ok(Response::new(event.decode()?))
+        Ok(Response::new(WireEvent::from(&event)))
     }
 
     async fn list_events(
@@ -173,7 +174,7 @@ impl EventService for EventsApi {
         let mut page_request = list::PageRequest::new(request.into_inner(), time::now())?;
         page_request.restrict_to(&caller)?;
         let page = self.store.list(page_request.query.clone()).await?;
-        Ok(Response::new(page_request.respond(page)?))
+        Ok(Response::new(page_request.respond(page).into_wire()))
     }
 
     type SubscribeEventsStream = SubscribeEventsStream;

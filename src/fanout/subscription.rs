@@ -16,7 +16,8 @@ use tonic::Status;
 use crate::error::Error;
 use crate::event::{cloudevent, time, Filter};
 use crate::metrics::{Metrics, SubscriberGuard};
-use crate::proto::{subscribe_events_response::Item, CaughtUp, Heartbeat, SubscribeEventsResponse};
+use crate::proto::wire::{subscribe_events_response::Item, SubscribeEventsResponse};
+use crate::proto::{CaughtUp, Heartbeat, WireEvent};
 use crate::store::{EventStore, StoredEvent};
 
 /// The stream type tonic serves for SubscribeEvents.
@@ -183,13 +184,13 @@ impl Subscription {
                 for event in batch {
                     let sequence = event.sequence();
                     if self.wanted(&event) {
-                        let decoded = match event.decode() {
-                            Ok(decoded) => decoded,
-                            Err(err) => return Stop::Failed(err),
-                        };
                         let item = match self.cloudevents {
-                            true => Item::CloudEvent(cloudevent::to_proto(&decoded)),
-                            false => Item::Event(decoded),
+                            true => match event.decode() {
+                                Ok(decoded) => Item::CloudEvent(cloudevent::to_proto(&decoded)),
+                                Err(err) => return Stop::Failed(err),
+                            },
+                            // The stored bytes, shared: no encoding per subscriber.
+                            false => Item::Event(WireEvent::from(&event)),
                         };
                         if let Err(stop) = self.send(item).await {
                             return stop;

@@ -39,12 +39,12 @@ use prost_types::Timestamp;
 use serde_json::{Map, Value as Json};
 
 use crate::api::find_event;
-use crate::api::list::PageRequest;
+use crate::api::list::{Listing, PageRequest};
 use crate::auth::{KeyRing, Principal, Scope};
 use crate::error::Error;
 use crate::event::json::struct_to_object;
 use crate::event::{id, time};
-use crate::proto::{Event, ListEventsRequest, ListEventsResponse};
+use crate::proto::{Event, ListEventsRequest};
 use crate::store::EventStore;
 
 /// What the view handlers share: cheap-to-clone handles.
@@ -95,11 +95,11 @@ async fn list(
     state: &ViewsState,
     caller: &Principal,
     request: ListEventsRequest,
-) -> Result<ListEventsResponse, Error> {
+) -> Result<Listing, Error> {
     let mut page_request = PageRequest::new(request, time::now()).map_err(name_type_param)?;
     page_request.restrict_to(caller)?;
     let page = state.store.list(page_request.query.clone()).await?;
-    page_request.respond(page)
+    Ok(page_request.respond(page))
 }
 
 /// ListEvents names its type filter `types[i]`; over HTTP the parameter is `type`.
