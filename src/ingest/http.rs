@@ -160,7 +160,7 @@ async fn append_one(state: &IngestState, event: NewEvent) -> Result<Response, Er
         return Err(Error::Corrupt("the store returned no event".into()));
     };
     let status = if new { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(event_to_json(&event))).into_response())
+    Ok((status, Json(event_to_json(&event.decode()?))).into_response())
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), Error> {
