@@ -16,7 +16,7 @@ use prost_types::Timestamp;
 use crate::error::Error;
 use crate::event::time;
 use crate::proto::Event;
-use crate::store::commit::DurableState;
+use crate::store::index::DurableState;
 use crate::store::{keys, Direction, ListPage, ListQuery};
 
 /// Index keys of a range, in the requested direction.
