@@ -77,6 +77,35 @@ impl Segment {
         Ok(self.offsets.metadata()?.len() / ENTRY)
     }
 
+    /// Where the record of entry `count - 1` ends by the offset file, if it has that entry.
+    pub fn entries_end(&self, count: u64) -> io::Result<Option<u64>> {
+        let Some(index) = count.checked_sub(1) else { return Ok(Some(0)) };
+        let mut entry = [0u8; ENTRY as usize];
+        match self.offsets.read_exact_at(&mut entry, index * ENTRY) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let offset = u32::from_le_bytes(entry[..4].try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(entry[4..].try_into().unwrap_or_default());
+        Ok(Some(u64::from(offset) + u64::from(len)))
+    }
+
+    /// The offset file's entries as stored.
+    pub fn stored_offsets(&self) -> io::Result<Vec<(u32, u32)>> {
+        let mut bytes = Vec::new();
+        let mut reader = &self.offsets;
+        io::Read::read_to_end(&mut reader, &mut bytes)?;
+        io::Seek::seek(&mut reader, io::SeekFrom::Start(0))?;
+        Ok(bytes
+            .chunks_exact(ENTRY as usize)
+            .map(|c| {
+                let offset = u32::from_le_bytes(c[..4].try_into().unwrap_or_default());
+                (offset, u32::from_le_bytes(c[4..].try_into().unwrap_or_default()))
+            })
+            .collect())
+    }
+
     /// Reads the whole data file and finds its records, expecting sequences from `first` on.
     /// Stops at the first byte that is not a whole record of the next sequence.
     pub fn scan(&self) -> io::Result<Scan> {
