@@ -811,26 +811,19 @@ fn fixture_copy(to: &std::path::Path) -> PathBuf {
     data
 }
 
-/// `eventsd migrate --data-dir DIR`, killed with SIGKILL after `kill_after` if given.
-/// Returns the exit code, or `None` if the kill came first.
-async fn migrate(data: &std::path::Path, kill_after: Option<Duration>) -> Option<i32> {
-    let mut child = std::process::Command::new(child::BINARY)
-        .arg("migrate")
-        .arg("--data-dir")
-        .arg(data)
-        .env("RUST_LOG", "warn")
+/// `eventsd migrate --data-dir DIR`, aborted (as by kill -9) at `abort_at` if given, one of
+/// the migration's steps. Returns the exit code, or `None` if it was aborted.
+async fn migrate(data: &std::path::Path, abort_at: Option<&str>) -> Option<i32> {
+    let mut command = std::process::Command::new(child::BINARY);
+    command.arg("migrate").arg("--data-dir").arg(data).env("RUST_LOG", "warn");
+    if let Some(step) = abort_at {
+        command.env("EVENTSD_MIGRATE_ABORT_AT", step);
+    }
+    let mut child = command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn eventsd migrate");
-    if let Some(delay) = kill_after {
-        tokio::time::sleep(delay).await;
-        if child.try_wait().expect("poll migrate").is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-    }
     let deadline = Instant::now() + child::READY_LIMIT;
     loop {
         if let Some(status) = child.try_wait().expect("poll migrate") {
@@ -898,30 +891,27 @@ async fn a_store_of_the_sled_only_release_is_refused_then_migrated_with_every_ev
 }
 
 #[tokio::test]
-async fn migrate_killed_at_any_point_and_rerun_loses_nothing() {
-    let seed = child::seed("EVENTSD_CRASH_SEED");
-    let mut rng = Prng::new(seed);
+async fn migrate_cut_short_at_every_step_and_rerun_loses_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut cut = 0;
-    for round in 0..3 {
-        // Arrange: a fresh copy per round, so each round's kills land in a new migration.
-        let data = fixture_copy(&dir.path().join(format!("round-{round}")));
-        // Act: kill after 0–300 ms (a whole debug run takes about that), again and again,
-        // then let it finish.
-        for _ in 0..8 {
-            let delay = Duration::from_millis(rng.range(0, 300));
-            match migrate(&data, Some(delay)).await {
-                None => cut += 1,
-                Some(0) => {}
-                Some(code) => panic!("a rerun of migrate failed with exit {code}"),
-            }
+    for step in eventsd::store::embedded::MIGRATE_STEPS {
+        // Arrange: a fresh copy of the fixture.
+        let data = fixture_copy(&dir.path().join(step));
+        // Act: the migration dies at this step (abort, as kill -9), a start is refused, and a
+        // rerun finishes it.
+        assert_eq!(migrate(&data, Some(step)).await, None, "migrate was not cut at {step}");
+        if step != "finished" {
+            let mut server = Server::spawn(&data, &dir.path().join(format!("{step}-refused.log")));
+            let startup = server.wait_ready(child::READY_LIMIT).await;
+            assert!(
+                matches!(startup, child::Startup::Exited(s) if !s.success()),
+                "a store cut at {step} was served"
+            );
+            assert!(server.stderr().contains("eventsd migrate --data-dir"), "{}", server.stderr());
         }
-        assert_eq!(migrate(&data, None).await, Some(0), "the last rerun finishes");
+        assert_eq!(migrate(&data, None).await, Some(0), "the rerun after {step}");
         // Assert
-        assert_serves_the_fixture(&data, &dir.path().join(format!("server-{round}.log"))).await;
+        assert_serves_the_fixture(&data, &dir.path().join(format!("{step}.log"))).await;
     }
-    println!("migrate: {cut} of 24 runs were killed before they finished");
-    assert!(cut > 0, "no kill landed during a migration (seed {seed})");
 }
 
 #[tokio::test]

@@ -36,6 +36,19 @@ const OLD_FILES: [&str; 3] = ["db", "conf", "eventsd.blobs"];
 /// Old event records copied per log append.
 const COPY_BATCH: usize = 4_096;
 
+/// The steps between which a migration can be cut short, in order. With
+/// `EVENTSD_MIGRATE_ABORT_AT` set to one of them the process aborts there, as a kill -9 would
+/// (the crash harness uses it to cut a migration at every step, independent of timing).
+pub const STEPS: [&str; 7] =
+    ["copied", "log-written", "index-built", "complete", "renamed", "old-deleted", "finished"];
+
+/// Aborts the process at `step` if the crash harness asked for it.
+fn step(name: &str) {
+    if std::env::var("EVENTSD_MIGRATE_ABORT_AT").is_ok_and(|at| at == name) {
+        std::process::abort();
+    }
+}
+
 /// What a migrate or reindex did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrateReport {
@@ -99,6 +112,7 @@ fn build(
     sync_dir(dir)?;
     let copy = work.join("old");
     copy_old(dir, &copy)?;
+    step("copied");
     let old = open_old(&copy, cache_bytes)?;
     let first = match old.get([b'f'])? {
         Some(v) => u64::from_be_bytes(
@@ -143,6 +157,7 @@ fn build(
     }
     drop(writer);
     drop(old);
+    step("log-written");
     std::fs::remove_dir_all(&copy)?;
     let tree = index::open_tree(work, cache_bytes)?;
     let loaded = index::load(&tree)?;
@@ -155,8 +170,10 @@ fn build(
     tree.flush()?;
     drop(tree);
     sync_tree(work)?;
+    step("index-built");
     File::create(work.join(COMPLETE))?.sync_all()?;
     sync_dir(work)?;
+    step("complete");
     Ok(MigrateReport { events: last + 1 - first, range: (first, last), already: false })
 }
 
@@ -168,6 +185,7 @@ fn switch(dir: &Path, work: &Path) -> Result<(), Error> {
                 std::fs::remove_dir_all(dir.join(name))?;
             }
             std::fs::rename(work.join(name), dir.join(name))?;
+            step("renamed");
         }
     }
     sync_dir(dir)?;
@@ -188,10 +206,13 @@ fn switch(dir: &Path, work: &Path) -> Result<(), Error> {
         }
     }
     sync_dir(dir)?;
+    step("old-deleted");
     if work.exists() {
         std::fs::remove_dir_all(work)?;
     }
-    sync_dir(dir)
+    sync_dir(dir)?;
+    step("finished");
+    Ok(())
 }
 
 /// Rebuilds the index of the store in `dir` from its log.

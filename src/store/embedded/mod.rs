@@ -20,7 +20,7 @@
 mod migrate;
 mod writer;
 
-pub use migrate::{migrate, reindex, MigrateReport};
+pub use migrate::{migrate, reindex, MigrateReport, STEPS as MIGRATE_STEPS};
 pub use writer::{MAX_ROUND_EVENTS, MAX_TRIM};
 
 use std::path::{Path, PathBuf};
