@@ -19,12 +19,13 @@ use crate::fanout::{Fanout, Start, SubscribeEventsStream};
 use crate::metrics::Metrics;
 use crate::proto::event_service_server::EventService;
 use crate::proto::subscribe_events_request::Start as StartProto;
+use crate::proto::wire::{ListEventsResponse, PublishEventsResponse};
 use crate::proto::Format;
 use crate::proto::{
-    Event, GetEventRequest, ListEventsRequest, ListEventsResponse, PublishEventRequest,
-    PublishEventsRequest, PublishEventsResponse, SubscribeEventsRequest,
+    GetEventRequest, ListEventsRequest, PublishEventRequest, PublishEventsRequest,
+    SubscribeEventsRequest, WireEvent,
 };
-use crate::store::EventStore;
+use crate::store::{EventStore, StoredEvent};
 
 /// The EventService implementation: a few cheap-to-clone handles.
 #[derive(Clone)]
@@ -52,7 +53,7 @@ impl EventsApi {
         request: Request<T>,
         batch: bool,
         entries: impl FnOnce(T) -> Vec<PublishEventRequest>,
-    ) -> Result<Vec<Event>, Status> {
+    ) -> Result<Vec<StoredEvent>, Status> {
         let result = async {
             let caller = principal(&request)?;
             caller.require(Scope::Publish)?;
@@ -95,6 +96,27 @@ impl tonic::service::Interceptor for Authenticate {
     }
 }
 
+/// The durable event with this id that the caller may see. `livemode` names the mode to look
+/// in; without it the live event is returned, or the test one when there is no live event
+/// with that id. Modes the caller's key cannot read are never looked in.
+pub async fn find_event(
+    store: &dyn EventStore,
+    caller: &Principal,
+    id: &str,
+    livemode: Option<bool>,
+) -> Result<Option<StoredEvent>, Error> {
+    let modes = match livemode {
+        Some(mode) => vec![mode],
+        None => vec![true, false],
+    };
+    for mode in modes.into_iter().filter(|&m| caller.allows(m)) {
+        if let Some(event) = store.get(mode, id).await? {
+            return Ok(Some(event));
+        }
+    }
+    Ok(None)
+}
+
 /// The caller of a request; a request that did not pass [`Authenticate`] has none (fail closed).
 fn principal<T>(request: &Request<T>) -> Result<Principal, Error> {
     request
@@ -109,25 +131,26 @@ impl EventService for EventsApi {
     async fn publish_event(
         &self,
         request: Request<PublishEventRequest>,
-    ) -> Result<Response<Event>, Status> {
+    ) -> Result<Response<WireEvent>, Status> {
         let mut stored = self.publish(request, false, |r| vec![r]).await?;
         let appended =
             stored.pop().ok_or_else(|| Status::internal("the store returned no event"))?;
-        Ok(Response::new(appended))
+        Ok(Response::new(WireEvent::from(&appended)))
     }
 
     async fn publish_events(
         &self,
         request: Request<PublishEventsRequest>,
     ) -> Result<Response<PublishEventsResponse>, Status> {
-        let events = self.publish(request, true, |r| r.events).await?;
+        let stored = self.publish(request, true, |r| r.events).await?;
+        let events = stored.iter().map(WireEvent::from).collect();
         Ok(Response::new(PublishEventsResponse { events }))
     }
 
     async fn get_event(
         &self,
         request: Request<GetEventRequest>,
-    ) -> Result<Response<Event>, Status> {
+    ) -> Result<Response<WireEvent>, Status> {
         let caller = principal(&request)?;
         caller.require(Scope::Read)?;
         let id = request.into_inner().id;
@@ -136,10 +159,10 @@ impl EventService for EventsApi {
         }
         crate::event::id::validate(&id).map_err(|r| Error::invalid("id", r))?;
         // An event of the other mode does not exist as far as this caller can tell.
-        let Some(event) = self.store.get(&id).await?.filter(|e| caller.allows(e.livemode)) else {
+        let Some(event) = find_event(self.store.as_ref(), &caller, &id, None).await? else {
             return Err(Error::NotFound { id }.into());
         };
-        Ok(Response::new(event))
+        Ok(Response::new(WireEvent::from(&event)))
     }
 
     async fn list_events(
@@ -151,7 +174,7 @@ impl EventService for EventsApi {
         let mut page_request = list::PageRequest::new(request.into_inner(), time::now())?;
         page_request.restrict_to(&caller)?;
         let page = self.store.list(page_request.query.clone()).await?;
-        Ok(Response::new(page_request.respond(page)))
+        Ok(Response::new(page_request.respond(page).into_wire()))
     }
 
     type SubscribeEventsStream = SubscribeEventsStream;

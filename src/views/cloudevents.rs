@@ -64,8 +64,12 @@ pub async fn poll(
     // Everything acknowledged before the poll (through any instance) is in its answer.
     state.store.newest().await?;
     let events = state.store.read_from(after, limit.min(MAX_LIMIT) as usize).await?;
-    let next = events.last().map_or(after, |e| e.sequence);
-    let batch: Vec<Value> = events.iter().filter(|e| filter.matches(e)).map(to_json).collect();
+    let next = events.last().map_or(after, |e| e.sequence());
+    let batch = events
+        .iter()
+        .filter(|e| filter.matches(e))
+        .map(|e| e.decode().map(|event| to_json(&event)))
+        .collect::<Result<Vec<Value>, Error>>()?;
     Ok(respond(BATCH_CONTENT_TYPE, &Value::Array(batch), Some(next)))
 }
 

@@ -38,12 +38,13 @@ use axum::Router;
 use prost_types::Timestamp;
 use serde_json::{Map, Value as Json};
 
-use crate::api::list::PageRequest;
+use crate::api::find_event;
+use crate::api::list::{Listing, PageRequest};
 use crate::auth::{KeyRing, Principal, Scope};
 use crate::error::Error;
 use crate::event::json::struct_to_object;
 use crate::event::{id, time};
-use crate::proto::{Event, ListEventsRequest, ListEventsResponse};
+use crate::proto::{Event, ListEventsRequest};
 use crate::store::EventStore;
 
 /// What the view handlers share: cheap-to-clone handles.
@@ -84,8 +85,8 @@ async fn find(state: &ViewsState, caller: &Principal, event_id: String) -> Resul
     if id::validate(&event_id).is_err() {
         return Err(Error::NotFound { id: event_id });
     }
-    let found = state.store.get(&event_id).await?.filter(|e| caller.allows(e.livemode));
-    found.ok_or(Error::NotFound { id: event_id })
+    let found = find_event(state.store.as_ref(), caller, &event_id, None).await?;
+    found.ok_or(Error::NotFound { id: event_id })?.decode()
 }
 
 /// Runs one ListEvents page as the caller: validation and defaults by [`PageRequest`], the
@@ -94,7 +95,7 @@ async fn list(
     state: &ViewsState,
     caller: &Principal,
     request: ListEventsRequest,
-) -> Result<ListEventsResponse, Error> {
+) -> Result<Listing, Error> {
     let mut page_request = PageRequest::new(request, time::now()).map_err(name_type_param)?;
     page_request.restrict_to(caller)?;
     let page = state.store.list(page_request.query.clone()).await?;

@@ -42,7 +42,7 @@ use crate::store::index::{self, DurableState, Fields};
 use crate::store::log::{self, LogReader};
 use crate::store::recent::Recent;
 use crate::store::retention::Retention;
-use crate::store::{list, Appended, EventStore, ListPage, ListQuery};
+use crate::store::{list, Appended, EventStore, ListPage, ListQuery, StoredEvent};
 use writer::{Command, Writer};
 
 /// How many commands may wait for the writer before publishers wait to enqueue.
@@ -234,8 +234,7 @@ impl SledStore {
                 - chrono::Duration::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
             let cutoff = time::from_chrono(cutoff);
             for seq in (first..=sequence).take(scan) {
-                let event = decode(seq, &self.shared.log.expect(seq)?)?;
-                let received = event.received.unwrap_or_default();
+                let received = stored(seq, self.shared.log.expect(seq)?)?.received();
                 if time::cmp(&received, &cutoff).is_ge() {
                     break;
                 }
@@ -245,21 +244,27 @@ impl SledStore {
         Ok(through)
     }
 
-    fn event_at(&self, seq: u64) -> Result<Option<Event>, Error> {
+    fn event_at(&self, seq: u64) -> Result<Option<StoredEvent>, Error> {
         match self.shared.log.read(seq)? {
-            Some(bytes) => decode(seq, &bytes).map(Some),
+            Some(bytes) => stored(seq, bytes).map(Some),
             None => Ok(None),
         }
     }
 
     /// After an index write failed, the acknowledged events the index lacks are found by a
     /// scan of the log's tail (writes are refused meanwhile, so the tail is at most a round).
-    fn unindexed(&self, id: &str, durable: u64) -> Result<Option<Event>, Error> {
+    fn unindexed(
+        &self,
+        livemode: bool,
+        id: &str,
+        durable: u64,
+    ) -> Result<Option<StoredEvent>, Error> {
         let applied = self.shared.applied.load(Ordering::Acquire);
         for seq in applied + 1..=durable {
             let bytes = self.shared.log.expect(seq)?;
-            if Fields::decode(seq, &bytes)?.id == id {
-                return decode(seq, &bytes).map(Some);
+            let fields = Fields::decode(seq, &bytes)?;
+            if fields.id == id && fields.livemode == livemode {
+                return stored(seq, bytes).map(Some);
             }
         }
         Ok(None)
@@ -269,6 +274,12 @@ impl SledStore {
 /// Decodes a stored event record.
 pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<Event, Error> {
     Event::decode(bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))
+}
+
+/// A stored event record as served (its routing fields decoded, `data` left encoded).
+pub(crate) fn stored(seq: u64, bytes: Vec<u8>) -> Result<StoredEvent, Error> {
+    StoredEvent::from_bytes(bytes::Bytes::from(bytes))
+        .map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))
 }
 
 /// The index tree behind a lock, so the writer can swap in a reopened one. Readers take a
@@ -343,19 +354,15 @@ impl EventStore for SledStore {
         Ok(appended)
     }
 
-    async fn get(&self, id: &str) -> Result<Option<Event>, Error> {
+    /// The index keys ids per mode, so this is one lookup in that mode's namespace.
+    async fn get(&self, livemode: bool, id: &str) -> Result<Option<StoredEvent>, Error> {
         let durable = *self.durable.borrow();
         let tree = self.shared.index.get()?;
-        // Ids are unique across modes until the API makes modes separate namespaces; the
-        // live event comes first, as it will for keys that see both modes.
-        for livemode in [true, false] {
-            if let Some(seq) = index::lookup(&tree, livemode, id)? {
-                if seq <= durable {
-                    return self.event_at(seq);
-                }
-            }
+        match index::lookup(&tree, livemode, id)? {
+            Some(seq) if seq <= durable => self.event_at(seq),
+            Some(_) => Ok(None),
+            None => self.unindexed(livemode, id, durable),
         }
-        self.unindexed(id, durable)
     }
 
     async fn list(&self, query: ListQuery) -> Result<ListPage, Error> {
@@ -380,14 +387,14 @@ impl EventStore for SledStore {
             let events = page
                 .sequences
                 .iter()
-                .map(|&seq| decode(seq, &log.expect(seq)?))
+                .map(|&seq| stored(seq, log.expect(seq)?))
                 .collect::<Result<Vec<_>, Error>>()?;
             Ok(page.with_events(events))
         })
         .await
     }
 
-    async fn read_from(&self, after: u64, max: usize) -> Result<Vec<Event>, Error> {
+    async fn read_from(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>, Error> {
         let first = self.first_sequence();
         if after.saturating_add(1) < first {
             return Err(Error::Expired { position: "after_sequence", earliest: first });
@@ -402,7 +409,7 @@ impl EventStore for SledStore {
         let log = self.shared.log.clone();
         let upto = durable.min(after.saturating_add(max as u64));
         blocking("read", move || {
-            (after + 1..=upto).map(|seq| decode(seq, &log.expect(seq)?)).collect()
+            (after + 1..=upto).map(|seq| stored(seq, log.expect(seq)?)).collect()
         })
         .await
     }

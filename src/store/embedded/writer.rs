@@ -29,18 +29,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::Error;
 use crate::event::{id, time, NewEvent};
 use crate::metrics::Metrics;
-use crate::proto::Event;
 use crate::store::durability::{AckWriter, Durability};
-use crate::store::embedded::{decode, Shared, StoreConfig};
+use crate::store::embedded::{stored, Shared, StoreConfig};
 use crate::store::index::{self, Change, Counts, Fields};
 use crate::store::log::LogWriter;
-use crate::store::Appended;
+use crate::store::{Appended, StoredEvent};
 
 /// Most events staged into one round (one log write, one sled batch).
 pub const MAX_ROUND_EVENTS: usize = 4_096;
@@ -107,8 +105,8 @@ type Reply = (oneshot::Sender<Result<Vec<Appended>, Error>>, Result<Vec<Appended
 /// One round's staged work.
 #[derive(Default)]
 struct Round {
-    /// New events in sequence order, with their encoded bytes.
-    fresh: Vec<(Event, Vec<u8>)>,
+    /// New events in sequence order, each encoded once (the bytes the log holds).
+    fresh: Vec<StoredEvent>,
     /// Index of each staged event in `fresh` by (livemode, id), so a repeat within the round
     /// is recognised.
     staged: HashMap<(bool, String), usize>,
@@ -118,7 +116,7 @@ struct Round {
 
 /// How one event of a request resolves.
 enum Resolved {
-    Existing(Event),
+    Existing(StoredEvent),
     New(NewEvent, String),
 }
 
@@ -233,10 +231,14 @@ impl Writer {
                 Resolved::Existing(event) => out.push(Appended { event, new: false }),
                 Resolved::New(new, id) => {
                     self.last_seq += 1;
-                    let event = new.into_event(id, self.last_seq, received);
-                    let bytes = event.encode_to_vec();
-                    round.staged.insert((event.livemode, event.id.clone()), round.fresh.len());
-                    round.fresh.push((event.clone(), bytes));
+                    // Encoded once, here: these bytes are what the log holds and every
+                    // reader sends.
+                    let event =
+                        StoredEvent::from_event(&new.into_event(id, self.last_seq, received));
+                    round
+                        .staged
+                        .insert((event.livemode(), event.id().to_string()), round.fresh.len());
+                    round.fresh.push(event.clone());
                     out.push(Appended { event, new: true });
                 }
             }
@@ -257,7 +259,7 @@ impl Writer {
         let mut existing = None;
         for mode in [event.livemode, !event.livemode] {
             existing = match round.staged.get(&(mode, given.clone())) {
-                Some(&at) => Some(round.fresh[at].0.clone()),
+                Some(&at) => Some(round.fresh[at].clone()),
                 None => self.stored(mode, given)?,
             };
             if existing.is_some() {
@@ -268,17 +270,17 @@ impl Writer {
             let id = given.clone();
             return Ok(Resolved::New(event, id));
         };
-        match event.differs_from(&existing) {
+        match event.differs_from(&existing.decode()?) {
             None => Ok(Resolved::Existing(existing)),
             Some(field) => Err(Error::AlreadyExists { id: given.clone(), field }),
         }
     }
 
-    fn stored(&self, livemode: bool, id: &str) -> Result<Option<Event>, Error> {
+    fn stored(&self, livemode: bool, id: &str) -> Result<Option<StoredEvent>, Error> {
         let Some(seq) = index::lookup(&self.tree, livemode, id)? else {
             return Ok(None);
         };
-        decode(seq, &self.shared.log.expect(seq)?).map(Some)
+        stored(seq, self.shared.log.expect(seq)?).map(Some)
     }
 
     fn fresh_id(&self, livemode: bool, round: &Round) -> Result<String, Error> {
@@ -309,14 +311,13 @@ impl Writer {
             }
             // Metrics once per (type, source) per round, not once per event.
             let mut per_stream: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-            for (event, _) in &fresh {
-                *per_stream.entry((&event.r#type, &event.source)).or_default() += 1;
+            for event in &fresh {
+                *per_stream.entry((event.event_type(), event.source())).or_default() += 1;
             }
             for (&(event_type, source), &n) in &per_stream {
                 self.metrics.published(event_type, source, n);
             }
-            let events = fresh.into_iter().map(|(event, _)| event).collect();
-            self.shared.recent.push(events);
+            self.shared.recent.push(fresh);
             self.durable.send_replace(self.last_seq);
             if let Err(err) = self.acks.record_ack(self.last_seq) {
                 // The events are durable; only loss detection after a crash is weakened.
@@ -330,10 +331,10 @@ impl Writer {
 
     /// Log append + sync, then the index. Errors only if the log write failed (nothing was
     /// acknowledged); an index failure is recorded and the round still stands.
-    fn write(&mut self, fresh: &[(Event, Vec<u8>)]) -> Result<(), Error> {
+    fn write(&mut self, fresh: &[StoredEvent]) -> Result<(), Error> {
         let appended = self
             .log
-            .append(fresh.iter().map(|(e, bytes)| (e.sequence, bytes.as_slice())))
+            .append(fresh.iter().map(|e| (e.sequence(), e.bytes().as_ref())))
             .and_then(|()| match self.config.durability {
                 Durability::PowerLoss => self.log.sync(),
                 Durability::ProcessCrash => Ok(()),
@@ -345,15 +346,10 @@ impl Writer {
             return Err(err);
         }
         let mut change = Change::default();
-        for (event, _) in fresh {
-            let created = event.created.unwrap_or_default();
-            let fields = (
-                event.sequence,
-                event.livemode,
-                event.id.as_str(),
-                event.r#type.as_str(),
-                &created,
-            );
+        for event in fresh {
+            let created = event.created();
+            let fields =
+                (event.sequence(), event.livemode(), event.id(), event.event_type(), &created);
             change.insert(&mut self.counts, fields);
         }
         let (touched, indexed) =
