@@ -274,7 +274,7 @@ pub fn open(data_dir: &Path, acked: u64, segment_bytes: u64) -> Result<(LogWrite
 /// A sealed segment must hold exactly the sequences up to the next segment's first, with an
 /// offset file to match; a missing offset file is rebuilt from the data.
 fn check_sealed(dir: &Path, segment: &Segment, next: u64) -> Result<(), Error> {
-    let expected = next.checked_sub(segment.first).unwrap_or(0);
+    let expected = next.saturating_sub(segment.first);
     // Cheap at open: the offset file has one entry per record and its last entry ends where
     // the data file ends (a cut or grown data file shows here without reading it).
     if segment.offset_entries()? == expected
