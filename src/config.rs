@@ -43,9 +43,16 @@ pub enum Command {
     /// every event of the listing as JSON lines.
     #[command(after_help = CLIENT_HELP)]
     List(ListArgs),
-    /// Verify a stopped server's store offline: records, sequence continuity, indexes,
-    /// counters and the ack record. Exits non-zero if anything is wrong.
+    /// Verify a stopped server's store offline: the log's segments and records, sequence
+    /// continuity, the index against the log, counters and the ack record. Exits non-zero if
+    /// anything is wrong.
     Check(CheckArgs),
+    /// Upgrade a data folder written by an earlier eventsd (events inside sled) to the event
+    /// log + index. Builds the new store beside the old files and touches them only once it
+    /// is durable; safe to rerun after a crash or a full disk.
+    Migrate(CheckArgs),
+    /// Rebuild a stopped server's index from its event log (the repair for a damaged index).
+    Reindex(CheckArgs),
 }
 
 /// Server settings.
@@ -158,9 +165,15 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_MAX_EVENTS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_events: Option<u64>,
 
-    /// Page cache of the embedded store, in bytes.
+    /// Page cache of the embedded store's index, in bytes.
     #[arg(long, env = "EVENTSD_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub cache_bytes: u64,
+
+    /// Size at which a log segment is sealed and a new one begins (tests use small ones to
+    /// exercise many segments).
+    #[arg(long, env = "EVENTSD_SEGMENT_BYTES", hide = true,
+          default_value_t = crate::store::log::DEFAULT_SEGMENT_BYTES)]
+    pub segment_bytes: u64,
 
     /// A webhook signing secret as SOURCE=SECRET (omise, komoju, stripe, or a Standard
     /// Webhooks source name). Repeat it to give one source two secrets during a rotation.
@@ -210,12 +223,16 @@ impl ServeConfig {
     }
 }
 
-/// `eventsd check` settings.
+/// `eventsd check`, `migrate` and `reindex` settings.
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
     /// Folder holding the event store.
     #[arg(long, env = "EVENTSD_DATA_DIR", default_value = "eventsd-data")]
     pub data_dir: PathBuf,
+    /// Size at which a log segment is sealed (as the server's hidden flag).
+    #[arg(long, env = "EVENTSD_SEGMENT_BYTES", hide = true,
+          default_value_t = crate::store::log::DEFAULT_SEGMENT_BYTES)]
+    pub segment_bytes: u64,
 }
 
 /// `eventsd tail` settings.

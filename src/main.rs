@@ -21,6 +21,8 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(config) => serve(config).await,
         Command::Check(args) => check(&args.data_dir),
+        Command::Migrate(args) => migrate(&args),
+        Command::Reindex(args) => reindex(&args),
         Command::Tail(args) => eventsd::client::tail(args).await.map_err(|e| e.to_string()),
         Command::Publish(args) => eventsd::client::publish(args).await.map_err(|e| e.to_string()),
         Command::Get(args) => eventsd::client::get(args).await.map_err(|e| e.to_string()),
@@ -54,6 +56,9 @@ fn check(dir: &std::path::Path) -> Result<(), String> {
         dir.display(),
         report.events
     );
+    for note in &report.notes {
+        println!("note: {note}");
+    }
     for problem in &report.problems {
         println!("problem: {problem}");
     }
@@ -63,4 +68,30 @@ fn check(dir: &std::path::Path) -> Result<(), String> {
     } else {
         Err(format!("{} problem(s) found", report.problem_count))
     }
+}
+
+/// The index cache of a maintenance run.
+const TOOL_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+fn migrate(args: &eventsd::config::CheckArgs) -> Result<(), String> {
+    let dir = &args.data_dir;
+    let report = eventsd::store::embedded::migrate(dir, TOOL_CACHE_BYTES, args.segment_bytes)
+        .map_err(|e| e.to_string())?;
+    let (first, last) = report.range;
+    let done = if report.already { "already migrated" } else { "migrated" };
+    println!("{}: {done}: {} events, sequences {first}..={last}", dir.display(), report.events);
+    Ok(())
+}
+
+fn reindex(args: &eventsd::config::CheckArgs) -> Result<(), String> {
+    let dir = &args.data_dir;
+    let report = eventsd::store::embedded::reindex(dir, TOOL_CACHE_BYTES, args.segment_bytes)
+        .map_err(|e| e.to_string())?;
+    let (first, last) = report.range;
+    println!(
+        "{}: index rebuilt: {} events, sequences {first}..={last}",
+        dir.display(),
+        report.events
+    );
+    Ok(())
 }

@@ -204,6 +204,7 @@ async fn open_store(
                 cache_bytes: config.cache_bytes,
                 durability: config.durability,
                 metrics: metrics.clone(),
+                segment_bytes: config.segment_bytes,
             })?;
             let retained = retention.is_enabled().then(|| store.clone());
             Ok((Arc::new(store), retained))
@@ -232,7 +233,7 @@ async fn open_store(
 
 fn store_description(config: &ServeConfig) -> String {
     match &config.store {
-        StoreKind::Embedded => format!("sled in {}", config.data_dir.display()),
+        StoreKind::Embedded => format!("log + sled index in {}", config.data_dir.display()),
         StoreKind::JetStream(urls) => format!(
             "JetStream stream {} at {}",
             config.nats_stream,

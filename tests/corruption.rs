@@ -1,11 +1,9 @@
 //! Corruption: a damaged store is either served with every acknowledged event, or refused at
 //! start with a clear error and a non-zero exit; it is never served with silent loss.
 //!
-//! The real binary builds a store of 500 events over two lives, each ended with SIGTERM (the
-//! restart leaves sled's snapshot file `snap.*` behind). 20 events in a row carry 250 KiB of
-//! data each: a sled leaf holds up to 16 items before it splits, and a half of nine such
-//! events is over sled's inline limit (a quarter of the 8 MiB segment), so sled writes it to a
-//! blob file (200 KiB events stay inline).
+//! The real binary builds a store of 500 events over two lives, each ended with SIGTERM, with
+//! 64 KiB log segments (so the log has several sealed segments and an active one) and three
+//! events of 300 KiB in a row (records larger than a segment, each alone in one).
 //!
 //! Each damage case works on two fresh copies of that folder, damaged identically:
 //! `eventsd check` runs on one, the server starts on the other (three cases at a time). A
@@ -13,13 +11,21 @@
 //! byte for byte in a subscription stream from the beginning, with nothing extra, ListEvents'
 //! total exact and GetEvent agreeing on every 5th event — or exited non-zero with an
 //! `eventsd: …` line on stderr. Anything else fails the test: SILENT-LOSS (served with an
-//! event missing, altered or extra), SERVED-BROKEN (served, but reads fail), UNCLEAR (exited
-//! without an `eventsd:` line, or with status 0) and HUNG.
+//! event missing, altered or extra), SERVED-BROKEN (served, but reads fail, and `eventsd check`
+//! does not name the damage), UNCLEAR (exited without an `eventsd:` line, or with status 0)
+//! and HUNG.
 //!
-//! Damage: random byte flips and zeroed 4 KiB blocks in sled's `db`, truncations of it, its
-//! deletion; a zeroed, emptied or deleted `conf`; flipped, truncated or deleted blob and
-//! snapshot files; a damaged or deleted `eventsd.ack`. Deleting `eventsd.ack` leaves the
-//! server nothing to prove completeness with, so that row is reported, not judged.
+//! A start reads only the last segment and the ends of the others (a start costs one segment,
+//! not the history), so damage inside a sealed segment's records is found by the checksum of
+//! the read that meets it: such a store is served, the damaged events' reads fail (INTERNAL,
+//! the server log naming the segment and sequence), and `eventsd check` names it. That is
+//! SERVED-LOUDLY, accepted only when check reports the damage.
+//!
+//! Damage: random byte flips in the records of the last and of sealed segments, truncations
+//! of both, a deleted segment (first, middle, last), deleted offset files (rebuilt), a deleted
+//! or damaged index (sled's files; the index is derived, rebuilt or refused naming
+//! `eventsd reindex`), and a damaged or deleted `eventsd.ack`. Deleting `eventsd.ack` leaves
+//! the server nothing to prove completeness with, so that row is reported, not judged.
 //! A table of outcomes, with `eventsd check`'s verdict beside each, is printed;
 //! `EVENTSD_CORRUPTION_SEED` repeats a run's random choices.
 
@@ -46,19 +52,19 @@ use child::{
 /// Events in the store.
 const EVENTS: usize = 500;
 /// Of which this many, published in a row, carry [`LARGE_PAD`] bytes of data.
-const LARGE: usize = 20;
-const LARGE_PAD: usize = 1000 * 1024;
+const LARGE: usize = 3;
+const LARGE_PAD: usize = 300 * 1024;
+/// Log segment size of the test's servers.
+const SEGMENT_BYTES: u64 = 64 * 1024;
 
-/// At the default 256 KiB data limit every record stays in sled's log (see `embedded.rs`), so
-/// the servers of this test binary run with a 1 MiB limit: large events then make sled write
-/// blob files, which is what the blob rows damage. Children inherit the variable.
-fn allow_blob_sized_events() {
+/// Small segments, and a data limit above the default 256 KiB so that a record can be larger
+/// than a segment. Children inherit the variables.
+fn small_segments_and_large_events() {
     std::env::set_var("EVENTSD_MAX_DATA_BYTES", (1024 * 1024).to_string());
+    std::env::set_var("EVENTSD_SEGMENT_BYTES", SEGMENT_BYTES.to_string());
 }
-/// Random byte flips in `db`, each on its own copy.
-const FLIPS: usize = 20;
-/// Zeroed 4 KiB blocks in `db`, each on its own copy.
-const ZEROED_BLOCKS: usize = 6;
+/// Random byte flips in the last segment and in sealed ones, each on its own copy.
+const FLIPS: usize = 8;
 /// Damage cases run at once (each runs `eventsd check`, then a server).
 const PARALLEL: usize = 3;
 /// GetEvent checks every this many events of a served store.
@@ -87,8 +93,15 @@ struct Case {
 /// What the server did with a damaged store.
 #[derive(Debug)]
 enum Outcome {
-    ServedComplete { writes: String },
-    Refused { code: i32, message: String },
+    ServedComplete {
+        writes: String,
+    },
+    Refused {
+        code: i32,
+        message: String,
+    },
+    /// Served; reads of damaged records fail loudly (see the module header).
+    ServedLoudly(String),
     SilentLoss(String),
     ServedBroken(String),
     Unclear(String),
@@ -97,13 +110,17 @@ enum Outcome {
 
 impl Outcome {
     fn acceptable(&self) -> bool {
-        matches!(self, Outcome::ServedComplete { .. } | Outcome::Refused { .. })
+        matches!(
+            self,
+            Outcome::ServedComplete { .. } | Outcome::Refused { .. } | Outcome::ServedLoudly(_)
+        )
     }
 
     fn label(&self) -> String {
         match self {
             Outcome::ServedComplete { writes } => format!("served-complete ({writes})"),
             Outcome::Refused { code, message } => format!("refused (exit {code}): {message}"),
+            Outcome::ServedLoudly(detail) => format!("served-loudly: {detail}"),
             Outcome::SilentLoss(detail) => format!("SILENT-LOSS: {detail}"),
             Outcome::ServedBroken(detail) => format!("SERVED-BROKEN: {detail}"),
             Outcome::Unclear(detail) => format!("UNCLEAR: {detail}"),
@@ -114,7 +131,7 @@ impl Outcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_store_is_served_complete_or_refused_never_served_with_silent_loss() {
-    allow_blob_sized_events();
+    small_segments_and_large_events();
     // Arrange: a store of acknowledged events, stopped cleanly.
     let seed = child::seed("EVENTSD_CORRUPTION_SEED");
     let mut rng = Prng::new(seed);
@@ -146,6 +163,11 @@ async fn a_damaged_store_is_served_complete_or_refused_never_served_with_silent_
     let mut rows = Vec::new();
     for (case, task) in cases.iter().zip(running) {
         let (outcome, check) = task.await.expect("damage case task");
+        // A read failure of a served store is loud only if check names the damage.
+        let outcome = match outcome {
+            Outcome::ServedBroken(detail) if !check.ok() => Outcome::ServedLoudly(detail),
+            other => other,
+        };
         rows.push((case, outcome, check));
     }
 
@@ -162,11 +184,12 @@ async fn a_damaged_store_is_served_complete_or_refused_never_served_with_silent_
         }
     }
     let refused = rows.iter().filter(|r| matches!(r.1, Outcome::Refused { .. })).count();
+    let loudly = rows.iter().filter(|r| matches!(r.1, Outcome::ServedLoudly(_))).count();
     let complete = rows.iter().filter(|r| matches!(r.1, Outcome::ServedComplete { .. })).count();
     let flagged = rows.iter().filter(|r| !r.2.ok()).count();
     println!(
-        "\n{} cases: {complete} served complete, {refused} refused, {} unacceptable; \
-         eventsd check reported damage in {flagged}",
+        "\n{} cases: {complete} served complete, {refused} refused, {loudly} served loudly, {} \
+         unacceptable; eventsd check reported damage in {flagged}",
         rows.len(),
         failures.len()
     );
@@ -174,8 +197,7 @@ async fn a_damaged_store_is_served_complete_or_refused_never_served_with_silent_
 }
 
 /// Builds a store of `events` events, those in `large` with [`LARGE_PAD`] bytes of data, over
-/// two lives of the server (a restart leaves sled's snapshot file behind), each ended with
-/// SIGTERM, and returns every event as acknowledged.
+/// two lives of the server, each ended with SIGTERM, and returns every event as acknowledged.
 async fn build_store(
     data: &Path,
     log: &Path,
@@ -213,28 +235,29 @@ async fn build_store(
     acked
 }
 
-/// The blob-file case on its own, small and quick: the events of a leaf that sled stored in a
-/// blob file must not be served as INTERNAL errors once that file is gone.
+/// The deleted index on its own, small and quick: it is rebuilt from the log at start, and
+/// the rebuilt store serves every event and takes writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_missing_a_blob_file_is_refused_at_start_not_served_with_read_errors() {
-    allow_blob_sized_events();
-    // Arrange: 20 events of 250 KiB (a leaf of them goes to a blob file), a restart, 20 more.
+async fn a_deleted_index_is_rebuilt_from_the_log_at_start() {
+    small_segments_and_large_events();
+    // Arrange
     let mut rng = Prng::new(child::seed("EVENTSD_CORRUPTION_SEED"));
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
-    let acked = build_store(&data, &dir.path().join("build.log"), &mut rng, 40, 0..LARGE).await;
-    let blobs: Vec<String> =
-        store_files(&data).into_iter().filter(|f| f.starts_with("blobs/")).collect();
-    assert!(!blobs.is_empty(), "the premise failed: sled wrote no blob file");
+    let acked = build_store(&data, &dir.path().join("build.log"), &mut rng, 60, 0..0).await;
 
     // Act
-    for blob in &blobs {
-        apply(&data, &delete(blob));
-    }
+    std::fs::remove_dir_all(data.join("index")).expect("delete the index");
     let outcome = serve(&data, &dir.path().join("server.log"), &acked).await;
 
     // Assert
-    assert!(outcome.acceptable(), "with {blobs:?} deleted: {}", outcome.label());
+    assert!(
+        matches!(&outcome, Outcome::ServedComplete { writes } if writes == "writes ok"),
+        "{}",
+        outcome.label()
+    );
+    let check = run_check(&data).await;
+    assert!(check.ok(), "eventsd check after the rebuild: {}", check.output);
 }
 
 /// Event `i`: half with caller ids, a few large.
@@ -289,51 +312,44 @@ fn len(path: &Path) -> u64 {
 
 /// The damage cases for this store.
 fn cases(store: &Path, files: &[String], rng: &mut Prng) -> Vec<Case> {
-    let db = len(&store.join("db"));
+    let segments: Vec<&String> = files.iter().filter(|f| f.ends_with(".seg")).collect();
+    assert!(segments.len() >= 3, "the premise failed: the log has {} segments", segments.len());
+    let last = segments[segments.len() - 1];
+    let sealed = &segments[..segments.len() - 1];
     let mut cases = Vec::new();
     let mut add =
         |name: String, damage: Vec<Damage>| cases.push(Case { name, damage, judged: true });
-    for _ in 0..FLIPS {
-        let offset = rng.range(0, db - 1);
-        let mask = rng.range(1, 255) as u8;
-        add(format!("db: byte {offset} ^ {mask:#04x}"), vec![flip("db", offset, mask)]);
-    }
-    for block in 0..ZEROED_BLOCKS {
-        // Aligned, like a lost disk block; the last one at the end of the file.
-        let blocks = db / 4096;
-        let index = if block + 1 == ZEROED_BLOCKS { blocks - 1 } else { rng.range(0, blocks - 1) };
-        add(
-            format!("db: 4 KiB block at {} zeroed", index * 4096),
-            vec![Damage::Zero { file: "db".into(), offset: index * 4096, len: 4096 }],
-        );
-    }
-    for (what, to) in
-        [("half", db / 2), ("minus 1 byte", db - 1), ("minus 4 KiB", db - 4096), ("0", 0)]
-    {
-        add(format!("db: truncated to {what} ({to} B)"), vec![truncate("db", to)]);
-    }
-    add("db: deleted".into(), vec![delete("db")]);
-    let conf = len(&store.join("conf"));
-    add("conf: zeroed".into(), vec![Damage::Zero { file: "conf".into(), offset: 0, len: conf }]);
-    add("conf: truncated to 0".into(), vec![truncate("conf", 0)]);
-    add("conf: deleted".into(), vec![delete("conf")]);
-    let blobs: Vec<&String> = files.iter().filter(|f| f.starts_with("blobs/")).collect();
-    let snaps: Vec<&String> = files.iter().filter(|f| f.starts_with("snap.")).collect();
-    for (kind, group) in [("blob", &blobs), ("snapshot", &snaps)] {
-        let Some(file) = group.first() else {
-            println!("no {kind} files: {kind} cases skipped");
-            continue;
-        };
+    for i in 0..FLIPS {
+        // Half in the last segment (read whole at start), half in sealed ones.
+        let file =
+            if i % 2 == 0 { last } else { sealed[rng.range(0, sealed.len() as u64 - 1) as usize] };
         let size = len(&store.join(file));
-        let offset = rng.range(0, size.max(1) - 1);
-        add(format!("{kind} {file}: byte {offset} flipped"), vec![flip(file, offset, 0x01)]);
-        add(format!("{kind} {file}: truncated to half"), vec![truncate(file, size / 2)]);
-        add(format!("{kind} {file}: deleted"), vec![delete(file)]);
+        let offset = rng.range(0, size - 1);
+        let mask = rng.range(1, 255) as u8;
+        add(format!("{file}: byte {offset} ^ {mask:#04x}"), vec![flip(file, offset, mask)]);
     }
-    if blobs.len() > 1 {
-        let all = blobs.iter().map(|f| delete(f)).collect();
-        add(format!("all {} blob files deleted", blobs.len()), all);
+    for file in [last, sealed[sealed.len() / 2]] {
+        let size = len(&store.join(file));
+        for (what, to) in [("half", size / 2), ("minus 1 byte", size - 1), ("0", 0)] {
+            add(format!("{file}: truncated to {what} ({to} B)"), vec![truncate(file, to)]);
+        }
     }
+    for file in [sealed[0], sealed[sealed.len() / 2], last] {
+        add(format!("{file}: deleted"), vec![delete(file)]);
+    }
+    for file in [sealed[0], last] {
+        let idx = file.replace(".seg", ".idx");
+        add(format!("{idx}: deleted (rebuilt)"), vec![delete(&idx)]);
+    }
+    let index: Vec<Damage> =
+        files.iter().filter(|f| f.starts_with("index/")).map(|f| delete(f)).collect();
+    add("index: every file deleted (rebuilt)".into(), index);
+    let db = len(&store.join("index/db"));
+    for _ in 0..3 {
+        let offset = rng.range(0, db - 1);
+        add(format!("index/db: byte {offset} ^ 0xff"), vec![flip("index/db", offset, 0xff)]);
+    }
+    add("index/db: truncated to half".into(), vec![truncate("index/db", db / 2)]);
     add(format!("{ACK}: byte 12 flipped"), vec![flip(ACK, 12, 0x01)]);
     add(format!("{ACK}: truncated to 12 B"), vec![truncate(ACK, 12)]);
     add(format!("{ACK}: zeroed"), vec![Damage::Zero { file: ACK.into(), offset: 0, len: 24 }]);

@@ -802,3 +802,175 @@ fn string(s: &str) -> Value {
 fn float(n: f64) -> Value {
     Value { kind: Some(Kind::NumberValue(n)) }
 }
+
+/// The store written by the sled-only release, committed in `tests/fixtures/store-v1/`.
+fn fixture_copy(to: &std::path::Path) -> PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1");
+    let data = to.join("data");
+    child::copy_dir(&root.join("data"), &data);
+    data
+}
+
+/// `eventsd migrate --data-dir DIR`, aborted (as by kill -9) at `abort_at` if given, one of
+/// the migration's steps. Returns the exit code, or `None` if it was aborted.
+async fn migrate(data: &std::path::Path, abort_at: Option<&str>) -> Option<i32> {
+    let mut command = std::process::Command::new(child::BINARY);
+    command.arg("migrate").arg("--data-dir").arg(data).env("RUST_LOG", "warn");
+    if let Some(step) = abort_at {
+        command.env("EVENTSD_MIGRATE_ABORT_AT", step);
+    }
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn eventsd migrate");
+    let deadline = Instant::now() + child::READY_LIMIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll migrate") {
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "eventsd migrate did not finish");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Serves `data`, and checks that `eventsd list --all` prints exactly what the sled-only
+/// release printed for the fixture, and that a publish continues the sequence.
+async fn assert_serves_the_fixture(data: &std::path::Path, log: &std::path::Path) {
+    let expected = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/store-v1/events.jsonl"),
+    )
+    .expect("read the fixture's listing");
+    let (mut server, _) = Server::start(data, log).await.expect("the migrated store serves");
+    let listed = std::process::Command::new(child::BINARY)
+        .args(["list", "--all", "--addr", &format!("http://{}", server.grpc)])
+        .output()
+        .expect("run eventsd list");
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), expected, "the migrated listing differs");
+    let mut client = server.client().await;
+    let event = client
+        .publish_event(PublishEventRequest {
+            r#type: "after.migrate".into(),
+            data: Some(Struct {
+                fields: [("n".to_string(), Value { kind: Some(Kind::NumberValue(1.0)) })].into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("publish after migrate")
+        .into_inner();
+    assert_eq!(event.sequence, 38, "the sequence continues after the fixture's 37 events");
+    server.kill9();
+}
+
+#[tokio::test]
+async fn a_store_of_the_sled_only_release_is_refused_then_migrated_with_every_event_unchanged() {
+    // Arrange
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = fixture_copy(dir.path());
+
+    // Act: a start is refused, naming the command.
+    let mut refused = Server::spawn(&data, &dir.path().join("refused.log"));
+    let startup = refused.wait_ready(child::READY_LIMIT).await;
+    assert!(
+        matches!(startup, child::Startup::Exited(s) if !s.success()),
+        "the old store was served"
+    );
+    let expected = format!("eventsd migrate --data-dir {}", data.display());
+    assert!(refused.stderr().contains(&expected), "{}", refused.stderr());
+    assert_eq!(migrate(&data, None).await, Some(0));
+
+    // Assert: served as before; the old files are gone; a rerun has nothing to do.
+    assert!(!data.join("db").exists() && !data.join("migrating").exists());
+    assert_serves_the_fixture(&data, &dir.path().join("server.log")).await;
+    assert_eq!(migrate(&data, None).await, Some(0), "a rerun of a finished migration");
+    let check = run_check(&data).await;
+    assert!(check.ok(), "{}", check.output);
+}
+
+#[tokio::test]
+async fn migrate_cut_short_at_every_step_and_rerun_loses_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for step in eventsd::store::embedded::MIGRATE_STEPS {
+        // Arrange: a fresh copy of the fixture.
+        let data = fixture_copy(&dir.path().join(step));
+        // Act: the migration dies at this step (abort, as kill -9), a start is refused, and a
+        // rerun finishes it.
+        assert_eq!(migrate(&data, Some(step)).await, None, "migrate was not cut at {step}");
+        if step != "finished" {
+            let mut server = Server::spawn(&data, &dir.path().join(format!("{step}-refused.log")));
+            let startup = server.wait_ready(child::READY_LIMIT).await;
+            assert!(
+                matches!(startup, child::Startup::Exited(s) if !s.success()),
+                "a store cut at {step} was served"
+            );
+            assert!(server.stderr().contains("eventsd migrate --data-dir"), "{}", server.stderr());
+        }
+        assert_eq!(migrate(&data, None).await, Some(0), "the rerun after {step}");
+        // Assert
+        assert_serves_the_fixture(&data, &dir.path().join(format!("{step}.log"))).await;
+    }
+}
+
+#[tokio::test]
+async fn a_kill_during_the_index_replay_at_start_loses_nothing() {
+    let mut rng = Prng::new(child::seed("EVENTSD_CRASH_SEED"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    // Arrange: 2,000 acknowledged events, then the index deleted so every start replays the log.
+    let (mut server, _) = Server::start(&data, &log).await.expect("start");
+    let mut client = server.client().await;
+    let mut acked = Vec::new();
+    for n in 0..20 {
+        let events = (0..100)
+            .map(|i| PublishEventRequest {
+                id: format!("replay_{n}_{i}"),
+                r#type: "replay.test".into(),
+                data: Some(Struct {
+                    fields: [("i".to_string(), Value { kind: Some(Kind::NumberValue(i as f64)) })]
+                        .into(),
+                }),
+                ..Default::default()
+            })
+            .collect();
+        acked.extend(
+            client
+                .publish_events(PublishEventsRequest { events })
+                .await
+                .expect("publish")
+                .into_inner()
+                .events,
+        );
+    }
+    server.kill9();
+    std::fs::remove_dir_all(data.join("index")).expect("delete the index");
+
+    // Act: starts killed at random points of the replay.
+    let mut before_ready = 0;
+    for k in 0..6 {
+        let mut server = Server::spawn(&data, &dir.path().join(format!("replay-{k}.log")));
+        tokio::time::sleep(Duration::from_millis(rng.range(0, 150))).await;
+        if server.exited().is_none() && !server.stderr().contains("eventsd serving") {
+            before_ready += 1;
+        }
+        server.kill9();
+    }
+
+    // Assert
+    let (server, _) = Server::start(&data, &log).await.expect("the store serves");
+    let mut client = server.client().await;
+    let (events, caught_up) = dump(&mut client).await.expect("read everything");
+    assert_eq!(caught_up, acked.len() as u64);
+    assert_eq!(
+        events.iter().map(fingerprint).collect::<Vec<_>>(),
+        acked.iter().map(fingerprint).collect::<Vec<_>>()
+    );
+    for event in acked.iter().step_by(97) {
+        let got = get(&mut client, &event.id).await.expect("get").expect("found");
+        assert_eq!(fingerprint(&got), fingerprint(event));
+    }
+    println!("replay: {before_ready} of 6 kills came before the server was ready");
+}

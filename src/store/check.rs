@@ -1,19 +1,23 @@
-//! `eventsd check`: offline verification of an embedded store.
+//! `eventsd check`: offline verification of an embedded store, log against index.
 //!
-//! Verifies that every event record decodes and sits under its own sequence, that sequences
-//! run from the first to the last with no gap, that the id, by-time and by-type indexes and
-//! the per-stream counters agree with the events in both directions, and that the ack record
-//! is not ahead of the store. It opens the store itself, so it refuses to run while a server
+//! The log: every segment is read whole; every record must be whole, checksummed, of the next
+//! sequence, and decode as an event carrying its own sequence; segments must follow each other
+//! with no gap and start at or before the first kept sequence; each offset file must match its
+//! segment (the last segment's may lag: it is rebuilt at open); a tail of bytes after the last
+//! whole record is reported (the next start cuts it if nothing acknowledged lies there).
+//! The index: its applied sequence is within the log; every applied event has its id key, its
+//! by-time and by-type entries, and is counted; nothing else is indexed. The ack record must
+//! not be ahead of the log. It opens the index itself, so it refuses to run while a server
 //! holds it (sled's lock).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::Error;
-use crate::proto::Event;
 use crate::store::durability::{read_ack, AckRecord};
-use crate::store::embedded::{decode, sled_config};
-use crate::store::keys;
+use crate::store::embedded::decode;
+use crate::store::index::{self, keys, Counts};
+use crate::store::log::{self, record, segment};
 
 /// Most problems listed in a report (the count is always exact).
 const MAX_LISTED: usize = 50;
@@ -21,9 +25,9 @@ const MAX_LISTED: usize = 50;
 /// What `check` found.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// Event records.
+    /// Event records kept (from the first kept sequence on).
     pub events: u64,
-    /// Lowest and highest sequence, if any.
+    /// First kept and last sequence, if any event is kept.
     pub range: Option<(u64, u64)>,
     /// The ack record's sequence, if present and intact.
     pub acked: Option<u64>,
@@ -31,6 +35,8 @@ pub struct Report {
     pub problem_count: usize,
     /// The first problems, as sentences.
     pub problems: Vec<String>,
+    /// Findings that are not problems (a torn tail the next start cuts, say).
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -47,126 +53,215 @@ impl Report {
     }
 }
 
+/// The routing fields of one kept event, as the log has them.
+struct Kept {
+    livemode: bool,
+    id: String,
+    event_type: String,
+    created: prost_types::Timestamp,
+}
+
 /// Verifies the store in `dir`.
 pub fn check(dir: &Path) -> Result<Report, Error> {
-    if !dir.join("db").exists() {
-        return Err(Error::Startup(format!("{} holds no eventsd store", dir.display())));
+    let log_dir = dir.join(log::DIR);
+    if !log_dir.exists() {
+        return Err(Error::Startup(format!(
+            "{} holds no eventsd log{}",
+            dir.display(),
+            if dir.join("db").exists() {
+                " (it is a store of an earlier release: run `eventsd migrate`)"
+            } else {
+                ""
+            }
+        )));
     }
-    let db = sled_config(dir, 64 * 1024 * 1024).open()?;
-    let tree = db.open_tree("events")?;
     let mut report = Report::default();
-    let mut by_id: BTreeMap<String, u64> = BTreeMap::new();
-    let mut tallies: BTreeMap<(bool, String), u64> = BTreeMap::new();
-    let mut events: BTreeMap<u64, (bool, String, prost_types::Timestamp)> = BTreeMap::new();
-    let first_kept = match tree.get(keys::FIRST_KEY)? {
-        Some(v) => keys::u64_value(&v).unwrap_or(1),
-        None => 1,
+    let acked = match read_ack(dir)? {
+        AckRecord::Acked(acked) => Some(acked),
+        AckRecord::Damaged => {
+            report.problem("the ack record eventsd.ack is damaged".to_string());
+            None
+        }
+        AckRecord::Absent => None,
     };
-    let mut expected_next: Option<u64> = Some(first_kept);
+    report.acked = acked;
+    let first = log::read_first(&log_dir)?;
+    let kept = check_log(&log_dir, first, &mut report)?;
+    let last = first + kept.len() as u64 - 1;
+    report.events = kept.len() as u64;
+    report.range = (!kept.is_empty()).then_some((first, last));
+    if let Some(acked) = acked {
+        if acked > last {
+            report.problem(format!(
+                "sequence {acked} was acknowledged but the log ends at {last}: events were lost"
+            ));
+        }
+    }
+    check_index(dir, first, &kept, &mut report)?;
+    Ok(report)
+}
 
-    for entry in tree.scan_prefix([keys::EVENT]) {
-        let (key, value) = entry?;
-        let Some(seq) = keys::seq_of(&key).filter(|_| key.len() == 9) else {
-            report.problem(format!("malformed event key {key:?}"));
-            continue;
-        };
-        let event: Event = match decode(seq, &value) {
-            Ok(event) => event,
-            Err(e) => {
-                report.problem(format!("event {seq} does not decode: {e}"));
+/// Reads every segment; returns the kept events' fields in sequence order.
+fn check_log(log_dir: &Path, first: u64, report: &mut Report) -> Result<Vec<Kept>, Error> {
+    let mut starts: Vec<u64> = std::fs::read_dir(log_dir)?
+        .filter_map(|e| e.ok()?.file_name().to_str().and_then(segment::parse_name))
+        .collect();
+    starts.sort_unstable();
+    let mut kept = Vec::new();
+    let Some(&start) = starts.first() else {
+        report.problem(format!("the log in {} holds no segment", log_dir.display()));
+        return Ok(kept);
+    };
+    if start > first {
+        report.problem(format!(
+            "sequences {first} to {} are missing: no segment holds them",
+            start - 1
+        ));
+    }
+    let mut next = start;
+    for (i, &start) in starts.iter().enumerate() {
+        let segment = segment::Segment::open(log_dir, start, false)?;
+        let name = segment.path.display().to_string();
+        if start != next {
+            report.problem(format!(
+                "{name}: starts at sequence {start}, but the log before it ends at {}",
+                next - 1
+            ));
+        }
+        let scan = segment.scan()?;
+        if scan.valid_end < scan.file_len {
+            let at = start + scan.entries.len() as u64;
+            let text = format!(
+                "{name}: {} bytes after the last whole record ({}) at byte {}: the record of sequence {at} is {}",
+                scan.file_len - scan.valid_end,
+                at - 1,
+                scan.valid_end,
+                if scan.damaged { "damaged" } else { "cut short" }
+            );
+            let last_segment = i + 1 == starts.len();
+            match report.acked {
+                Some(acked) if last_segment && at > acked && !scan.damaged => report.notes.push(
+                    format!("{text}; nothing acknowledged lies there, the next start cuts it"),
+                ),
+                _ => report.problem(text),
+            }
+        }
+        let offsets = segment.stored_offsets()?;
+        if offsets.is_empty() && !scan.entries.is_empty() {
+            report.notes.push(format!("{name}: no offset file; the next start rebuilds it"));
+        } else if i + 1 != starts.len() && offsets != scan.entries {
+            report.problem(format!(
+                "{name}: its offset file does not match its {} records (delete the .idx file: \
+                 the next start rebuilds it)",
+                scan.entries.len()
+            ));
+        }
+        let data = std::fs::read(&segment.path)?;
+        for (k, &(offset, len)) in scan.entries.iter().enumerate() {
+            let seq = start + k as u64;
+            let frame = &data[offset as usize..(offset + len) as usize];
+            let record::Frame::Whole { payload, .. } = record::parse(frame) else { continue };
+            if seq < first {
                 continue;
             }
-        };
-        if event.sequence != seq {
-            report.problem(format!("event under sequence {seq} says sequence {}", event.sequence));
-        }
-        if let Some(next) = expected_next {
-            if seq != next {
-                report.problem(format!(
-                    "sequence gap: {next} to {} are missing",
-                    seq.saturating_sub(1)
-                ));
+            match decode(seq, payload) {
+                Ok(event) if event.sequence == seq => kept.push(Kept {
+                    livemode: event.livemode,
+                    id: event.id,
+                    event_type: event.r#type,
+                    created: event.created.unwrap_or_default(),
+                }),
+                Ok(event) => report.problem(format!(
+                    "{name}: record {seq} holds event sequence {}",
+                    event.sequence
+                )),
+                Err(e) => report.problem(format!("{name}: record {seq} does not decode: {e}")),
             }
         }
-        expected_next = Some(seq + 1);
-        report.events += 1;
-        report.range = Some((report.range.map_or(seq, |r| r.0), seq));
-        if by_id.insert(event.id.clone(), seq).is_some() {
-            report.problem(format!("id {:?} is stored twice", event.id));
-        }
-        *tallies.entry((event.livemode, event.r#type.clone())).or_default() += 1;
-        let created = event.created.unwrap_or_default();
-        events.insert(seq, (event.livemode, event.r#type, created));
+        next = start + scan.entries.len() as u64;
     }
+    Ok(kept)
+}
 
-    for entry in tree.scan_prefix([keys::ID]) {
-        let (key, value) = entry?;
-        let id = String::from_utf8_lossy(&key[1..]).into_owned();
-        let seq = keys::u64_value(&value);
-        match (seq, by_id.get(&id)) {
-            (Some(seq), Some(stored)) if seq == *stored => {}
-            (seq, stored) => report.problem(format!(
-                "id index of {id:?} points to {seq:?} but the event is at {stored:?}"
-            )),
-        }
+/// Compares the index with the kept events.
+fn check_index(dir: &Path, first: u64, kept: &[Kept], report: &mut Report) -> Result<(), Error> {
+    if !dir.join(index::DIR).exists() {
+        report.notes.push("there is no index; the next start builds it from the log".into());
+        return Ok(());
     }
-    for id in by_id.keys() {
-        if !tree.contains_key(keys::id(id))? {
-            report.problem(format!("event {id:?} has no id index entry"));
-        }
+    let tree = index::open_tree(dir, 64 * 1024 * 1024)?;
+    let loaded = index::load(&tree)?;
+    let last = first + kept.len() as u64 - 1;
+    if loaded.applied > last {
+        report.problem(format!(
+            "the index has applied sequence {} but the log ends at {last}: rebuild it with `eventsd reindex`",
+            loaded.applied
+        ));
+        return Ok(());
     }
-
-    for (seq, (livemode, event_type, created)) in &events {
-        for prefix in [keys::created_prefix(*livemode), keys::type_prefix(event_type, *livemode)] {
-            if !tree.contains_key(keys::entry(&prefix, created, *seq))? {
+    if loaded.applied < last {
+        report.notes.push(format!(
+            "the index lags the log ({} of {last}); the next start replays the rest",
+            loaded.applied
+        ));
+    }
+    let applied: Vec<(u64, &Kept)> = kept
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (first + i as u64, k))
+        .filter(|(seq, _)| *seq <= loaded.applied && *seq >= loaded.first)
+        .collect();
+    let mut tallies = Counts::new();
+    for &(seq, k) in &applied {
+        if index::lookup(&tree, k.livemode, &k.id)? != Some(seq) {
+            report
+                .problem(format!("event {seq} ({:?}) has no id index entry pointing to it", k.id));
+        }
+        for prefix in
+            [keys::created_prefix(k.livemode), keys::type_prefix(&k.event_type, k.livemode)]
+        {
+            if !tree.contains_key(keys::entry(&prefix, &k.created, seq))? {
                 report.problem(format!(
                     "event {seq} is missing from an index ({:?})",
                     prefix[0] as char
                 ));
             }
         }
+        *tallies.entry((k.livemode, k.event_type.clone())).or_default() += 1;
     }
-    let mut indexed = 0u64;
+    let by_seq: BTreeMap<u64, &Kept> = applied.iter().copied().collect();
+    let mut ids = 0usize;
+    for entry in tree.scan_prefix([keys::ID]) {
+        let (key, value) = entry?;
+        ids += 1;
+        let seq = keys::u64_value(&value).unwrap_or(0);
+        let id = String::from_utf8_lossy(&key[2..]).into_owned();
+        if by_seq.get(&seq).is_none_or(|k| k.id != id || u8::from(k.livemode) != key[1]) {
+            report.problem(format!("id index of {id:?} points to {seq}, which is not that event"));
+        }
+    }
+    if ids != applied.len() {
+        report.problem(format!("the id index holds {ids} entries for {} events", applied.len()));
+    }
+    let mut entries = 0usize;
     for family in [b'c', b't'] {
         for entry in tree.scan_prefix([family]) {
             let (key, _) = entry?;
-            indexed += 1;
+            entries += 1;
             let seq = keys::seq_of(&key).unwrap_or(0);
-            if !events.contains_key(&seq) {
-                report.problem(format!("index entry points to missing event {seq}"));
-            }
-        }
-    }
-    if indexed != 2 * report.events {
-        report.problem(format!("indexes hold {indexed} entries for {} events", report.events));
-    }
-
-    let mut counters: BTreeMap<(bool, String), u64> = BTreeMap::new();
-    for entry in tree.scan_prefix([keys::COUNT]) {
-        let (key, value) = entry?;
-        match (keys::parse_count(&key), keys::u64_value(&value)) {
-            (Some(stream), Some(n)) => {
-                counters.insert(stream, n);
-            }
-            _ => report.problem("malformed counter".to_string()),
-        }
-    }
-    if counters != tallies {
-        report.problem(format!("counters {counters:?} disagree with the events {tallies:?}"));
-    }
-
-    match read_ack(dir)? {
-        AckRecord::Acked(acked) => {
-            report.acked = Some(acked);
-            let last = report.range.map_or(0, |r| r.1);
-            if acked > last {
+            if !by_seq.contains_key(&seq) {
                 report.problem(format!(
-                    "sequence {acked} was acknowledged but the store ends at {last}: events were lost"
+                    "an index entry points to {seq}, which is not an indexed event"
                 ));
             }
         }
-        AckRecord::Damaged => report.problem("the ack record eventsd.ack is damaged".to_string()),
-        AckRecord::Absent => {}
     }
-    Ok(report)
+    if entries != 2 * applied.len() {
+        report.problem(format!("indexes hold {entries} entries for {} events", applied.len()));
+    }
+    let counters: Counts = loaded.counts.into_iter().filter(|(_, n)| *n > 0).collect();
+    if counters != tallies {
+        report.problem(format!("counters {counters:?} disagree with the events {tallies:?}"));
+    }
+    Ok(())
 }

@@ -1,34 +1,26 @@
-//! What makes a commit durable beyond sled's own flush, and the acknowledgement record that
-//! lets eventsd notice lost events after a crash.
+//! What an acknowledgement promises, and the acknowledgement record that lets eventsd
+//! notice lost events after a crash.
 //!
-//! sled's flush on Linux is `pwrite` + `sync_file_range`: it survives a process crash, but it
-//! neither persists the metadata of appended data (the file's size) nor empties the drive's
-//! write cache, and large items go to files under `blobs/` that sled never syncs. In
-//! [`Durability::PowerLoss`] mode (the default) every commit therefore also fdatasyncs sled's
-//! `db` file, fsyncs any new blob file and the `blobs/` folder, so an acknowledged event
-//! survives a kernel crash or power loss. [`Durability::ProcessCrash`] skips that for speed
-//! and promises only what sled's flush gives.
+//! In [`Durability::PowerLoss`] mode (the default) every group commit fdatasyncs the log's
+//! active segment before any reply, and a new segment's name is made durable by an fsync of
+//! the log folder, so an acknowledged event survives a kernel crash or power loss.
+//! [`Durability::ProcessCrash`] leaves the sync to the kernel's writeback and promises only
+//! that an acknowledged event survives the process (kill -9, panic, OOM).
 //!
-//! The ack record (`eventsd.ack`, beside sled's files) holds the newest acknowledged sequence
+//! The ack record (`eventsd.ack`, in the data folder) holds the newest acknowledged sequence
 //! and a checksum. It is written after each commit is durable (synced once a second), so it is
-//! never ahead of the store. sled treats a bad checksum as a torn tail and silently drops what
-//! follows; comparing its last sequence with the ack record at start turns that into a refusal
-//! to start instead of silent loss. After a process crash the record is exact; after a power
-//! loss it may lag by up to a second of acknowledgements, so the check is then that much weaker.
+//! never ahead of the log. At open the log's torn-tail repair never cuts at or below it, and a
+//! log that ends below it is refused: acknowledged events are missing. After a process crash
+//! the record is exact; after a power loss it may lag by up to a second of acknowledgements,
+//! so the check is then that much weaker.
 
-use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::path::Path;
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
-
-/// Marker file written the first time the store holds a blob file: from then on every start
-/// reads every record, because a missing blob would otherwise go unnoticed (sled's `blobs/`
-/// may be emptied by the very damage we must detect).
-pub const BLOBS_MARKER: &str = "eventsd.blobs";
 
 /// File name of the ack record inside the data folder.
 pub const ACK_FILE: &str = "eventsd.ack";
@@ -39,86 +31,29 @@ const ACK_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Which failures an acknowledged event survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Durability {
-    /// Kernel crash and power loss: fdatasync of sled's files in every commit (the default).
+    /// Kernel crash and power loss: an fdatasync of the log in every commit (the default).
     PowerLoss,
-    /// Process crash only (kill -9, panic, OOM): sled's `sync_file_range` flush alone.
+    /// Process crash only (kill -9, panic, OOM): the kernel writes the log back in its time.
     ProcessCrash,
 }
 
-/// Syncs sled's files after each flush and keeps the ack record.
-pub struct Syncer {
-    mode: Durability,
-    db: File,
-    blobs: PathBuf,
-    dir: PathBuf,
-    blobs_seen: Option<SystemTime>,
-    synced_blobs: BTreeSet<std::ffi::OsString>,
+/// Keeps the ack record.
+pub struct AckWriter {
     ack: File,
     ack_synced_at: Instant,
 }
 
-impl Syncer {
-    /// Opens sled's `db` file and the ack record in `dir` (sled must already have created it).
-    pub fn open(dir: &Path, mode: Durability) -> io::Result<Self> {
-        let db = File::open(dir.join("db"))?;
+impl AckWriter {
+    /// Opens (or creates) the ack record in `dir`, making its folder entry durable.
+    pub fn open(dir: &Path) -> io::Result<Self> {
         let ack = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(dir.join(ACK_FILE))?;
-        // The folder entries of sled's files and the ack record must survive too.
         File::open(dir)?.sync_all()?;
-        let mut syncer = Syncer {
-            mode,
-            db,
-            blobs: dir.join("blobs"),
-            dir: dir.to_path_buf(),
-            blobs_seen: None,
-            synced_blobs: BTreeSet::new(),
-            ack,
-            ack_synced_at: Instant::now(),
-        };
-        // Blobs already present were synced by whoever wrote them before a clean stop, or
-        // are re-synced here once: cheap, and it makes the first commit's promise hold.
-        syncer.sync_new_blobs()?;
-        Ok(syncer)
-    }
-
-    /// Called after sled's flush: makes the flushed data durable according to the mode.
-    pub fn sync(&mut self) -> io::Result<()> {
-        if self.mode == Durability::ProcessCrash {
-            return Ok(());
-        }
-        self.db.sync_data()?;
-        self.sync_new_blobs()
-    }
-
-    fn sync_new_blobs(&mut self) -> io::Result<()> {
-        let modified = match std::fs::metadata(&self.blobs) {
-            Ok(meta) => meta.modified()?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        if self.blobs_seen == Some(modified) {
-            return Ok(());
-        }
-        let mut present = BTreeSet::new();
-        for entry in std::fs::read_dir(&self.blobs)? {
-            let name = entry?.file_name();
-            if !self.synced_blobs.contains(&name) {
-                File::open(self.blobs.join(&name))?.sync_data()?;
-            }
-            present.insert(name);
-        }
-        File::open(&self.blobs)?.sync_all()?;
-        if !present.is_empty() && !self.dir.join(BLOBS_MARKER).exists() {
-            File::create(self.dir.join(BLOBS_MARKER))?.sync_all()?;
-            File::open(&self.dir)?.sync_all()?;
-        }
-        self.synced_blobs = present;
-        self.blobs_seen = Some(modified);
-        Ok(())
+        Ok(AckWriter { ack, ack_synced_at: Instant::now() })
     }
 
     /// Records `sequence` as acknowledged. Written at once, synced at most once a second.
@@ -189,8 +124,7 @@ mod tests {
     fn the_ack_record_round_trips_and_detects_damage() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read_ack(dir.path()).unwrap(), AckRecord::Absent);
-        std::fs::write(dir.path().join("db"), b"").unwrap();
-        let mut syncer = Syncer::open(dir.path(), Durability::PowerLoss).unwrap();
+        let mut syncer = AckWriter::open(dir.path()).unwrap();
         syncer.record_ack(42).unwrap();
         assert_eq!(read_ack(dir.path()).unwrap(), AckRecord::Acked(42));
         let mut bytes = std::fs::read(dir.path().join(ACK_FILE)).unwrap();

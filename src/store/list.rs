@@ -15,7 +15,7 @@ use prost_types::Timestamp;
 
 use crate::error::Error;
 use crate::event::time;
-use crate::store::commit::DurableState;
+use crate::store::index::DurableState;
 use crate::store::StoredEvent;
 use crate::store::{keys, Direction, ListPage, ListQuery};
 

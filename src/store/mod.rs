@@ -10,18 +10,19 @@
 //! - No read returns an event whose sequence is above the durable point, so a crash can never
 //!   erase an event a reader has seen or reuse its sequence.
 //!
-//! The embedded backend lives in [`embedded`] (trees and indexes explained there), its group
-//! commit in [`commit`], and list/count over an index in [`list`], which the JetStream
-//! backend's in-memory index shares. For JetStream, "durable" is per instance: the last event
+//! The embedded backend lives in [`embedded`]: an event log of our own ([`log`], the source
+//! of truth) beside a sled index derived from it ([`index`]), with one group-commit writer.
+//! List/count over an index is in [`list`], which the JetStream backend's in-memory index
+//! shares. For JetStream, "durable" is per instance: the last event
 //! this instance has read from the stream ([`EventStore::newest`] catches up to the stream).
 
 pub mod check;
-pub mod commit;
 pub mod durability;
 pub mod embedded;
+pub mod index;
 pub mod jetstream;
-mod keys;
 pub mod list;
+pub mod log;
 pub mod recent;
 pub mod retention;
 pub mod stored;
@@ -34,6 +35,7 @@ use crate::error::Error;
 use crate::event::{Filter, NewEvent};
 pub use durability::Durability;
 pub use embedded::{SledStore, StoreConfig};
+pub(crate) use index::keys;
 pub use stored::StoredEvent;
 
 /// A listing's sort direction, by (created, sequence).

@@ -1,8 +1,10 @@
 //! Retention: removes the oldest events in the background, in sequence order, by age
 //! (`--retention`, on `received`, the commit time) and/or count (`--max-events`).
 //!
-//! Each step is a bounded trim round in the writer (see `commit.rs`), so publishes never wait
-//! behind a large deletion. After removal, a page token or a subscription position before the
+//! Each step is a bounded trim round in the writer (see `embedded/writer.rs`), so publishes
+//! never wait behind a large deletion. A trim moves the log's first kept sequence, removes the
+//! index entries below it, and deletes a segment file once every record in it lies below the
+//! first kept sequence. After removal, a page token or a subscription position before the
 //! oldest kept event is OUT_OF_RANGE naming the earliest available sequence; a removed id may
 //! be published again and then names a new event with a new sequence.
 

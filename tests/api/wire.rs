@@ -124,6 +124,7 @@ async fn open_store(config: &eventsd::ServeConfig) -> Arc<dyn EventStore> {
                 cache_bytes: config.cache_bytes,
                 durability: config.durability,
                 metrics: Metrics::new(),
+                segment_bytes: config.segment_bytes,
             })
             .expect("open the stopped store"),
         ),
@@ -215,4 +216,34 @@ async fn every_rpc_sends_each_event_as_the_bytes_the_store_holds() {
         assert_eq!(&streamed[position.expect("streamed")], bytes, "SubscribeEvents of {}", e.id);
     }
     store.close().await;
+
+    // And for the embedded store, each is the record's payload in its segment file, read
+    // here straight from the files (frame: len u32 LE, crc32c u32 LE, sequence u64 LE).
+    if matches!(app.config.store, StoreKind::Embedded) {
+        let records = segment_records(&app.config.data_dir.join("log"));
+        for (i, e) in events.iter().enumerate() {
+            let record = records.get(&e.sequence).expect("a record of the event's sequence");
+            assert_eq!(&published[i], record, "publish response of {} vs its segment record", e.id);
+            assert_eq!(&gets[&e.id], record, "GetEvent of {} vs its segment record", e.id);
+        }
+    }
+}
+
+/// Every record payload in the log's segment files, by sequence.
+fn segment_records(log: &std::path::Path) -> HashMap<u64, Bytes> {
+    let mut records = HashMap::new();
+    for entry in std::fs::read_dir(log).expect("the log folder") {
+        let path = entry.expect("an entry").path();
+        if path.extension().is_none_or(|x| x != "seg") {
+            continue;
+        }
+        let mut data = Bytes::from(std::fs::read(&path).expect("read a segment"));
+        while data.remaining() >= 16 {
+            let len = data.get_u32_le() as usize;
+            let _crc = data.get_u32_le();
+            let sequence = data.get_u64_le();
+            records.insert(sequence, data.split_to(len));
+        }
+    }
+    records
 }

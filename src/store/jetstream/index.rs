@@ -12,7 +12,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::error::Error;
-use crate::store::commit::DurableState;
+use crate::store::index::DurableState;
 use crate::store::list::{Index, Keys};
 use crate::store::{keys, Direction};
 

@@ -1,15 +1,18 @@
-//! Key layout of the embedded store's single sled tree. One tree keeps every write of a
-//! commit in one atomic `apply_batch`. Integers are big-endian so byte order is numeric order;
+//! Key layout of the index's single sled tree (the events themselves are in the log). One
+//! tree keeps every write of a round in one atomic `apply_batch`, so the index is always the
+//! state after some whole round. Integers are big-endian so byte order is numeric order;
 //! times use [`crate::event::time::to_key`] (12 bytes, order-preserving).
 //!
 //! | prefix | key                                         | value                      |
 //! |--------|---------------------------------------------|----------------------------|
-//! | `e`    | `e` seq(8)                                  | the encoded `Event`        |
-//! | `i`    | `i` id                                      | seq(8)                     |
+//! | `i`    | `i` mode(1) id                              | seq(8)                     |
 //! | `c`    | `c` mode(1) created(12) seq(8)              | empty: by-time index       |
 //! | `t`    | `t` type 0x00 mode(1) created(12) seq(8)    | empty: by-type-time index  |
 //! | `n`    | `n` mode(1) type                            | count(8) of that stream    |
 //! | `f`    | `f`                                         | first kept seq(8)          |
+//! | `a`    | `a`                                         | last applied seq(8)        |
+//!
+//! Modes are separate id namespaces: the id key starts with the mode.
 //!
 //! Types never contain 0x00 (validated), so one type's prefix never covers another's.
 
@@ -17,26 +20,22 @@ use prost_types::Timestamp;
 
 use crate::event::time;
 
-pub const EVENT: u8 = b'e';
 pub const ID: u8 = b'i';
 pub const COUNT: u8 = b'n';
 /// The single key holding the first kept sequence (absent: 1).
 pub const FIRST_KEY: [u8; 1] = [b'f'];
+/// The single key holding the last sequence applied to the index (absent: none).
+pub const APPLIED_KEY: [u8; 1] = [b'a'];
 const CREATED: u8 = b'c';
 const TYPE: u8 = b't';
 
 /// Bytes after an index prefix: created(12) seq(8).
 pub const SUFFIX_LEN: usize = time::KEY_LEN + 8;
 
-pub fn event(seq: u64) -> [u8; 9] {
-    let mut k = [EVENT; 9];
-    k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-pub fn id(id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + id.len());
+pub fn id(livemode: bool, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + id.len());
     k.push(ID);
+    k.push(livemode as u8);
     k.extend_from_slice(id.as_bytes());
     k
 }
@@ -89,7 +88,7 @@ pub fn entry_ceiling(prefix: &[u8], t: &Timestamp) -> Vec<u8> {
     entry(prefix, t, u64::MAX)
 }
 
-/// The last 8 bytes of an event or index key, as a sequence.
+/// The last 8 bytes of an index entry key, as a sequence.
 pub fn seq_of(key: &[u8]) -> Option<u64> {
     let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
     Some(u64::from_be_bytes(tail))

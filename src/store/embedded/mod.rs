@@ -1,0 +1,441 @@
+//! The embedded backend: an event log of eventsd's own (`store/log/`) beside a sled index
+//! (`store/index/`), in one local data folder:
+//!
+//! ```text
+//! DATA_DIR/log/       segments of framed records: the events as stored, the source of truth
+//! DATA_DIR/index/     sled: (mode, id) → sequence, by-time and by-type entries, counts
+//! DATA_DIR/eventsd.ack  the newest acknowledged sequence (durability.rs)
+//! ```
+//!
+//! - GetEvent looks the id up in the index, then reads the record from the log.
+//! - ListEvents walks the index (`store/list.rs`) for the page's sequences, then reads each
+//!   record from the log.
+//! - SubscribeEvents reads the log forward from a sequence (the recent-events cache first).
+//!
+//! Reads are bounded by the durable point, which the writer (`writer.rs`) moves only after a
+//! round is durable in the log, so no reader sees an event a crash could still take away.
+//! Opening scans the log's last segment, then replays into the index whatever the log holds
+//! beyond the index's applied sequence: a start costs the tail, not the history.
+
+mod migrate;
+mod writer;
+
+pub use migrate::{migrate, reindex, MigrateReport, STEPS as MIGRATE_STEPS};
+pub use writer::{MAX_ROUND_EVENTS, MAX_TRIM};
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use prost::Message;
+use prost_types::Timestamp;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::Error;
+use crate::event::{time, NewEvent};
+use crate::metrics::Metrics;
+use crate::proto::Event;
+use crate::store::durability::{read_ack, AckRecord, AckWriter, Durability, ACK_FILE};
+use crate::store::index::{self, DurableState, Fields};
+use crate::store::log::{self, LogReader};
+use crate::store::recent::Recent;
+use crate::store::retention::Retention;
+use crate::store::{list, Appended, EventStore, ListPage, ListQuery, StoredEvent};
+use writer::{Command, Writer};
+
+/// How many commands may wait for the writer before publishers wait to enqueue.
+const QUEUE_DEPTH: usize = 8_192;
+
+/// Where and how to open the embedded store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The data folder (created if missing).
+    pub path: PathBuf,
+    /// The index's page cache, in bytes.
+    pub cache_bytes: u64,
+    /// Which failures an acknowledged event survives.
+    pub durability: Durability,
+    /// Where commit and publish figures go.
+    pub metrics: Metrics,
+    /// A log segment is sealed once it holds this many bytes.
+    pub segment_bytes: u64,
+}
+
+/// What the writer and every reader share.
+pub(crate) struct Shared {
+    /// The index tree, replaced when the writer reopens it after a storage error.
+    pub index: SharedTree,
+    /// The log's segments.
+    pub log: LogReader,
+    /// Durable point, first kept sequence and per-stream counts, moved together.
+    state: RwLock<DurableState>,
+    /// The last sequence the index holds; below the durable point only after an index write
+    /// failed (reads then look for those events in the log).
+    pub applied: AtomicU64,
+    /// Recently committed events, for live subscribers.
+    pub recent: Recent,
+    /// Set by the writer after a storage error or on close.
+    pub read_only: AtomicBool,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::RwLockReadGuard<'_, DurableState> {
+        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn state_mut(&self) -> std::sync::RwLockWriteGuard<'_, DurableState> {
+        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A cheap-to-clone handle on the embedded store.
+#[derive(Clone)]
+pub struct SledStore {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    durable: watch::Receiver<u64>,
+    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    metrics: Metrics,
+}
+
+/// Refuses a data folder this release cannot serve as it is: one written by the sled-only
+/// release (upgrade it with `eventsd migrate`), or one whose migration did not finish.
+pub(crate) fn refuse_old_layout(dir: &Path) -> Result<(), Error> {
+    if dir.join(migrate::WORK_DIR).exists() {
+        return Err(Error::Startup(format!(
+            "{} holds an unfinished migration; run `eventsd migrate --data-dir {}` again to finish it",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    if dir.join("db").exists() {
+        return Err(Error::Startup(format!(
+            "{} holds a store written by an earlier eventsd (events inside sled); upgrade it with \
+             `eventsd migrate --data-dir {}` (the old files are kept until the new store is durable)",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The newest acknowledged sequence by the ack record (0 without one).
+pub(crate) fn acked(dir: &Path) -> Result<u64, Error> {
+    match read_ack(dir)? {
+        AckRecord::Acked(acked) => Ok(acked),
+        AckRecord::Absent => Ok(0),
+        AckRecord::Damaged => Err(Error::Corrupt(format!(
+            "the ack record {ACK_FILE} is damaged, so lost events cannot be ruled out; run \
+             `eventsd check --data-dir {}`, and if it reports the store complete, delete {ACK_FILE} to accept it",
+            dir.display()
+        ))),
+    }
+}
+
+/// A log and an index brought level, as at open.
+pub(crate) struct Opened {
+    pub log: log::LogWriter,
+    pub tree: sled::Tree,
+    pub first: u64,
+    pub last: u64,
+    pub counts: index::Counts,
+}
+
+/// Opens the log (recovering its tail), opens the index and replays the log's tail into it;
+/// refuses a store whose counts disagree with the log's range.
+pub(crate) fn open_parts(
+    dir: &Path,
+    cache_bytes: u64,
+    segment_bytes: u64,
+) -> Result<Opened, Error> {
+    std::fs::create_dir_all(dir)?;
+    let acked = acked(dir)?;
+    let (log, range) = log::open(dir, acked, segment_bytes)?;
+    let tree = index::open_tree(dir, cache_bytes)?;
+    let loaded = index::load(&tree)?;
+    let counts = index::catch_up(&tree, &log.reader(), loaded, (range.first, range.last))?;
+    let counted: u64 = counts.values().sum();
+    let kept = range.last + 1 - range.first;
+    if counted != kept {
+        return Err(Error::Corrupt(format!(
+            "the index counts {counted} events but the log keeps sequences {}..={} ({kept}); rebuild \
+             the index with `eventsd reindex --data-dir {}`",
+            range.first,
+            range.last,
+            dir.display()
+        )));
+    }
+    Ok(Opened { log, tree, first: range.first, last: range.last, counts })
+}
+
+impl SledStore {
+    /// Opens (or creates) the store and starts its writer thread.
+    pub fn open(config: &StoreConfig) -> Result<Self, Error> {
+        refuse_old_layout(&config.path)?;
+        let Opened { log, tree, first, last, counts } =
+            open_parts(&config.path, config.cache_bytes, config.segment_bytes)?;
+        let acks = AckWriter::open(&config.path)?;
+        let shared = Arc::new(Shared {
+            index: SharedTree::new(tree),
+            log: log.reader(),
+            state: RwLock::new(DurableState { sequence: last, first, counts: counts.clone() }),
+            applied: AtomicU64::new(last),
+            recent: Recent::default(),
+            read_only: AtomicBool::new(false),
+        });
+        let (durable_tx, durable) = watch::channel(last);
+        let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = Writer::new(shared.clone(), log, config.clone(), counts, acks, durable_tx)?;
+        let writer = std::thread::Builder::new()
+            .name("eventsd-commit".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(SledStore {
+            shared,
+            commands,
+            durable,
+            writer: Arc::new(Mutex::new(Some(writer))),
+            metrics: config.metrics.clone(),
+        })
+    }
+
+    /// Removes events through `through` in bounded steps; returns the new first kept sequence.
+    pub async fn trim(&self, through: u64) -> Result<u64, Error> {
+        loop {
+            let (done, answer) = oneshot::channel();
+            self.commands
+                .send(Command::Trim { through, done })
+                .await
+                .map_err(|_| Error::ShuttingDown)?;
+            let first = answer.await.map_err(|_| Error::ShuttingDown)??;
+            if first > through || first > *self.durable.borrow() {
+                return Ok(first);
+            }
+        }
+    }
+
+    /// The last sequence that retention would remove now, if any: beyond `max_events`, or
+    /// committed before `max_age` ago (looking at no more than `scan` events per call).
+    pub fn expired_through(&self, policy: &Retention, scan: usize) -> Result<Option<u64>, Error> {
+        let (first, sequence) = {
+            let state = self.shared.state();
+            (state.first, state.sequence)
+        };
+        let mut through = None;
+        if let Some(max) = policy.max_events {
+            let kept = (sequence + 1).saturating_sub(first);
+            if kept > max {
+                through = Some(sequence - max);
+            }
+        }
+        if let Some(age) = policy.max_age {
+            let cutoff = chrono::Utc::now()
+                - chrono::Duration::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
+            let cutoff = time::from_chrono(cutoff);
+            for seq in (first..=sequence).take(scan) {
+                let received = stored(seq, self.shared.log.expect(seq)?)?.received();
+                if time::cmp(&received, &cutoff).is_ge() {
+                    break;
+                }
+                through = Some(through.map_or(seq, |t: u64| t.max(seq)));
+            }
+        }
+        Ok(through)
+    }
+
+    fn event_at(&self, seq: u64) -> Result<Option<StoredEvent>, Error> {
+        match self.shared.log.read(seq)? {
+            Some(bytes) => stored(seq, bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// After an index write failed, the acknowledged events the index lacks are found by a
+    /// scan of the log's tail (writes are refused meanwhile, so the tail is at most a round).
+    fn unindexed(
+        &self,
+        livemode: bool,
+        id: &str,
+        durable: u64,
+    ) -> Result<Option<StoredEvent>, Error> {
+        let applied = self.shared.applied.load(Ordering::Acquire);
+        for seq in applied + 1..=durable {
+            let bytes = self.shared.log.expect(seq)?;
+            let fields = Fields::decode(seq, &bytes)?;
+            if fields.id == id && fields.livemode == livemode {
+                return stored(seq, bytes).map(Some);
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Decodes a stored event record.
+pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<Event, Error> {
+    Event::decode(bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))
+}
+
+/// A stored event record as served (its routing fields decoded, `data` left encoded).
+pub(crate) fn stored(seq: u64, bytes: Vec<u8>) -> Result<StoredEvent, Error> {
+    StoredEvent::from_bytes(bytes::Bytes::from(bytes))
+        .map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))
+}
+
+/// The index tree behind a lock, so the writer can swap in a reopened one. Readers take a
+/// clone (an `Arc` inside sled) and release the lock at once. While the writer reopens it
+/// there is no tree and reads answer UNAVAILABLE rather than anything untrue.
+#[derive(Clone)]
+pub struct SharedTree(Arc<RwLock<Option<sled::Tree>>>);
+
+impl SharedTree {
+    fn new(tree: sled::Tree) -> Self {
+        SharedTree(Arc::new(RwLock::new(Some(tree))))
+    }
+
+    fn slot(&self) -> std::sync::RwLockWriteGuard<'_, Option<sled::Tree>> {
+        self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The current tree.
+    pub fn get(&self) -> Result<sled::Tree, Error> {
+        let guard = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.clone().ok_or(Error::Reopening)
+    }
+
+    /// Releases every handle on the old index (`current` is the writer's own) and opens it
+    /// again, retrying while readers still hold the old one (sled's file lock).
+    pub fn reopen(&self, current: &mut sled::Tree, config: &StoreConfig) -> Result<(), Error> {
+        *self.slot() = None;
+        *current = sled::Config::new().temporary(true).open()?.open_tree("index")?;
+        let mut attempts = 0;
+        loop {
+            match index::open_tree(&config.path, config.cache_bytes) {
+                Ok(tree) => {
+                    *self.slot() = Some(tree.clone());
+                    *current = tree;
+                    return Ok(());
+                }
+                Err(err) if attempts >= 50 => return Err(err),
+                Err(_) => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Corrupt(format!("{what} task failed: {e}")))?
+}
+
+#[async_trait]
+impl EventStore for SledStore {
+    fn writable(&self) -> bool {
+        !self.shared.read_only.load(Ordering::Relaxed)
+    }
+
+    async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, Error> {
+        let started = std::time::Instant::now();
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Append { events, reply })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        let appended = answer.await.map_err(|_| Error::ShuttingDown)??;
+        self.metrics.publish_latency(started.elapsed());
+        Ok(appended)
+    }
+
+    /// The index keys ids per mode, so this is one lookup in that mode's namespace.
+    async fn get(&self, livemode: bool, id: &str) -> Result<Option<StoredEvent>, Error> {
+        let durable = *self.durable.borrow();
+        let tree = self.shared.index.get()?;
+        match index::lookup(&tree, livemode, id)? {
+            Some(seq) if seq <= durable => self.event_at(seq),
+            Some(_) => Ok(None),
+            None => self.unindexed(livemode, id, durable),
+        }
+    }
+
+    async fn list(&self, query: ListQuery) -> Result<ListPage, Error> {
+        let tree = self.shared.index.get()?;
+        let state = {
+            // Copy only the streams this query can read: the lock is the writer's too.
+            let state = self.shared.state();
+            let filter = &query.filter;
+            let counts = state
+                .counts
+                .iter()
+                .filter(|((mode, t), _)| {
+                    filter.matches_mode(*mode) && (filter.all_types() || filter.matches_type(t))
+                })
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            DurableState { sequence: state.sequence, first: state.first, counts }
+        };
+        let log = self.shared.log.clone();
+        blocking("list", move || {
+            let page = list::page(&tree, &state, &query)?;
+            let events = page
+                .sequences
+                .iter()
+                .map(|&seq| stored(seq, log.expect(seq)?))
+                .collect::<Result<Vec<_>, Error>>()?;
+            Ok(page.with_events(events))
+        })
+        .await
+    }
+
+    async fn read_from(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>, Error> {
+        let first = self.first_sequence();
+        if after.saturating_add(1) < first {
+            return Err(Error::Expired { position: "after_sequence", earliest: first });
+        }
+        let durable = *self.durable.borrow();
+        if after >= durable || max == 0 {
+            return Ok(Vec::new());
+        }
+        if let Some(events) = self.shared.recent.read(after, max, durable) {
+            return Ok(events);
+        }
+        let log = self.shared.log.clone();
+        let upto = durable.min(after.saturating_add(max as u64));
+        blocking("read", move || {
+            (after + 1..=upto).map(|seq| stored(seq, log.expect(seq)?)).collect()
+        })
+        .await
+    }
+
+    async fn first_sequence_created_from(&self, created: Timestamp) -> Result<Option<u64>, Error> {
+        let tree = self.shared.index.get()?;
+        let durable = *self.durable.borrow();
+        blocking("scan", move || list::first_created_from(&tree, &created, durable)).await
+    }
+
+    fn first_sequence(&self) -> u64 {
+        self.shared.state().first
+    }
+
+    fn durable(&self) -> watch::Receiver<u64> {
+        self.durable.clone()
+    }
+
+    async fn close(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.commands.send(Command::Close { done }).await.is_ok() {
+            let _ = finished.await;
+        }
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}

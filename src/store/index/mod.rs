@@ -1,0 +1,257 @@
+//! The index: everything derived from the log that reads need, in one sled tree
+//! (`DATA_DIR/index/`, key layout in [`keys`]): (mode, id) → sequence, the by-time and
+//! by-type-time entries that listings walk, per-stream counts, the first kept sequence and
+//! the last sequence applied.
+//!
+//! Promises:
+//! - The index never leads the log: a round is applied after its records are durable in the
+//!   log, in one atomic sled batch that also moves the applied sequence, so after any crash the
+//!   index is the state after some whole round.
+//! - It is not flushed on the acknowledgement path (sled flushes in the background); what a
+//!   crash takes from it is replayed from the log at open ([`catch_up`]), so a start costs the
+//!   records after the applied sequence, not the history.
+//! - Per-round work depends on the round's events only (counts are written for the streams a
+//!   round touches), never on how many distinct types exist.
+//! - Backend-neutral: entries are built from an event's routing fields and a sequence given
+//!   by the caller.
+
+pub mod keys;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use prost_types::Timestamp;
+
+use crate::error::Error;
+use crate::store::log::LogReader;
+
+/// The index's folder inside the data folder.
+pub const DIR: &str = "index";
+
+/// Event counts per (livemode, type): the basis of ListEvents' exact totals.
+pub type Counts = BTreeMap<(bool, String), u64>;
+
+/// What a listing reads as its view: the durable point, the first kept sequence and the
+/// counts of the streams it may walk, all as of the same moment.
+#[derive(Debug, Default, Clone)]
+pub struct DurableState {
+    /// The newest durable sequence.
+    pub sequence: u64,
+    /// The oldest kept sequence (retention removes events below it).
+    pub first: u64,
+    /// Counts of durable events per (livemode, type).
+    pub counts: Counts,
+}
+
+/// The fields of a stored `Event` the index needs, decoded alone (same field numbers as
+/// `Event`; prost skips the rest, `data` included), so a replay does not decode every
+/// event's data.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Fields {
+    /// `Event.id`.
+    #[prost(string, tag = "1")]
+    pub id: String,
+    /// `Event.type`.
+    #[prost(string, tag = "2")]
+    pub r#type: String,
+    /// `Event.created`.
+    #[prost(message, optional, tag = "3")]
+    pub created: Option<Timestamp>,
+    /// `Event.livemode`.
+    #[prost(bool, tag = "5")]
+    pub livemode: bool,
+}
+
+impl Fields {
+    /// Decodes the routing fields of the stored event `seq`.
+    pub fn decode(seq: u64, bytes: &[u8]) -> Result<Fields, Error> {
+        <Fields as prost::Message>::decode(bytes)
+            .map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))
+    }
+}
+
+/// The index state read at open.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The last applied sequence (0 for an empty index).
+    pub applied: u64,
+    /// The first kept sequence the index reflects (1 if retention never ran on it).
+    pub first: u64,
+    /// Per-stream counts.
+    pub counts: Counts,
+}
+
+/// Opens the index tree in `data_dir/index`. sled may panic on some damaged files instead of
+/// returning an error; either way the index must not be used (rebuild it: `eventsd reindex`).
+pub fn open_tree(data_dir: &Path, cache_bytes: u64) -> Result<sled::Tree, Error> {
+    let path = data_dir.join(DIR);
+    let config = sled::Config::new().path(&path).cache_capacity(cache_bytes);
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        config.open().and_then(|db| db.open_tree("index"))
+    }));
+    let repair = format!(
+        "the index is derived from the log: rebuild it with `eventsd reindex --data-dir {}`",
+        data_dir.display()
+    );
+    match opened {
+        Ok(Ok(tree)) => Ok(tree),
+        Ok(Err(err @ (sled::Error::Corruption { .. } | sled::Error::Unsupported(_)))) => Err(
+            Error::Corrupt(format!("cannot open the index in {}: {err}; {repair}", path.display())),
+        ),
+        Ok(Err(err)) => Err(Error::Storage(err)),
+        Err(_) => Err(Error::Corrupt(format!(
+            "sled could not read the index in {} (it panicked); {repair}",
+            path.display()
+        ))),
+    }
+}
+
+/// Reads the applied sequence, first kept sequence and counts.
+pub fn load(tree: &sled::Tree) -> Result<Loaded, Error> {
+    let value = |key: &[u8], default: u64| -> Result<u64, Error> {
+        match tree.get(key)? {
+            Some(v) => {
+                keys::u64_value(&v).ok_or_else(|| Error::Corrupt(format!("index key {key:?}")))
+            }
+            None => Ok(default),
+        }
+    };
+    let applied = value(&keys::APPLIED_KEY, 0)?;
+    let first = value(&keys::FIRST_KEY, 1)?;
+    let mut counts = Counts::new();
+    for entry in tree.scan_prefix([keys::COUNT]) {
+        let (key, value) = entry?;
+        let stream = keys::parse_count(&key).ok_or_else(|| Error::Corrupt("count key".into()))?;
+        let n = keys::u64_value(&value).ok_or_else(|| Error::Corrupt("count value".into()))?;
+        counts.insert(stream, n);
+    }
+    Ok(Loaded { applied, first, counts })
+}
+
+/// The sequence of the event with this id in this mode, if indexed.
+pub fn lookup(tree: &sled::Tree, livemode: bool, id: &str) -> Result<Option<u64>, Error> {
+    let Some(value) = tree.get(keys::id(livemode, id))? else { return Ok(None) };
+    keys::u64_value(&value).map(Some).ok_or_else(|| Error::Corrupt(format!("id index of {id:?}")))
+}
+
+/// One atomic change of the index, staged entry by entry.
+#[derive(Default)]
+pub struct Change {
+    batch: sled::Batch,
+    touched: BTreeSet<(bool, String)>,
+}
+
+impl Change {
+    /// Indexes a new event.
+    pub fn insert(
+        &mut self,
+        counts: &mut Counts,
+        (seq, livemode, id, event_type, created): (u64, bool, &str, &str, &Timestamp),
+    ) {
+        self.batch.insert(keys::id(livemode, id), &seq.to_be_bytes());
+        self.batch.insert(keys::entry(&keys::created_prefix(livemode), created, seq), &[]);
+        self.batch.insert(keys::entry(&keys::type_prefix(event_type, livemode), created, seq), &[]);
+        self.count(counts, livemode, event_type, 1);
+    }
+
+    /// Removes an event (retention). `tree` tells whether its id still names it: an id
+    /// removed earlier and published again belongs to the newer event.
+    pub fn remove(
+        &mut self,
+        tree: &sled::Tree,
+        counts: &mut Counts,
+        seq: u64,
+        fields: &Fields,
+    ) -> Result<(), Error> {
+        let created = fields.created.unwrap_or_default();
+        if lookup(tree, fields.livemode, &fields.id)? == Some(seq) {
+            self.batch.remove(keys::id(fields.livemode, &fields.id));
+        }
+        self.batch.remove(keys::entry(&keys::created_prefix(fields.livemode), &created, seq));
+        self.batch.remove(keys::entry(
+            &keys::type_prefix(&fields.r#type, fields.livemode),
+            &created,
+            seq,
+        ));
+        self.count(counts, fields.livemode, &fields.r#type, -1);
+        Ok(())
+    }
+
+    fn count(&mut self, counts: &mut Counts, livemode: bool, event_type: &str, delta: i64) {
+        let stream = (livemode, event_type.to_string());
+        let n = counts.entry(stream.clone()).or_default();
+        *n = n.saturating_add_signed(delta);
+        self.touched.insert(stream);
+    }
+
+    /// Applies the change with the new applied and first kept sequences, atomically; writes
+    /// the count of each stream it touched. Returns those streams whatever the outcome (the
+    /// writer publishes their counts once the log has the round, index or not).
+    pub fn apply(
+        mut self,
+        tree: &sled::Tree,
+        counts: &Counts,
+        applied: u64,
+        first: u64,
+    ) -> (BTreeSet<(bool, String)>, Result<(), sled::Error>) {
+        for stream in &self.touched {
+            let n = counts.get(stream).copied().unwrap_or(0);
+            self.batch.insert(keys::count(stream.0, &stream.1), &n.to_be_bytes());
+        }
+        self.batch.insert(&keys::APPLIED_KEY, &applied.to_be_bytes());
+        self.batch.insert(&keys::FIRST_KEY, &first.to_be_bytes());
+        let applied = tree.apply_batch(self.batch);
+        (self.touched, applied)
+    }
+}
+
+/// Records replayed per sled batch.
+const REPLAY_BATCH: u64 = 4_096;
+
+/// Brings the index up to the log: removes entries below the log's first kept sequence that
+/// retention had not yet removed from the index, then applies the records after the index's
+/// applied sequence, through `last`. Returns the counts after it.
+pub fn catch_up(
+    tree: &sled::Tree,
+    log: &LogReader,
+    loaded: Loaded,
+    (first, last): (u64, u64),
+) -> Result<Counts, Error> {
+    let Loaded { applied, first: indexed_first, mut counts } = loaded;
+    if applied > last {
+        return Err(Error::Corrupt(format!(
+            "the index has applied sequence {applied} but the log ends at {last}; rebuild it with `eventsd reindex`"
+        )));
+    }
+    let started = std::time::Instant::now();
+    // Retention's removals the index missed (the first kept sequence is moved in the log
+    // before the index).
+    let mut seq = indexed_first;
+    while seq < first.min(applied + 1) {
+        let upto = (seq + REPLAY_BATCH - 1).min(first - 1).min(applied);
+        let mut change = Change::default();
+        for s in seq..=upto {
+            let fields = Fields::decode(s, &log.expect(s)?)?;
+            change.remove(tree, &mut counts, s, &fields)?;
+        }
+        change.apply(tree, &counts, applied, upto + 1).1?;
+        seq = upto + 1;
+    }
+    let mut seq = (applied + 1).max(first);
+    let replayed = last.saturating_sub(seq - 1);
+    while seq <= last {
+        let upto = (seq + REPLAY_BATCH - 1).min(last);
+        let mut change = Change::default();
+        for s in seq..=upto {
+            let fields = Fields::decode(s, &log.expect(s)?)?;
+            let created = fields.created.unwrap_or_default();
+            change.insert(&mut counts, (s, fields.livemode, &fields.id, &fields.r#type, &created));
+        }
+        change.apply(tree, &counts, upto, first).1?;
+        seq = upto + 1;
+    }
+    if replayed > 0 {
+        tracing::info!(replayed, took = ?started.elapsed(), "index caught up with the log");
+    }
+    Ok(counts)
+}
