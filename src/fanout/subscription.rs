@@ -185,8 +185,8 @@ impl Subscription {
                     let sequence = event.sequence();
                     if self.wanted(&event) {
                         let item = match self.cloudevents {
-                            true => match event.decode() {
-                                Ok(decoded) => Item::CloudEvent(cloudevent::to_proto(&decoded)),
+                            true => match cloudevent::to_proto(&event) {
+                                Ok(cloud_event) => Item::CloudEvent(cloud_event),
                                 Err(err) => return Stop::Failed(err),
                             },
                             // The stored bytes, shared: no encoding per subscriber.
