@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::proto::Event;
 use crate::store::commit::{Command, Committer, Counts, DurableState};
 use crate::store::durability::{read_ack, AckRecord, Durability, Syncer, ACK_FILE, BLOBS_MARKER};
-use crate::store::recent::Recent;
+use crate::store::recent::{self, Recent};
 use crate::store::retention::Retention;
 use crate::store::{keys, list, Appended, EventStore, ListPage, ListQuery, StoredEvent};
 
@@ -44,7 +44,8 @@ const QUEUE_DEPTH: usize = 8_192;
 pub struct StoreConfig {
     /// The data folder (created if missing).
     pub path: PathBuf,
-    /// sled's page cache, in bytes.
+    /// The caches' budget, in bytes: the recent-events cache's share (see
+    /// [`recent::SHARE_OF_CACHE`]) and sled's page cache, the rest.
     pub cache_bytes: u64,
     /// Which failures an acknowledged event survives.
     pub durability: Durability,
@@ -128,7 +129,7 @@ impl SledStore {
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let read_only = Arc::new(AtomicBool::new(false));
         let tree = SharedTree::new(tree);
-        let recent = Arc::new(Recent::default());
+        let recent = Arc::new(Recent::new(recent::capacity_from(config.cache_bytes)));
         let committer = Committer::new(
             tree.clone(),
             config.clone(),
@@ -168,7 +169,9 @@ impl SledStore {
 /// Opens the store's tree. sled may panic on some damaged files instead of returning an
 /// error; either way the store must not be served.
 pub(crate) fn open_tree(config: &StoreConfig) -> Result<sled::Tree, Error> {
-    let sled_config = sled_config(&config.path, config.cache_bytes);
+    // `--cache-bytes` bounds the caches together: the recent-events cache takes its share.
+    let share = config.cache_bytes / recent::SHARE_OF_CACHE;
+    let sled_config = sled_config(&config.path, config.cache_bytes - share);
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         sled_config.open().and_then(|db| db.open_tree("events"))
     }));

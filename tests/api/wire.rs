@@ -134,6 +134,7 @@ async fn open_store(config: &eventsd::ServeConfig) -> Arc<dyn EventStore> {
                 replicas: config.nats_replicas,
                 tls_ca: config.nats_tls_ca.clone(),
                 request_timeout: config.request_timeout,
+                cache_bytes: config.cache_bytes,
                 metrics: Metrics::new(),
             })
             .await

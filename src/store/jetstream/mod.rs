@@ -50,7 +50,7 @@ use crate::proto::Event;
 use crate::store::jetstream::api::{Api, Failure};
 use crate::store::jetstream::follow::read_index;
 use crate::store::jetstream::index::{MemIndex, SharedIndex};
-use crate::store::recent::Recent;
+use crate::store::recent::{self, Recent};
 use crate::store::{list, Appended, EventStore, ListPage, ListQuery, StoredEvent};
 
 pub use setup::JetStreamConfig;
@@ -106,7 +106,7 @@ impl JetStreamStore {
         let (api, info) = setup::connect(config).await?;
         let first = info.state.first_seq.max(1);
         let index: SharedIndex = Arc::new(std::sync::RwLock::new(MemIndex::starting_at(first)));
-        let recent = Arc::new(Recent::default());
+        let recent = Arc::new(Recent::new(recent::capacity_from(config.cache_bytes)));
         let (durable_tx, durable) = watch::channel(first - 1);
         let stop = CancellationToken::new();
         let healthy = Arc::new(AtomicBool::new(true));
