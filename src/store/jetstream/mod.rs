@@ -90,7 +90,7 @@ struct Inner {
 enum Slot {
     /// To be published (an id not seen stored yet): the event and its payload, encoded once
     /// (without a sequence, which the stream assigns).
-    Pending(Event, Bytes),
+    Pending(Box<Event>, Bytes),
     /// Stored before this call, or by an earlier attempt of this call.
     Stored(StoredEvent),
     /// Stored by this call.
@@ -250,7 +250,7 @@ impl JetStreamStore {
             positions.insert(id.clone(), i);
             let event = new.clone().into_event(id, 0, received);
             let payload = Bytes::from(event.encode_to_vec());
-            slots.push(Slot::Pending(event, payload));
+            slots.push(Slot::Pending(Box::new(event), payload));
         }
         let mut conflicts = 0;
         loop {
