@@ -15,9 +15,9 @@ use serde_json::{json, Map, Value as Json};
 use crate::error::Error;
 use crate::event::time;
 use crate::event::wire_json::{self, ObjectWriter};
-use crate::proto::io::cloudevents::v1::cloud_event::Data;
-use crate::proto::io::cloudevents::v1::cloud_event_attribute_value::Attr;
-use crate::proto::io::cloudevents::v1::{CloudEvent, CloudEventAttributeValue};
+use crate::proto::io::cloudevents::v1::cloud_event::cloud_event_attribute_value::Attr;
+use crate::proto::io::cloudevents::v1::cloud_event::{CloudEventAttributeValue, Data};
+use crate::proto::io::cloudevents::v1::CloudEvent;
 use crate::store::StoredEvent;
 
 /// The CloudEvents version eventsd speaks.

@@ -113,7 +113,7 @@ async fn receive_webhook(
         )));
     }
     let json = parse_json(&body)?;
-    let webhook_id = header("webhook-id");
+    let webhook_id = signature::standard_webhooks_id(&header);
     let delivery =
         envelope::parse(source.provider, &json, webhook_id.as_deref()).map_err(envelope_error)?;
     let livemode = match source.provider {
