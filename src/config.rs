@@ -165,7 +165,9 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_MAX_EVENTS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_events: Option<u64>,
 
-    /// Page cache of the embedded store's index, in bytes.
+    /// Memory for the caches together, in bytes: a quarter goes to the recent-events cache
+    /// that live subscribers read from (bounded by the events' stored bytes, whatever their
+    /// size), the rest to the embedded store's page cache.
     #[arg(long, env = "EVENTSD_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub cache_bytes: u64,
 
@@ -208,6 +210,12 @@ pub struct ServeConfig {
     /// Largest accepted HTTP request body, in bytes.
     #[arg(long, env = "EVENTSD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Most subscription streams open at once (SubscribeEvents); beyond it a new one is
+    /// refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "EVENTSD_MAX_SUBSCRIBERS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_subscribers: u32,
 
     /// Interval between SubscribeEvents heartbeats, such as `15s` or `500ms`.
     #[arg(long, env = "EVENTSD_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration)]

@@ -62,6 +62,14 @@ pub enum Error {
     /// instance still catching up); nothing was acknowledged, and a retry is safe.
     #[error("the event store is unavailable: {0}; retry shortly")]
     Unavailable(String),
+    /// A server-wide limit on open resources (such as `--max-subscribers`) is reached.
+    #[error("{limit} is reached ({max}); retry later")]
+    LimitReached {
+        /// The flag that sets the limit.
+        limit: &'static str,
+        /// Its value.
+        max: u64,
+    },
     /// The disk is full; the write was not acknowledged.
     #[error("the disk is full; the write was not stored")]
     DiskFull,
@@ -143,7 +151,7 @@ impl From<Error> for Status {
             | Error::WritesDisabled
             | Error::Reopening
             | Error::Unavailable(_) => Code::Unavailable,
-            Error::DiskFull => Code::ResourceExhausted,
+            Error::DiskFull | Error::LimitReached { .. } => Code::ResourceExhausted,
             Error::Storage(_) | Error::Corrupt(_) | Error::Startup(_) | Error::Io(_) => {
                 tracing::error!(error = %err, "internal error");
                 return Status::internal("internal storage error (details are in the server log)");
@@ -183,6 +191,7 @@ impl Error {
             | Error::Reopening
             | Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::DiskFull => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
+            Error::LimitReached { .. } => (StatusCode::SERVICE_UNAVAILABLE, "resource_exhausted"),
             Error::Storage(_) | Error::Corrupt(_) | Error::Startup(_) | Error::Io(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }

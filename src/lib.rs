@@ -9,7 +9,8 @@
 //! - [`ingest`]: HTTP ingest: provider webhooks, `POST /events`, `GET /healthz`.
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`limits`]: overload protection: one in-flight limit across all connections.
-//! - [`fanout`]: SubscribeEvents streams, catch-up then live, by sequence.
+//! - [`fanout`]: SubscribeEvents streams, catch-up then live, by sequence; byte-bounded
+//!   queues and the `--max-subscribers` cap.
 //! - [`event`]: the domain: what a valid event is, ids, filters, JSON and time conversions.
 //! - [`store`]: the storage interface, the embedded backend with its group commit, and the
 //!   JetStream backend (`store::jetstream`).
@@ -17,7 +18,8 @@
 //! - [`client`]: client subcommands for the terminal (`publish`, `get`, `list`, `tail`).
 //! - [`views`]: read-only HTTP views in the Omise and KOMOJU Events API shapes.
 //! - [`error`]: the one error type and its mapping to gRPC status codes.
-//! - [`proto`]: the generated `events.v1` code and descriptor set.
+//! - [`proto`]: the generated `events.v1` code (a plain set, and the server's wire set that
+//!   sends stored event bytes as they are) and the descriptor set.
 
 pub mod api;
 pub mod auth;

@@ -102,7 +102,10 @@ pub async fn run(
     }));
     let fanout = Fanout::new(
         store.clone(),
-        SubscriptionConfig { heartbeat: config.heartbeat_interval },
+        SubscriptionConfig {
+            heartbeat: config.heartbeat_interval,
+            max_subscribers: config.max_subscribers,
+        },
         metrics.clone(),
         token.clone(),
         tasks.clone(),
@@ -223,6 +226,7 @@ async fn open_store(
                 replicas: config.nats_replicas,
                 tls_ca: config.nats_tls_ca.clone(),
                 request_timeout: config.request_timeout,
+                cache_bytes: config.cache_bytes,
                 metrics: metrics.clone(),
             })
             .await?;

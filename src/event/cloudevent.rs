@@ -9,15 +9,16 @@
 
 use std::collections::HashMap;
 
-use prost_types::value::Kind;
+use bytes::Bytes;
 use serde_json::{json, Map, Value as Json};
 
-use crate::event::json::struct_to_object;
+use crate::error::Error;
 use crate::event::time;
+use crate::event::wire_json::{self, ObjectWriter};
 use crate::proto::io::cloudevents::v1::cloud_event::cloud_event_attribute_value::Attr;
 use crate::proto::io::cloudevents::v1::cloud_event::{CloudEventAttributeValue, Data};
 use crate::proto::io::cloudevents::v1::CloudEvent;
-use crate::proto::Event;
+use crate::store::StoredEvent;
 
 /// The CloudEvents version eventsd speaks.
 pub const SPEC_VERSION: &str = "1.0";
@@ -26,81 +27,79 @@ pub const JSON_CONTENT_TYPE: &str = "application/cloudevents+json";
 /// Content type of a JSON batch of CloudEvents.
 pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
 
-fn source(event: &Event) -> String {
-    if event.source.is_empty() {
-        "eventsd".to_string()
-    } else {
-        event.source.clone()
+fn source(event: &StoredEvent) -> &str {
+    match event.source() {
+        "" => "eventsd",
+        source => source,
     }
 }
 
-fn subject(event: &Event) -> Option<String> {
-    match event.data.as_ref()?.fields.get("id")?.kind.as_ref()? {
-        Kind::StringValue(id) => Some(id.clone()),
-        _ => None,
-    }
+/// The data object's `id`, when it is a string.
+fn subject(event: &StoredEvent) -> Result<Option<String>, Error> {
+    wire_json::data_string(event.bytes(), "id")
 }
 
-fn data_json(event: &Event) -> Map<String, Json> {
-    event.data.as_ref().map(struct_to_object).unwrap_or_default()
+/// The data as JSON text, shared with every other reader of the event.
+fn data_json(event: &StoredEvent) -> Result<Bytes, Error> {
+    Ok(event.data_json()?.cloned().unwrap_or_else(|| Bytes::from_static(b"{}")))
 }
 
 /// The event as a protobuf CloudEvent.
-pub fn to_proto(event: &Event) -> CloudEvent {
+pub fn to_proto(event: &StoredEvent) -> Result<CloudEvent, Error> {
     let string = |s: String| CloudEventAttributeValue { attr: Some(Attr::CeString(s)) };
     let mut attributes = HashMap::new();
-    if let Some(created) = event.created {
-        attributes.insert(
-            "time".to_string(),
-            CloudEventAttributeValue { attr: Some(Attr::CeTimestamp(created)) },
-        );
-    }
-    if let Some(subject) = subject(event) {
+    attributes.insert(
+        "time".to_string(),
+        CloudEventAttributeValue { attr: Some(Attr::CeTimestamp(event.created())) },
+    );
+    if let Some(subject) = subject(event)? {
         attributes.insert("subject".to_string(), string(subject));
     }
     attributes.insert("datacontenttype".to_string(), string("application/json".into()));
     attributes.insert(
         "livemode".to_string(),
-        CloudEventAttributeValue { attr: Some(Attr::CeBoolean(event.livemode)) },
+        CloudEventAttributeValue { attr: Some(Attr::CeBoolean(event.livemode())) },
     );
-    attributes.insert("location".to_string(), string(event.location.clone()));
-    attributes.insert("sequence".to_string(), string(event.sequence.to_string()));
-    if !event.api_version.is_empty() {
-        attributes.insert("apiversion".to_string(), string(event.api_version.clone()));
+    attributes.insert("location".to_string(), string(event.location().to_string()));
+    attributes.insert("sequence".to_string(), string(event.sequence().to_string()));
+    if !event.api_version().is_empty() {
+        attributes.insert("apiversion".to_string(), string(event.api_version().to_string()));
     }
-    CloudEvent {
-        id: event.id.clone(),
-        source: source(event),
+    // JSON text is UTF-8 by construction.
+    let text = String::from_utf8_lossy(&data_json(event)?).into_owned();
+    Ok(CloudEvent {
+        id: event.id().to_string(),
+        source: source(event).to_string(),
         spec_version: SPEC_VERSION.to_string(),
-        r#type: event.r#type.clone(),
+        r#type: event.event_type().to_string(),
         attributes,
-        data: Some(Data::TextData(Json::Object(data_json(event)).to_string())),
-    }
+        data: Some(Data::TextData(text)),
+    })
 }
 
-/// The event in the CloudEvents JSON structured format.
-pub fn to_json(event: &Event) -> Json {
-    let mut ce = json!({
-        "specversion": SPEC_VERSION,
-        "id": event.id,
-        "source": source(event),
-        "type": event.r#type,
-        "datacontenttype": "application/json",
-        "data": data_json(event),
-        "livemode": event.livemode,
-        "location": event.location,
-        "sequence": event.sequence.to_string(),
-    });
-    if let Some(created) = &event.created {
-        ce["time"] = Json::String(time::to_rfc3339(created));
+/// The event in the CloudEvents JSON structured format, keys in byte order.
+pub fn write_json(event: &StoredEvent, out: &mut Vec<u8>) -> Result<(), Error> {
+    let mut object = ObjectWriter::new(out);
+    if !event.api_version().is_empty() {
+        object.str("apiversion", event.api_version());
     }
-    if let Some(subject) = subject(event) {
-        ce["subject"] = Json::String(subject);
+    object
+        .raw("data", &data_json(event)?)
+        .str("datacontenttype", "application/json")
+        .str("id", event.id())
+        .bool("livemode", event.livemode())
+        .str("location", event.location())
+        .str("sequence", &event.sequence().to_string())
+        .str("source", source(event))
+        .str("specversion", SPEC_VERSION);
+    if let Some(subject) = subject(event)? {
+        object.str("subject", &subject);
     }
-    if !event.api_version.is_empty() {
-        ce["apiversion"] = Json::String(event.api_version.clone());
-    }
-    ce
+    object
+        .str("time", &time::to_rfc3339(&event.created()))
+        .str("type", event.event_type())
+        .finish();
+    Ok(())
 }
 
 /// A protobuf CloudEvent in the JSON structured format (what `eventsd tail --cloudevents`
@@ -146,10 +145,11 @@ pub fn proto_to_json(ce: &CloudEvent) -> Json {
 mod tests {
     use super::*;
     use crate::event::json::object_to_struct;
+    use crate::proto::Event;
 
-    fn sample() -> Event {
+    fn sample() -> StoredEvent {
         let data = json!({"object": "charge", "id": "chrg_test_1", "amount": 100000});
-        Event {
+        StoredEvent::from_event(&Event {
             id: "evnt_test_1".into(),
             r#type: "charge.create".into(),
             created: Some(prost_types::Timestamp { seconds: 1_486_129_974, nanos: 0 }),
@@ -160,14 +160,16 @@ mod tests {
             location: "/events/evnt_test_1".into(),
             sequence: 7,
             source: "omise".into(),
-        }
+        })
     }
 
     #[test]
     fn the_protobuf_and_json_forms_carry_the_same_attributes() {
         let event = sample();
-        let from_proto = proto_to_json(&to_proto(&event));
-        assert_eq!(from_proto, to_json(&event));
+        let from_proto = proto_to_json(&to_proto(&event).unwrap());
+        let mut json = Vec::new();
+        write_json(&event, &mut json).unwrap();
+        assert_eq!(from_proto, serde_json::from_slice::<Json>(&json).unwrap());
         assert_eq!(from_proto["time"], "2017-02-03T13:52:54Z");
         assert_eq!(from_proto["subject"], "chrg_test_1");
         assert_eq!(from_proto["sequence"], "7");

@@ -162,7 +162,8 @@ pub fn value_to_json(v: &Value) -> Json {
     }
 }
 
-fn number_to_json(n: f64) -> Json {
+/// A double as JSON: whole numbers within 2^53 as integers, others as serde_json prints them.
+pub(crate) fn number_to_json(n: f64) -> Json {
     if n.fract() == 0.0 && n.abs() <= MAX_EXACT_INT as f64 {
         Json::Number(Number::from(n as i64))
     } else {
@@ -188,6 +189,29 @@ pub fn event_to_json(event: &crate::proto::Event) -> Json {
         "sequence": event.sequence.to_string(),
         "source": event.source,
     })
+}
+
+/// A stored event in the [`event_to_json`] shape, written from its stored bytes (`data`
+/// transcoded once per event and shared), keys in byte order as serde_json prints them.
+pub fn write_stored_event(
+    event: &crate::store::StoredEvent,
+    out: &mut Vec<u8>,
+) -> Result<(), crate::error::Error> {
+    use super::time::to_rfc3339;
+    let data = event.data_json()?;
+    super::wire_json::ObjectWriter::new(out)
+        .str("apiVersion", event.api_version())
+        .str("created", &to_rfc3339(&event.created()))
+        .raw("data", data.map_or(&b"null"[..], |d| &d[..]))
+        .str("id", event.id())
+        .bool("livemode", event.livemode())
+        .str("location", event.location())
+        .str("received", &to_rfc3339(&event.received()))
+        .str("sequence", &event.sequence().to_string())
+        .str("source", event.source())
+        .str("type", event.event_type())
+        .finish();
+    Ok(())
 }
 
 #[cfg(test)]

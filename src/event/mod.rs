@@ -11,6 +11,7 @@ pub mod filter;
 pub mod id;
 pub mod json;
 pub mod time;
+pub mod wire_json;
 
 use std::collections::HashSet;
 

@@ -10,12 +10,20 @@
 //! - **Never before durable**: the store's reads stop at the durable point.
 //! - **Slow subscribers**: publishers never wait for a subscriber. A subscriber that reads
 //!   slowly simply stays behind the durable point and reads on from the store; its memory on
-//!   the server is one read batch plus a bounded send queue, whatever its lag.
+//!   the server is one read batch (about 1 MiB of stored bytes) plus a send queue bounded in
+//!   items and in bytes (`queue`), whatever its lag and whatever the events' size.
+//! - **Shared bytes**: an event goes to every subscriber as the same stored `Bytes` (a
+//!   reference count), never encoded per subscriber.
+//! - **A cap on streams**: `--max-subscribers` open streams at most, across transports
+//!   (`limit`); one more is RESOURCE_EXHAUSTED naming the flag.
 //! - **Disconnect**: the task watches its stream's receiver and ends as soon as the client is
 //!   gone, releasing everything.
 //! - **Shutdown**: the task ends the stream with UNAVAILABLE naming the last sequence
 //!   delivered, so the client can resume with `after_sequence`.
 
+pub mod limit;
+pub mod queue;
 pub mod subscription;
 
+pub use limit::{StreamLimit, StreamPermit};
 pub use subscription::{Fanout, Start, SubscribeEventsStream, SubscriptionConfig};

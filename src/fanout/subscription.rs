@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost_types::Timestamp;
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 
 use crate::error::Error;
 use crate::event::{cloudevent, time, Filter};
+use crate::fanout::limit::{StreamLimit, StreamPermit};
+use crate::fanout::queue::{queue, QueueSender};
 use crate::metrics::{Metrics, SubscriberGuard};
 use crate::proto::wire::{subscribe_events_response::Item, SubscribeEventsResponse};
 use crate::proto::{CaughtUp, Heartbeat, WireEvent};
@@ -24,12 +24,19 @@ use crate::store::{EventStore, StoredEvent};
 pub type SubscribeEventsStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<SubscribeEventsResponse, Status>> + Send>>;
 
-/// Events read from the store per step; bounds a subscriber's memory on the server.
+/// Most events read from the store per step.
 const READ_BATCH: usize = 256;
+/// Events read in a subscription's first step, before their size is known.
+const FIRST_BATCH: usize = 16;
+/// The stored bytes a read step aims at: later steps read as many events as fit, judged by
+/// the last step's sizes, so a subscriber's batch stays near this whatever the event size.
+const READ_BATCH_BYTES: usize = 1 << 20;
 /// How long the final status of a stream may wait for room in its queue.
 const FINAL_STATUS_WAIT: Duration = Duration::from_secs(5);
 /// Items queued towards the transport per subscriber.
 const SEND_QUEUE: usize = 64;
+/// Bytes of encoded items queued towards the transport per subscriber.
+const SEND_QUEUE_BYTES: u32 = 1 << 20;
 
 /// Where a subscription begins.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +56,8 @@ pub enum Start {
 pub struct SubscriptionConfig {
     /// How often a heartbeat is sent.
     pub heartbeat: Duration,
+    /// Most streams open at once (`--max-subscribers`).
+    pub max_subscribers: u32,
 }
 
 /// Everything subscriptions share: cheap-to-clone handles.
@@ -56,6 +65,7 @@ pub struct SubscriptionConfig {
 pub struct Fanout {
     store: Arc<dyn EventStore>,
     config: SubscriptionConfig,
+    limit: StreamLimit,
     metrics: Metrics,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -70,7 +80,14 @@ impl Fanout {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Self {
-        Fanout { store, config, metrics, shutdown, tasks }
+        let limit = StreamLimit::new(config.max_subscribers);
+        Fanout { store, config, limit, metrics, shutdown, tasks }
+    }
+
+    /// The cap on open streams, shared by every streaming transport: each stream holds one
+    /// of its permits while open.
+    pub fn limit(&self) -> &StreamLimit {
+        &self.limit
     }
 
     /// Resolves the start position and spawns the subscription's task.
@@ -91,6 +108,7 @@ async fn spawn(
     filter: Filter,
     cloudevents: bool,
 ) -> Result<SubscribeEventsStream, Error> {
+    let permit = fanout.limit.admit()?;
     let store = fanout.store.clone();
     let durable = store.newest().await?;
     let first = store.first_sequence();
@@ -113,8 +131,10 @@ async fn spawn(
             (first.map_or(durable, |s| s - 1), Some(t))
         }
     };
-    let (tx, rx) = mpsc::channel(SEND_QUEUE);
+    let (tx, rx) = queue(SEND_QUEUE, SEND_QUEUE_BYTES);
     let subscription = Subscription {
+        _permit: permit,
+        batch: FIRST_BATCH,
         store,
         filter,
         created_from,
@@ -127,16 +147,20 @@ async fn spawn(
         cloudevents,
     };
     fanout.tasks.spawn(subscription.run());
-    Ok(Box::pin(ReceiverStream::new(rx)))
+    Ok(Box::pin(rx))
 }
 
 struct Subscription {
+    /// This stream's slot under `--max-subscribers`, freed when the task ends.
+    _permit: StreamPermit,
+    /// Events to read in the next step (see [`READ_BATCH_BYTES`]).
+    batch: usize,
     store: Arc<dyn EventStore>,
     filter: Filter,
     created_from: Option<Timestamp>,
     /// Every matching event up to this sequence has been sent.
     cursor: u64,
-    tx: mpsc::Sender<Result<SubscribeEventsResponse, Status>>,
+    tx: QueueSender,
     config: SubscriptionConfig,
     shutdown: CancellationToken,
     gauge: SubscriberGuard,
@@ -176,17 +200,19 @@ impl Subscription {
             let newest = *durable.borrow_and_update();
             self.gauge.set_lagging(newest.saturating_sub(self.cursor) > READ_BATCH as u64);
             while self.cursor < newest {
-                let batch = match self.store.read_from(self.cursor, READ_BATCH).await {
+                let batch = match self.store.read_from(self.cursor, self.batch).await {
                     Ok(batch) if !batch.is_empty() => batch,
                     Ok(_) => break,
                     Err(err) => return Stop::Failed(err),
                 };
+                let bytes: usize = batch.iter().map(|e| e.bytes().len()).sum();
+                self.batch = (READ_BATCH_BYTES * batch.len() / bytes.max(1)).clamp(1, READ_BATCH);
                 for event in batch {
                     let sequence = event.sequence();
                     if self.wanted(&event) {
                         let item = match self.cloudevents {
-                            true => match event.decode() {
-                                Ok(decoded) => Item::CloudEvent(cloudevent::to_proto(&decoded)),
+                            true => match cloudevent::to_proto(&event) {
+                                Ok(cloud_event) => Item::CloudEvent(cloud_event),
                                 Err(err) => return Stop::Failed(err),
                             },
                             // The stored bytes, shared: no encoding per subscriber.

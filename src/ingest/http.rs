@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::{KeyRing, Scope};
 use crate::error::Error;
-use crate::event::json::{event_to_json, object_to_struct};
+use crate::event::json::{object_to_struct, write_stored_event};
 use crate::event::{time, EventLimits, NewEvent};
 use crate::ingest::sources::WebhookConfig;
 use crate::ingest::webhook::envelope::{self, WebhookEvent};
@@ -160,7 +160,10 @@ async fn append_one(state: &IngestState, event: NewEvent) -> Result<Response, Er
         return Err(Error::Corrupt("the store returned no event".into()));
     };
     let status = if new { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(event_to_json(&event.decode()?))).into_response())
+    let mut body = Vec::with_capacity(event.bytes().len() + 256);
+    write_stored_event(&event, &mut body)?;
+    let content_type = HeaderValue::from_static("application/json");
+    Ok((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), Error> {

@@ -6,18 +6,21 @@
 //!   pages and every subscriber send these, never a re-encoding.
 //! - **Cheap to share**: a clone is one reference count, so the recent-events cache, a list
 //!   page and a thousand subscribers hold one copy of each event between them.
-//! - **Routing without `data`**: type, mode, times and sequence are decoded once from the
-//!   bytes, skipping `data` (the bulk of an event), so filters and indexes never pay for it.
+//! - **Routing without `data`**: type, mode, times, labels and sequence are decoded once from
+//!   the bytes, skipping `data` (the bulk of an event), so filters and indexes never pay for it.
+//! - **JSON once**: [`StoredEvent::data_json`] transcodes `data` from the bytes the first time a
+//!   JSON reader asks, and every later reader of the event shares that text.
 //!   [`StoredEvent::decode`] gives the whole message to the few paths that need `data` as a
 //!   `Struct` (idempotency comparison, the CLI).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use prost::Message;
 use prost_types::Timestamp;
 
 use crate::error::Error;
+use crate::event::wire_json;
 use crate::proto::Event;
 
 /// One stored event: its `events.v1.Event` encoding, written once at publish, and the few
@@ -29,11 +32,20 @@ pub struct StoredEvent(Arc<Inner>);
 struct Inner {
     bytes: Bytes,
     routing: Routing,
+    /// The JSON text of `data`, transcoded from `bytes` by the first reader that asks and
+    /// shared by every later one (`None`: the event has no data).
+    data_json: OnceLock<Result<Option<Bytes>, String>>,
 }
 
-/// The routing fields of `events.v1.Event`, under the same field numbers. prost skips the
-/// fields this message does not declare (`data`, `api_version`, `location`), so decoding it
-/// reads past `data` without building a `Struct`.
+impl Inner {
+    fn new(bytes: Bytes, routing: Routing) -> Arc<Self> {
+        Arc::new(Inner { bytes, routing, data_json: OnceLock::new() })
+    }
+}
+
+/// Every field of `events.v1.Event` but `data`, under the same field numbers. prost skips
+/// the field this message does not declare, so decoding it reads past `data` without
+/// building a `Struct`.
 #[derive(Clone, PartialEq, prost::Message)]
 struct Routing {
     /// `Event.id`.
@@ -51,6 +63,12 @@ struct Routing {
     /// `Event.livemode`.
     #[prost(bool, tag = "5")]
     livemode: bool,
+    /// `Event.api_version`.
+    #[prost(string, tag = "7")]
+    api_version: String,
+    /// `Event.location`.
+    #[prost(string, tag = "8")]
+    location: String,
     /// `Event.sequence`.
     #[prost(uint64, tag = "9")]
     sequence: u64,
@@ -68,7 +86,7 @@ impl StoredEvent {
     pub fn from_bytes(bytes: Bytes) -> Result<Self, Error> {
         let routing = Routing::decode(bytes.clone())
             .map_err(|e| Error::Corrupt(format!("a stored event does not decode: {e}")))?;
-        Ok(StoredEvent(Arc::new(Inner { bytes, routing })))
+        Ok(StoredEvent(Inner::new(bytes, routing)))
     }
 
     /// Encodes an event once.
@@ -79,10 +97,12 @@ impl StoredEvent {
             created: event.created,
             received: event.received,
             livemode: event.livemode,
+            api_version: event.api_version.clone(),
+            location: event.location.clone(),
             sequence: event.sequence,
             source: event.source.clone(),
         };
-        StoredEvent(Arc::new(Inner { bytes: Bytes::from(event.encode_to_vec()), routing }))
+        StoredEvent(Inner::new(Bytes::from(event.encode_to_vec()), routing))
     }
 
     /// From an event encoded without its sequence (sequence 0, so the field is absent), as a
@@ -131,6 +151,30 @@ impl StoredEvent {
     /// publisher gave none.
     pub fn created(&self) -> Timestamp {
         self.0.routing.created.or(self.0.routing.received).unwrap_or_default()
+    }
+
+    /// Schema version of `data` (empty if not given).
+    pub fn api_version(&self) -> &str {
+        &self.0.routing.api_version
+    }
+
+    /// The event's path on the HTTP listener.
+    pub fn location(&self) -> &str {
+        &self.0.routing.location
+    }
+
+    /// The JSON text of `data` (`None` if the event has none), transcoded from the stored
+    /// bytes once and shared by every reader of this event.
+    pub fn data_json(&self) -> Result<Option<&Bytes>, Error> {
+        let cached = self.0.data_json.get_or_init(|| {
+            wire_json::data_json(&self.0.bytes)
+                .map(|json| json.map(Bytes::from))
+                .map_err(|e| e.to_string())
+        });
+        match cached {
+            Ok(json) => Ok(json.as_ref()),
+            Err(why) => Err(Error::Corrupt(format!("event {}: {why}", self.sequence()))),
+        }
     }
 
     /// When eventsd stored the event.

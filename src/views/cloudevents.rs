@@ -14,11 +14,10 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
 use super::{find, reader, Params, ViewsState};
 use crate::error::Error;
-use crate::event::cloudevent::{to_json, BATCH_CONTENT_TYPE, JSON_CONTENT_TYPE};
+use crate::event::cloudevent::{write_json, BATCH_CONTENT_TYPE, JSON_CONTENT_TYPE};
 use crate::event::Filter;
 
 /// Events examined per poll when `limit` is not given, and the most allowed.
@@ -35,7 +34,9 @@ pub async fn get(
 ) -> Result<Response, Error> {
     let caller = reader(&state, &headers)?;
     let stored = find(&state, &caller, id).await?;
-    Ok(respond(JSON_CONTENT_TYPE, &to_json(&stored), None))
+    let mut body = Vec::with_capacity(stored.bytes().len() + 256);
+    write_json(&stored, &mut body)?;
+    Ok(respond(JSON_CONTENT_TYPE, body, None))
 }
 
 /// `GET /cloudevents?after_sequence=N`.
@@ -65,18 +66,21 @@ pub async fn poll(
     state.store.newest().await?;
     let events = state.store.read_from(after, limit.min(MAX_LIMIT) as usize).await?;
     let next = events.last().map_or(after, |e| e.sequence());
-    let batch = events
-        .iter()
-        .filter(|e| filter.matches(e))
-        .map(|e| e.decode().map(|event| to_json(&event)))
-        .collect::<Result<Vec<Value>, Error>>()?;
-    Ok(respond(BATCH_CONTENT_TYPE, &Value::Array(batch), Some(next)))
+    let mut body = Vec::with_capacity(4096);
+    body.push(b'[');
+    for (i, event) in events.iter().filter(|e| filter.matches(e)).enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        write_json(event, &mut body)?;
+    }
+    body.push(b']');
+    Ok(respond(BATCH_CONTENT_TYPE, body, Some(next)))
 }
 
-fn respond(content_type: &'static str, body: &Value, next: Option<u64>) -> Response {
+fn respond(content_type: &'static str, body: Vec<u8>, next: Option<u64>) -> Response {
     let mut response =
-        ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body.to_string())
-            .into_response();
+        ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response();
     if let Some(next) = next {
         response.headers_mut().insert(NEXT_AFTER, HeaderValue::from(next));
     }

@@ -15,13 +15,14 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::Json;
-use serde_json::{json, Value};
+use axum::response::Response;
 
-use super::{add_extras, data_json, find, reader, time_json, Params, ViewsState};
+use super::{data_json, find, json_response, reader, time_text, Params, ViewsState};
 use crate::api::list::MAX_LIMIT;
 use crate::error::Error;
-use crate::proto::{Event, ListEventsRequest, Order};
+use crate::event::wire_json::ObjectWriter;
+use crate::proto::{ListEventsRequest, Order};
+use crate::store::StoredEvent;
 
 /// KOMOJU's page size when `per_page` is not given.
 pub const DEFAULT_PER_PAGE: i32 = 10;
@@ -31,7 +32,7 @@ pub async fn list(
     State(state): State<ViewsState>,
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Response, Error> {
     let caller = reader(&state, &headers)?;
     let params = Params::new(query)?;
     let page = params.int("page")?.unwrap_or(1);
@@ -57,14 +58,16 @@ pub async fn list(
     let listing = super::list(&state, &caller, request).await?;
     let total = u64::try_from(listing.total).unwrap_or(0);
     let last_page = total.div_ceil(per_page.unsigned_abs().into()).max(1);
-    Ok(Json(json!({
-        "resource": "list",
-        "total": listing.total,
-        "page": page,
-        "per_page": per_page,
-        "last_page": last_page,
-        "data": listing.events.iter().map(|e| e.decode().map(|e| event(&e))).collect::<Result<Vec<_>, _>>()?,
-    })))
+    let mut out = Vec::with_capacity(1024);
+    ObjectWriter::new(&mut out)
+        .array("data", &listing.events, write_event)?
+        .int("last_page", last_page)
+        .int("page", page)
+        .int("per_page", per_page)
+        .str("resource", "list")
+        .int("total", listing.total)
+        .finish();
+    Ok(json_response(out))
 }
 
 /// `GET /api/v1/events/{id}`: one event in the KOMOJU event shape.
@@ -72,24 +75,27 @@ pub async fn get(
     State(state): State<ViewsState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Response, Error> {
     let caller = reader(&state, &headers)?;
     let stored = find(&state, &caller, id).await?;
-    Ok(Json(event(&stored)))
+    let mut out = Vec::with_capacity(stored.bytes().len() + 256);
+    write_event(&stored, &mut out)?;
+    Ok(json_response(out))
 }
 
-/// An event in the KOMOJU event shape, with eventsd's extra fields.
-pub fn event(event: &Event) -> Value {
-    let mut object = json!({
-        "id": event.id,
-        "type": event.r#type,
-        "resource": "event",
-        "data": data_json(event),
-        "created_at": time_json(&event.created),
-    });
-    if let Value::Object(map) = &mut object {
-        map.insert("livemode".into(), Value::Bool(event.livemode));
-        add_extras(map, event);
-    }
-    object
+/// An event in the KOMOJU event shape, with eventsd's extra fields (`api_version`,
+/// `livemode`, `sequence`, `source`), keys in byte order.
+pub fn write_event(event: &StoredEvent, out: &mut Vec<u8>) -> Result<(), Error> {
+    ObjectWriter::new(out)
+        .label("api_version", event.api_version())
+        .str("created_at", &time_text(&event.created()))
+        .raw("data", &data_json(event)?)
+        .str("id", event.id())
+        .bool("livemode", event.livemode())
+        .str("resource", "event")
+        .int("sequence", event.sequence())
+        .label("source", event.source())
+        .str("type", event.event_type())
+        .finish();
+    Ok(())
 }

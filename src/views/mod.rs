@@ -32,20 +32,20 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::Query;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use bytes::Bytes;
 use prost_types::Timestamp;
-use serde_json::{Map, Value as Json};
 
 use crate::api::find_event;
 use crate::api::list::{Listing, PageRequest};
 use crate::auth::{KeyRing, Principal, Scope};
 use crate::error::Error;
-use crate::event::json::struct_to_object;
 use crate::event::{id, time};
-use crate::proto::{Event, ListEventsRequest};
-use crate::store::EventStore;
+use crate::proto::ListEventsRequest;
+use crate::store::{EventStore, StoredEvent};
 
 /// What the view handlers share: cheap-to-clone handles.
 #[derive(Clone)]
@@ -81,12 +81,16 @@ fn reader(state: &ViewsState, headers: &HeaderMap) -> Result<Principal, Error> {
 /// The durable event with this id, if the caller may see it. An id eventsd could never have
 /// stored is simply not found (for a path segment 404 is the answer, whatever is wrong with
 /// it), and so is an event of a mode the caller's key cannot read.
-async fn find(state: &ViewsState, caller: &Principal, event_id: String) -> Result<Event, Error> {
+async fn find(
+    state: &ViewsState,
+    caller: &Principal,
+    event_id: String,
+) -> Result<StoredEvent, Error> {
     if id::validate(&event_id).is_err() {
         return Err(Error::NotFound { id: event_id });
     }
     let found = find_event(state.store.as_ref(), caller, &event_id, None).await?;
-    found.ok_or(Error::NotFound { id: event_id })?.decode()
+    found.ok_or(Error::NotFound { id: event_id })
 }
 
 /// Runs one ListEvents page as the caller: validation and defaults by [`PageRequest`], the
@@ -112,32 +116,22 @@ fn name_type_param(err: Error) -> Error {
     }
 }
 
+/// A JSON body made by one of the views' writers.
+fn json_response(body: Vec<u8>) -> Response {
+    let content_type = HeaderValue::from_static("application/json");
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// An event's `data` as JSON text, shared with every other reader of the event (stored events
+/// always have data; `{}` stands in otherwise).
+fn data_json(event: &StoredEvent) -> Result<Bytes, Error> {
+    Ok(event.data_json()?.cloned().unwrap_or_else(|| Bytes::from_static(b"{}")))
+}
+
 /// A time as the providers print it: RFC 3339 in UTC with `Z`, fractional seconds only when
 /// there are any.
-fn time_json(ts: &Option<Timestamp>) -> Json {
-    ts.as_ref().map_or(Json::Null, |t| Json::String(time::to_rfc3339(t)))
-}
-
-/// An event's `data` as a JSON object (stored events always have one).
-fn data_json(event: &Event) -> Json {
-    Json::Object(event.data.as_ref().map(struct_to_object).unwrap_or_default())
-}
-
-/// An optional label: `null` when it was not given, as the providers print absent values.
-fn label_json(text: &str) -> Json {
-    if text.is_empty() {
-        Json::Null
-    } else {
-        Json::String(text.to_string())
-    }
-}
-
-/// eventsd's own event fields, added to both provider shapes (extra fields that parsers of
-/// either provider ignore): `sequence` to resume a subscription from, `source`, `api_version`.
-fn add_extras(object: &mut Map<String, Json>, event: &Event) {
-    object.insert("sequence".into(), Json::from(event.sequence));
-    object.insert("source".into(), label_json(&event.source));
-    object.insert("api_version".into(), label_json(&event.api_version));
+fn time_text(ts: &Timestamp) -> String {
+    time::to_rfc3339(ts)
 }
 
 /// The query string as name/value pairs, in order, repeats kept.
@@ -223,6 +217,121 @@ impl Params {
 mod tests {
     use super::*;
 
+    /// The views' shapes as they were built before, through `prost_types` and `json!`: what
+    /// the writers must match byte for byte.
+    mod before {
+        use crate::event::json::{struct_to_object, value_to_json};
+        use crate::event::time;
+        use crate::proto::Event;
+        use serde_json::{json, Map, Value as Json};
+
+        fn ts(t: &Option<prost_types::Timestamp>) -> Json {
+            t.as_ref().map_or(Json::Null, |t| Json::String(time::to_rfc3339(t)))
+        }
+        fn data(e: &Event) -> Json {
+            Json::Object(e.data.as_ref().map(struct_to_object).unwrap_or_default())
+        }
+        fn label(s: &str) -> Json {
+            if s.is_empty() {
+                Json::Null
+            } else {
+                Json::String(s.into())
+            }
+        }
+        fn extras(o: &mut Map<String, Json>, e: &Event) {
+            o.insert("sequence".into(), Json::from(e.sequence));
+            o.insert("source".into(), label(&e.source));
+            o.insert("api_version".into(), label(&e.api_version));
+        }
+        pub fn omise(e: &Event) -> Json {
+            let mut o = json!({"object": "event", "id": e.id, "livemode": e.livemode,
+                "location": format!("/events/{}", e.id), "key": e.r#type,
+                "created": ts(&e.created), "data": data(e)});
+            extras(o.as_object_mut().unwrap(), e);
+            o
+        }
+        pub fn komoju(e: &Event) -> Json {
+            let mut o = json!({"id": e.id, "type": e.r#type, "resource": "event",
+                "data": data(e), "created_at": ts(&e.created)});
+            o["livemode"] = Json::Bool(e.livemode);
+            extras(o.as_object_mut().unwrap(), e);
+            o
+        }
+        pub fn cloudevent(e: &Event) -> Json {
+            let source = if e.source.is_empty() { "eventsd".to_string() } else { e.source.clone() };
+            let mut ce = json!({"specversion": "1.0", "id": e.id, "source": source,
+                "type": e.r#type, "datacontenttype": "application/json", "data": data(e),
+                "livemode": e.livemode, "location": e.location,
+                "sequence": e.sequence.to_string()});
+            if let Some(created) = &e.created {
+                ce["time"] = Json::String(time::to_rfc3339(created));
+            }
+            let subject = e.data.as_ref().and_then(|d| d.fields.get("id")).map(value_to_json);
+            if let Some(Json::String(subject)) = subject {
+                ce["subject"] = Json::String(subject);
+            }
+            if !e.api_version.is_empty() {
+                ce["apiversion"] = Json::String(e.api_version.clone());
+            }
+            ce
+        }
+    }
+
+    mod writers_match_the_prost_types_path {
+        use crate::event::wire_json::strategies::data;
+        use crate::proto::Event;
+        use crate::store::StoredEvent;
+        use proptest::prelude::*;
+        use prost_types::Timestamp;
+
+        fn event() -> impl Strategy<Value = Event> {
+            let text = "[a-zA-Z0-9_.:\\-]{0,12}|.{0,3}";
+            (
+                (text, text, text, text),
+                (0i64..253_402_300_799, 0i32..1_000_000_000, 0i64..253_402_300_799),
+                (any::<bool>(), any::<u64>(), data()),
+            )
+                .prop_map(
+                    |((id, t, api_version, source), (s, n, r), (livemode, sequence, data))| Event {
+                        location: format!("/events/{id}"),
+                        id,
+                        r#type: t,
+                        created: Some(Timestamp { seconds: s, nanos: n }),
+                        received: Some(Timestamp { seconds: r, nanos: 0 }),
+                        livemode,
+                        data: Some(data),
+                        api_version,
+                        sequence,
+                        source,
+                    },
+                )
+        }
+
+        fn written(
+            f: fn(&StoredEvent, &mut Vec<u8>) -> Result<(), crate::error::Error>,
+            e: &StoredEvent,
+        ) -> String {
+            let mut out = Vec::new();
+            f(e, &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        }
+
+        proptest! {
+            #[test]
+            fn for_random_events(event in event()) {
+                let stored = StoredEvent::from_event(&event);
+                prop_assert_eq!(written(crate::views::omise::write_event, &stored),
+                    super::before::omise(&event).to_string());
+                prop_assert_eq!(written(crate::views::komoju::write_event, &stored),
+                    super::before::komoju(&event).to_string());
+                prop_assert_eq!(written(crate::event::cloudevent::write_json, &stored),
+                    super::before::cloudevent(&event).to_string());
+                prop_assert_eq!(written(crate::event::json::write_stored_event, &stored),
+                    crate::event::json::event_to_json(&event).to_string());
+            }
+        }
+    }
+
     fn params(pairs: &[(&str, &str)]) -> Params {
         Params(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
@@ -248,9 +357,9 @@ mod tests {
 
     #[test]
     fn times_print_whole_seconds_unless_there_are_nanoseconds() {
-        let whole = Some(Timestamp { seconds: 1_486_129_974, nanos: 0 });
-        assert_eq!(time_json(&whole), "2017-02-03T13:52:54Z");
-        let fractional = Some(Timestamp { seconds: 1_486_129_974, nanos: 120_000_000 });
-        assert_eq!(time_json(&fractional), "2017-02-03T13:52:54.120Z");
+        let whole = Timestamp { seconds: 1_486_129_974, nanos: 0 };
+        assert_eq!(time_text(&whole), "2017-02-03T13:52:54Z");
+        let fractional = Timestamp { seconds: 1_486_129_974, nanos: 120_000_000 };
+        assert_eq!(time_text(&fractional), "2017-02-03T13:52:54.120Z");
     }
 }

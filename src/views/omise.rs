@@ -14,19 +14,20 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::Json;
-use serde_json::{json, Value};
+use axum::response::Response;
 
-use super::{add_extras, data_json, find, reader, time_json, Params, ViewsState};
+use super::{data_json, find, json_response, reader, time_text, Params, ViewsState};
 use crate::error::Error;
-use crate::proto::{Event, ListEventsRequest, Order};
+use crate::event::wire_json::ObjectWriter;
+use crate::proto::{ListEventsRequest, Order};
+use crate::store::StoredEvent;
 
 /// `GET /events`: one page in the Omise list shape.
 pub async fn list(
     State(state): State<ViewsState>,
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Response, Error> {
     let caller = reader(&state, &headers)?;
     let params = Params::new(query)?;
     let request = ListEventsRequest {
@@ -44,17 +45,19 @@ pub async fn list(
         Order::ReverseChronological => "reverse_chronological",
         _ => "chronological",
     };
-    Ok(Json(json!({
-        "object": "list",
-        "data": page.events.iter().map(|e| e.decode().map(|e| event(&e))).collect::<Result<Vec<_>, _>>()?,
-        "limit": page.limit,
-        "offset": page.offset,
-        "total": page.total,
-        "location": "/events",
-        "order": order,
-        "from": time_json(&Some(page.from)),
-        "to": time_json(&Some(page.to)),
-    })))
+    let mut out = Vec::with_capacity(1024);
+    ObjectWriter::new(&mut out)
+        .array("data", &page.events, write_event)?
+        .str("from", &time_text(&page.from))
+        .int("limit", page.limit)
+        .str("location", "/events")
+        .str("object", "list")
+        .int("offset", page.offset)
+        .str("order", order)
+        .str("to", &time_text(&page.to))
+        .int("total", page.total)
+        .finish();
+    Ok(json_response(out))
 }
 
 /// `GET /events/{id}`: one event in the Omise event shape.
@@ -62,10 +65,12 @@ pub async fn get(
     State(state): State<ViewsState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Response, Error> {
     let caller = reader(&state, &headers)?;
     let stored = find(&state, &caller, id).await?;
-    Ok(Json(event(&stored)))
+    let mut out = Vec::with_capacity(stored.bytes().len() + 256);
+    write_event(&stored, &mut out)?;
+    Ok(json_response(out))
 }
 
 /// Omise's `order` values; absent means chronological.
@@ -80,19 +85,20 @@ fn order(value: Option<&str>) -> Result<Order, Error> {
     }
 }
 
-/// An event in the Omise event shape, with eventsd's extra fields.
-pub fn event(event: &Event) -> Value {
-    let mut object = json!({
-        "object": "event",
-        "id": event.id,
-        "livemode": event.livemode,
-        "location": format!("/events/{}", event.id),
-        "key": event.r#type,
-        "created": time_json(&event.created),
-        "data": data_json(event),
-    });
-    if let Value::Object(map) = &mut object {
-        add_extras(map, event);
-    }
-    object
+/// An event in the Omise event shape, with eventsd's extra fields (`api_version`, `sequence`,
+/// `source`), keys in byte order.
+pub fn write_event(event: &StoredEvent, out: &mut Vec<u8>) -> Result<(), Error> {
+    ObjectWriter::new(out)
+        .label("api_version", event.api_version())
+        .str("created", &time_text(&event.created()))
+        .raw("data", &data_json(event)?)
+        .str("id", event.id())
+        .str("key", event.event_type())
+        .bool("livemode", event.livemode())
+        .str("location", &format!("/events/{}", event.id()))
+        .str("object", "event")
+        .int("sequence", event.sequence())
+        .label("source", event.source())
+        .finish();
+    Ok(())
 }

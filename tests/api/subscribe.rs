@@ -692,3 +692,32 @@ async fn the_server_keeps_serving_subscribers_after_100_clients_hang_up() {
     assert_eq!(next_event(&mut watcher).await, last);
     assert_eq!(next_event(&mut newcomer).await, last);
 }
+
+#[tokio::test]
+async fn streams_beyond_max_subscribers_are_resource_exhausted_naming_the_flag_until_one_ends() {
+    // On JetStream an app is two instances, each with its own cap: one client reaches one.
+    let app = spawn_app_with(|c| c.max_subscribers = 2).await;
+    let mut client = app.client.clone();
+    let first = crate::support::subscribe(&mut client, SubscribeEventsRequest::default()).await;
+    let _second = crate::support::subscribe(&mut client, SubscribeEventsRequest::default()).await;
+
+    let refused = client.subscribe_events(SubscribeEventsRequest::default()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("--max-subscribers"), "{}", refused.message());
+    assert!(refused.message().contains('2'), "{}", refused.message());
+
+    // A stream that ends frees its slot (once its task has seen the client go).
+    drop(first);
+    let admitted = timeout(crate::support::HANG_GUARD, async {
+        loop {
+            match client.subscribe_events(SubscribeEventsRequest::default()).await {
+                Ok(stream) => return stream,
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    tokio::task::yield_now().await
+                }
+                Err(status) => panic!("unexpected refusal: {status:?}"),
+            }
+        }
+    });
+    admitted.await.expect("hang guard: a slot is freed after a stream ends");
+}

@@ -135,6 +135,7 @@ async fn open_store(config: &eventsd::ServeConfig) -> Arc<dyn EventStore> {
                 replicas: config.nats_replicas,
                 tls_ca: config.nats_tls_ca.clone(),
                 request_timeout: config.request_timeout,
+                cache_bytes: config.cache_bytes,
                 metrics: Metrics::new(),
             })
             .await
@@ -190,7 +191,7 @@ async fn every_rpc_sends_each_event_as_the_bytes_the_store_holds() {
     let events: Vec<Event> = published.iter().map(|b| Event::decode(b.clone()).unwrap()).collect();
     let mut gets = HashMap::new();
     for e in &events {
-        let request = GetEventRequest { id: e.id.clone(), ..Default::default() };
+        let request = GetEventRequest { id: e.id.clone() };
         gets.insert(e.id.clone(), raw.unary("/events.v1.EventService/GetEvent", request).await);
     }
     let page = raw.unary("/events.v1.EventService/ListEvents", ListEventsRequest::default()).await;

@@ -40,7 +40,7 @@ use crate::proto::Event;
 use crate::store::durability::{read_ack, AckRecord, AckWriter, Durability, ACK_FILE};
 use crate::store::index::{self, DurableState, Fields};
 use crate::store::log::{self, LogReader};
-use crate::store::recent::Recent;
+use crate::store::recent::{self, Recent};
 use crate::store::retention::Retention;
 use crate::store::{list, Appended, EventStore, ListPage, ListQuery, StoredEvent};
 use writer::{Command, Writer};
@@ -182,7 +182,7 @@ impl SledStore {
             log: log.reader(),
             state: RwLock::new(DurableState { sequence: last, first, counts: counts.clone() }),
             applied: AtomicU64::new(last),
-            recent: Recent::default(),
+            recent: Recent::new(recent::capacity_from(config.cache_bytes)),
             read_only: AtomicBool::new(false),
         });
         let (durable_tx, durable) = watch::channel(last);

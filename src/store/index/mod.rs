@@ -85,7 +85,9 @@ pub struct Loaded {
 /// returning an error; either way the index must not be used (rebuild it: `eventsd reindex`).
 pub fn open_tree(data_dir: &Path, cache_bytes: u64) -> Result<sled::Tree, Error> {
     let path = data_dir.join(DIR);
-    let config = sled::Config::new().path(&path).cache_capacity(cache_bytes);
+    // `--cache-bytes` bounds the caches together: the recent-events cache takes its share.
+    let sled_cache = cache_bytes - cache_bytes / crate::store::recent::SHARE_OF_CACHE;
+    let config = sled::Config::new().path(&path).cache_capacity(sled_cache);
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         config.open().and_then(|db| db.open_tree("index"))
     }));

@@ -23,11 +23,15 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Error;
 use crate::store::jetstream::api::{decode, Api};
 use crate::store::jetstream::index::{Indexed, SharedIndex};
-use crate::store::recent::{Recent, CAPACITY};
+use crate::store::recent::Recent;
 use crate::store::StoredEvent;
 
 /// How long the feed may be quiet before the follower checks it is not stalled.
 const STALL_CHECK: Duration = Duration::from_secs(1);
+
+/// How far from the stream's end the follower starts decoding whole events for the
+/// recent-events cache (which keeps what fits its bytes of them).
+const CACHE_TAIL: u64 = 4_096;
 
 /// Pause before a new consumer after a failure.
 const RETRY: Duration = Duration::from_millis(500);
@@ -89,7 +93,7 @@ async fn follow_from(
     let mut messages =
         consumer.messages().await.map_err(|e| unavailable("cannot read the stream", &e))?;
     // Far behind the stream's end only the indexed fields are decoded; from the last
-    // `recent::CAPACITY` events on, whole events, which also feed the recent-events cache.
+    // `CACHE_TAIL` events on, whole events, which also feed the recent-events cache.
     let mut caching = false;
     loop {
         let message = match tokio::time::timeout(STALL_CHECK, messages.next()).await {
@@ -113,7 +117,7 @@ async fn follow_from(
         };
         let info = message.info().map_err(|e| unavailable("a message without metadata", &e))?;
         let seq = info.stream_sequence;
-        caching = caching || info.pending < CAPACITY as u64;
+        caching = caching || info.pending < CACHE_TAIL;
         let decoded = if caching {
             Decoded::Whole(decode(seq, &message.payload)?)
         } else {

@@ -50,7 +50,7 @@ use crate::proto::Event;
 use crate::store::jetstream::api::{Api, Failure};
 use crate::store::jetstream::follow::read_index;
 use crate::store::jetstream::index::{MemIndex, SharedIndex};
-use crate::store::recent::Recent;
+use crate::store::recent::{self, Recent};
 use crate::store::{list, Appended, EventStore, ListPage, ListQuery, StoredEvent};
 
 pub use setup::JetStreamConfig;
@@ -90,7 +90,7 @@ struct Inner {
 enum Slot {
     /// To be published (an id not seen stored yet): the event and its payload, encoded once
     /// (without a sequence, which the stream assigns).
-    Pending(Event, Bytes),
+    Pending(Box<Event>, Bytes),
     /// Stored before this call, or by an earlier attempt of this call.
     Stored(StoredEvent),
     /// Stored by this call.
@@ -106,7 +106,7 @@ impl JetStreamStore {
         let (api, info) = setup::connect(config).await?;
         let first = info.state.first_seq.max(1);
         let index: SharedIndex = Arc::new(std::sync::RwLock::new(MemIndex::starting_at(first)));
-        let recent = Arc::new(Recent::default());
+        let recent = Arc::new(Recent::new(recent::capacity_from(config.cache_bytes)));
         let (durable_tx, durable) = watch::channel(first - 1);
         let stop = CancellationToken::new();
         let healthy = Arc::new(AtomicBool::new(true));
@@ -250,7 +250,7 @@ impl JetStreamStore {
             positions.insert(id.clone(), i);
             let event = new.clone().into_event(id, 0, received);
             let payload = Bytes::from(event.encode_to_vec());
-            slots.push(Slot::Pending(event, payload));
+            slots.push(Slot::Pending(Box::new(event), payload));
         }
         let mut conflicts = 0;
         loop {

@@ -28,6 +28,8 @@ pub struct JetStreamConfig {
     pub replicas: usize,
     /// How long one call may wait for JetStream, retries of unknown outcomes included.
     pub request_timeout: Duration,
+    /// The recent-events cache gets its share of this (`--cache-bytes`).
+    pub cache_bytes: u64,
     /// Where publish figures go.
     pub metrics: Metrics,
 }
@@ -253,6 +255,7 @@ mod tests {
             replicas: 3,
             tls_ca: None,
             request_timeout: Duration::from_secs(1),
+            cache_bytes: 1 << 20,
             metrics: Metrics::new(),
         };
         let wanted = stream_config(&config);
