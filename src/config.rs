@@ -87,7 +87,9 @@ pub struct ServeConfig {
     /// Where events live: `sled`, the embedded store in --data-dir (the default), or
     /// `nats://h1:4222,h2:4222,h3:4222`, a NATS JetStream cluster (2.12 or newer) that several
     /// stateless eventsd instances share.
-    #[arg(long, env = "EVENTSD_STORE", default_value = "sled", value_parser = parse_store)]
+    // The value may carry NATS credentials: hidden in --help, never echoed when invalid.
+    #[arg(long, env = "EVENTSD_STORE", default_value = "sled", value_parser = StoreParser,
+          hide_env_values = true)]
     pub store: StoreKind,
 
     /// JetStream only: the stream holding the events (created if missing, verified if not);
@@ -174,8 +176,8 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_WEBHOOK_SECRETS_FILE", value_name = "FILE")]
     pub webhook_secrets_file: Option<PathBuf>,
 
-    /// Declare a Standard Webhooks source without a secret (accepted unsigned only while the
-    /// HTTP listener is on loopback). Sources with a secret need no declaration.
+    /// Declare a Standard Webhooks source without a secret (it refuses every delivery unless
+    /// named in --webhook-unsigned). Sources with a secret need no declaration.
     #[arg(
         long = "webhook-source",
         env = "EVENTSD_WEBHOOK_SOURCE",
@@ -183,6 +185,17 @@ pub struct ServeConfig {
         value_name = "NAME"
     )]
     pub webhook_sources: Vec<String>,
+
+    /// Let the route `/webhooks/SOURCE`, which has no secret, accept UNSIGNED deliveries:
+    /// anyone who can reach the HTTP listener can then store events through it. Repeatable or
+    /// comma-separated; every other route without a secret refuses deliveries (401).
+    #[arg(
+        long = "webhook-unsigned",
+        env = "EVENTSD_WEBHOOK_UNSIGNED",
+        value_delimiter = ',',
+        value_name = "SOURCE"
+    )]
+    pub webhook_unsigned: Vec<String>,
 
     /// How far a signed webhook timestamp may be from the server's clock.
     #[arg(long, env = "EVENTSD_WEBHOOK_TOLERANCE", default_value = "300s", value_parser = parse_duration)]
@@ -291,6 +304,35 @@ pub enum StoreKind {
     Embedded,
     /// A NATS JetStream cluster at these comma-separated `nats://` URLs.
     JetStream(String),
+}
+
+/// Parses `--store` like [`parse_store`], but its error never repeats the value: clap's own
+/// "invalid value '…'" would print NATS credentials to the terminal and to logs.
+#[derive(Clone)]
+struct StoreParser;
+
+impl clap::builder::TypedValueParser for StoreParser {
+    type Value = StoreKind;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<StoreKind, clap::Error> {
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidUtf8, "--store: not valid UTF-8\n")
+        })?;
+        // Not even a redacted form: a malformed value may hide a password anywhere.
+        parse_store(text).map_err(|reason| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!(
+                    "invalid value for --store (not shown: it may hold credentials): {reason}\n"
+                ),
+            )
+        })
+    }
 }
 
 fn parse_store(text: &str) -> Result<StoreKind, String> {

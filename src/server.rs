@@ -10,11 +10,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
-use crate::api::{Authenticate, EventsApi};
+use crate::api::EventsApi;
+use crate::auth::layer::AuthLayer;
 use crate::auth::KeyRing;
 use crate::config::{ServeConfig, StoreKind};
 use crate::error::Error;
@@ -53,7 +53,7 @@ pub async fn run(
     let tls = Tls::load(&config)?;
     let mutual_tls = tls.is_some() && config.tls_client_ca.is_some();
     check_exposure(&config, &keys, mutual_tls, &[grpc_addr, http_addr])?;
-    let webhooks = WebhookConfig::from_config(&config, http_addr.ip().is_loopback())?;
+    let webhooks = WebhookConfig::from_config(&config)?;
     let metrics = Metrics::new();
     let retention = Retention { max_age: config.retention, max_events: config.max_events };
     let (store, retention_store) = open_store(&config, &retention, &metrics).await?;
@@ -108,12 +108,9 @@ pub async fn run(
         tasks.clone(),
     );
     let api = EventsApi::new(store.clone(), limits, fanout, metrics);
-    let events = InterceptedService::new(
-        EventServiceServer::new(api)
-            .max_decoding_message_size(config.max_request_bytes)
-            .max_encoding_message_size(usize::MAX),
-        Authenticate(keys.clone()),
-    );
+    let events = EventServiceServer::new(api)
+        .max_decoding_message_size(config.max_request_bytes)
+        .max_encoding_message_size(usize::MAX);
     let (reflection_v1, reflection_v1alpha) = if config.no_reflection {
         (None, None)
     } else {
@@ -141,6 +138,8 @@ pub async fn run(
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .timeout(config.request_timeout)
+        // Outermost first: a caller is authenticated before it may take an in-flight permit.
+        .layer(AuthLayer(keys.clone()))
         .layer(in_flight)
         .add_service(health_service)
         .add_optional_service(reflection_v1)

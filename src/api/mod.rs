@@ -3,7 +3,7 @@
 //! Handlers are straight-line: validate the request into domain types (the `event` module and
 //! [`list::PageRequest`]), call the store, map errors to a status in one place (`error.rs`).
 //! A publish is handed to the store's writer, which finishes it even if the client hangs up.
-//! Every call carries the caller's [`Principal`], put there by [`Authenticate`]; handlers
+//! Every call carries the caller's [`Principal`], put there by the auth layer; handlers
 //! check its scope and narrow reads to its mode.
 
 pub mod list;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::auth::{KeyRing, Principal, Scope};
+use crate::auth::{Principal, Scope};
 use crate::error::Error;
 use crate::event::{time, EventLimits, Filter, NewEvent};
 use crate::fanout::{Fanout, Start, SubscribeEventsStream};
@@ -81,21 +81,8 @@ impl EventsApi {
     }
 }
 
-/// The interceptor that authenticates every EventService call from its `authorization`
-/// metadata and attaches the [`Principal`] to the request.
-#[derive(Clone)]
-pub struct Authenticate(pub KeyRing);
-
-impl tonic::service::Interceptor for Authenticate {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        let principal = self.0.authenticate(header)?;
-        request.extensions_mut().insert(principal);
-        Ok(request)
-    }
-}
-
-/// The caller of a request; a request that did not pass [`Authenticate`] has none (fail closed).
+/// The caller of a request, put there by [`crate::auth::layer::AuthLayer`]; a request that
+/// did not pass it has none (fail closed).
 fn principal<T>(request: &Request<T>) -> Result<Principal, Error> {
     request
         .extensions()

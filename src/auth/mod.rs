@@ -14,6 +14,7 @@
 //! event already holds is ALREADY_EXISTS for a test key too.
 
 mod keys;
+pub mod layer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};

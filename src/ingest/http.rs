@@ -107,9 +107,10 @@ async fn receive_webhook(
             tolerance,
         )
         .map_err(|e| Error::Unauthenticated(e.to_string()))?;
-    } else if !state.webhooks.accept_unsigned {
+    } else if !source.unsigned {
         return Err(Error::Unauthenticated(format!(
-            "no webhook secret is configured for {source_name}; unsigned deliveries are accepted only on a loopback listener"
+            "no webhook secret is configured for {source_name}; unsigned deliveries are accepted \
+             only on routes named in --webhook-unsigned"
         )));
     }
     let json = parse_json(&body)?;

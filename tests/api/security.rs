@@ -1003,7 +1003,7 @@ async fn post_webhook(
 #[tokio::test]
 async fn webhook_routes_take_no_api_key_and_follow_only_their_signature_rules() {
     // Arrange: keys are configured; a signed KOMOJU route and an unsigned Standard Webhooks
-    // route (accepted unsigned because the listener is loopback).
+    // route (accepted unsigned because --webhook-unsigned names it).
     let keys = all_keys();
     let (dir, path) = write_key_file(&keys.iter().collect::<Vec<_>>());
     let app = spawn_app_with(|c| {
@@ -1012,6 +1012,7 @@ async fn webhook_routes_take_no_api_key_and_follow_only_their_signature_rules() 
             vec![eventsd::config::parse_webhook_secret(&format!("komoju={KOMOJU_SECRET}"))
                 .expect("SOURCE=SECRET")];
         c.webhook_sources = vec!["orders".into()];
+        c.webhook_unsigned = vec!["orders".into()];
     })
     .await;
     let signed = sign(Provider::Komoju, KOMOJU_SECRET, None, 0, KOMOJU_BODY.as_bytes())
