@@ -129,6 +129,26 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_MAX_IN_FLIGHT", default_value_t = 2048)]
     pub max_in_flight: usize,
 
+    /// Most open connections per listener (gRPC, HTTP, metrics); beyond it new connections
+    /// are closed at once. Default: an equal share of the open-file limit after a reserve of
+    /// 128 (eventsd raises its soft limit to the hard limit at start).
+    #[arg(long, env = "EVENTSD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// A connection must send its first byte, and an HTTP/1 request its complete headers,
+    /// within this time, or it is closed.
+    #[arg(long, env = "EVENTSD_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// An HTTP request body must arrive completely within this time of its headers (else 408).
+    #[arg(long, env = "EVENTSD_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_body_timeout: Duration,
+
+    /// An HTTP connection that moves no byte for this long is closed (after the request it
+    /// may be answering).
+    #[arg(long, env = "EVENTSD_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub http_idle_timeout: Duration,
+
     /// Most concurrent HTTP/2 streams (calls and subscriptions) per gRPC connection.
     #[arg(long, env = "EVENTSD_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
     pub max_concurrent_streams: u32,

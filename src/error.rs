@@ -83,6 +83,9 @@ pub enum Error {
         /// The limit in bytes.
         limit: usize,
     },
+    /// An HTTP body did not arrive in time (`--http-body-timeout`).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// An HTTP body is not declared as JSON.
     #[error("content type must be application/json (got {0:?})")]
     UnsupportedMediaType(String),
@@ -137,6 +140,7 @@ impl From<Error> for Status {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::UnknownSource(_) => Code::NotFound,
             Error::PayloadTooLarge { .. } => Code::ResourceExhausted,
+            Error::RequestTimeout(_) => Code::DeadlineExceeded,
             Error::UnsupportedMediaType(_) | Error::MalformedJson(_) => Code::InvalidArgument,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::ShuttingDown
@@ -175,6 +179,7 @@ impl Error {
             }
             Error::AlreadyExists { .. } => (StatusCode::CONFLICT, "already_exists"),
             Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Error::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Error::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }

@@ -3,20 +3,22 @@
 //! the listeners it is given, and on shutdown stops accepting, ends subscription streams with
 //! UNAVAILABLE, lets in-flight calls finish, flushes the store and returns.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::api::EventsApi;
 use crate::auth::layer::AuthLayer;
 use crate::auth::KeyRing;
 use crate::config::{ServeConfig, StoreKind};
+use crate::connections::{self, ConnectionSettings};
 use crate::error::Error;
 use crate::event::EventLimits;
 use crate::fanout::{Fanout, SubscriptionConfig};
@@ -28,7 +30,7 @@ use crate::proto::event_service_server::EventServiceServer;
 use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
 use crate::store::retention::{self, Retention};
 use crate::store::{EventStore, SledStore, StoreConfig};
-use crate::tls::{Tls, TlsListener};
+use crate::tls::Tls;
 
 /// The sockets the server serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -126,7 +128,24 @@ pub async fn run(
         durable_sequence = *store.durable().borrow(),
         "eventsd serving"
     );
-    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let fd_limit = connections::raise_fd_limit();
+    let settings = ConnectionSettings {
+        max_connections: config.max_connections.map_or_else(
+            || connections::default_max_connections(fd_limit, 2),
+            |n| usize::try_from(n).unwrap_or(usize::MAX),
+        ),
+        header_timeout: config.http_header_timeout,
+        body_timeout: config.http_body_timeout,
+        idle_timeout: config.http_idle_timeout,
+    };
+    tracing::info!(
+        max_connections = settings.max_connections,
+        open_file_limit = fd_limit,
+        "connection cap per listener"
+    );
+    let incoming =
+        ReceiverStream::new(connections::accept(listeners.grpc, "grpc", settings, token.clone()))
+            .map(|(conn, _peer)| Ok::<_, std::io::Error>(conn));
     let mut builder = Server::builder();
     if let Some(tls) = &tls {
         builder = builder
@@ -146,20 +165,15 @@ pub async fn run(
         .add_optional_service(reflection_v1alpha)
         .add_service(events)
         .serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned());
-    let http: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
-        Some(tls) => {
-            let listener = TlsListener::new(listeners.http, tls.http, token.clone())?;
-            Box::pin(
-                axum::serve(listener, http)
-                    .with_graceful_shutdown(token.clone().cancelled_owned())
-                    .into_future(),
-            )
-        }
-        None => Box::pin(
-            axum::serve(listeners.http, http)
-                .with_graceful_shutdown(token.clone().cancelled_owned())
-                .into_future(),
-        ),
+    let http_accepted = connections::accept(listeners.http, "http", settings, token.clone());
+    let http: Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
+        Some(tls) => Box::pin(connections::serve_http(
+            crate::tls::handshakes(http_accepted, tls.http, token.clone()),
+            http,
+            settings,
+            token.clone(),
+        )),
+        None => Box::pin(connections::serve_http(http_accepted, http, settings, token.clone())),
     };
     let served = async { tokio::join!(grpc, http) };
     // After the shutdown signal, connections get the grace period to finish; a client that
@@ -171,11 +185,11 @@ pub async fn run(
             tokio::time::sleep(config.shutdown_grace).await;
         }
     };
-    let (grpc_served, http_served) = tokio::select! {
-        results = served => results,
+    let grpc_served = tokio::select! {
+        (grpc, ()) = served => grpc,
         () = grace => {
             tracing::warn!(grace = ?config.shutdown_grace, "connections still open after the shutdown grace; closing them");
-            (Ok(()), Ok(()))
+            Ok(())
         }
     };
 
@@ -185,7 +199,6 @@ pub async fn run(
     tasks.wait().await;
     store.close().await;
     grpc_served.map_err(|e| Error::Startup(format!("gRPC server: {e}")))?;
-    http_served.map_err(|e| Error::Startup(format!("HTTP server: {e}")))?;
     tracing::info!("eventsd stopped");
     Ok(())
 }

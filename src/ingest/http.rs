@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use serde_json::{Map, Value};
 
 use crate::auth::{KeyRing, Scope};
+use crate::connections::BodyTimedOut;
 use crate::error::Error;
 use crate::event::json::{event_to_json, object_to_struct};
 use crate::event::{time, EventLimits, NewEvent};
@@ -183,6 +184,8 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge { limit }
+        } else if let Some(timeout) = BodyTimedOut::find(&rejection) {
+            Error::RequestTimeout(timeout.to_string())
         } else {
             Error::MalformedJson(rejection.body_text())
         }
