@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 
+use crate::api::list::PageTokens;
 use crate::api::EventsApi;
 use crate::auth::layer::AuthLayer;
 use crate::auth::KeyRing;
@@ -58,7 +59,7 @@ pub async fn run(
     let webhooks = WebhookConfig::from_config(&config)?;
     let metrics = Metrics::new();
     let retention = Retention { max_age: config.retention, max_events: config.max_events };
-    let (store, retention_store) = open_store(&config, &retention, &metrics).await?;
+    let (store, retention_store, tokens) = open_store(&config, &retention, &metrics).await?;
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
     tokio::spawn({
@@ -95,6 +96,7 @@ pub async fn run(
     .merge(crate::views::router(crate::views::ViewsState {
         store: store.clone(),
         keys: keys.clone(),
+        tokens: tokens.clone(),
     }))
     .merge(crate::metrics::router(MetricsState {
         metrics: metrics.clone(),
@@ -109,7 +111,7 @@ pub async fn run(
         token.clone(),
         tasks.clone(),
     );
-    let api = EventsApi::new(store.clone(), limits, fanout, metrics);
+    let api = EventsApi::new(store.clone(), limits, fanout, metrics, tokens);
     let events = EventServiceServer::new(api)
         .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(usize::MAX);
@@ -203,12 +205,13 @@ pub async fn run(
     Ok(())
 }
 
-/// Opens the configured backend; the embedded store also comes back for retention.
+/// Opens the configured backend with its page-token secret; the embedded store also comes
+/// back for retention.
 async fn open_store(
     config: &ServeConfig,
     retention: &Retention,
     metrics: &Metrics,
-) -> Result<(Arc<dyn EventStore>, Option<SledStore>), Error> {
+) -> Result<(Arc<dyn EventStore>, Option<SledStore>, PageTokens), Error> {
     match &config.store {
         StoreKind::Embedded => {
             let store = SledStore::open(&StoreConfig {
@@ -218,7 +221,8 @@ async fn open_store(
                 metrics: metrics.clone(),
             })?;
             let retained = retention.is_enabled().then(|| store.clone());
-            Ok((Arc::new(store), retained))
+            let tokens = PageTokens::in_dir(&config.data_dir)?;
+            Ok((Arc::new(store), retained, tokens))
         }
         StoreKind::JetStream(urls) => {
             if retention.is_enabled() {
@@ -237,7 +241,8 @@ async fn open_store(
                 metrics: metrics.clone(),
             })
             .await?;
-            Ok((Arc::new(store), None))
+            let tokens = PageTokens::new(store.page_token_key());
+            Ok((Arc::new(store), None, tokens))
         }
     }
 }

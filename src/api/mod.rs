@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Principal, Scope};
 use crate::error::Error;
-use crate::event::{time, EventLimits, Filter, NewEvent};
+use crate::event::{EventLimits, Filter, NewEvent};
 use crate::fanout::{Fanout, Start, SubscribeEventsStream};
 use crate::metrics::Metrics;
 use crate::proto::event_service_server::EventService;
@@ -33,6 +33,7 @@ pub struct EventsApi {
     limits: EventLimits,
     fanout: Fanout,
     metrics: Metrics,
+    tokens: list::PageTokens,
 }
 
 impl EventsApi {
@@ -42,8 +43,9 @@ impl EventsApi {
         limits: EventLimits,
         fanout: Fanout,
         metrics: Metrics,
+        tokens: list::PageTokens,
     ) -> Self {
-        EventsApi { store, limits, fanout, metrics }
+        EventsApi { store, limits, fanout, metrics, tokens }
     }
 
     /// PublishEvent and PublishEvents: authorise, validate, append; refusals are counted.
@@ -135,10 +137,9 @@ impl EventService for EventsApi {
     ) -> Result<Response<ListEventsResponse>, Status> {
         let caller = principal(&request)?;
         caller.require(Scope::Read)?;
-        let mut page_request = list::PageRequest::new(request.into_inner(), time::now())?;
-        page_request.restrict_to(&caller)?;
-        let page = self.store.list(page_request.query.clone()).await?;
-        Ok(Response::new(page_request.respond(page)))
+        let page =
+            list::list_page(&*self.store, &self.tokens, &caller, request.into_inner()).await?;
+        Ok(Response::new(page))
     }
 
     type SubscribeEventsStream = SubscribeEventsStream;

@@ -7,7 +7,7 @@
 //!
 //! What the views promise:
 //! - A listing means exactly what ListEvents means: the query parameters become a
-//!   `ListEventsRequest` validated by [`PageRequest`], so defaults, the limit cap, the type and
+//!   `ListEventsRequest` validated by [`crate::api::list::PageRequest`], so defaults, the limit cap, the type and
 //!   livemode filters, the exact `total` and the (created, sequence) order are ListEvents' own.
 //!   Paging is by offset (or KOMOJU page) rather than page token, so unlike a token listing, a
 //!   later page may see events committed after the first one.
@@ -38,7 +38,7 @@ use axum::Router;
 use prost_types::Timestamp;
 use serde_json::{Map, Value as Json};
 
-use crate::api::list::PageRequest;
+use crate::api::list::{list_page, PageTokens};
 use crate::auth::{KeyRing, Principal, Scope};
 use crate::error::Error;
 use crate::event::json::struct_to_object;
@@ -53,6 +53,8 @@ pub struct ViewsState {
     pub store: Arc<dyn EventStore>,
     /// The API keys (the same ring as gRPC, so a SIGHUP reload applies here too).
     pub keys: KeyRing,
+    /// Signs and checks page tokens (the same secret as gRPC's).
+    pub tokens: PageTokens,
 }
 
 /// The read-only view routes, to merge into the HTTP router.
@@ -88,17 +90,14 @@ async fn find(state: &ViewsState, caller: &Principal, event_id: String) -> Resul
     found.ok_or(Error::NotFound { id: event_id })
 }
 
-/// Runs one ListEvents page as the caller: validation and defaults by [`PageRequest`], the
-/// caller's mode, then the store.
+/// Runs one ListEvents page as the caller ([`list_page`]), with the type filter named as
+/// the HTTP parameter is.
 async fn list(
     state: &ViewsState,
     caller: &Principal,
     request: ListEventsRequest,
 ) -> Result<ListEventsResponse, Error> {
-    let mut page_request = PageRequest::new(request, time::now()).map_err(name_type_param)?;
-    page_request.restrict_to(caller)?;
-    let page = state.store.list(page_request.query.clone()).await?;
-    Ok(page_request.respond(page))
+    list_page(&*state.store, &state.tokens, caller, request).await.map_err(name_type_param)
 }
 
 /// ListEvents names its type filter `types[i]`; over HTTP the parameter is `type`.

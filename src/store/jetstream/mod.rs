@@ -84,6 +84,8 @@ struct Inner {
     deadline: Duration,
     metrics: Metrics,
     stop: CancellationToken,
+    /// Signs page tokens; the same in every instance (`setup::page_token_key`).
+    page_token_key: [u8; 32],
 }
 
 /// How one event of an append resolves.
@@ -103,6 +105,7 @@ impl JetStreamStore {
     /// index holds every event the stream held at start.
     pub async fn open(config: &JetStreamConfig) -> Result<Self, Error> {
         let (api, info) = setup::connect(config).await?;
+        let page_token_key = setup::page_token_key(api.client(), config).await?;
         let first = info.state.first_seq.max(1);
         let index: SharedIndex = Arc::new(std::sync::RwLock::new(MemIndex::starting_at(first)));
         let recent = Arc::new(Recent::default());
@@ -126,6 +129,7 @@ impl JetStreamStore {
             deadline: config.request_timeout,
             metrics: config.metrics.clone(),
             stop,
+            page_token_key,
         }));
         let started = Instant::now();
         let target = info.state.last_seq;
@@ -136,6 +140,11 @@ impl JetStreamStore {
             .map_err(|_| Error::Startup("the stream follower stopped".into()))?;
         tracing::info!(events = target, took = ?started.elapsed(), "index built from the stream");
         Ok(store)
+    }
+
+    /// The secret every instance over this stream signs page tokens with.
+    pub fn page_token_key(&self) -> [u8; 32] {
+        self.0.page_token_key
     }
 
     /// Waits until this instance has applied `target` (bounded by the call deadline).
