@@ -59,6 +59,17 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
 
+    /// Serve `GET /metrics` only on this address, without a key (for a network only the
+    /// scraper reaches). Without it `/metrics` is on the HTTP listener and, with API keys,
+    /// needs a key with the `admin` scope.
+    #[arg(long, env = "EVENTSD_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Distinct event types (and sources) that get metrics series of their own; later ones
+    /// are counted under `other`.
+    #[arg(long, env = "EVENTSD_METRICS_MAX_TYPES", default_value_t = crate::metrics::DEFAULT_MAX_TYPES)]
+    pub metrics_max_types: usize,
+
     /// TOML file of API keys (name, key or sha256, scopes, mode). Without it every caller is
     /// unrestricted and eventsd listens on loopback only. SIGHUP reloads the file.
     #[arg(long, env = "EVENTSD_API_KEYS", value_name = "FILE")]
@@ -444,6 +455,10 @@ pub struct GetArgs {
     pub connect: ConnectArgs,
     /// The event id.
     pub id: String,
+    /// Which mode's event: live (`true`) or test (`false`). Default: the key's mode; for a
+    /// key of both modes, the live event if there is one, else the test one.
+    #[arg(long, value_name = "true|false")]
+    pub livemode: Option<bool>,
 }
 
 /// `eventsd list` settings: the fields of ListEventsRequest.

@@ -55,9 +55,11 @@ pub async fn run(
     };
     let tls = Tls::load(&config)?;
     let mutual_tls = tls.is_some() && config.tls_client_ca.is_some();
-    check_exposure(&config, &keys, mutual_tls, &[grpc_addr, http_addr])?;
+    let mut exposed_addrs = vec![grpc_addr, http_addr];
+    exposed_addrs.extend(config.metrics_listen);
+    check_exposure(&config, &keys, mutual_tls, &exposed_addrs)?;
     let webhooks = WebhookConfig::from_config(&config)?;
-    let metrics = Metrics::new();
+    let metrics = Metrics::with_max_types(config.metrics_max_types);
     let retention = Retention { max_age: config.retention, max_events: config.max_events };
     let (store, retention_store, tokens) = open_store(&config, &retention, &metrics).await?;
     let token = CancellationToken::new();
@@ -83,6 +85,12 @@ pub async fn run(
         tasks.spawn(retention::enforce(store, retention, token.clone()));
     }
 
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            Error::Startup(format!("cannot listen on --metrics-listen {addr}: {e}"))
+        })?),
+        None => None,
+    };
     let in_flight = InFlightLimit::new(config.max_in_flight);
     let limits = EventLimits { max_data_bytes: config.max_data_bytes };
     let http = router(IngestState {
@@ -97,13 +105,22 @@ pub async fn run(
         store: store.clone(),
         keys: keys.clone(),
         tokens: tokens.clone(),
-    }))
-    .merge(crate::metrics::router(MetricsState {
-        metrics: metrics.clone(),
-        store: store.clone(),
-        data_dir: config.data_dir.clone(),
-        limit: in_flight.clone(),
     }));
+    let scrape = |admin_keys| {
+        crate::metrics::router(MetricsState {
+            admin_keys,
+            metrics: metrics.clone(),
+            store: store.clone(),
+            data_dir: config.data_dir.clone(),
+            limit: in_flight.clone(),
+        })
+    };
+    // With --metrics-listen the series are served there only; otherwise on the HTTP listener,
+    // behind an admin key whenever keys are configured.
+    let (http, metrics_router) = match &metrics_listener {
+        Some(_) => (http, Some(scrape(None))),
+        None => (http.merge(scrape(keys.enabled().then(|| keys.clone()))), None),
+    };
     let fanout = Fanout::new(
         store.clone(),
         SubscriptionConfig { heartbeat: config.heartbeat_interval },
@@ -133,7 +150,12 @@ pub async fn run(
     let fd_limit = connections::raise_fd_limit();
     let settings = ConnectionSettings {
         max_connections: config.max_connections.map_or_else(
-            || connections::default_max_connections(fd_limit, 2),
+            || {
+                connections::default_max_connections(
+                    fd_limit,
+                    2 + metrics_listener.is_some() as u64,
+                )
+            },
             |n| usize::try_from(n).unwrap_or(usize::MAX),
         ),
         header_timeout: config.http_header_timeout,
@@ -177,7 +199,16 @@ pub async fn run(
         )),
         None => Box::pin(connections::serve_http(http_accepted, http, settings, token.clone())),
     };
-    let served = async { tokio::join!(grpc, http) };
+    let scrapes: Pin<Box<dyn Future<Output = ()> + Send>> = match (metrics_listener, metrics_router)
+    {
+        (Some(listener), Some(router)) => {
+            tracing::info!(metrics = %listener.local_addr()?, "metrics served on their own listener");
+            let accepted = connections::accept(listener, "metrics", settings, token.clone());
+            Box::pin(connections::serve_http(accepted, router, settings, token.clone()))
+        }
+        _ => Box::pin(std::future::ready(())),
+    };
+    let served = async { tokio::join!(grpc, http, scrapes) };
     // After the shutdown signal, connections get the grace period to finish; a client that
     // stops reading must not keep the process alive.
     let grace = {
@@ -188,7 +219,7 @@ pub async fn run(
         }
     };
     let grpc_served = tokio::select! {
-        (grpc, ()) = served => grpc,
+        (grpc, (), ()) = served => grpc,
         () = grace => {
             tracing::warn!(grace = ?config.shutdown_grace, "connections still open after the shutdown grace; closing them");
             Ok(())

@@ -206,7 +206,7 @@ impl Op for Getter {
         let id = self.filled.id(self.rng.below(self.filled.events));
         let event = self
             .client
-            .get_event(GetEventRequest { id: id.clone() })
+            .get_event(GetEventRequest { id: id.clone(), livemode: None })
             .await
             .map_err(|s| format!("{id}: {}", status_text(&s)))?
             .into_inner();

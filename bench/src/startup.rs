@@ -136,7 +136,7 @@ async fn check_acked(addr: &str, acked: &[(u64, String)]) -> Result<Check> {
     let newest = &acked[acked.len().saturating_sub(CHECKED)..];
     let mut lost = acked.iter().filter(|(seq, _)| *seq > durable).count() as u64;
     for (seq, id) in newest.iter().filter(|(seq, _)| *seq <= durable) {
-        match client.get_event(GetEventRequest { id: id.clone() }).await {
+        match client.get_event(GetEventRequest { id: id.clone(), livemode: None }).await {
             Ok(found) if found.get_ref().sequence == *seq => {}
             Ok(_) => lost += 1,
             Err(status) if status.code() == tonic::Code::NotFound => lost += 1,

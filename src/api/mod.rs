@@ -6,6 +6,7 @@
 //! Every call carries the caller's [`Principal`], put there by the auth layer; handlers
 //! check its scope and narrow reads to its mode.
 
+pub mod get;
 pub mod list;
 
 use std::sync::Arc;
@@ -119,15 +120,12 @@ impl EventService for EventsApi {
     ) -> Result<Response<Event>, Status> {
         let caller = principal(&request)?;
         caller.require(Scope::Read)?;
-        let id = request.into_inner().id;
+        let GetEventRequest { id, livemode } = request.into_inner();
         if id.is_empty() {
             return Err(Error::invalid("id", "is required").into());
         }
         crate::event::id::validate(&id).map_err(|r| Error::invalid("id", r))?;
-        // An event of the other mode does not exist as far as this caller can tell.
-        let Some(event) = self.store.get(&id).await?.filter(|e| caller.allows(e.livemode)) else {
-            return Err(Error::NotFound { id }.into());
-        };
+        let event = get::find_event(&*self.store, &caller, &id, livemode).await?;
         Ok(Response::new(event))
     }
 

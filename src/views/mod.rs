@@ -38,6 +38,7 @@ use axum::Router;
 use prost_types::Timestamp;
 use serde_json::{Map, Value as Json};
 
+use crate::api::get::find_event;
 use crate::api::list::{list_page, PageTokens};
 use crate::auth::{KeyRing, Principal, Scope};
 use crate::error::Error;
@@ -79,15 +80,21 @@ fn reader(state: &ViewsState, headers: &HeaderMap) -> Result<Principal, Error> {
     Ok(caller)
 }
 
-/// The durable event with this id, if the caller may see it. An id eventsd could never have
-/// stored is simply not found (for a path segment 404 is the answer, whatever is wrong with
-/// it), and so is an event of a mode the caller's key cannot read.
-async fn find(state: &ViewsState, caller: &Principal, event_id: String) -> Result<Event, Error> {
+/// The durable event with this id in the mode `?livemode=` asks for (see
+/// [`crate::api::get`] for the default), if the caller may see it. An id eventsd could never
+/// have stored is simply not found (for a path segment 404 is the answer, whatever is wrong
+/// with it), and so is an event of a mode the caller's key cannot read.
+async fn find(
+    state: &ViewsState,
+    caller: &Principal,
+    event_id: String,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Event, Error> {
+    let livemode = Params::new(query)?.bool("livemode")?;
     if id::validate(&event_id).is_err() {
         return Err(Error::NotFound { id: event_id });
     }
-    let found = state.store.get(&event_id).await?.filter(|e| caller.allows(e.livemode));
-    found.ok_or(Error::NotFound { id: event_id })
+    find_event(&*state.store, caller, &event_id, livemode).await
 }
 
 /// Runs one ListEvents page as the caller ([`list_page`]), with the type filter named as

@@ -62,9 +62,10 @@ pub async fn get(
     State(state): State<ViewsState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, Error> {
     let caller = reader(&state, &headers)?;
-    let stored = find(&state, &caller, id).await?;
+    let stored = find(&state, &caller, id, query).await?;
     Ok(Json(event(&stored)))
 }
 

@@ -37,7 +37,7 @@ async fn a_published_event_can_be_fetched_by_its_id() {
 
     let fetched = app
         .client
-        .get_event(GetEventRequest { id: published.id.clone() })
+        .get_event(GetEventRequest { id: published.id.clone(), livemode: None })
         .await
         .expect("get")
         .into_inner();
@@ -97,7 +97,7 @@ async fn provider_ids_are_accepted_and_kept_as_given() {
         assert_eq!(stored.location, format!("/events/{id}"));
         let fetched = app
             .client
-            .get_event(GetEventRequest { id: id.into() })
+            .get_event(GetEventRequest { id: id.into(), livemode: None })
             .await
             .expect("get")
             .into_inner();
@@ -185,7 +185,7 @@ async fn a_repeat_that_differs_in_any_field_is_already_exists_naming_that_field(
     assert_eq!(stored_total(&mut app.client).await, 1);
     let fetched = app
         .client
-        .get_event(GetEventRequest { id: "evt_conflict".into() })
+        .get_event(GetEventRequest { id: "evt_conflict".into(), livemode: None })
         .await
         .expect("get")
         .into_inner();
@@ -242,7 +242,7 @@ async fn a_batch_is_stored_in_request_order_with_consecutive_sequences() {
         }
         let fetched = app
             .client
-            .get_event(GetEventRequest { id: event.id.clone() })
+            .get_event(GetEventRequest { id: event.id.clone(), livemode: None })
             .await
             .expect("get")
             .into_inner();
@@ -302,7 +302,7 @@ async fn a_batch_with_one_conflicting_event_stores_nothing() {
     assert_rejected(result, Code::AlreadyExists, "type", "conflicting batch");
     assert_eq!(stored_total(&mut app.client).await, 1);
     for id in ["evt_a", "evt_b"] {
-        let missing = app.client.get_event(GetEventRequest { id: id.into() }).await;
+        let missing = app.client.get_event(GetEventRequest { id: id.into(), livemode: None }).await;
         assert_rejected(missing, Code::NotFound, id, id);
     }
     let next = publish(&mut app.client, event("charge.create")).await;
@@ -354,7 +354,7 @@ async fn provider_payloads_round_trip_with_data_unchanged() {
         .await;
         let fetched = app
             .client
-            .get_event(GetEventRequest { id: id.clone() })
+            .get_event(GetEventRequest { id: id.clone(), livemode: None })
             .await
             .expect("get")
             .into_inner();
@@ -370,7 +370,7 @@ async fn provider_payloads_round_trip_with_data_unchanged() {
     }
     let charge = app
         .client
-        .get_event(GetEventRequest { id: omise["id"].as_str().unwrap().into() })
+        .get_event(GetEventRequest { id: omise["id"].as_str().unwrap().into(), livemode: None })
         .await
         .expect("get")
         .into_inner();

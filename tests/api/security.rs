@@ -539,7 +539,7 @@ async fn run_op(app: &TestApp, op: Op, credential: Credential<'_>) -> Seen {
                 grpc_seen(result, |r| Seen::events(&r.events, None))
             }
             Op::GetEvent { live } => {
-                let request = GetEventRequest { id: seeded_id(live).into() };
+                let request = GetEventRequest { id: seeded_id(live).into(), livemode: None };
                 let result = client.get_event(authorized(request, credential)).await;
                 grpc_seen(result, |e| Seen::events(&[e], None))
             }
@@ -872,7 +872,10 @@ async fn keys_and_scopes_are_checked_before_the_request_is_validated() {
         let bad_list = ListEventsRequest { limit: -1, ..Default::default() };
         let list = client.list_events(authorized(bad_list, credential)).await;
         let get = client
-            .get_event(authorized(GetEventRequest { id: "no spaces".into() }, credential))
+            .get_event(authorized(
+                GetEventRequest { id: "no spaces".into(), livemode: None },
+                credential,
+            ))
             .await;
         let post = http(&app, "POST", "/events", credential, Some(json!([1, 2]))).await;
         let view = http(&app, "GET", "/events?limit=many", credential, None).await;

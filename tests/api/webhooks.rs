@@ -224,7 +224,10 @@ async fn deliver(app: &TestApp, delivery: &Delivery) -> Reply {
 // ---- Assert: what a stored delivery must look like ----
 
 async fn get_event(client: &mut Client, id: &str) -> Result<Event, Status> {
-    client.get_event(GetEventRequest { id: id.into() }).await.map(tonic::Response::into_inner)
+    client
+        .get_event(GetEventRequest { id: id.into(), livemode: None })
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 async fn assert_not_stored(client: &mut Client, id: &str, case: &str) {
