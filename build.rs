@@ -1,8 +1,29 @@
 //! Compiles `proto/` with protox (pure Rust, no protoc needed) and hands the descriptors to
-//! tonic-prost-build. The encoded descriptor set is also written to OUT_DIR for the gRPC
-//! reflection service, with imports and source info so `grpcurl describe` shows comments.
+//! tonic-prost-build, twice (see `src/proto.rs` for why):
+//! - the **plain** set in OUT_DIR: every message as prost generates it, and the client;
+//! - the **wire** set in OUT_DIR/wire: the server, and the responses that carry events, with
+//!   `events.v1.Event` mapped to `crate::proto::wire::WireEvent` (stored bytes written as they
+//!   are) and every other message mapped to the plain set.
+//!
+//! The encoded descriptor set is also written to OUT_DIR for the gRPC reflection service, with
+//! imports and source info so `grpcurl describe` shows comments. It describes the real
+//! messages: the wire set is the same protocol, only its Rust types differ.
 
 use std::{env, fs, path::PathBuf};
+
+/// Messages of `events.v1` the wire set takes from the plain set: everything but `Event` and
+/// the responses that hold it.
+const PLAIN: &[&str] = &[
+    "PublishEventRequest",
+    "PublishEventsRequest",
+    "GetEventRequest",
+    "ListEventsRequest",
+    "SubscribeEventsRequest",
+    "CaughtUp",
+    "Heartbeat",
+    "Order",
+    "Format",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -15,6 +36,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out_dir.join("events_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
 
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(fds.clone())?;
+
+    let wire_dir = out_dir.join("wire");
+    fs::create_dir_all(&wire_dir)?;
+    let mut wire = tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .out_dir(&wire_dir)
+        .extern_path(".events.v1.Event", "crate::proto::wire::WireEvent")
+        .extern_path(".io.cloudevents.v1", "crate::proto::io::cloudevents::v1");
+    for name in PLAIN {
+        wire = wire.extern_path(format!(".events.v1.{name}"), format!("crate::proto::{name}"));
+    }
+    wire.compile_fds(fds)?;
     Ok(())
 }

@@ -10,8 +10,7 @@
 use crate::auth::Principal;
 use crate::error::Error;
 use crate::event::Filter;
-use crate::proto::Event;
-use crate::store::EventStore;
+use crate::store::{EventStore, StoredEvent};
 
 /// The modes to look in, in order.
 fn modes(caller: &Principal, livemode: Option<bool>) -> Result<Vec<bool>, Error> {
@@ -29,9 +28,11 @@ pub async fn find_event(
     caller: &Principal,
     id: &str,
     livemode: Option<bool>,
-) -> Result<Event, Error> {
-    let modes = modes(caller, livemode)?;
-    // This store keeps one event per id whatever its mode, so one read answers every mode.
-    let found = store.get(id).await?.filter(|event| modes.contains(&event.livemode));
-    found.ok_or_else(|| Error::NotFound { id: id.to_string() })
+) -> Result<StoredEvent, Error> {
+    for mode in modes(caller, livemode)? {
+        if let Some(event) = store.get(mode, id).await? {
+            return Ok(event);
+        }
+    }
+    Err(Error::NotFound { id: id.to_string() })
 }

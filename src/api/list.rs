@@ -24,8 +24,8 @@ use sha2::Sha256;
 use crate::auth::Principal;
 use crate::error::Error;
 use crate::event::{time, Filter};
-use crate::proto::{ListEventsRequest, ListEventsResponse, Order};
-use crate::store::{Direction, EventStore, ListPage, ListQuery, Position, Resume};
+use crate::proto::{wire, ListEventsRequest, Order, WireEvent};
+use crate::store::{Direction, EventStore, ListPage, ListQuery, Position, Resume, StoredEvent};
 
 /// Page size when the request says 0.
 pub const DEFAULT_LIMIT: i32 = 20;
@@ -130,7 +130,7 @@ pub async fn list_page(
     tokens: &PageTokens,
     caller: &Principal,
     request: ListEventsRequest,
-) -> Result<ListEventsResponse, Error> {
+) -> Result<Listing, Error> {
     let mut page_request = PageRequest::new(request, time::now(), tokens)?;
     page_request.restrict_to(caller)?;
     if let Some(resume) = &mut page_request.query.resume {
@@ -318,8 +318,8 @@ impl PageRequest {
         Ok(())
     }
 
-    /// Builds the response for the page the store returned.
-    pub fn respond(self, page: ListPage) -> ListEventsResponse {
+    /// Builds the answer for the page the store returned.
+    pub fn respond(self, page: ListPage) -> Listing {
         let next_page_token = match (page.has_more, page.events.last()) {
             (true, Some(last)) => self.tokens.encode(&PageToken {
                 version: TOKEN_VERSION,
@@ -329,8 +329,8 @@ impl PageRequest {
                 order: self.order as i32,
                 types: self.query.filter.type_patterns(),
                 livemode: self.query.filter.livemode,
-                after_created: last.created,
-                after_sequence: last.sequence,
+                after_created: Some(last.created()),
+                after_sequence: last.sequence(),
                 total: page.total,
                 position: self.position + page.events.len() as u64,
                 first_offset: self.first_offset,
@@ -338,15 +338,54 @@ impl PageRequest {
             }),
             _ => String::new(),
         };
-        ListEventsResponse {
-            data: page.events,
+        Listing {
+            events: page.events,
             total: i64::try_from(page.total).unwrap_or(i64::MAX),
-            from: Some(self.query.from),
-            to: Some(self.query.to),
+            from: self.query.from,
+            to: self.query.to,
             offset: i32::try_from(self.position).unwrap_or(i32::MAX),
             limit: self.limit,
-            order: self.order as i32,
+            order: self.order,
             next_page_token,
+        }
+    }
+}
+
+/// One answered page, for either transport: the stored events and what the response echoes
+/// (the fields of `ListEventsResponse`). gRPC sends it as is ([`Listing::into_wire`]); the
+/// JSON views render it in their providers' shapes.
+#[derive(Debug)]
+pub struct Listing {
+    /// The page's events, as stored.
+    pub events: Vec<StoredEvent>,
+    /// Exact count of matching events in the listing's view.
+    pub total: i64,
+    /// The effective `from`.
+    pub from: Timestamp,
+    /// The effective `to`.
+    pub to: Timestamp,
+    /// Events of the listing before this page.
+    pub offset: i32,
+    /// The effective page size.
+    pub limit: i32,
+    /// The effective order.
+    pub order: Order,
+    /// Empty on the last page.
+    pub next_page_token: String,
+}
+
+impl Listing {
+    /// The gRPC response, carrying each event's stored bytes.
+    pub fn into_wire(self) -> wire::ListEventsResponse {
+        wire::ListEventsResponse {
+            data: self.events.iter().map(WireEvent::from).collect(),
+            total: self.total,
+            from: Some(self.from),
+            to: Some(self.to),
+            offset: self.offset,
+            limit: self.limit,
+            order: self.order as i32,
+            next_page_token: self.next_page_token,
         }
     }
 }

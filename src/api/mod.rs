@@ -20,12 +20,13 @@ use crate::fanout::{Fanout, Start, SubscribeEventsStream};
 use crate::metrics::Metrics;
 use crate::proto::event_service_server::EventService;
 use crate::proto::subscribe_events_request::Start as StartProto;
+use crate::proto::wire::{ListEventsResponse, PublishEventsResponse};
 use crate::proto::Format;
 use crate::proto::{
-    Event, GetEventRequest, ListEventsRequest, ListEventsResponse, PublishEventRequest,
-    PublishEventsRequest, PublishEventsResponse, SubscribeEventsRequest,
+    GetEventRequest, ListEventsRequest, PublishEventRequest, PublishEventsRequest,
+    SubscribeEventsRequest, WireEvent,
 };
-use crate::store::EventStore;
+use crate::store::{EventStore, StoredEvent};
 
 /// The EventService implementation: a few cheap-to-clone handles.
 #[derive(Clone)]
@@ -55,7 +56,7 @@ impl EventsApi {
         request: Request<T>,
         batch: bool,
         entries: impl FnOnce(T) -> Vec<PublishEventRequest>,
-    ) -> Result<Vec<Event>, Status> {
+    ) -> Result<Vec<StoredEvent>, Status> {
         let result = async {
             let caller = principal(&request)?;
             caller.require(Scope::Publish)?;
@@ -99,25 +100,26 @@ impl EventService for EventsApi {
     async fn publish_event(
         &self,
         request: Request<PublishEventRequest>,
-    ) -> Result<Response<Event>, Status> {
+    ) -> Result<Response<WireEvent>, Status> {
         let mut stored = self.publish(request, false, |r| vec![r]).await?;
         let appended =
             stored.pop().ok_or_else(|| Status::internal("the store returned no event"))?;
-        Ok(Response::new(appended))
+        Ok(Response::new(WireEvent::from(&appended)))
     }
 
     async fn publish_events(
         &self,
         request: Request<PublishEventsRequest>,
     ) -> Result<Response<PublishEventsResponse>, Status> {
-        let events = self.publish(request, true, |r| r.events).await?;
+        let stored = self.publish(request, true, |r| r.events).await?;
+        let events = stored.iter().map(WireEvent::from).collect();
         Ok(Response::new(PublishEventsResponse { events }))
     }
 
     async fn get_event(
         &self,
         request: Request<GetEventRequest>,
-    ) -> Result<Response<Event>, Status> {
+    ) -> Result<Response<WireEvent>, Status> {
         let caller = principal(&request)?;
         caller.require(Scope::Read)?;
         let GetEventRequest { id, livemode } = request.into_inner();
@@ -126,7 +128,7 @@ impl EventService for EventsApi {
         }
         crate::event::id::validate(&id).map_err(|r| Error::invalid("id", r))?;
         let event = get::find_event(&*self.store, &caller, &id, livemode).await?;
-        Ok(Response::new(event))
+        Ok(Response::new(WireEvent::from(&event)))
     }
 
     async fn list_events(
@@ -137,7 +139,7 @@ impl EventService for EventsApi {
         caller.require(Scope::Read)?;
         let page =
             list::list_page(&*self.store, &self.tokens, &caller, request.into_inner()).await?;
-        Ok(Response::new(page))
+        Ok(Response::new(page.into_wire()))
     }
 
     type SubscribeEventsStream = SubscribeEventsStream;

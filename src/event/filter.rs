@@ -3,7 +3,7 @@
 
 use crate::error::Error;
 use crate::event::validate_type;
-use crate::proto::Event;
+use crate::store::StoredEvent;
 
 /// Most type patterns one request may carry.
 pub const MAX_TYPE_PATTERNS: usize = 100;
@@ -86,8 +86,8 @@ impl Filter {
     }
 
     /// Whether the event passes both filters.
-    pub fn matches(&self, event: &Event) -> bool {
-        self.matches_mode(event.livemode) && self.matches_type(&event.r#type)
+    pub fn matches(&self, event: &StoredEvent) -> bool {
+        self.matches_mode(event.livemode()) && self.matches_type(event.event_type())
     }
 
     /// The patterns as the client wrote them, for page tokens.

@@ -16,8 +16,9 @@ use tonic::Status;
 use crate::error::Error;
 use crate::event::{cloudevent, time, Filter};
 use crate::metrics::{Metrics, SubscriberGuard};
-use crate::proto::{subscribe_events_response::Item, CaughtUp, Heartbeat, SubscribeEventsResponse};
-use crate::store::EventStore;
+use crate::proto::wire::{subscribe_events_response::Item, SubscribeEventsResponse};
+use crate::proto::{CaughtUp, Heartbeat, WireEvent};
+use crate::store::{EventStore, StoredEvent};
 
 /// The stream type tonic serves for SubscribeEvents.
 pub type SubscribeEventsStream =
@@ -183,11 +184,15 @@ impl Subscription {
                     Err(err) => return Stop::Failed(err),
                 };
                 for event in batch {
-                    let sequence = event.sequence;
+                    let sequence = event.sequence();
                     if self.wanted(&event) {
                         let item = match self.cloudevents {
-                            true => Item::CloudEvent(cloudevent::to_proto(&event)),
-                            false => Item::Event(event),
+                            true => match event.decode() {
+                                Ok(decoded) => Item::CloudEvent(cloudevent::to_proto(&decoded)),
+                                Err(err) => return Stop::Failed(err),
+                            },
+                            // The stored bytes, shared: no encoding per subscriber.
+                            false => Item::Event(WireEvent::from(&event)),
                         };
                         if let Err(stop) = self.send(item).await {
                             return stop;
@@ -229,11 +234,12 @@ impl Subscription {
         }
     }
 
-    fn wanted(&self, event: &crate::proto::Event) -> bool {
+    fn wanted(&self, event: &StoredEvent) -> bool {
         self.filter.matches(event)
-            && self.created_from.as_ref().is_none_or(|from| {
-                event.created.as_ref().is_some_and(|c| time::cmp(c, from).is_ge())
-            })
+            && self
+                .created_from
+                .as_ref()
+                .is_none_or(|from| time::cmp(&event.created(), from).is_ge())
     }
 
     fn heartbeat_item(&self) -> Item {

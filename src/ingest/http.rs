@@ -115,7 +115,7 @@ async fn receive_webhook(
         )));
     }
     let json = parse_json(&body)?;
-    let webhook_id = header("webhook-id");
+    let webhook_id = signature::standard_webhooks_id(&header);
     let delivery =
         envelope::parse(source.provider, &json, webhook_id.as_deref()).map_err(envelope_error)?;
     let livemode = match source.provider {
@@ -162,7 +162,7 @@ async fn append_one(state: &IngestState, event: NewEvent) -> Result<Response, Er
         return Err(Error::Corrupt("the store returned no event".into()));
     };
     let status = if new { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(event_to_json(&event))).into_response())
+    Ok((status, Json(event_to_json(&event.decode()?))).into_response())
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), Error> {

@@ -23,17 +23,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::Error;
 use crate::event::{id, time, NewEvent};
 use crate::metrics::Metrics;
-use crate::proto::Event;
 use crate::store::durability::Syncer;
-use crate::store::embedded::{decode, load, Loaded, SharedTree, StoreConfig};
+use crate::store::embedded::{load, stored, Loaded, SharedTree, StoreConfig};
 use crate::store::recent::Recent;
-use crate::store::{keys, Appended};
+use crate::store::{keys, Appended, StoredEvent};
 
 /// Most events staged into one round (one sled batch, one flush).
 pub const MAX_ROUND_EVENTS: usize = 4_096;
@@ -107,14 +105,14 @@ struct Round {
     batch: sled::Batch,
     new_events: usize,
     /// Events staged in this round by id, so a repeat within the round is recognised.
-    staged: HashMap<String, Event>,
+    staged: HashMap<String, StoredEvent>,
     replies: Vec<Reply>,
     received: Option<prost_types::Timestamp>,
 }
 
 /// How one event of a request resolves.
 enum Resolved {
-    Existing(Event),
+    Existing(StoredEvent),
     New(NewEvent, String),
 }
 
@@ -242,13 +240,13 @@ impl Committer {
             let id = given.clone();
             return Ok(Resolved::New(event, id));
         };
-        match event.differs_from(&existing) {
+        match event.differs_from(&existing.decode()?) {
             None => Ok(Resolved::Existing(existing)),
             Some(field) => Err(Error::AlreadyExists { id: given.clone(), field }),
         }
     }
 
-    fn stored(&self, id: &str) -> Result<Option<Event>, Error> {
+    fn stored(&self, id: &str) -> Result<Option<StoredEvent>, Error> {
         let Some(seq) = self.tree.get(keys::id(id))? else {
             return Ok(None);
         };
@@ -258,7 +256,7 @@ impl Committer {
             .tree
             .get(keys::event(seq))?
             .ok_or_else(|| Error::Corrupt(format!("id {id:?} points to missing sequence {seq}")))?;
-        decode(seq, &bytes).map(Some)
+        stored(seq, bytes).map(Some)
     }
 
     fn fresh_id(&self, livemode: bool, round: &Round) -> Result<String, Error> {
@@ -277,22 +275,21 @@ impl Committer {
         id: String,
         received: prost_types::Timestamp,
         round: &mut Round,
-    ) -> Event {
+    ) -> StoredEvent {
         self.last_seq += 1;
         let seq = self.last_seq;
-        let event = new.into_event(id, seq, received);
-        let created = event.created.unwrap_or(received);
+        // Encoded once, here: these bytes are what the store holds and every reader sends.
+        let event = StoredEvent::from_event(&new.into_event(id, seq, received));
+        let created = event.created();
+        let (livemode, event_type) = (event.livemode(), event.event_type());
         let batch = &mut round.batch;
-        batch.insert(&keys::event(seq), event.encode_to_vec());
-        batch.insert(keys::id(&event.id), &seq.to_be_bytes());
-        batch.insert(keys::entry(&keys::created_prefix(event.livemode), &created, seq), &[]);
-        batch.insert(
-            keys::entry(&keys::type_prefix(&event.r#type, event.livemode), &created, seq),
-            &[],
-        );
-        *self.counts.entry((event.livemode, event.r#type.clone())).or_default() += 1;
+        batch.insert(&keys::event(seq), event.bytes().as_ref());
+        batch.insert(keys::id(event.id()), &seq.to_be_bytes());
+        batch.insert(keys::entry(&keys::created_prefix(livemode), &created, seq), &[]);
+        batch.insert(keys::entry(&keys::type_prefix(event_type, livemode), &created, seq), &[]);
+        *self.counts.entry((livemode, event_type.to_string())).or_default() += 1;
         round.new_events += 1;
-        round.staged.insert(event.id.clone(), event.clone());
+        round.staged.insert(event.id().to_string(), event.clone());
         event
     }
 
@@ -301,12 +298,14 @@ impl Committer {
         let Round { mut batch, new_events, replies, staged, .. } = round;
         if new_events > 0 {
             let started = std::time::Instant::now();
-            let mut fresh: Vec<Event> = staged.into_values().collect();
-            fresh.sort_unstable_by_key(|e| e.sequence);
+            let mut fresh: Vec<StoredEvent> = staged.into_values().collect();
+            fresh.sort_unstable_by_key(StoredEvent::sequence);
             // Counters and metrics once per stream per round, not once per event.
             let mut per_stream: BTreeMap<(bool, &str, &str), u64> = BTreeMap::new();
             for event in &fresh {
-                *per_stream.entry((event.livemode, &event.r#type, &event.source)).or_default() += 1;
+                *per_stream
+                    .entry((event.livemode(), event.event_type(), event.source()))
+                    .or_default() += 1;
             }
             let mut streams = std::collections::BTreeSet::new();
             for (&(livemode, event_type, source), &n) in &per_stream {
@@ -333,7 +332,7 @@ impl Committer {
 
     /// Applies a batch, makes it durable, and publishes the new durable state. After a
     /// failure every later write is refused (see the module header).
-    fn write(&mut self, batch: sled::Batch, fresh: Vec<Event>) -> Result<(), sled::Error> {
+    fn write(&mut self, batch: sled::Batch, fresh: Vec<StoredEvent>) -> Result<(), sled::Error> {
         let written = self
             .tree
             .apply_batch(batch)
@@ -415,20 +414,20 @@ impl Committer {
             let Some(bytes) = self.tree.get(keys::event(seq))? else {
                 return Err(Error::Corrupt(format!("event {seq} is missing while trimming")));
             };
-            let event = decode(seq, &bytes)?;
-            let created = event.created.unwrap_or_default();
+            let event = stored(seq, bytes)?;
+            let created = event.created();
             batch.remove(&keys::event(seq));
             // An id removed earlier and published again belongs to the newer event.
-            if self.tree.get(keys::id(&event.id))?.as_deref() == Some(&seq.to_be_bytes()[..]) {
-                batch.remove(keys::id(&event.id));
+            if self.tree.get(keys::id(event.id()))?.as_deref() == Some(&seq.to_be_bytes()[..]) {
+                batch.remove(keys::id(event.id()));
             }
-            batch.remove(keys::entry(&keys::created_prefix(event.livemode), &created, seq));
+            batch.remove(keys::entry(&keys::created_prefix(event.livemode()), &created, seq));
             batch.remove(keys::entry(
-                &keys::type_prefix(&event.r#type, event.livemode),
+                &keys::type_prefix(event.event_type(), event.livemode()),
                 &created,
                 seq,
             ));
-            let stream = (event.livemode, event.r#type);
+            let stream = (event.livemode(), event.event_type().to_string());
             let count = self.counts.get(&stream).copied().unwrap_or(0).saturating_sub(1);
             batch.insert(keys::count(stream.0, &stream.1), &count.to_be_bytes());
             self.counts.insert(stream, count);

@@ -34,7 +34,7 @@ use crate::store::commit::{Command, Committer, Counts, DurableState};
 use crate::store::durability::{read_ack, AckRecord, Durability, Syncer, ACK_FILE, BLOBS_MARKER};
 use crate::store::recent::Recent;
 use crate::store::retention::Retention;
-use crate::store::{keys, list, Appended, EventStore, ListPage, ListQuery};
+use crate::store::{keys, list, Appended, EventStore, ListPage, ListQuery, StoredEvent};
 
 /// How many commands may wait for the writer before publishers wait to enqueue.
 const QUEUE_DEPTH: usize = 8_192;
@@ -157,11 +157,11 @@ impl SledStore {
         })
     }
 
-    fn event_at(&self, seq: u64) -> Result<Option<Event>, Error> {
+    fn event_at(&self, seq: u64) -> Result<Option<StoredEvent>, Error> {
         let Some(bytes) = self.tree.get()?.get(keys::event(seq))? else {
             return Ok(None);
         };
-        decode(seq, &bytes).map(Some)
+        stored(seq, bytes).map(Some)
     }
 }
 
@@ -345,6 +345,12 @@ pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<Event, Error> {
     Event::decode(bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))
 }
 
+/// A stored event record as served (its routing fields decoded, `data` left encoded).
+pub(crate) fn stored(seq: u64, bytes: sled::IVec) -> Result<StoredEvent, Error> {
+    StoredEvent::from_bytes(bytes::Bytes::from(bytes.to_vec()))
+        .map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))
+}
+
 #[async_trait]
 impl EventStore for SledStore {
     fn writable(&self) -> bool {
@@ -363,7 +369,9 @@ impl EventStore for SledStore {
         Ok(appended)
     }
 
-    async fn get(&self, id: &str) -> Result<Option<Event>, Error> {
+    /// Ids are still global in this store (one id is stored once, in one mode): the event with
+    /// this id, if its mode is the one asked for.
+    async fn get(&self, livemode: bool, id: &str) -> Result<Option<StoredEvent>, Error> {
         let Some(seq) = self.tree.get()?.get(keys::id(id))? else {
             return Ok(None);
         };
@@ -372,7 +380,7 @@ impl EventStore for SledStore {
         if seq > *self.durable.borrow() {
             return Ok(None);
         }
-        self.event_at(seq)
+        Ok(self.event_at(seq)?.filter(|e| e.livemode() == livemode))
     }
 
     async fn list(&self, query: ListQuery) -> Result<ListPage, Error> {
@@ -387,7 +395,7 @@ impl EventStore for SledStore {
                     let bytes = tree.get(keys::event(seq))?.ok_or_else(|| {
                         Error::Corrupt(format!("index points to missing event {seq}"))
                     })?;
-                    decode(seq, &bytes)
+                    stored(seq, bytes)
                 })
                 .collect::<Result<Vec<_>, Error>>()?;
             Ok(page.with_events(events))
@@ -396,7 +404,7 @@ impl EventStore for SledStore {
         .map_err(|e| Error::Corrupt(format!("list task failed: {e}")))?
     }
 
-    async fn read_from(&self, after: u64, max: usize) -> Result<Vec<Event>, Error> {
+    async fn read_from(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>, Error> {
         let first = self.state.borrow().first;
         if after.saturating_add(1) < first {
             return Err(Error::Expired { position: "after_sequence", earliest: first });
@@ -414,7 +422,7 @@ impl EventStore for SledStore {
                 .take(max)
                 .map(|entry| {
                     let (key, value) = entry?;
-                    decode(keys::seq_of(&key).unwrap_or_default(), &value)
+                    stored(keys::seq_of(&key).unwrap_or_default(), value)
                 })
                 .collect()
         })

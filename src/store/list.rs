@@ -15,8 +15,8 @@ use prost_types::Timestamp;
 
 use crate::error::Error;
 use crate::event::time;
-use crate::proto::Event;
 use crate::store::commit::DurableState;
+use crate::store::StoredEvent;
 use crate::store::{keys, Direction, ListPage, ListQuery};
 
 /// Index keys of a range, in the requested direction.
@@ -71,7 +71,7 @@ pub struct SequencePage {
 
 impl SequencePage {
     /// The page with its events read.
-    pub fn with_events(self, events: Vec<Event>) -> ListPage {
+    pub fn with_events(self, events: Vec<StoredEvent>) -> ListPage {
         let SequencePage { total, snapshot, has_more, first, .. } = self;
         ListPage { events, total, snapshot, has_more, first }
     }

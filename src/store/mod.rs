@@ -1,8 +1,9 @@
 //! Storage: the narrow interface every backend implements, the embedded sled backend, and the
 //! JetStream backend for several instances ([`jetstream`]).
 //!
-//! The interface is five operations: append a batch, get by id, list a range, read from a
-//! sequence, and watch the durable point. It promises:
+//! The interface is five operations: append a batch, get by (mode, id), list a range, read
+//! from a sequence, and watch the durable point. Reads hand out [`StoredEvent`]s: the bytes
+//! encoded once at publish, which every transport sends as they are. It promises:
 //! - `append` returns only once every event of the batch is durable, and a batch is stored
 //!   atomically and in order (all or nothing).
 //! - `sequence` starts at 1 and grows by exactly one per stored event.
@@ -23,6 +24,7 @@ mod keys;
 pub mod list;
 pub mod recent;
 pub mod retention;
+pub mod stored;
 
 use async_trait::async_trait;
 use prost_types::Timestamp;
@@ -30,10 +32,9 @@ use tokio::sync::watch;
 
 use crate::error::Error;
 use crate::event::{Filter, NewEvent};
-use crate::proto::Event;
-
 pub use durability::Durability;
 pub use embedded::{SledStore, StoreConfig};
+pub use stored::StoredEvent;
 
 /// A listing's sort direction, by (created, sequence).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +91,7 @@ pub struct ListQuery {
 #[derive(Debug, Clone)]
 pub struct ListPage {
     /// The page's events, in order.
-    pub events: Vec<Event>,
+    pub events: Vec<StoredEvent>,
     /// Exact count of matching events in the view.
     pub total: u64,
     /// The durable sequence that bounds the view.
@@ -105,7 +106,7 @@ pub struct ListPage {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Appended {
     /// The stored event.
-    pub event: Event,
+    pub event: StoredEvent,
     /// True if this append stored it; false for an idempotent repeat of a stored event.
     pub new: bool,
 }
@@ -121,14 +122,15 @@ pub trait EventStore: Send + Sync + 'static {
     /// Whether the store accepts writes (false after a storage error or once closed).
     fn writable(&self) -> bool;
 
-    /// The durable event with this id, if any.
-    async fn get(&self, id: &str) -> Result<Option<Event>, Error>;
+    /// The durable event with this id in this mode, if any. Ids are one namespace per mode:
+    /// the same caller id may name one test and one live event.
+    async fn get(&self, livemode: bool, id: &str) -> Result<Option<StoredEvent>, Error>;
 
     /// One page of events in a time range, with the exact total.
     async fn list(&self, query: ListQuery) -> Result<ListPage, Error>;
 
     /// Up to `max` durable events with a sequence above `after`, in sequence order.
-    async fn read_from(&self, after: u64, max: usize) -> Result<Vec<Event>, Error>;
+    async fn read_from(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>, Error>;
 
     /// The lowest sequence among durable events created at or after `created`, if any.
     async fn first_sequence_created_from(&self, created: Timestamp) -> Result<Option<u64>, Error>;

@@ -9,22 +9,22 @@
 use std::collections::VecDeque;
 use std::sync::RwLock;
 
-use crate::proto::Event;
+use crate::store::StoredEvent;
 
 /// Events kept (about 1 KiB each for a typical payment event).
 pub const CAPACITY: usize = 4_096;
 
 /// The cache; shared between the writer and the readers.
 #[derive(Default)]
-pub struct Recent(RwLock<VecDeque<Event>>);
+pub struct Recent(RwLock<VecDeque<StoredEvent>>);
 
 impl Recent {
     /// Appends a round's new events (consecutive sequences, in order).
-    pub fn push(&self, fresh: Vec<Event>) {
+    pub fn push(&self, fresh: Vec<StoredEvent>) {
         let mut events = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         // A gap (the store was reopened, say) makes older entries useless for "after N" reads.
         if let (Some(last), Some(first)) = (events.back(), fresh.first()) {
-            if last.sequence + 1 != first.sequence {
+            if last.sequence() + 1 != first.sequence() {
                 events.clear();
             }
         }
@@ -36,16 +36,16 @@ impl Recent {
     /// Forgets events below `first` (removed by retention).
     pub fn prune_before(&self, first: u64) {
         let mut events = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        while events.front().is_some_and(|e| e.sequence < first) {
+        while events.front().is_some_and(|e| e.sequence() < first) {
             events.pop_front();
         }
     }
 
     /// Up to `max` events with sequences in `after + 1 ..= durable`, or `None` when the cache
     /// does not reach back to `after + 1` (read the store instead).
-    pub fn read(&self, after: u64, max: usize, durable: u64) -> Option<Vec<Event>> {
+    pub fn read(&self, after: u64, max: usize, durable: u64) -> Option<Vec<StoredEvent>> {
         let events = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let front = events.front()?.sequence;
+        let front = events.front()?.sequence();
         if after + 1 < front {
             return None;
         }
@@ -54,7 +54,7 @@ impl Recent {
             events
                 .iter()
                 .skip(start)
-                .take_while(|e| e.sequence <= durable)
+                .take_while(|e| e.sequence() <= durable)
                 .take(max)
                 .cloned()
                 .collect(),

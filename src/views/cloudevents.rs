@@ -23,8 +23,7 @@ use crate::auth::Mode;
 use crate::error::Error;
 use crate::event::cloudevent::{to_json, BATCH_CONTENT_TYPE, JSON_CONTENT_TYPE};
 use crate::event::Filter;
-use crate::proto::Event;
-use crate::store::EventStore;
+use crate::store::{EventStore, StoredEvent};
 
 /// Events examined per poll when `limit` is not given, and the most allowed.
 const DEFAULT_LIMIT: i32 = 100;
@@ -72,12 +71,15 @@ pub async fn poll(
     let limit = limit.min(MAX_LIMIT) as usize;
     let (events, next) = if caller.mode == Mode::All {
         let events = state.store.read_from(after, limit).await?;
-        let next = events.last().map_or(after, |e| e.sequence);
+        let next = events.last().map_or(after, |e| e.sequence());
         (events.into_iter().filter(|e| filter.matches(e)).collect(), next)
     } else {
         own_mode_batch(&*state.store, &filter, after, limit).await?
     };
-    let batch: Vec<Value> = events.iter().map(to_json).collect();
+    let batch = events
+        .iter()
+        .map(|e| e.decode().map(|event| to_json(&event)))
+        .collect::<Result<Vec<Value>, Error>>()?;
     Ok(respond(BATCH_CONTENT_TYPE, &Value::Array(batch), Some(next)))
 }
 
@@ -94,18 +96,18 @@ async fn own_mode_batch(
     filter: &Filter,
     after: u64,
     limit: usize,
-) -> Result<(Vec<Event>, u64), Error> {
+) -> Result<(Vec<StoredEvent>, u64), Error> {
     let (mut batch, mut cursor, mut scanned) = (Vec::new(), after, 0);
     while batch.len() < limit && scanned < OWN_MODE_SCAN {
         let events = store.read_from(cursor, MAX_LIMIT as usize).await?;
         let Some(last) = events.last() else { break };
-        cursor = last.sequence;
+        cursor = last.sequence();
         scanned += events.len();
         batch.extend(events.into_iter().filter(|e| filter.matches(e)));
     }
     batch.truncate(limit);
     let next = match batch.last() {
-        Some(event) => event.sequence,
+        Some(event) => event.sequence(),
         None if scanned >= OWN_MODE_SCAN => cursor,
         None => after,
     };

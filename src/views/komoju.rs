@@ -63,7 +63,7 @@ pub async fn list(
         "page": page,
         "per_page": per_page,
         "last_page": last_page,
-        "data": listing.data.iter().map(event).collect::<Vec<_>>(),
+        "data": listing.events.iter().map(|e| e.decode().map(|e| event(&e))).collect::<Result<Vec<_>, _>>()?,
     })))
 }
 

@@ -39,12 +39,12 @@ use prost_types::Timestamp;
 use serde_json::{Map, Value as Json};
 
 use crate::api::get::find_event;
-use crate::api::list::{list_page, PageTokens};
+use crate::api::list::{list_page, Listing, PageTokens};
 use crate::auth::{KeyRing, Principal, Scope};
 use crate::error::Error;
 use crate::event::json::struct_to_object;
 use crate::event::{id, time};
-use crate::proto::{Event, ListEventsRequest, ListEventsResponse};
+use crate::proto::{Event, ListEventsRequest};
 use crate::store::EventStore;
 
 /// What the view handlers share: cheap-to-clone handles.
@@ -94,7 +94,7 @@ async fn find(
     if id::validate(&event_id).is_err() {
         return Err(Error::NotFound { id: event_id });
     }
-    find_event(&*state.store, caller, &event_id, livemode).await
+    find_event(&*state.store, caller, &event_id, livemode).await?.decode()
 }
 
 /// Runs one ListEvents page as the caller ([`list_page`]), with the type filter named as
@@ -103,7 +103,7 @@ async fn list(
     state: &ViewsState,
     caller: &Principal,
     request: ListEventsRequest,
-) -> Result<ListEventsResponse, Error> {
+) -> Result<Listing, Error> {
     list_page(&*state.store, &state.tokens, caller, request).await.map_err(name_type_param)
 }
 

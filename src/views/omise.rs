@@ -40,20 +40,20 @@ pub async fn list(
         page_token: String::new(),
     };
     let page = super::list(&state, &caller, request).await?;
-    let order = match page.order() {
+    let order = match page.order {
         Order::ReverseChronological => "reverse_chronological",
         _ => "chronological",
     };
     Ok(Json(json!({
         "object": "list",
-        "data": page.data.iter().map(event).collect::<Vec<_>>(),
+        "data": page.events.iter().map(|e| e.decode().map(|e| event(&e))).collect::<Result<Vec<_>, _>>()?,
         "limit": page.limit,
         "offset": page.offset,
         "total": page.total,
         "location": "/events",
         "order": order,
-        "from": time_json(&page.from),
-        "to": time_json(&page.to),
+        "from": time_json(&Some(page.from)),
+        "to": time_json(&Some(page.to)),
     })))
 }
 

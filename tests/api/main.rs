@@ -18,3 +18,4 @@ mod support;
 mod tls;
 mod views;
 mod webhooks;
+mod wire;

@@ -896,3 +896,56 @@ async fn secrets_from_the_secrets_file_sign_deliveries_alongside_the_flag_secret
     assert_error(&unsigned_stripe, 401, "Stripe-Signature", "unsigned Stripe");
     assert_eq!(stored_total(&mut app.client).await, 2);
 }
+
+/// Deliveries signed by the reference libraries (`standardwebhooks` and `svix` from PyPI,
+/// written by `scripts/webhook-libraries.py --write`): both header sets, rotation on either
+/// side, malformed entries before a valid one, and the mixed and conflicting sets that must
+/// fail. Each is posted to a real server holding the fixture's two secrets, with a tolerance
+/// wide enough for the fixture's fixed timestamps; a delivery that should be stored is stored
+/// under its message id, and one that should fail stores nothing.
+#[tokio::test]
+async fn deliveries_signed_by_the_reference_libraries_are_verified_as_they_verify_them() {
+    let doc = fixture("webhooks/libraries.json");
+    let source = doc["source"].as_str().expect("source").to_owned();
+    let secrets: Vec<WebhookSecret> = doc["secrets"]
+        .as_array()
+        .expect("secrets")
+        .iter()
+        .map(|s| secret(&source, s.as_str().expect("a secret")))
+        .collect();
+    let app = spawn_app_with(move |config| {
+        config.webhook_secrets = secrets;
+        config.webhook_tolerance = Duration::from_secs(100 * 365 * 86_400);
+    })
+    .await;
+    let mut client = app.client.clone();
+    let mut stored: i64 = 0;
+    for delivery in doc["deliveries"].as_array().expect("deliveries") {
+        let name = delivery["name"].as_str().expect("name");
+        let headers: Vec<(String, String)> = delivery["headers"]
+            .as_object()
+            .expect("headers")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().expect("a header value").to_owned()))
+            .collect();
+        let body = delivery["body"].as_str().expect("body").as_bytes().to_vec();
+        let url = format!("{}/webhooks/{source}", app.http);
+        let reply = post(&url, Some("application/json"), &headers, body).await;
+        let expected = delivery["status"].as_u64().expect("status");
+        assert_eq!(u64::from(reply.status), expected, "{name}: {}", reply.text);
+        let id = headers
+            .iter()
+            .find(|(k, _)| k == "webhook-id" || k == "svix-id")
+            .map(|(_, v)| v.clone())
+            .expect("a message id");
+        if expected == 201 {
+            stored += 1;
+            let event = get_event(&mut client, &id).await.expect("stored under its message id");
+            assert_eq!(event.id, id, "{name}");
+        } else {
+            assert_eq!(reply.json["code"], "unauthenticated", "{name}: {}", reply.text);
+            assert_eq!(stored_total(&mut client).await, stored, "{name}: nothing more is stored");
+        }
+    }
+    assert_eq!(stored, 5, "the fixture's five valid deliveries");
+}

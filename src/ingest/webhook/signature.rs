@@ -39,6 +39,28 @@ const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
 /// Standard Webhooks' space-separated list of `v1,<base64>` signatures.
 const WEBHOOK_SIGNATURE: &str = "webhook-signature";
 
+/// The two spellings of the Standard Webhooks headers, in order of preference: the
+/// specification's own, and Svix's (`svix-id`, `svix-timestamp`, `svix-signature`), which
+/// every Svix-powered sender uses and the `svix` library verifies. Both carry the same scheme.
+const STANDARD_HEADER_SETS: [HeaderSet; 2] = [
+    HeaderSet { id: WEBHOOK_ID, timestamp: WEBHOOK_TIMESTAMP, signature: WEBHOOK_SIGNATURE },
+    HeaderSet { id: "svix-id", timestamp: "svix-timestamp", signature: "svix-signature" },
+];
+
+/// The names of one spelling of the Standard Webhooks headers.
+#[derive(Debug, Clone, Copy)]
+struct HeaderSet {
+    id: &'static str,
+    timestamp: &'static str,
+    signature: &'static str,
+}
+
+impl HeaderSet {
+    fn names(self) -> [&'static str; 3] {
+        [self.id, self.timestamp, self.signature]
+    }
+}
+
 /// The prefix Standard Webhooks (and Stripe) put in front of their secrets.
 const WHSEC_PREFIX: &str = "whsec_";
 
@@ -202,17 +224,18 @@ pub fn verify(
             check_fresh(STRIPE_SIGNATURE, timestamp, now, tolerance)
         }
         Provider::StandardWebhooks => {
-            let id = require(header, WEBHOOK_ID)?;
-            let timestamp_raw = require(header, WEBHOOK_TIMESTAMP)?;
-            let timestamp = parse_unix_seconds(WEBHOOK_TIMESTAMP, &timestamp_raw)?;
-            let signatures = require(header, WEBHOOK_SIGNATURE)?;
-            let candidates = standard_webhooks_signatures(&signatures)?;
+            let set = standard_header_set(header)?;
+            let id = require(header, set.id)?;
+            let timestamp_raw = require(header, set.timestamp)?;
+            let timestamp = parse_unix_seconds(set.timestamp, &timestamp_raw)?;
+            let signatures = require(header, set.signature)?;
+            let candidates = standard_webhooks_signatures(set.signature, &signatures)?;
             check_mac(
                 &keys,
                 &[id.as_bytes(), b".", timestamp_raw.as_bytes(), b".", body],
                 &candidates,
             )?;
-            check_fresh(WEBHOOK_TIMESTAMP, timestamp, now, tolerance)
+            check_fresh(set.timestamp, timestamp, now, tolerance)
         }
     }
 }
@@ -438,32 +461,62 @@ fn parse_stripe_header(value: &str) -> Result<StripeHeader<'_>, SignatureError> 
     Ok(StripeHeader { timestamp, signatures })
 }
 
-/// Reads a `webhook-signature` header: space-separated `version,signature`
-/// entries, of which only `v1` ones are ours to check (the specification
-/// reserves the others, such as asymmetric `v1a`, and says to skip them).
-fn standard_webhooks_signatures(value: &str) -> Result<Vec<Vec<u8>>, SignatureError> {
-    let mut candidates = Vec::new();
-    for entry in value.split_ascii_whitespace() {
-        if let Some(encoded) = entry.strip_prefix("v1,") {
-            let decoded = BASE64.decode(encoded).map_err(|_| {
-                SignatureError::Malformed(
-                    WEBHOOK_SIGNATURE,
-                    "a v1 signature is not valid base64".to_owned(),
-                )
-            })?;
-            if decoded.len() != MAC_LEN {
-                return Err(SignatureError::Malformed(
-                    WEBHOOK_SIGNATURE,
-                    format!("a v1 signature must decode to {MAC_LEN} bytes"),
-                ));
-            }
-            candidates.push(decoded);
+/// Chooses which spelling of the Standard Webhooks headers a delivery uses: the first set
+/// whose three headers are all present (so `webhook-*` wins when both are complete). A
+/// delivery with no complete set is missing a header: the first one absent from the set it
+/// has most of (`webhook-*` on a tie, or when it has none), so a mixed or incomplete set is
+/// refused naming what it lacks.
+fn standard_header_set(
+    header: &dyn Fn(&str) -> Option<String>,
+) -> Result<HeaderSet, SignatureError> {
+    let present = |set: &HeaderSet| set.names().into_iter().filter(|n| header(n).is_some()).count();
+    if let Some(set) = STANDARD_HEADER_SETS.iter().find(|set| present(set) == 3) {
+        return Ok(*set);
+    }
+    let mut closest = STANDARD_HEADER_SETS[0];
+    for set in &STANDARD_HEADER_SETS[1..] {
+        if present(set) > present(&closest) {
+            closest = *set;
         }
     }
-    if candidates.is_empty() {
-        return Err(SignatureError::Malformed(WEBHOOK_SIGNATURE, "no v1 signature".to_owned()));
+    let missing = closest.names().into_iter().find(|n| header(n).is_none()).unwrap_or(closest.id);
+    Err(SignatureError::MissingHeader(missing))
+}
+
+/// The Standard Webhooks message id of a delivery, which eventsd stores as the event id: the
+/// `id` header of the set [`verify`] checks (the first complete set), or for an unsigned
+/// delivery `webhook-id`, else `svix-id`.
+pub fn standard_webhooks_id(header: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let set = standard_header_set(header).ok();
+    match set {
+        Some(set) => header(set.id),
+        None => STANDARD_HEADER_SETS.iter().find_map(|set| header(set.id)),
     }
-    check_count(WEBHOOK_SIGNATURE, &candidates)?;
+}
+
+/// Reads a Standard Webhooks signature header: space-separated `version,signature` entries.
+/// As the reference libraries (`standardwebhooks`, `svix`) read it, only well-formed `v1`
+/// entries are candidates; an entry of another version (the specification reserves them,
+/// such as asymmetric `v1a`) or one that is malformed (no comma, bad base64, a length no
+/// HMAC-SHA256 has) is skipped, so a valid signature after a damaged one still verifies.
+/// With no usable `v1` entry at all the header is malformed.
+fn standard_webhooks_signatures(
+    name: &'static str,
+    value: &str,
+) -> Result<Vec<Vec<u8>>, SignatureError> {
+    let candidates: Vec<Vec<u8>> = value
+        .split_ascii_whitespace()
+        .filter_map(|entry| entry.strip_prefix("v1,"))
+        .filter_map(|encoded| BASE64.decode(encoded).ok())
+        .filter(|decoded| decoded.len() == MAC_LEN)
+        .collect();
+    if candidates.is_empty() {
+        return Err(SignatureError::Malformed(
+            name,
+            format!("no well-formed v1 signature (base64 of {MAC_LEN} bytes)"),
+        ));
+    }
+    check_count(name, &candidates)?;
     Ok(candidates)
 }
 
@@ -1118,6 +1171,90 @@ mod tests {
             assert_malformed(
                 malformed_in(Provider::StandardWebhooks, "webhook-timestamp", value),
                 WEBHOOK_TIMESTAMP,
+            );
+        }
+    }
+
+    /// Renames the `webhook-*` headers of a signed delivery to their `svix-*` spelling.
+    fn as_svix(h: &HashMap<String, String>) -> HashMap<String, String> {
+        h.iter().map(|(k, v)| (k.replace("webhook-", "svix-"), v.clone())).collect()
+    }
+
+    #[test]
+    fn standard_webhooks_skip_malformed_and_unknown_entries_before_a_valid_one() {
+        let good = signed(Provider::StandardWebhooks, SW_SECRET, NOW, BODY);
+        let valid = good.get("webhook-signature").cloned().unwrap_or_default();
+        for junk in
+            ["v1,not-base64!", "v1,c2hvcnQ=", "v1a,c2lnbmF0dXJl", "v2,abc", "nonsense", "v1,"]
+        {
+            let mut h = good.clone();
+            h.insert("webhook-signature".to_owned(), format!("{junk} {valid}"));
+            assert_eq!(check(Provider::StandardWebhooks, &[SW_SECRET], &h, BODY), Ok(()), "{junk}");
+        }
+    }
+
+    #[test]
+    fn standard_webhooks_accept_the_svix_header_names() {
+        let svix = as_svix(&signed(Provider::StandardWebhooks, SW_SECRET, NOW, BODY));
+        assert_eq!(check(Provider::StandardWebhooks, &[SW_SECRET], &svix, BODY), Ok(()));
+        let lookup = |name: &str| svix.get(name).cloned();
+        assert_eq!(standard_webhooks_id(&lookup).as_deref(), Some(MSG_ID));
+        let mut forged = svix.clone();
+        forged.insert("svix-id".to_owned(), "msg_other".to_owned());
+        assert_eq!(
+            check(Provider::StandardWebhooks, &[SW_SECRET], &forged, BODY),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_prefer_the_webhook_set_when_both_are_complete() {
+        let good = signed(Provider::StandardWebhooks, SW_SECRET, NOW, BODY);
+        let wrong = signed(Provider::StandardWebhooks, SW_OTHER, NOW, BODY);
+        let mut both = good.clone();
+        both.extend(as_svix(&wrong));
+        assert_eq!(check(Provider::StandardWebhooks, &[SW_SECRET], &both, BODY), Ok(()));
+        let mut both = wrong.clone();
+        both.extend(as_svix(&good));
+        assert_eq!(
+            check(Provider::StandardWebhooks, &[SW_SECRET], &both, BODY),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_mixed_or_incomplete_sets_name_the_missing_header() {
+        let good = signed(Provider::StandardWebhooks, SW_SECRET, NOW, BODY);
+        let svix = as_svix(&good);
+        let pick = |from: &[(&HashMap<String, String>, &str)]| -> HashMap<String, String> {
+            from.iter().map(|(h, name)| (name.to_string(), h[*name].clone())).collect()
+        };
+        let cases = [
+            (
+                pick(&[
+                    (&good, "webhook-id"),
+                    (&svix, "svix-timestamp"),
+                    (&svix, "svix-signature"),
+                ]),
+                "svix-id",
+            ),
+            (
+                pick(&[
+                    (&good, "webhook-id"),
+                    (&good, "webhook-signature"),
+                    (&svix, "svix-timestamp"),
+                ]),
+                "webhook-timestamp",
+            ),
+            (pick(&[(&svix, "svix-id"), (&svix, "svix-timestamp")]), "svix-signature"),
+            (pick(&[(&good, "webhook-id"), (&svix, "svix-id")]), "webhook-timestamp"),
+            (HashMap::new(), "webhook-id"),
+        ];
+        for (headers, missing) in cases {
+            assert_eq!(
+                check(Provider::StandardWebhooks, &[SW_SECRET], &headers, BODY),
+                Err(SignatureError::MissingHeader(missing)),
+                "{headers:?}"
             );
         }
     }

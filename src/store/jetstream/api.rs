@@ -9,11 +9,10 @@ use async_nats::header::HeaderMap;
 use async_nats::{Client, HeaderValue};
 use base64::Engine;
 use bytes::Bytes;
-use prost::Message as _;
 use serde::Deserialize;
 
 use crate::error::Error;
-use crate::proto::Event;
+use crate::store::StoredEvent;
 
 /// JetStream error codes the backend acts on.
 mod codes {
@@ -209,17 +208,17 @@ impl Api {
     }
 
     /// The stored message with this sequence, from the stream leader.
-    pub async fn get_by_sequence(&self, seq: u64) -> Result<Option<Event>, Failure> {
+    pub async fn get_by_sequence(&self, seq: u64) -> Result<Option<StoredEvent>, Failure> {
         self.msg_get(serde_json::json!({ "seq": seq })).await
     }
 
     /// The newest message on a subject filter (an id's), from the stream leader, which has
     /// every acknowledged write: read-your-writes from any instance.
-    pub async fn get_last_on(&self, filter: &str) -> Result<Option<Event>, Failure> {
+    pub async fn get_last_on(&self, filter: &str) -> Result<Option<StoredEvent>, Failure> {
         self.msg_get(serde_json::json!({ "last_by_subj": filter })).await
     }
 
-    async fn msg_get(&self, body: serde_json::Value) -> Result<Option<Event>, Failure> {
+    async fn msg_get(&self, body: serde_json::Value) -> Result<Option<StoredEvent>, Failure> {
         let subject = format!("$JS.API.STREAM.MSG.GET.{}", self.stream);
         let payload = self.api_request(subject, body).await?;
         let response: MsgGetResponse = serde_json::from_slice(&payload)
@@ -239,7 +238,7 @@ impl Api {
 
     /// Up to `max` consecutive messages from `from` on, read directly (any replica may answer,
     /// so a follower that is behind returns fewer; the caller keeps the contiguous prefix).
-    pub async fn get_batch(&self, from: u64, max: usize) -> Result<Vec<Event>, Failure> {
+    pub async fn get_batch(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, Failure> {
         if max == 1 {
             // A point read: the leader's block cache is warm with recent writes, while a
             // follower asked directly often has to load the block first (~5 ms at 1M events).
@@ -308,12 +307,11 @@ impl Api {
     }
 }
 
-/// Decodes a stored event and gives it its stream sequence.
-pub fn decode(seq: u64, bytes: &[u8]) -> Result<Event, Error> {
-    let mut event =
-        Event::decode(bytes).map_err(|e| Error::Corrupt(format!("stream message {seq}: {e}")))?;
-    event.sequence = seq;
-    Ok(event)
+/// A stream message as a stored event: the payload is the event encoded without its
+/// sequence, which the stream assigned (see [`StoredEvent::from_unsequenced`]).
+pub fn decode(seq: u64, payload: &[u8]) -> Result<StoredEvent, Error> {
+    StoredEvent::from_unsequenced(payload, seq)
+        .map_err(|e| Error::Corrupt(format!("stream message {seq}: {e}")))
 }
 
 /// Headers saying "this must be the first message on `filter`".

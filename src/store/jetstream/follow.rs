@@ -21,10 +21,10 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::proto::Event;
 use crate::store::jetstream::api::{decode, Api};
 use crate::store::jetstream::index::{Indexed, SharedIndex};
 use crate::store::recent::{Recent, CAPACITY};
+use crate::store::StoredEvent;
 
 /// How long the feed may be quiet before the follower checks it is not stalled.
 const STALL_CHECK: Duration = Duration::from_secs(1);
@@ -35,7 +35,7 @@ const RETRY: Duration = Duration::from_millis(500);
 /// A stream message as the follower decoded it.
 enum Decoded {
     /// The whole event (near the stream's end: it also goes to the recent-events cache).
-    Whole(Event),
+    Whole(StoredEvent),
     /// Only the indexed fields (far behind the end).
     Fields(Indexed),
 }
@@ -128,7 +128,9 @@ async fn follow_from(
                 continue; // already applied (a replay after a consumer restart)
             }
             match &decoded {
-                Decoded::Whole(e) => index.apply(seq, &e.id, &e.r#type, e.livemode, e.created)?,
+                Decoded::Whole(e) => {
+                    index.apply(seq, e.id(), e.event_type(), e.livemode(), Some(e.created()))?
+                }
                 Decoded::Fields(f) => index.apply(seq, &f.id, &f.r#type, f.livemode, f.created)?,
             }
         }

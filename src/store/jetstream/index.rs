@@ -39,7 +39,8 @@ pub struct Indexed {
 #[derive(Default)]
 pub struct MemIndex {
     entries: BTreeSet<Vec<u8>>,
-    ids: HashMap<String, u64>,
+    /// Sequences by id, test ids first, live ids second: each mode is its own id namespace.
+    ids: [HashMap<String, u64>; 2],
     state: DurableState,
 }
 
@@ -62,9 +63,9 @@ impl MemIndex {
         &self.state
     }
 
-    /// The sequence of the event with this id, if applied.
-    pub fn sequence_of(&self, id: &str) -> Option<u64> {
-        self.ids.get(id).copied()
+    /// The sequence of the event with this id in this mode, if applied.
+    pub fn sequence_of(&self, livemode: bool, id: &str) -> Option<u64> {
+        self.ids[usize::from(livemode)].get(id).copied()
     }
 
     /// Adds the event at `seq` (its id, type, mode and `created`). Refuses a sequence that
@@ -86,7 +87,7 @@ impl MemIndex {
         let created = created.unwrap_or_default();
         self.entries.insert(keys::entry(&keys::created_prefix(livemode), &created, seq));
         self.entries.insert(keys::entry(&keys::type_prefix(event_type, livemode), &created, seq));
-        self.ids.insert(id.to_string(), seq);
+        self.ids[usize::from(livemode)].insert(id.to_string(), seq);
         *self.state.counts.entry((livemode, event_type.to_string())).or_default() += 1;
         self.state.sequence = seq;
         Ok(())
@@ -162,7 +163,8 @@ mod tests {
         let page = list::page(&index, index.state(), &query).unwrap();
         assert_eq!(page.sequences, vec![1, 3]);
         assert_eq!(page.total, 2);
-        assert_eq!(index.sequence_of("b"), Some(2));
+        assert_eq!(index.sequence_of(true, "b"), Some(2));
+        assert_eq!(index.sequence_of(false, "b"), None);
         let from = Timestamp { seconds: 15, nanos: 0 };
         assert_eq!(list::first_created_from(&index, &from, 3).unwrap(), Some(1));
     }

@@ -6,8 +6,8 @@
 //! the event's `sequence`. What the stream guarantees and how eventsd uses it:
 //! - **Sequence**: the PubAck's stream sequence; gapless because the stream denies deletes and
 //!   purges and has no limits, and rejected or duplicate publishes take no number.
-//! - **Permanent idempotency**: each publish expects its id's subject filter to be empty, so
-//!   an id is stored once, ever; a loser reads the winner back and compares fields
+//! - **Permanent idempotency**: each publish expects its (id, mode) subject filter to be
+//!   empty, so an id is stored once per mode, ever; a loser reads the winner back and compares fields
 //!   (equal: the stored event; different: ALREADY_EXISTS naming the field).
 //! - **Atomic PublishEvents**: an atomic batch (ADR-50), all or nothing, in order.
 //! - **Durability**: an append returns once the stream leader acknowledged it, i.e. once a
@@ -51,7 +51,7 @@ use crate::store::jetstream::api::{Api, Failure};
 use crate::store::jetstream::follow::read_index;
 use crate::store::jetstream::index::{MemIndex, SharedIndex};
 use crate::store::recent::Recent;
-use crate::store::{list, Appended, EventStore, ListPage, ListQuery};
+use crate::store::{list, Appended, EventStore, ListPage, ListQuery, StoredEvent};
 
 pub use setup::JetStreamConfig;
 
@@ -90,12 +90,13 @@ struct Inner {
 
 /// How one event of an append resolves.
 enum Slot {
-    /// To be published (an id not seen stored yet).
-    Pending(Event),
+    /// To be published (an id not seen stored yet): the event and its payload, encoded once
+    /// (without a sequence, which the stream assigns).
+    Pending(Event, Bytes),
     /// Stored before this call, or by an earlier attempt of this call.
-    Stored(Event),
+    Stored(StoredEvent),
     /// Stored by this call.
-    Published(Event),
+    Published(StoredEvent),
     /// A repeat of the event at this earlier position of the same call.
     RepeatOf(usize),
 }
@@ -174,19 +175,19 @@ impl JetStreamStore {
         Ok(info.state.last_seq)
     }
 
-    /// The stored event with this id: from the index if this instance has applied it, else
-    /// from the stream leader, which holds every acknowledged write.
-    async fn stored(&self, id: &str) -> Result<Option<Event>, Failure> {
-        if let Some(seq) = read_index(&self.0.index, |i| i.sequence_of(id)) {
+    /// The stored event with this id in this mode: from the index if this instance has
+    /// applied it, else from the stream leader, which holds every acknowledged write.
+    async fn stored(&self, livemode: bool, id: &str) -> Result<Option<StoredEvent>, Failure> {
+        if let Some(seq) = read_index(&self.0.index, |i| i.sequence_of(livemode, id)) {
             if let Some(event) = self.event_at(seq).await? {
                 return Ok(Some(event));
             }
         }
-        self.0.api.get_last_on(&subject::id_filter(self.0.api.stream(), id)).await
+        self.0.api.get_last_on(&subject::id_filter(self.0.api.stream(), id, livemode)).await
     }
 
     /// The event at `seq` (known to be stored): from the recent cache, else from the leader.
-    async fn event_at(&self, seq: u64) -> Result<Option<Event>, Failure> {
+    async fn event_at(&self, seq: u64) -> Result<Option<StoredEvent>, Failure> {
         if let Some(mut cached) = self.0.recent.read(seq - 1, 1, seq) {
             if let Some(event) = cached.pop() {
                 return Ok(Some(event));
@@ -198,8 +199,8 @@ impl JetStreamStore {
     /// The events at these sequences, in the same order (each one known to be stored). Runs of
     /// consecutive sequences not in the recent cache are read concurrently, one direct batch
     /// read each; whatever a lagging replica did not return comes from the leader.
-    async fn events_at(&self, sequences: &[u64]) -> Result<Vec<Event>, Error> {
-        let mut found: HashMap<u64, Event> = HashMap::with_capacity(sequences.len());
+    async fn events_at(&self, sequences: &[u64]) -> Result<Vec<StoredEvent>, Error> {
+        let mut found: HashMap<u64, StoredEvent> = HashMap::with_capacity(sequences.len());
         let mut sorted = sequences.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
@@ -213,7 +214,7 @@ impl JetStreamStore {
             let cached =
                 self.0.recent.read(sorted[i] - 1, j - i, sorted[j - 1]).unwrap_or_default();
             if cached.len() == j - i {
-                found.extend(cached.into_iter().map(|e| (e.sequence, e)));
+                found.extend(cached.into_iter().map(|e| (e.sequence(), e)));
             } else {
                 let (api, from, len) = (self.0.api.clone(), sorted[i], j - i);
                 reads.spawn(async move { api.get_batch(from, len).await });
@@ -222,7 +223,7 @@ impl JetStreamStore {
         }
         while let Some(read) = reads.join_next().await {
             let events = read.map_err(|e| Error::Corrupt(format!("read task failed: {e}")))??;
-            found.extend(events.into_iter().map(|e| (e.sequence, e)));
+            found.extend(events.into_iter().map(|e| (e.sequence(), e)));
         }
         let mut out = Vec::with_capacity(sequences.len());
         for &seq in sequences {
@@ -247,7 +248,7 @@ impl JetStreamStore {
         for (i, new) in events.iter().enumerate() {
             let given = new.id.clone();
             if let Some(&first) = given.as_ref().and_then(|id| positions.get(id)) {
-                let Slot::Pending(earlier) = &slots[first] else { unreachable_slot()? };
+                let Slot::Pending(earlier, _) = &slots[first] else { unreachable_slot()? };
                 if let Some(field) = new.differs_from(earlier) {
                     return Err(Error::AlreadyExists { id: earlier.id.clone(), field });
                 }
@@ -256,21 +257,23 @@ impl JetStreamStore {
             }
             let id = given.unwrap_or_else(|| id::generate(new.livemode, millis));
             positions.insert(id.clone(), i);
-            slots.push(Slot::Pending(new.clone().into_event(id, 0, received)));
+            let event = new.clone().into_event(id, 0, received);
+            let payload = Bytes::from(event.encode_to_vec());
+            slots.push(Slot::Pending(event, payload));
         }
         let mut conflicts = 0;
         loop {
             let pending: Vec<usize> =
-                (0..slots.len()).filter(|&i| matches!(slots[i], Slot::Pending(_))).collect();
+                (0..slots.len()).filter(|&i| matches!(slots[i], Slot::Pending(..))).collect();
             if pending.is_empty() {
                 break;
             }
             match self.publish(&slots, &pending).await {
                 Ok(first_seq) => {
                     for (n, &i) in pending.iter().enumerate() {
-                        if let Slot::Pending(event) = &mut slots[i] {
-                            event.sequence = first_seq + n as u64;
-                            slots[i] = Slot::Published(std::mem::take(event));
+                        if let Slot::Pending(_, payload) = &slots[i] {
+                            let event = api::decode(first_seq + n as u64, payload)?;
+                            slots[i] = Slot::Published(event);
                         }
                     }
                 }
@@ -283,10 +286,11 @@ impl JetStreamStore {
                         ));
                     }
                     for &i in &pending {
-                        let Slot::Pending(event) = &slots[i] else { continue };
-                        if let Some(stored) = self.stored(&event.id).await? {
-                            if let Some(field) = events[i].differs_from(&stored) {
-                                return Err(Error::AlreadyExists { id: stored.id, field });
+                        let Slot::Pending(event, _) = &slots[i] else { continue };
+                        if let Some(stored) = self.stored(event.livemode, &event.id).await? {
+                            if let Some(field) = events[i].differs_from(&stored.decode()?) {
+                                let id = stored.id().to_string();
+                                return Err(Error::AlreadyExists { id, field });
                             }
                             slots[i] = Slot::Stored(stored);
                         }
@@ -305,13 +309,14 @@ impl JetStreamStore {
                 Slot::Published(event) => Appended { event: event.clone(), new: true },
                 Slot::Stored(event) => Appended { event: event.clone(), new: false },
                 Slot::RepeatOf(i) => Appended { event: out[*i].event.clone(), new: false },
-                Slot::Pending(_) => unreachable_slot()?,
+                Slot::Pending(..) => unreachable_slot()?,
             });
         }
         // Metrics once per (type, source), not once per event.
         let mut per_stream: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         for appended in out.iter().filter(|a| a.new) {
-            *per_stream.entry((&appended.event.r#type, &appended.event.source)).or_default() += 1;
+            let event = &appended.event;
+            *per_stream.entry((event.event_type(), event.source())).or_default() += 1;
         }
         for (&(event_type, source), &n) in &per_stream {
             self.0.metrics.published(event_type, source, n);
@@ -323,7 +328,7 @@ impl JetStreamStore {
         // Read-your-writes on this instance: answer once the follower has applied the events,
         // so a list, a poll or a subscription right after sees them. They are durable either
         // way; past the deadline the answer goes out regardless.
-        if let Some(last) = out.iter().map(|a| a.event.sequence).max() {
+        if let Some(last) = out.iter().map(|a| a.event.sequence()).max() {
             if self.caught_up_within(last, OWN_WRITE_WAIT).await.is_err() {
                 tracing::warn!(
                     sequence = last,
@@ -341,11 +346,11 @@ impl JetStreamStore {
         let stream = self.0.api.stream();
         let mut messages = Vec::with_capacity(pending.len());
         for &i in pending {
-            let Slot::Pending(event) = &slots[i] else { continue };
+            let Slot::Pending(event, payload) = &slots[i] else { continue };
             messages.push((
                 subject::event(stream, &event.id, event.livemode, &event.r#type),
-                subject::id_filter(stream, &event.id),
-                Bytes::from(event.encode_to_vec()),
+                subject::id_filter(stream, &event.id, event.livemode),
+                payload.clone(),
             ));
         }
         if messages.len() == 1 {
@@ -398,8 +403,8 @@ impl EventStore for JetStreamStore {
         self.0.healthy.load(Ordering::Relaxed) && !self.0.stop.is_cancelled()
     }
 
-    async fn get(&self, id: &str) -> Result<Option<Event>, Error> {
-        Ok(self.stored(id).await?)
+    async fn get(&self, livemode: bool, id: &str) -> Result<Option<StoredEvent>, Error> {
+        Ok(self.stored(livemode, id).await?)
     }
 
     async fn list(&self, query: ListQuery) -> Result<ListPage, Error> {
@@ -421,7 +426,7 @@ impl EventStore for JetStreamStore {
         Ok(page.with_events(events))
     }
 
-    async fn read_from(&self, after: u64, max: usize) -> Result<Vec<Event>, Error> {
+    async fn read_from(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>, Error> {
         let first = self.first_sequence();
         if after.saturating_add(1) < first {
             return Err(Error::Expired { position: "after_sequence", earliest: first });

@@ -1,8 +1,8 @@
 //! Subjects of the JetStream backend: one subject per event, `<stream>.<id>.<mode>.<type>`.
 //!
 //! A subject per event is what makes idempotency permanent: a publish carries "the last
-//! message on `<stream>.<id>.>` must be sequence 0", so an id can be stored once, ever, by any
-//! instance (JetStream's own duplicate window is two minutes and never compares payloads).
+//! message on `<stream>.<id>.<mode>.>` must be sequence 0", so an id can be stored once per
+//! mode (each mode is its own id namespace), ever, by any instance (JetStream's own duplicate window is two minutes and never compares payloads).
 //! Ids and types may contain `.`, the subject token separator, so each is escaped into one
 //! token: every byte outside `[A-Za-z0-9_:/-]` becomes `%XX`. The escaping is injective, so
 //! distinct ids never share a token.
@@ -36,9 +36,9 @@ pub fn event(stream: &str, id: &str, livemode: bool, event_type: &str) -> String
     format!("{stream}.{}.{}.{}", token(id), mode(livemode), token(event_type))
 }
 
-/// The filter matching every subject of one id, whatever its mode and type.
-pub fn id_filter(stream: &str, id: &str) -> String {
-    format!("{stream}.{}.>", token(id))
+/// The filter matching every subject of one id in one mode, whatever its type.
+pub fn id_filter(stream: &str, id: &str, livemode: bool) -> String {
+    format!("{stream}.{}.{}.>", token(id), mode(livemode))
 }
 
 /// The stream's subject space.
@@ -53,7 +53,7 @@ mod tests {
     #[test]
     fn dots_are_escaped_so_each_value_is_one_token() {
         assert_eq!(event("EV", "evt.1", true, "charge.create"), "EV.evt%2E1.live.charge%2Ecreate");
-        assert_eq!(id_filter("EV", "a:b-c_d"), "EV.a:b-c_d.>");
+        assert_eq!(id_filter("EV", "a:b-c_d", false), "EV.a:b-c_d.test.>");
         assert_eq!(token("100%"), "100%25");
     }
 
