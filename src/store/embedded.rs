@@ -401,7 +401,7 @@ impl EventStore for SledStore {
             Ok(page.with_events(events))
         })
         .await
-        .map_err(|e| Error::Corrupt(format!("list task failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("list task: {e}")))?
     }
 
     async fn read_from(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>, Error> {
@@ -427,7 +427,7 @@ impl EventStore for SledStore {
                 .collect()
         })
         .await
-        .map_err(|e| Error::Corrupt(format!("read task failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("read task: {e}")))?
     }
 
     async fn first_sequence_created_from(&self, created: Timestamp) -> Result<Option<u64>, Error> {
@@ -435,7 +435,7 @@ impl EventStore for SledStore {
         let durable = *self.durable.borrow();
         tokio::task::spawn_blocking(move || list::first_created_from(&tree, &created, durable))
             .await
-            .map_err(|e| Error::Corrupt(format!("scan task failed: {e}")))?
+            .map_err(|e| Error::Internal(format!("scan task: {e}")))?
     }
 
     fn first_sequence(&self) -> u64 {

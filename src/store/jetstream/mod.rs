@@ -222,7 +222,7 @@ impl JetStreamStore {
             i = j;
         }
         while let Some(read) = reads.join_next().await {
-            let events = read.map_err(|e| Error::Corrupt(format!("read task failed: {e}")))??;
+            let events = read.map_err(|e| Error::Internal(format!("read task: {e}")))??;
             found.extend(events.into_iter().map(|e| (e.sequence(), e)));
         }
         let mut out = Vec::with_capacity(sequences.len());
@@ -396,7 +396,7 @@ impl EventStore for JetStreamStore {
         let store = self.clone();
         tokio::spawn(async move { store.append_all(events).await })
             .await
-            .map_err(|e| Error::Corrupt(format!("append task failed: {e}")))?
+            .map_err(|e| Error::Internal(format!("append task: {e}")))?
     }
 
     fn writable(&self) -> bool {
@@ -421,7 +421,7 @@ impl EventStore for JetStreamStore {
             read_index(&index, |index| list::page(index, index.state(), &query))
         })
         .await
-        .map_err(|e| Error::Corrupt(format!("list task failed: {e}")))??;
+        .map_err(|e| Error::Internal(format!("list task: {e}")))??;
         let events = self.events_at(&page.sequences).await?;
         Ok(page.with_events(events))
     }
@@ -465,7 +465,7 @@ impl EventStore for JetStreamStore {
             read_index(&index, |index| list::first_created_from(index, &created, durable))
         })
         .await
-        .map_err(|e| Error::Corrupt(format!("scan task failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("scan task: {e}")))?
     }
 
     fn first_sequence(&self) -> u64 {
