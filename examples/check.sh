@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Cross-language check of the example subscribers against a real eventsd.
+# Cross-language check of the example clients against a real eventsd.
 #
 #   bash examples/check.sh [path-to-eventsd-binary]     (default: target/debug/eventsd)
 #
-# Sets up a Python venv (target/examples-venv) and examples/node/node_modules, starts
-# eventsd on free loopback ports with a temporary data dir, publishes fixture events with
-# examples/python/publish_fixture.py, and checks that the Python and Node subscribers
-# print exactly the expected events: a full replay, resume from a checkpoint, filters,
-# checkpointing on caught-up/heartbeat, and reconnection across a server restart.
+# First generates the stubs from proto/ for each language with its standard tool and no
+# post-processing, and imports or compiles them: Python (grpc_tools.protoc, then
+# `import events.v1.events_pb2_grpc`), Node (@grpc/proto-loader loads every file), Go
+# (protoc-gen-go + protoc-gen-go-grpc, then `go build`) and Java (Maven: protoc and the
+# grpc-java plugin as Maven artifacts, then javac). Downloads are cached: the Python venv in
+# target/examples-venv, examples/node/node_modules, Go's module and build caches (plus the
+# plugins in examples/go/bin), Maven's ~/.m2.
+#
+# Then starts eventsd on free loopback ports with a temporary data dir, publishes fixture
+# events with examples/python/publish_fixture.py, and checks that the Python, Node, Go and
+# Java subscribers print exactly the expected events, each once and in order: a full replay,
+# resume from a checkpoint, filters, checkpointing on caught-up/heartbeat, and reconnection
+# across a server restart. Last, the Go and Java publish examples each run twice with one
+# id, and exactly one event is stored for each.
 # Ends with `cross-language: N passed, M failed` and exits non-zero if any check failed.
 # The temporary folder with the server's and subscribers' logs is removed on success,
 # kept on failure or when KEEP_CHECK_LOGS=1.
@@ -55,7 +64,6 @@ if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$req_sum" ]; then
   "$py" -m pip install --quiet --disable-pip-version-check -r "$req" || fatal "pip install failed"
   echo "$req_sum" >"$venv/.requirements.sha256"
 fi
-PYTHON="$py" bash examples/python/generate.sh || fatal "generate.sh failed"
 
 command -v node >/dev/null || fatal "node is not installed"
 (
@@ -71,6 +79,41 @@ command -v node >/dev/null || fatal "node is not installed"
     npm install --no-audit --no-fund --loglevel=error
   fi
 ) || fatal "npm install failed"
+
+# The stubs, each language's way; each check fails if its generator or compiler does.
+stubs_python() {
+  PYTHON="$py" bash examples/python/generate.sh &&
+    (cd examples/python/gen && "$py" -c 'import events.v1.events_pb2_grpc, events.cloudevents.v1.cloudevents_pb2')
+}
+stubs_node() { # proto-loader loads every file under proto/ as it is
+  (cd examples/node && find ../../proto -name '*.proto' -printf '%P\n' | sort | node -e '
+    const protoLoader = require("@grpc/proto-loader");
+    const files = require("fs").readFileSync(0, "utf8").split("\n").filter(Boolean);
+    const def = protoLoader.loadSync(files, { includeDirs: ["../../proto"], longs: String, defaults: true, oneofs: true });
+    for (const name of ["events.v1.EventService", "io.cloudevents.v1.CloudEvent", "io.cloudevents.v1.CloudEventBatch"]) {
+      if (!def[name]) { console.error(`proto-loader: ${name} missing`); process.exit(1); }
+    }')
+}
+stubs_go() {
+  PYTHON="$py" bash examples/go/generate.sh && (cd examples/go && go vet ./... && go build -o bin/ ./cmd/...)
+}
+stubs_java() {
+  (cd examples/java && mvn -q -B compile) && test -s examples/java/target/classpath.txt
+}
+for lang in python node go java; do
+  t0=$(date +%s)
+  if "stubs_$lang" >"$repo_root/target/stubs.$lang.log" 2>&1; then
+    passed=$((passed + 1))
+    echo "ok   - $lang: stubs generated from proto/ and imported/compiled ($(($(date +%s) - t0)) s)"
+  else
+    failed=$((failed + 1))
+    echo "FAIL - $lang: stubs generated from proto/ and imported/compiled (log: target/stubs.$lang.log)"
+    tail -20 "$repo_root/target/stubs.$lang.log" >&2
+  fi
+done
+[ "$failed" -eq 0 ] || summary_and_exit
+java_cp="$repo_root/examples/java/target/classes:$(cat examples/java/target/classpath.txt)"
+langs=(py js go java)
 setup_done=$(date +%s)
 
 # --- 2. server ------------------------------------------------------------------------
@@ -216,17 +259,23 @@ if a != b:
 EOF
 }
 
+# sub_cmd LANG: the command line of the LANG subscriber, in the array sub_cmd.
+sub_cmd() {
+  case "$1" in
+    py) sub_cmd=("$py" examples/python/subscribe.py) ;;
+    js) sub_cmd=(node examples/node/subscribe.js) ;;
+    go) sub_cmd=(examples/go/bin/subscribe) ;;
+    java) sub_cmd=(java -cp "$java_cp" dev.eventsd.examples.Subscribe) ;;
+  esac
+}
+
 # sub LANG NAME ARGS...: runs one subscriber (bounded by timeout 60) with output to
 # $work/NAME.LANG.out and notes to $work/NAME.LANG.err; fails unless it exits 0.
 sub() {
   local lang="$1" name="$2"
   shift 2
-  local cmd
-  case "$lang" in
-    py) cmd=("$py" examples/python/subscribe.py) ;;
-    js) cmd=(node examples/node/subscribe.js) ;;
-  esac
-  timeout 60 "${cmd[@]}" --addr "$addr" "$@" >"$work/$name.$lang.out" 2>"$work/$name.$lang.err"
+  sub_cmd "$lang"
+  timeout 60 "${sub_cmd[@]}" --addr "$addr" "$@" >"$work/$name.$lang.out" 2>"$work/$name.$lang.err"
   local rc=$?
   if [ $rc -ne 0 ]; then
     say "    $lang subscriber ($name) exited $rc; its notes:"
@@ -238,12 +287,8 @@ sub() {
 sub_bg() { # sub_bg LANG NAME ARGS...: as sub, in the background; pid in $bg_pid
   local lang="$1" name="$2"
   shift 2
-  local cmd
-  case "$lang" in
-    py) cmd=("$py" examples/python/subscribe.py) ;;
-    js) cmd=(node examples/node/subscribe.js) ;;
-  esac
-  timeout 60 "${cmd[@]}" --addr "$addr" "$@" >"$work/$name.$lang.out" 2>"$work/$name.$lang.err" &
+  sub_cmd "$lang"
+  timeout 60 "${sub_cmd[@]}" --addr "$addr" "$@" >"$work/$name.$lang.out" 2>"$work/$name.$lang.err" &
   bg_pid=$!
   bg_pids+=("$bg_pid")
 }
@@ -271,23 +316,25 @@ resume_second() {
 # --- 3, 4. publish and replay ---------------------------------------------------------
 : >"$work/published.jsonl"
 check "publish events 1..10 (sequences 1..10)" publish 1 10
-for lang in py js; do
+for lang in "${langs[@]}"; do
   check "$lang: --from-beginning --max-events 10 prints events 1..10 exactly" replay_and_verify $lang
 done
-check "python and node print the same events" same_output "$work/replay.py.out" "$work/replay.js.out"
+for lang in js go java; do
+  check "$lang prints the same events as python" same_output "$work/replay.py.out" "$work/replay.$lang.out"
+done
 
 # --- 5. resume from a checkpoint ------------------------------------------------------
-for lang in py js; do
+for lang in "${langs[@]}"; do
   check "$lang: first run with --checkpoint prints 1..10 and stores 10" resume_first $lang
 done
 check "publish events 11..15" publish 11 5
-for lang in py js; do
+for lang in "${langs[@]}"; do
   check "$lang: second run with the same checkpoint prints exactly 11..15" resume_second $lang
 done
 
 # --- 6. filters ---------------------------------------------------------------------
 # Fixture i is a refund when i % 3 == 0, and live when i is even.
-for lang in py js; do
+for lang in "${langs[@]}"; do
   check "$lang: --types 'refund.*' gets only the refund events" \
     eval "sub $lang refunds --types 'refund.*' --from-beginning --max-events 5 && verify \$work/refunds.$lang.out 3,6,9,12,15"
   check "$lang: --types charge.create --livemode true gets only live charges" \
@@ -297,20 +344,20 @@ done
 # --- checkpoint advanced by caught-up and heartbeats, with a filter that matches nothing
 if [ "$heartbeats" -eq 1 ]; then
   quiet_pids=()
-  for lang in py js; do
+  for lang in "${langs[@]}"; do
     sub_bg $lang quiet --types 'nothing.*' --from-beginning --checkpoint "$work/quiet.$lang"
     quiet_pids+=("$bg_pid")
   done
-  for lang in py js; do
+  for lang in "${langs[@]}"; do
     check "$lang: caught-up stores sequence 15 in the checkpoint" wait_for 10 file_is "$work/quiet.$lang" 15
   done
   check "publish event 16" publish 16 1
-  for lang in py js; do
+  for lang in "${langs[@]}"; do
     check "$lang: a heartbeat moves the checkpoint to 16 with no matching event" wait_for 10 file_is "$work/quiet.$lang" 16
   done
   kill "${quiet_pids[@]}" 2>/dev/null
   wait "${quiet_pids[@]}" 2>/dev/null
-  for lang in py js; do
+  for lang in "${langs[@]}"; do
     check "$lang: nothing printed for a filter that matches nothing" test ! -s "$work/quiet.$lang.out"
   done
 else
@@ -319,12 +366,12 @@ else
 fi
 
 # --- reconnect across a server restart --------------------------------------------------
-restart_pids=()
-for lang in py js; do
+declare -A restart_pids
+for lang in "${langs[@]}"; do
   sub_bg $lang restart --after 16 --max-events 4
-  restart_pids+=("$bg_pid")
+  restart_pids[$lang]=$bg_pid
 done
-for lang in py js; do
+for lang in "${langs[@]}"; do
   check "$lang: subscriber is live before the restart" wait_for 20 grep -q 'caught up' "$work/restart.$lang.err"
 done
 stop_server
@@ -338,8 +385,44 @@ restart_done() { # restart_done LANG PID
   grep -q 'reconnecting' "$work/restart.$1.err" || { say "    $1 subscriber never reconnected"; return 1; }
   verify "$work/restart.$1.out" 17,18,19,20
 }
-check "py: reconnects with backoff and resumes with exactly 17..20" restart_done py "${restart_pids[0]}"
-check "js: reconnects with backoff and resumes with exactly 17..20" restart_done js "${restart_pids[1]}"
+for lang in "${langs[@]}"; do
+  check "$lang: reconnects with backoff and resumes with exactly 17..20" restart_done $lang "${restart_pids[$lang]}"
+done
+
+# --- publish with a caller-supplied id, twice ---------------------------------------------
+# publish_twice LANG SEQ: the LANG publish example, run twice with one id, prints the same
+# stored event both times, with sequence SEQ (the next one: nothing else was stored).
+publish_twice() {
+  local lang="$1" seq="$2" cmd
+  case "$lang" in
+    go) cmd=(examples/go/bin/publish) ;;
+    java) cmd=(java -cp "$java_cp" dev.eventsd.examples.Publish) ;;
+  esac
+  for run in 1 2; do
+    timeout 60 "${cmd[@]}" --addr "$addr" --id "publish_$lang" --type "publish.$lang" --amount 4200 --source check \
+      >"$work/publish_$lang.$run.out" 2>"$work/publish_$lang.$run.err" ||
+      { say "    $lang publish (run $run) failed:"; cat "$work/publish_$lang.$run.err" >&2; return 1; }
+  done
+  cmp -s "$work/publish_$lang.1.out" "$work/publish_$lang.2.out" ||
+    { say "    the two $lang runs printed different events"; return 1; }
+  cat "$work/publish_$lang.1.out" >>"$work/published.jsonl"
+  verify "$work/publish_$lang.1.out" "$seq"
+}
+stored_events() { # stored_events N: ListEvents counts exactly N events in the store
+  PYTHONPATH=examples/python/gen "$py" - "$addr" "$1" <<'EOF'
+import sys, grpc
+from events.v1 import events_pb2, events_pb2_grpc
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    total = events_pb2_grpc.EventServiceStub(channel).ListEvents(events_pb2.ListEventsRequest(), timeout=10).total
+if total != int(sys.argv[2]):
+    sys.exit(f"    ListEvents counts {total} events, want {sys.argv[2]}")
+EOF
+}
+check "go: publish twice with one id stores one event (sequence 21)" publish_twice go 21
+check "java: publish twice with one id stores one event (sequence 22)" publish_twice java 22
+check "the store holds exactly 22 events" stored_events 22
+check "py: a subscriber prints the published events as the publish examples did" \
+  eval "sub py published --after 20 --max-events 2 && verify \$work/published.py.out 21,22"
 
 # --- 7. stop ------------------------------------------------------------------------
 stop_server

@@ -2,6 +2,12 @@
 # Lints the proto with buf (STANDARD + COMMENTS rules) and checks it for wire- and
 # JSON-breaking changes against the previous commit. buf comes from the npm package
 # @bufbuild/buf, installed into target/tools on first use.
+#
+# The breaking check uses buf's WIRE_JSON category (buf.yaml), which compares messages and
+# fields by full name wherever their file is: moving a file, as the vendored CloudEvents file
+# moved from io/cloudevents/v1/ to events/cloudevents/v1/, is not reported. That move breaks
+# only generated import paths (buf's FILE category would flag it), which was its purpose.
+# buf.yaml says which rules are excepted for the vendored file, and why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools=target/tools

@@ -17,7 +17,7 @@ use crate::cli::{Cli, Scenario, Settings};
 use crate::error::{Context as _, Result};
 use crate::payload::Template;
 use crate::reads::Filled;
-use crate::report::{Report, Section};
+use crate::report::{Figure, Report, Section};
 use crate::server::{ServerSpec, Target};
 use crate::{fanout, memory, publish, reads, redis, startup};
 
@@ -27,6 +27,33 @@ pub enum Verdict {
     AllRan,
     /// At least one scenario failed.
     SomeFailed,
+}
+
+/// An eventsd figure with a Redis counterpart, as the comparison table names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Compared {
+    /// Durable unary publish with this many publishers (Redis: XADD, one connection each).
+    Publish(usize),
+    /// PublishEvents batches of 100 (Redis has no counterpart; listed for the target).
+    Batches,
+    /// Fan-out to this many subscribers (Redis: one XREAD BLOCK loop per subscriber).
+    Fanout(usize),
+    /// GetEvent, 32 callers, at the filled size (no Redis counterpart).
+    Get,
+    /// Newest page of 100 with its total (Redis: XREVRANGE + - COUNT 100).
+    NewestPage,
+    /// A page of 100 from a random `created` with its total (Redis: XRANGE from a random id).
+    RandomPage,
+    /// A page of 100 at offset 100,000 (no Redis counterpart).
+    DeepPage,
+    /// The fill of the store, with the RSS read right after it.
+    Fill,
+    /// Disk per event of the cleanly stopped store.
+    Disk,
+    /// Restart after SIGTERM, straight after the fill.
+    StartAfterTerm,
+    /// Restart after kill -9, idle.
+    StartAfterKill,
 }
 
 /// What the scenarios share.
@@ -39,8 +66,8 @@ pub struct Context {
     pub external: Option<String>,
     /// The charge every publisher sends.
     pub template: Template,
-    /// Unary publish throughput by publisher count, for the Redis comparison.
-    pub publish_rates: BTreeMap<usize, f64>,
+    /// eventsd's figures that the Redis group puts beside its own.
+    pub baseline: BTreeMap<Compared, Figure>,
     /// The filled-store server of get, list, memory and startup.
     pub store: Option<Store>,
     // Dropped last: every server's data folder lives inside it.
@@ -90,7 +117,7 @@ impl Context {
 
 /// Runs the chosen scenarios.
 pub async fn run(cli: Cli) -> Result<Verdict> {
-    let settings = Settings::new(cli.scale, cli.duration);
+    let settings = Settings::new(cli.scale, cli.duration, cli.store_events);
     let spec = match &cli.addr {
         Some(_) => None,
         None => Some(ServerSpec::resolve(
@@ -110,7 +137,7 @@ pub async fn run(cli: Cli) -> Result<Verdict> {
         spec,
         external: cli.addr.clone(),
         template: Template::new()?,
-        publish_rates: BTreeMap::new(),
+        baseline: BTreeMap::new(),
         store: None,
         root,
     };
@@ -158,16 +185,21 @@ fn title(scenario: Scenario) -> &'static str {
         Scenario::Publish => "publish: unary PublishEvent, then PublishEvents batches of 100",
         Scenario::Fanout => "fanout: publish-to-receive latency with N subscribers, 8 publishers",
         Scenario::Get => "get: fill the store, then random GetEvent",
-        Scenario::List => "list: ListEvents pages of 100, newest first",
-        Scenario::Memory => "memory: server RSS",
-        Scenario::Startup => "startup: restart to serving",
-        Scenario::Redis => "redis: XADD with appendfsync always",
+        Scenario::List => "list: ListEvents pages of 100 with the exact total",
+        Scenario::Memory => "memory: server RSS (VmRSS, mapped files included)",
+        Scenario::Startup => "startup: disk per event, then restart to serving",
+        Scenario::Redis => "redis: appendfsync always, beside eventsd's figures",
     }
 }
 
 fn print_header(ctx: &Context, cli: &Cli) {
     let s = &ctx.settings;
-    println!("eventsd-bench, scale {} (each run capped at {:?})", s.scale_name(), s.duration);
+    println!(
+        "eventsd-bench, scale {} (each run capped at {:?}; store of {} events)",
+        s.scale_name(),
+        s.duration,
+        s.store_events
+    );
     match (&ctx.external, &ctx.spec) {
         (Some(addr), _) => println!("server: {addr} (external; memory and startup skipped)"),
         (None, Some(spec)) => {

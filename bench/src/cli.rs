@@ -2,7 +2,8 @@
 //!
 //! Every load loop of the bench is bounded twice: by a count taken from [`Settings`] and by a
 //! time cap (`--duration` per run). `tiny` proves the tool works in seconds (CI); `full` gives
-//! the figures worth reading, on a quiet machine.
+//! the figures worth reading, on a quiet machine; `huge` is `full` with a store of 10M events
+//! (filled with PublishEvents; ~15 GB of disk; never in CI).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -29,9 +30,15 @@ pub struct Cli {
     #[arg(value_enum)]
     pub scenarios: Vec<Scenario>,
 
-    /// `tiny` runs in seconds (CI); `full` gives the real figures.
+    /// `tiny` runs in seconds (CI); `full` gives the real figures; `huge` fills the store of
+    /// get, list, memory and startup with 10M events (~15 GB of disk, a long fill).
     #[arg(long, value_enum, default_value_t = Scale::Full)]
     pub scale: Scale,
+
+    /// Events in the store of get, list, memory and startup, instead of the scale's (2,000
+    /// tiny, 1M full, 10M huge).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub store_events: Option<u64>,
 
     /// Time cap of each load run, such as `10s` (default: 10s full, 2s tiny).
     #[arg(long, value_parser = parse_duration)]
@@ -68,6 +75,8 @@ pub enum Scale {
     Tiny,
     /// The real figures.
     Full,
+    /// `full` with 10M events in the store (fill progress printed; ~15 GB of disk).
+    Huge,
 }
 
 /// A scenario group, named as on the command line.
@@ -79,13 +88,15 @@ pub enum Scenario {
     Fanout,
     /// Fill a store, then random GetEvent.
     Get,
-    /// ListEvents pages: newest, type filter, time range, deep offset.
+    /// ListEvents pages: newest, type filter, time range, random start, deep offset.
     List,
-    /// Server RSS: idle, after the fill, with idle subscribers, after closing them.
+    /// Server RSS: idle, right after the fill, with idle subscribers, after closing them.
     Memory,
-    /// Restart to serving after SIGTERM, kill -9 idle, and kill -9 under load.
+    /// Disk per event when cleanly stopped; restart to serving after SIGTERM, kill -9 idle,
+    /// and kill -9 under load.
     Startup,
-    /// XADD to redis-server with appendfsync always, beside the publish figures.
+    /// redis-server with appendfsync always: XADD, XREAD BLOCK fan-out, XREVRANGE and
+    /// XRANGE pages, beside eventsd's figures, and the table of issue #13's targets.
     Redis,
 }
 
@@ -146,8 +157,16 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The settings of a scale, with `--duration` if given.
-    pub fn new(scale: Scale, duration: Option<Duration>) -> Self {
+    /// The settings of a scale, with `--duration` and `--store-events` if given.
+    pub fn new(scale: Scale, duration: Option<Duration>, store_events: Option<u64>) -> Self {
+        let mut settings = Self::of(scale, duration);
+        if let Some(events) = store_events {
+            settings.store_events = events;
+        }
+        settings
+    }
+
+    fn of(scale: Scale, duration: Option<Duration>) -> Self {
         match scale {
             Scale::Tiny => Settings {
                 scale,
@@ -179,6 +198,14 @@ impl Settings {
                 startup_timeout: Duration::from_secs(300),
                 settle: Duration::from_secs(1),
             },
+            Scale::Huge => Settings {
+                scale,
+                store_events: 10_000_000,
+                // Today's store fills at ~7,000 events/s: 10M take ~25 minutes.
+                fill_cap: Duration::from_secs(4 * 3_600),
+                startup_timeout: Duration::from_secs(900),
+                ..Self::of(Scale::Full, duration)
+            },
         }
     }
 
@@ -187,6 +214,7 @@ impl Settings {
         match self.scale {
             Scale::Tiny => "tiny",
             Scale::Full => "full",
+            Scale::Huge => "huge",
         }
     }
 }

@@ -9,20 +9,26 @@
 //! strictly increasing. Deliveries/s is total deliveries over the time from the first publish
 //! to the last delivery. A subscriber still short of events when the drain cap passes is
 //! reported as incomplete, not waited for.
+//!
+//! The harness ([`measure`]) knows subscribers only as [`Feed`]s and publishers only as
+//! [`Acked`] load workers, so the Redis fan-out (an XREAD BLOCK loop per subscriber) runs
+//! through the same code, with the same checks and the same figure, as eventsd's.
 
+use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use eventsd::proto::event_service_client::EventServiceClient;
 use eventsd::proto::{PublishEventRequest, SubscribeEventsRequest};
 use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
+use tonic::Streaming;
 
-use crate::bench::Context;
-use crate::client::{self, status_text, Delivery, Pool};
+use crate::bench::{Compared, Context};
+use crate::cli::Settings;
+use crate::client::{self, status_text, Client, Pool, StreamItem};
 use crate::error::{Context as _, Result};
-use crate::load::{self, count_of, Limit, Op};
-use crate::payload::{self, Payload, Template, CHARGE_CREATE};
+use crate::load::{self, count_of, Around, Limit, Op};
+use crate::payload::{self, Payload, CHARGE_CREATE};
 use crate::probe;
 use crate::report::{round, Figure, Latency, Section};
 use crate::server::{CpuMeter, Target};
@@ -36,9 +42,26 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Latency bounds of a subscriber's histogram: 1 µs to 10 min.
 const MAX_MICROS: u64 = 600_000_000;
 
+/// One subscriber's source of deliveries, as the harness reads it.
+pub trait Feed: Send + 'static {
+    /// Records what has arrived in `seen`, waiting at most about [`IDLE`] when nothing has;
+    /// an error ends the subscriber. Returning on idle lets the subscriber notice its plan
+    /// without cancelling a read halfway (a RESP reply cannot be resumed).
+    fn read(&mut self, seen: &mut Seen) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// A publisher that keeps what was acked, as numbers comparable with what subscribers see.
+pub trait Acked: Op {
+    /// The keys of the acked events (sequences; Redis ids as numbers).
+    fn acked(&self) -> &[u64];
+}
+
+/// How long a feed waits for a delivery before handing back control.
+pub const IDLE: Duration = Duration::from_millis(100);
+
 /// One publisher that stamps `created` and keeps the acked sequences.
 struct StampingPublisher {
-    client: EventServiceClient<Channel>,
+    client: Client,
     payload: Payload,
     acked: Vec<u64>,
 }
@@ -51,11 +74,53 @@ impl Op for StampingPublisher {
             created: Some(payload::now()),
             ..Default::default()
         };
-        let event =
-            self.client.publish_event(request).await.map_err(|s| status_text(&s))?.into_inner();
+        let event = self.client.publish_event(request).await.map_err(|s| status_text(&s))?;
         self.acked.push(event.sequence);
         Ok(1)
     }
+}
+
+impl Acked for StampingPublisher {
+    fn acked(&self) -> &[u64] {
+        &self.acked
+    }
+}
+
+/// An eventsd subscription read through the slim [`StreamItem`].
+struct EventsFeed {
+    stream: Streaming<StreamItem>,
+}
+
+impl Feed for EventsFeed {
+    async fn read(&mut self, seen: &mut Seen) -> Result<(), String> {
+        // Streaming::message is cancel safe: a timeout loses nothing.
+        let Ok(item) = tokio::time::timeout(IDLE, self.stream.message()).await else {
+            return Ok(());
+        };
+        match item {
+            Ok(Some(item)) => {
+                if let Some(event) = item.event {
+                    seen.observe(event.sequence, event.created.map(|t| timestamp_time(&t)));
+                }
+                Ok(())
+            }
+            Ok(None) => Err("the stream ended".into()),
+            Err(status) => Err(status_text(&status)),
+        }
+    }
+}
+
+/// Opens an eventsd subscription from now and reads it to `caught_up`.
+async fn open_events_feed(channel: Channel) -> Result<EventsFeed, String> {
+    let mut stream = client::subscribe(channel, SubscribeEventsRequest::default())
+        .await
+        .map_err(|s| status_text(&s))?;
+    client::caught_up(&mut stream).await.map_err(|e| e.to_string())?;
+    Ok(EventsFeed { stream })
+}
+
+fn timestamp_time(t: &prost_types::Timestamp) -> SystemTime {
+    UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
 }
 
 /// What every subscriber must end with, known once the publishers are done.
@@ -68,14 +133,15 @@ struct Plan {
 
 /// A set of sequences, summarised so a stream can be checked without storing it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Fingerprint {
+pub struct Fingerprint {
     count: u64,
     sum: u64,
     sum_of_squares: u64,
 }
 
 impl Fingerprint {
-    fn add(&mut self, sequence: u64) {
+    /// Adds one sequence.
+    pub fn add(&mut self, sequence: u64) {
         self.count += 1;
         self.sum = self.sum.wrapping_add(sequence);
         self.sum_of_squares = self.sum_of_squares.wrapping_add(sequence.wrapping_mul(sequence));
@@ -83,7 +149,7 @@ impl Fingerprint {
 }
 
 /// What one subscriber saw.
-struct Seen {
+pub struct Seen {
     fingerprint: Fingerprint,
     in_order: bool,
     last_sequence: u64,
@@ -105,17 +171,16 @@ impl Seen {
         }
     }
 
-    fn observe(&mut self, event: Delivery) {
+    /// Records one delivery: its key (sequence) and the publisher's send time, if known.
+    pub fn observe(&mut self, key: u64, sent: Option<SystemTime>) {
         let received = SystemTime::now();
         self.last_delivery = Some(Instant::now());
-        if event.sequence <= self.last_sequence {
+        if key <= self.last_sequence {
             self.in_order = false;
         }
-        self.last_sequence = event.sequence;
-        self.fingerprint.add(event.sequence);
-        if let Some(created) = event.created {
-            let sent = UNIX_EPOCH
-                + Duration::new(created.seconds.max(0) as u64, created.nanos.max(0) as u32);
+        self.last_sequence = key;
+        self.fingerprint.add(key);
+        if let Some(sent) = sent {
             let took = received.duration_since(sent).unwrap_or_default();
             let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
             self.latency.saturating_record(micros.clamp(1, MAX_MICROS));
@@ -135,6 +200,7 @@ pub async fn run(ctx: &mut Context) -> Result<Section> {
     for subscribers in ctx.settings.fanout_subscribers.clone() {
         eprintln!("[fanout] {subscribers} subscribers");
         let figure = one_case(ctx, &target, &publishers, subscribers).await?;
+        ctx.baseline.insert(Compared::Fanout(subscribers), figure.clone());
         section.figures.push(figure);
     }
     section.note(format!(
@@ -142,17 +208,22 @@ pub async fn run(ctx: &mut Context) -> Result<Section> {
          {STREAMS_PER_CHANNEL} streams per channel, each waited to caught_up before publishing",
         publishers.len()
     ));
-    section.note(format!(
-        "ops = deliveries; seconds = first publish to last delivery; latency = receive time - \
-         created (stamped by the publisher at send), 2 significant digits; each run publishes \
-         at most {} events or for {:?}",
-        ctx.settings.fanout_events, ctx.settings.duration
-    ));
+    section.note(notes(&ctx.settings));
     section.note(
         "subscribers decode only id, created and sequence of each event (data is skipped), \
          so the loader's CPU goes to receiving",
     );
     Ok(section)
+}
+
+/// The note every fan-out section carries.
+pub fn notes(settings: &Settings) -> String {
+    format!(
+        "ops = deliveries; seconds = first publish to last delivery; latency = receive time - \
+         send time (stamped by the publisher), 2 significant digits; each run publishes at \
+         most {} events or for {:?}; CPU per op = per delivery",
+        settings.fanout_events, settings.duration
+    )
 }
 
 async fn one_case(
@@ -161,17 +232,50 @@ async fn one_case(
     publishers: &Pool,
     subscribers: usize,
 ) -> Result<Figure> {
-    let settings = &ctx.settings;
-    let server_pid = target.pid();
     let channel_count = subscribers.div_ceil(STREAMS_PER_CHANNEL);
     let channels = open_channels(&target.addr, channel_count).await?;
+    let opens = (0..subscribers)
+        .map(|i| open_events_feed(channels[i / STREAMS_PER_CHANNEL].clone()))
+        .collect();
+    let workers: Vec<StampingPublisher> = (0..PUBLISHERS)
+        .map(|i| StampingPublisher {
+            client: publishers.client(i),
+            payload: Payload::new(&ctx.template),
+            acked: Vec::new(),
+        })
+        .collect();
+    let case = count_of(subscribers, "subscriber");
+    let mut figure =
+        measure(opens, workers, &ctx.settings, target.around(true), "fanout", case).await?;
+    figure.set("channels", channel_count as u64);
+    if let Ok(threads) = target.threads() {
+        figure.set("server_threads", threads);
+    }
+    Ok(figure)
+}
+
+/// Opens every subscriber and waits until all are ready, then runs the publishers, lets the
+/// subscribers drain, and makes the figure: deliveries over first publish to last delivery,
+/// publish-to-receive latency, completeness, CPU per delivery, fsync around it all.
+pub async fn measure<F, O, P>(
+    opens: Vec<O>,
+    workers: Vec<P>,
+    settings: &Settings,
+    around: Around<'_>,
+    scenario: &'static str,
+    case: String,
+) -> Result<Figure>
+where
+    F: Feed,
+    O: Future<Output = Result<F, String>> + Send + 'static,
+    P: Acked,
+{
+    let subscribers = opens.len();
     let (plan_tx, plan_rx) = watch::channel(None::<Plan>);
     let (ready_tx, mut ready_rx) = mpsc::channel(subscribers.max(1));
-    let tasks: Vec<_> = (0..subscribers)
-        .map(|i| {
-            let channel = channels[i / STREAMS_PER_CHANNEL].clone();
-            tokio::spawn(subscriber(channel, ready_tx.clone(), plan_rx.clone()))
-        })
+    let tasks: Vec<_> = opens
+        .into_iter()
+        .map(|open| tokio::spawn(subscriber(open, ready_tx.clone(), plan_rx.clone())))
         .collect();
     drop(ready_tx);
     let open_result = wait_ready(&mut ready_rx, subscribers).await;
@@ -183,27 +287,18 @@ async fn one_case(
         return Err(err);
     }
 
-    let template: &Template = &ctx.template;
-    let workers: Vec<StampingPublisher> = (0..PUBLISHERS)
-        .map(|i| StampingPublisher {
-            client: publishers.client(i),
-            payload: Payload::new(template),
-            acked: Vec::new(),
-        })
-        .collect();
     let limit = Limit { calls: settings.fanout_events, time: settings.duration };
     let drain_cap = (settings.duration * 3).max(Duration::from_secs(10));
     let work = async {
-        let commits_before = load::scrape(target.http).await;
-        let meter = CpuMeter::start(server_pid);
+        let commits_before = load::scrape(around.http).await;
+        let meter = CpuMeter::start(around.server_pid);
         let first_publish = Instant::now();
         let outcome = load::run(workers, limit).await;
-        let commits = commits_before.zip(load::scrape(target.http).await);
-        let threads = target.threads().ok();
+        let commits = commits_before.zip(load::scrape(around.http).await);
         let mut expected = Fingerprint::default();
         if let Ok(outcome) = &outcome {
-            for sequence in outcome.workers.iter().flat_map(|w| &w.acked) {
-                expected.add(*sequence);
+            for key in outcome.workers.iter().flat_map(|w| w.acked()) {
+                expected.add(*key);
             }
         }
         let _ = plan_tx.send(Some(Plan { expected, deadline: Instant::now() + drain_cap }));
@@ -212,18 +307,16 @@ async fn one_case(
             seen.push(task.await.context("a subscriber task panicked")?);
         }
         let cpu = meter.stop();
-        Ok::<_, crate::error::Error>((
-            first_publish,
-            outcome?,
-            expected,
-            seen,
-            cpu,
-            commits,
-            threads,
-        ))
+        Ok::<_, crate::error::Error>((first_publish, outcome?, expected, seen, cpu, commits))
     };
-    let (fsync, result) = probe::around(target.probe_dir(), work).await;
-    let (first_publish, outcome, expected, seen, cpu, commits, threads) = result?;
+    let (fsync, result) = match around.probe_dir {
+        Some(dir) => {
+            let (fsync, result) = probe::around(dir, work).await;
+            (Some(fsync), result)
+        }
+        None => (None, work.await),
+    };
+    let (first_publish, outcome, expected, seen, cpu, commits) = result?;
 
     let mut latency = Histogram::<u64>::new_with_bounds(1, MAX_MICROS, 2)
         .expect("constant histogram bounds are valid");
@@ -242,11 +335,11 @@ async fn one_case(
             first_error = s.error.clone();
         }
     }
-    let mut figure = Figure::new("fanout", count_of(subscribers, "subscriber"));
+    let mut figure = Figure::new(scenario, case);
     figure.ops = deliveries;
     figure.seconds = (last_delivery - first_publish).as_secs_f64();
     figure.latency = Latency::from_micros(&latency);
-    figure.fsync = Some(fsync);
+    figure.fsync = fsync;
     figure.set("events", expected.count);
     let publish_rate = outcome.units as f64 / outcome.elapsed.as_secs_f64().max(1e-9);
     figure.set("publish_per_sec", publish_rate.round());
@@ -254,11 +347,7 @@ async fn one_case(
         figure.set("publish_p50_ms", round(publish.p50_ms));
         figure.set("publish_p99_ms", round(publish.p99_ms));
     }
-    figure.set("channels", channel_count as u64);
     cpu.apply(&mut figure);
-    if let Some(threads) = threads {
-        figure.set("server_threads", threads);
-    }
     if let Some((before, after)) = commits {
         before.apply_since(&after, &mut figure);
     }
@@ -309,25 +398,18 @@ fn stop_now(plan: &watch::Sender<Option<Plan>>) {
     let _ = plan.send(Some(Plan { expected: Fingerprint::default(), deadline: Instant::now() }));
 }
 
-/// One subscriber: subscribe from now, report `caught_up`, then read until it has the
-/// expected events or the plan's deadline passes.
-async fn subscriber(
-    channel: Channel,
+/// One subscriber: open its feed, report ready, then read until it has the expected events or
+/// the plan's deadline passes.
+async fn subscriber<F: Feed>(
+    open: impl Future<Output = Result<F, String>>,
     ready: mpsc::Sender<Result<(), String>>,
-    mut plan: watch::Receiver<Option<Plan>>,
+    plan: watch::Receiver<Option<Plan>>,
 ) -> Seen {
     let mut seen = Seen::new();
-    let opened = async {
-        let mut stream = client::subscribe(channel, SubscribeEventsRequest::default())
-            .await
-            .map_err(|s| status_text(&s))?;
-        client::caught_up(&mut stream).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(stream)
-    };
-    let mut stream = match opened.await {
-        Ok(stream) => {
+    let mut feed = match open.await {
+        Ok(feed) => {
             let _ = ready.send(Ok(())).await;
-            stream
+            feed
         }
         Err(err) => {
             seen.error = Some(err.clone());
@@ -337,45 +419,18 @@ async fn subscriber(
     };
     drop(ready);
     loop {
-        let current = *plan.borrow_and_update();
+        let current = *plan.borrow();
         if let Some(p) = current {
             if seen.fingerprint.count >= p.expected.count || Instant::now() >= p.deadline {
                 break;
             }
         }
-        let deadline = current.map(|p| tokio::time::Instant::from_std(p.deadline));
-        tokio::select! {
-            item = stream.message() => match item {
-                Ok(Some(item)) => {
-                    if let Some(event) = item.event {
-                        seen.observe(event);
-                    }
-                }
-                Ok(None) => {
-                    seen.error = Some("the stream ended".into());
-                    break;
-                }
-                Err(status) => {
-                    seen.error = Some(status_text(&status));
-                    break;
-                }
-            },
-            changed = plan.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-            }
-            () = sleep_until(deadline) => break,
+        if let Err(err) = feed.read(&mut seen).await {
+            seen.error = Some(err);
+            break;
         }
     }
     seen
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

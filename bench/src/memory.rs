@@ -1,5 +1,7 @@
-//! `memory`: the store server's resident memory (VmRSS from /proc) idle with an empty store,
-//! after the fill, with many idle subscribers open, and after they are closed.
+//! `memory`: the store server's resident memory (VmRSS from /proc, mapped files included, with
+//! its anonymous and file parts) idle with an empty store, right after the fill (read by the
+//! fill itself), when this scenario starts, with many idle subscribers open, and after they
+//! are closed.
 //!
 //! Idle subscribers subscribe from now and are read up to `caught_up`, then left open. They
 //! go at most 500 streams to a channel; if a channel stops accepting streams (a server may cap
@@ -56,11 +58,18 @@ pub async fn run(ctx: &mut Context) -> Result<Section> {
 
     let idle = store.idle_rss_kib.ok_or("the idle RSS was not read")?;
     section.figures.push(rss_figure("idle after start, empty store", idle));
-    let filled = store.target.rss_kib()?;
-    section.figures.push(
-        rss_figure(&format!("after the fill of {filled_events} events"), filled)
-            .with("store_events", filled_events),
-    );
+    if let Some(rss) = store.filled.as_ref().and_then(|f| f.rss_after_fill) {
+        let mut figure =
+            Figure::new("memory", format!("right after the fill of {filled_events} events"));
+        rss.apply(&mut figure);
+        section
+            .figures
+            .push(figure.with("rss_kib", rss.total_kib).with("store_events", filled_events));
+    }
+    let mut figure = Figure::new("memory", "when this scenario starts");
+    let now = store.target.rss()?;
+    now.apply(&mut figure);
+    section.figures.push(figure.with("rss_kib", now.total_kib));
 
     eprintln!("[memory] opening {subscribers} idle subscribers");
     let before = store.target.rss_kib()?;

@@ -71,9 +71,28 @@ impl Template {
 
     /// Event `n` of the filled store: id `chrg_bench_<n>` and an amount derived from `n`.
     pub fn indexed(&self, n: u64) -> Struct {
-        let amount = 10_000 + (n.wrapping_mul(7_919) % 5_000_000);
-        with_fields(&self.data, &format!("chrg_bench_{n:010}"), amount)
+        let (id, amount) = indexed_fields(n);
+        with_fields(&self.data, &id, amount)
     }
+
+    /// Event `n` of the filled store as JSON text (the Redis fill).
+    pub fn indexed_json(&self, n: u64) -> String {
+        let (id, amount) = indexed_fields(n);
+        json_with_fields(&self.json, id, amount)
+    }
+}
+
+/// The charge id and amount of filled event `n`.
+fn indexed_fields(n: u64) -> (String, u64) {
+    (format!("chrg_bench_{n:010}"), 10_000 + (n.wrapping_mul(7_919) % 5_000_000))
+}
+
+/// The charge as JSON text with its id and amount replaced.
+fn json_with_fields(template: &Map<String, Json>, id: String, amount: u64) -> String {
+    let mut object = template.clone();
+    object.insert("id".into(), Json::String(id));
+    object.insert("amount".into(), Json::from(amount));
+    Json::Object(object).to_string()
 }
 
 /// One publisher's source of events: the template plus a random stream of ids and amounts.
@@ -97,10 +116,7 @@ impl Payload {
     /// The next event as JSON text (for the Redis comparison).
     pub fn next_json(&mut self) -> String {
         let (id, amount) = self.next_fields();
-        let mut object = self.template.json.clone();
-        object.insert("id".into(), Json::String(id));
-        object.insert("amount".into(), Json::from(amount));
-        Json::Object(object).to_string()
+        json_with_fields(&self.template.json, id, amount)
     }
 
     fn next_fields(&mut self) -> (String, u64) {

@@ -6,12 +6,10 @@
 //! caller id (the server generates it). An OK means the event is on disk, so every figure is
 //! bounded by the disk: the fsync probe runs just before and after each one.
 
-use eventsd::proto::event_service_client::EventServiceClient;
-use eventsd::proto::{Event, PublishEventRequest, PublishEventsRequest};
-use tonic::transport::Channel;
+use eventsd::proto::{PublishEventRequest, PublishEventsRequest};
 
-use crate::bench::Context;
-use crate::client::{status_text, Pool};
+use crate::bench::{Compared, Context};
+use crate::client::{status_text, Client, EventHead, Pool};
 use crate::error::Result;
 use crate::load::{self, count_of, Limit, Op};
 use crate::payload::{Payload, Template, CHARGE_CREATE};
@@ -28,26 +26,25 @@ const BATCHERS: usize = 4;
 
 /// One unary publisher.
 pub struct UnaryPublisher {
-    client: EventServiceClient<Channel>,
+    client: Client,
     payload: Payload,
 }
 
 impl UnaryPublisher {
     /// A publisher on `client` sending the template's events.
-    pub fn new(client: EventServiceClient<Channel>, template: &Template) -> Self {
+    pub fn new(client: Client, template: &Template) -> Self {
         UnaryPublisher { client, payload: Payload::new(template) }
     }
 
-    /// Publishes the next event (a fresh charge, no id, no `created`) and returns it as
-    /// stored.
-    pub async fn publish(&mut self) -> Result<Event, String> {
+    /// Publishes the next event (a fresh charge, no id, no `created`) and returns the stored
+    /// event's head.
+    pub async fn publish(&mut self) -> Result<EventHead, String> {
         let request = PublishEventRequest {
             r#type: CHARGE_CREATE.into(),
             data: Some(self.payload.next_struct()),
             ..Default::default()
         };
-        let response = self.client.publish_event(request).await.map_err(|s| status_text(&s))?;
-        Ok(response.into_inner())
+        self.client.publish_event(request).await.map_err(|s| status_text(&s))
     }
 }
 
@@ -59,7 +56,7 @@ impl Op for UnaryPublisher {
 
 /// One PublishEvents caller.
 struct BatchPublisher {
-    client: EventServiceClient<Channel>,
+    client: Client,
     payload: Payload,
 }
 
@@ -77,7 +74,7 @@ impl Op for BatchPublisher {
             .publish_events(PublishEventsRequest { events })
             .await
             .map_err(|s| status_text(&s))?;
-        Ok(response.into_inner().events.len() as u64)
+        Ok(response.events.len() as u64)
     }
 }
 
@@ -95,9 +92,7 @@ pub async fn run(ctx: &mut Context) -> Result<Section> {
         let limit = Limit { calls: settings.publish_events, time: settings.duration };
         let case = format!("PublishEvent, {}", count_of(publishers, "publisher"));
         let (figure, _) = load::run_figure(workers, limit, around, "publish", case).await?;
-        if let Some(rate) = figure.ops_per_sec() {
-            ctx.publish_rates.insert(publishers, rate);
-        }
+        ctx.baseline.insert(Compared::Publish(publishers), figure.clone());
         section.figures.push(figure);
     }
 
@@ -110,6 +105,7 @@ pub async fn run(ctx: &mut Context) -> Result<Section> {
     let (mut figure, outcome) = load::run_figure(workers, limit, around, "publish", case).await?;
     figure.set("batches", outcome.calls);
     figure.set("batch_size", BATCH as u64);
+    ctx.baseline.insert(Compared::Batches, figure.clone());
     section.figures.push(figure);
 
     section.note(format!(
@@ -119,7 +115,8 @@ pub async fn run(ctx: &mut Context) -> Result<Section> {
     ));
     section.note(format!(
         "ops = acked events; ops/s = acked events / wall time; latency is per call \
-         (per batch of {BATCH} for PublishEvents); server-generated ids"
+         (per batch of {BATCH} for PublishEvents); server-generated ids; responses decoded \
+         for id and sequence only"
     ));
     section.note(format!(
         "each run stops at {} events or {:?}, whichever comes first",

@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value as Json};
 
 use crate::error::{Context, Result};
 use crate::probe::{Fsync, FsyncPair};
+use crate::server::CpuUsage;
 
 /// Latency percentiles of one figure, in milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +53,8 @@ pub struct Figure {
     pub latency: Option<Latency>,
     /// The disk's fsync speed around a durable figure.
     pub fsync: Option<FsyncPair>,
+    /// CPU the server and the bench used over the figure's measured window.
+    pub cpu: Option<CpuUsage>,
     /// Everything else worth keeping, by name.
     pub extra: Map<String, Json>,
 }
@@ -66,6 +69,7 @@ impl Figure {
             seconds: 0.0,
             latency: None,
             fsync: None,
+            cpu: None,
             extra: Map::new(),
         }
     }
@@ -86,6 +90,16 @@ impl Figure {
         (self.seconds > 0.0 && self.ops > 0).then(|| self.ops as f64 / self.seconds)
     }
 
+    /// CPU µs per operation of the server and of the bench (`None` without operations or
+    /// without a measurement).
+    pub fn cpu_per_op(&self) -> (Option<f64>, Option<f64>) {
+        let Some(cpu) = self.cpu.filter(|_| self.ops > 0) else {
+            return (None, None);
+        };
+        let per_op = |seconds: Option<f64>| seconds.map(|s| s * 1e6 / self.ops as f64);
+        (per_op(cpu.server_seconds), per_op(cpu.bench_seconds))
+    }
+
     /// The figure as one JSON object (the `--json` line).
     pub fn to_json(&self) -> Json {
         let worst = self.fsync.as_ref().and_then(FsyncPair::worst);
@@ -98,6 +112,7 @@ impl Figure {
                 }
             }
         }
+        let (server_cpu, bench_cpu) = self.cpu_per_op();
         json!({
             "scenario": self.scenario,
             "case": self.case,
@@ -109,6 +124,8 @@ impl Figure {
             "p999_ms": self.latency.map(|l| round(l.p999_ms)),
             "fsync_p50_ms": worst.map(|f| round(f.p50_ms)),
             "fsync_p99_ms": worst.map(|f| round(f.p99_ms)),
+            "server_cpu_us_per_op": server_cpu.map(round),
+            "bench_cpu_us_per_op": bench_cpu.map(round),
             "extra": extra,
         })
     }
@@ -207,11 +224,14 @@ fn table(figures: &[Figure]) -> String {
         "p99 ms",
         "p99.9 ms",
         "fsync p50 ms before/after",
+        "server CPU µs/op",
+        "bench CPU µs/op",
         "notes",
     ];
     let rows: Vec<Vec<String>> = figures
         .iter()
         .map(|f| {
+            let (server_cpu, bench_cpu) = f.cpu_per_op();
             let latency = |pick: fn(&Latency) -> f64| {
                 f.latency.as_ref().map_or("-".to_string(), |l| format_ms(pick(l)))
             };
@@ -224,11 +244,18 @@ fn table(figures: &[Figure]) -> String {
                 latency(|l| l.p99_ms),
                 latency(|l| l.p999_ms),
                 f.fsync.as_ref().map_or("-".into(), FsyncPair::short),
+                cpu_cell(server_cpu),
+                cpu_cell(bench_cpu),
                 notes(&f.extra),
             ]
         })
         .collect();
     render(&header, &rows)
+}
+
+/// A CPU-per-operation cell: `12.3`, or `-` when not measured.
+fn cpu_cell(micros: Option<f64>) -> String {
+    micros.map_or("-".into(), |us| if us < 10.0 { format!("{us:.2}") } else { format!("{us:.0}") })
 }
 
 /// Left-aligned text columns, padded to the widest cell.
@@ -320,6 +347,14 @@ mod tests {
         let line = figure.to_json();
         assert_eq!(line["ops_per_sec"], 50.0);
         assert_eq!(line["extra"]["errors"], 0);
+        figure.cpu = Some(CpuUsage {
+            server_seconds: Some(0.01),
+            bench_seconds: Some(0.002),
+            wall_seconds: 2.0,
+        });
+        let line = figure.to_json();
+        assert_eq!(line["server_cpu_us_per_op"], 100.0);
+        assert_eq!(line["bench_cpu_us_per_op"], 20.0);
         for key in ["p50_ms", "p99_ms", "p999_ms", "fsync_p50_ms", "fsync_p99_ms"] {
             assert!(line.get(key).is_some(), "{key} missing");
         }

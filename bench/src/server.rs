@@ -29,7 +29,8 @@ use crate::report::Figure;
 const SERVICE: &str = "events.v1.EventService";
 /// Pause between two health polls.
 const POLL: Duration = Duration::from_millis(2);
-/// How long a clean stop (SIGTERM) may take before the bench kills the server.
+/// How long a clean stop (SIGTERM) may take before the bench kills the server, at least; a
+/// scale with a longer start-up timeout (a 10M store) allows as long for the stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How to spawn eventsd.
@@ -230,7 +231,11 @@ impl Target {
         if !status.success() {
             return Err(format!("kill -TERM {} failed: {status}", process.pid()).into());
         }
-        let exit = wait_exit(&mut process.child, STOP_TIMEOUT).await?;
+        let timeout = self
+            .spawned
+            .as_ref()
+            .map_or(STOP_TIMEOUT, |s| s.spec.startup_timeout.max(STOP_TIMEOUT));
+        let exit = wait_exit(&mut process.child, timeout).await?;
         Ok((started.elapsed(), exit.success()))
     }
 
@@ -246,6 +251,36 @@ impl Target {
     /// The server's resident memory (VmRSS), in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
         self.status_number("VmRSS:")
+    }
+
+    /// The server's resident memory with its parts: VmRSS counts mapped files (a store's
+    /// segments, sled's file) as well as the heap.
+    pub fn rss(&self) -> Result<Rss> {
+        Ok(Rss {
+            total_kib: self.status_number("VmRSS:")?,
+            anon_kib: self.status_number("RssAnon:").ok(),
+            file_kib: self.status_number("RssFile:").ok(),
+        })
+    }
+
+    /// `du -sb` of the data folder (apparent bytes, folders included), when the bench owns it.
+    pub fn disk_usage(&self) -> Result<u64> {
+        let spawned = self.spawned.as_ref().ok_or("not a server the bench spawned")?;
+        let output = Command::new("du")
+            .arg("-sb")
+            .arg(spawned.data.path())
+            .output()
+            .context("cannot run du -sb")?;
+        if !output.status.success() {
+            return Err(
+                format!("du -sb failed: {}", String::from_utf8_lossy(&output.stderr)).into()
+            );
+        }
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .next()
+            .and_then(|bytes| bytes.parse().ok())
+            .ok_or_else(|| "du -sb printed no byte count".into())
     }
 
     /// The server's thread count (a sign of a growing blocking pool).
@@ -275,6 +310,11 @@ impl Target {
         }
     }
 
+    /// CPU seconds (user + system) the server process has used since it started.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(&self.pid()?.to_string())
+    }
+
     /// The server's process id, while the bench runs it.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(ServerProcess::pid)
@@ -292,9 +332,36 @@ impl Target {
     }
 }
 
-/// CPU used by the server under test and by the bench itself over one figure. On a 2-core
-/// machine the loader competes with the server, so every load figure says how many cores
-/// each side used (`server_cpu`, `bench_cpu`: CPU seconds / wall seconds).
+/// A process's resident memory from /proc/PID/status, in KiB.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rss {
+    /// VmRSS: everything resident, mapped files included.
+    pub total_kib: u64,
+    /// RssAnon: heap and other anonymous memory.
+    pub anon_kib: Option<u64>,
+    /// RssFile: resident pages of mapped files.
+    pub file_kib: Option<u64>,
+}
+
+impl Rss {
+    /// Adds `rss_mib` (VmRSS), `rss_anon_mib` and `rss_file_mib` to a figure.
+    pub fn apply(&self, figure: &mut Figure) {
+        let mib = |kib: u64| (kib as f64 / 102.4).round() / 10.0;
+        figure.set("rss_mib", mib(self.total_kib));
+        if let Some(anon) = self.anon_kib {
+            figure.set("rss_anon_mib", mib(anon));
+        }
+        if let Some(file) = self.file_kib {
+            figure.set("rss_file_mib", mib(file));
+        }
+    }
+}
+
+/// CPU used by the server under test and by the bench itself over one figure: utime + stime
+/// of `/proc/PID/stat` (every thread of the process) before and after the measured window.
+/// On a 2-core machine the loader competes with the server, so every load figure says how
+/// much CPU each side spent per operation, and how many cores each used on average
+/// (`server_cpu`, `bench_cpu`: CPU seconds / wall seconds).
 pub struct CpuMeter {
     server: Option<(u32, f64)>,
     bench: Option<f64>,
@@ -311,37 +378,41 @@ impl CpuMeter {
         }
     }
 
-    /// Stops measuring: the cores each side used on average since the start.
+    /// Stops measuring: the CPU each side used since the start.
     pub fn stop(self) -> CpuUsage {
-        let wall = self.started.elapsed().as_secs_f64().max(1e-9);
-        let cores = |used: f64| (used / wall * 100.0).round() / 100.0;
         CpuUsage {
-            server: self
+            server_seconds: self
                 .server
-                .and_then(|(pid, before)| Some(cores(cpu_seconds(&pid.to_string())? - before))),
-            bench: self.bench.and_then(|before| Some(cores(cpu_seconds("self")? - before))),
+                .and_then(|(pid, before)| Some(cpu_seconds(&pid.to_string())? - before)),
+            bench_seconds: self.bench.and_then(|before| Some(cpu_seconds("self")? - before)),
+            wall_seconds: self.started.elapsed().as_secs_f64(),
         }
     }
 }
 
-/// Cores used on average over a measurement.
-#[derive(Debug, Clone, Copy)]
+/// CPU used over a measurement.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CpuUsage {
-    /// By the server (when the bench knows its process).
-    pub server: Option<f64>,
-    /// By the bench.
-    pub bench: Option<f64>,
+    /// CPU seconds of the server (when the bench knows its process).
+    pub server_seconds: Option<f64>,
+    /// CPU seconds of the bench.
+    pub bench_seconds: Option<f64>,
+    /// Wall time of the measurement.
+    pub wall_seconds: f64,
 }
 
 impl CpuUsage {
-    /// Adds `server_cpu` and `bench_cpu` to a figure.
+    /// Attaches the usage to a figure (per operation in its table row and JSON line), and
+    /// adds the cores each side used as `server_cpu` and `bench_cpu`.
     pub fn apply(&self, figure: &mut Figure) {
-        if let Some(server) = self.server {
-            figure.set("server_cpu", server);
+        let cores = |used: f64| (used / self.wall_seconds.max(1e-9) * 100.0).round() / 100.0;
+        if let Some(server) = self.server_seconds {
+            figure.set("server_cpu", cores(server));
         }
-        if let Some(bench) = self.bench {
-            figure.set("bench_cpu", bench);
+        if let Some(bench) = self.bench_seconds {
+            figure.set("bench_cpu", cores(bench));
         }
+        figure.cpu = Some(*self);
     }
 }
 

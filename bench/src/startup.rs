@@ -1,6 +1,10 @@
 //! `startup`: how long the filled store takes to serve again after a clean stop (SIGTERM),
 //! after kill -9 while idle, and after kill -9 while 32 publishers publish at full speed.
 //!
+//! While the server is cleanly stopped, before the first restart, the bench measures disk per
+//! event: `du -sb` of the data folder over the summed encoded sizes of the filled events (as
+//! the server returned them). No scenario before this one writes to the store after the fill.
+//!
 //! Restart time is from spawning the process to gRPC health SERVING. After the kill under
 //! load the bench also checks durability: every acked event must be there after the restart
 //! (the newest durable sequence is at least the highest acked one, and the most recently acked
@@ -8,11 +12,8 @@
 
 use std::time::Duration;
 
-use eventsd::proto::event_service_client::EventServiceClient;
-use eventsd::proto::GetEventRequest;
-
-use crate::bench::Context;
-use crate::client::{self, status_text, Pool};
+use crate::bench::{Compared, Context};
+use crate::client::{self, status_text, Client, Pool};
 use crate::error::{Context as _, Result};
 use crate::load::{self, Limit, Op};
 use crate::publish::UnaryPublisher;
@@ -53,21 +54,27 @@ pub async fn run(ctx: &mut Context) -> Result<Section> {
     let template = ctx.template.clone();
     let store = ctx.store().await?;
     let events = store.filled.as_ref().map_or(0, |f| f.events);
+    let encoded_bytes = store.filled.as_ref().map_or(0, |f| f.encoded_bytes);
     let target = &mut store.target;
 
     eprintln!("[startup] SIGTERM and restart");
     let (stop, clean) = target.stop().await?;
+    let disk = disk_figure(target.disk_usage()?, events, encoded_bytes);
     let restart = target.start().await?;
-    section.figures.push(
-        restart_figure("after SIGTERM", restart, target)
-            .with("stop_ms", ms(stop))
-            .with("clean_exit", clean),
-    );
+    let after_term = restart_figure("after SIGTERM", restart, target)
+        .with("stop_ms", ms(stop))
+        .with("clean_exit", clean);
 
     eprintln!("[startup] kill -9 while idle and restart");
     target.kill().await?;
     let restart = target.start().await?;
-    section.figures.push(restart_figure("after kill -9, idle", restart, target));
+    let after_kill = restart_figure("after kill -9, idle", restart, target);
+    let compared = [
+        (Compared::Disk, disk),
+        (Compared::StartAfterTerm, after_term),
+        (Compared::StartAfterKill, after_kill),
+    ];
+    section.figures.extend(compared.iter().map(|(_, figure)| figure.clone()));
 
     eprintln!("[startup] kill -9 under load and restart");
     let pool = Pool::connect(&target.addr, CHANNELS).await?;
@@ -101,6 +108,7 @@ pub async fn run(ctx: &mut Context) -> Result<Section> {
          health SERVING; kill -9 under load came {:?} after the publishers started",
         settings.kill_after
     ));
+    ctx.baseline.extend(compared);
     section.note(
         "lost = acked events missing after the restart (the newest acked are checked with \
          GetEvent; any loss breaks the durability promise)",
@@ -108,11 +116,34 @@ pub async fn run(ctx: &mut Context) -> Result<Section> {
     Ok(section)
 }
 
+/// Disk per event of the cleanly stopped store.
+fn disk_figure(du_bytes: u64, events: u64, encoded_bytes: u64) -> Figure {
+    let mut figure = Figure::new("startup", "disk per event, cleanly stopped")
+        .with("du_sb_bytes", du_bytes)
+        .with("encoded_bytes", encoded_bytes)
+        .with("store_events", events);
+    if events > 0 {
+        figure.set("disk_bytes_per_event", (du_bytes as f64 / events as f64).round());
+    }
+    if encoded_bytes > 0 {
+        figure.set(
+            "disk_over_encoded",
+            (du_bytes as f64 / encoded_bytes as f64 * 1_000.0).round() / 1_000.0,
+        );
+    }
+    figure
+}
+
 fn restart_figure(case: &str, restart: Duration, target: &Target) -> Figure {
     let mut figure = Figure::new("startup", case).with("restart_ms", ms(restart));
     figure.seconds = restart.as_secs_f64();
-    if let Ok(rss) = target.rss_kib() {
-        figure.set("rss_kib", rss);
+    // Read right after SERVING: the CPU the start-up itself cost.
+    if let Some(cpu) = target.cpu_seconds() {
+        figure.set("server_cpu_ms_to_serve", (cpu * 1_000.0).round());
+    }
+    if let Ok(rss) = target.rss() {
+        figure.set("rss_kib", rss.total_kib);
+        rss.apply(&mut figure);
     }
     figure
 }
@@ -132,12 +163,12 @@ struct Check {
 async fn check_acked(addr: &str, acked: &[(u64, String)]) -> Result<Check> {
     let durable = client::durable_sequence(addr).await?;
     let channel = client::channel(addr).await?;
-    let mut client = EventServiceClient::new(channel);
+    let mut client = Client::new(channel);
     let newest = &acked[acked.len().saturating_sub(CHECKED)..];
     let mut lost = acked.iter().filter(|(seq, _)| *seq > durable).count() as u64;
     for (seq, id) in newest.iter().filter(|(seq, _)| *seq <= durable) {
-        match client.get_event(GetEventRequest { id: id.clone(), livemode: None }).await {
-            Ok(found) if found.get_ref().sequence == *seq => {}
+        match client.get_event(id).await {
+            Ok(found) if found.sequence == *seq => {}
             Ok(_) => lost += 1,
             Err(status) if status.code() == tonic::Code::NotFound => lost += 1,
             Err(status) => return Err(format!("GetEvent {id}: {}", status_text(&status)).into()),

@@ -14,9 +14,9 @@ use serde_json::{json, Map, Value as Json};
 
 use crate::event::json::struct_to_object;
 use crate::event::time;
-use crate::proto::io::cloudevents::v1::cloud_event::Data;
-use crate::proto::io::cloudevents::v1::cloud_event_attribute_value::Attr;
-use crate::proto::io::cloudevents::v1::{CloudEvent, CloudEventAttributeValue};
+use crate::proto::io::cloudevents::v1::cloud_event::cloud_event_attribute_value::Attr;
+use crate::proto::io::cloudevents::v1::cloud_event::{CloudEventAttributeValue, Data};
+use crate::proto::io::cloudevents::v1::CloudEvent;
 use crate::proto::Event;
 
 /// The CloudEvents version eventsd speaks.

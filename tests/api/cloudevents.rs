@@ -7,8 +7,8 @@
 use std::collections::BTreeSet;
 
 use eventsd::event::cloudevent::proto_to_json;
+use eventsd::proto::io::cloudevents::v1::cloud_event::cloud_event_attribute_value::Attr;
 use eventsd::proto::io::cloudevents::v1::cloud_event::Data;
-use eventsd::proto::io::cloudevents::v1::cloud_event_attribute_value::Attr;
 use eventsd::proto::io::cloudevents::v1::CloudEvent;
 use eventsd::proto::subscribe_events_response::Item;
 use eventsd::proto::{Format, SubscribeEventsRequest};
