@@ -81,7 +81,7 @@ pub fn raise_fd_limit() -> Option<u64> {
             }
         }
     }
-    Some(limit.rlim_cur as u64)
+    Some(limit.rlim_cur)
 }
 
 /// The default cap of each of `listeners` listeners: an equal share of the file descriptors
