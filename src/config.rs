@@ -66,6 +66,17 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
 
+    /// Serve `GET /metrics` only on this address, without a key (for a network only the
+    /// scraper reaches). Without it `/metrics` is on the HTTP listener and, with API keys,
+    /// needs a key with the `admin` scope.
+    #[arg(long, env = "EVENTSD_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Distinct event types (and sources) that get metrics series of their own; later ones
+    /// are counted under `other`.
+    #[arg(long, env = "EVENTSD_METRICS_MAX_TYPES", default_value_t = crate::metrics::DEFAULT_MAX_TYPES)]
+    pub metrics_max_types: usize,
+
     /// TOML file of API keys (name, key or sha256, scopes, mode). Without it every caller is
     /// unrestricted and eventsd listens on loopback only. SIGHUP reloads the file.
     #[arg(long, env = "EVENTSD_API_KEYS", value_name = "FILE")]
@@ -94,7 +105,9 @@ pub struct ServeConfig {
     /// Where events live: `sled`, the embedded store in --data-dir (the default), or
     /// `nats://h1:4222,h2:4222,h3:4222`, a NATS JetStream cluster (2.12 or newer) that several
     /// stateless eventsd instances share.
-    #[arg(long, env = "EVENTSD_STORE", default_value = "sled", value_parser = parse_store)]
+    // The value may carry NATS credentials: hidden in --help, never echoed when invalid.
+    #[arg(long, env = "EVENTSD_STORE", default_value = "sled", value_parser = StoreParser,
+          hide_env_values = true)]
     pub store: StoreKind,
 
     /// JetStream only: the stream holding the events (created if missing, verified if not);
@@ -133,6 +146,26 @@ pub struct ServeConfig {
     /// with RESOURCE_EXHAUSTED (load shedding) rather than queued.
     #[arg(long, env = "EVENTSD_MAX_IN_FLIGHT", default_value_t = 2048)]
     pub max_in_flight: usize,
+
+    /// Most open connections per listener (gRPC, HTTP, metrics); beyond it new connections
+    /// are closed at once. Default: an equal share of the open-file limit after a reserve of
+    /// 128 (eventsd raises its soft limit to the hard limit at start).
+    #[arg(long, env = "EVENTSD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// A connection must send its first byte, and an HTTP/1 request its complete headers,
+    /// within this time, or it is closed.
+    #[arg(long, env = "EVENTSD_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// An HTTP request body must arrive completely within this time of its headers (else 408).
+    #[arg(long, env = "EVENTSD_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_body_timeout: Duration,
+
+    /// An HTTP connection that moves no byte for this long is closed (after the request it
+    /// may be answering).
+    #[arg(long, env = "EVENTSD_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub http_idle_timeout: Duration,
 
     /// Most concurrent HTTP/2 streams (calls and subscriptions) per gRPC connection.
     #[arg(long, env = "EVENTSD_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
@@ -189,8 +222,8 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_WEBHOOK_SECRETS_FILE", value_name = "FILE")]
     pub webhook_secrets_file: Option<PathBuf>,
 
-    /// Declare a Standard Webhooks source without a secret (accepted unsigned only while the
-    /// HTTP listener is on loopback). Sources with a secret need no declaration.
+    /// Declare a Standard Webhooks source without a secret (it refuses every delivery unless
+    /// named in --webhook-unsigned). Sources with a secret need no declaration.
     #[arg(
         long = "webhook-source",
         env = "EVENTSD_WEBHOOK_SOURCE",
@@ -198,6 +231,17 @@ pub struct ServeConfig {
         value_name = "NAME"
     )]
     pub webhook_sources: Vec<String>,
+
+    /// Let the route `/webhooks/SOURCE`, which has no secret, accept UNSIGNED deliveries:
+    /// anyone who can reach the HTTP listener can then store events through it. Repeatable or
+    /// comma-separated; every other route without a secret refuses deliveries (401).
+    #[arg(
+        long = "webhook-unsigned",
+        env = "EVENTSD_WEBHOOK_UNSIGNED",
+        value_delimiter = ',',
+        value_name = "SOURCE"
+    )]
+    pub webhook_unsigned: Vec<String>,
 
     /// How far a signed webhook timestamp may be from the server's clock.
     #[arg(long, env = "EVENTSD_WEBHOOK_TOLERANCE", default_value = "300s", value_parser = parse_duration)]
@@ -318,6 +362,35 @@ pub enum StoreKind {
     JetStream(String),
 }
 
+/// Parses `--store` like [`parse_store`], but its error never repeats the value: clap's own
+/// "invalid value '…'" would print NATS credentials to the terminal and to logs.
+#[derive(Clone)]
+struct StoreParser;
+
+impl clap::builder::TypedValueParser for StoreParser {
+    type Value = StoreKind;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<StoreKind, clap::Error> {
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidUtf8, "--store: not valid UTF-8\n")
+        })?;
+        // Not even a redacted form: a malformed value may hide a password anywhere.
+        parse_store(text).map_err(|reason| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!(
+                    "invalid value for --store (not shown: it may hold credentials): {reason}\n"
+                ),
+            )
+        })
+    }
+}
+
 fn parse_store(text: &str) -> Result<StoreKind, String> {
     if text == "sled" {
         return Ok(StoreKind::Embedded);
@@ -407,6 +480,10 @@ pub struct GetArgs {
     pub connect: ConnectArgs,
     /// The event id.
     pub id: String,
+    /// Which mode's event: live (`true`) or test (`false`). Default: the key's mode; for a
+    /// key of both modes, the live event if there is one, else the test one.
+    #[arg(long, value_name = "true|false")]
+    pub livemode: Option<bool>,
 }
 
 /// `eventsd list` settings: the fields of ListEventsRequest.

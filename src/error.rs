@@ -73,9 +73,14 @@ pub enum Error {
     /// The disk is full; the write was not acknowledged.
     #[error("the disk is full; the write was not stored")]
     DiskFull,
-    /// The store failed; the write was not acknowledged.
+    /// The store failed; the write was not acknowledged. Made from a `sled::Error` only
+    /// through [`Error::from_storage`] (also what `?` uses), so a full disk is never this.
     #[error("storage error: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(sled::Error),
+    /// A background task eventsd waited for failed (panicked or was cancelled): a fault of
+    /// eventsd, not of the stored data.
+    #[error("internal task failed: {0}")]
+    Internal(String),
     /// A webhook signature or credential is missing or wrong.
     #[error("{0}")]
     Unauthenticated(String),
@@ -91,6 +96,9 @@ pub enum Error {
         /// The limit in bytes.
         limit: usize,
     },
+    /// An HTTP body did not arrive in time (`--http-body-timeout`).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// An HTTP body is not declared as JSON.
     #[error("content type must be application/json (got {0:?})")]
     UnsupportedMediaType(String),
@@ -106,6 +114,13 @@ pub enum Error {
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+}
+
+/// Every `?` on a sled result goes through the disk-full mapping.
+impl From<sled::Error> for Error {
+    fn from(err: sled::Error) -> Self {
+        Error::from_storage(err)
+    }
 }
 
 impl Error {
@@ -145,6 +160,7 @@ impl From<Error> for Status {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::UnknownSource(_) => Code::NotFound,
             Error::PayloadTooLarge { .. } => Code::ResourceExhausted,
+            Error::RequestTimeout(_) => Code::DeadlineExceeded,
             Error::UnsupportedMediaType(_) | Error::MalformedJson(_) => Code::InvalidArgument,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::ShuttingDown
@@ -152,7 +168,11 @@ impl From<Error> for Status {
             | Error::Reopening
             | Error::Unavailable(_) => Code::Unavailable,
             Error::DiskFull | Error::LimitReached { .. } => Code::ResourceExhausted,
-            Error::Storage(_) | Error::Corrupt(_) | Error::Startup(_) | Error::Io(_) => {
+            Error::Storage(_)
+            | Error::Internal(_)
+            | Error::Corrupt(_)
+            | Error::Startup(_)
+            | Error::Io(_) => {
                 tracing::error!(error = %err, "internal error");
                 return Status::internal("internal storage error (details are in the server log)");
             }
@@ -183,6 +203,7 @@ impl Error {
             }
             Error::AlreadyExists { .. } => (StatusCode::CONFLICT, "already_exists"),
             Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Error::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Error::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -192,9 +213,11 @@ impl Error {
             | Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::DiskFull => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
             Error::LimitReached { .. } => (StatusCode::SERVICE_UNAVAILABLE, "resource_exhausted"),
-            Error::Storage(_) | Error::Corrupt(_) | Error::Startup(_) | Error::Io(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
+            Error::Storage(_)
+            | Error::Internal(_)
+            | Error::Corrupt(_)
+            | Error::Startup(_)
+            | Error::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }
@@ -211,5 +234,19 @@ impl IntoResponse for Error {
         };
         let body = serde_json::json!({ "object": "error", "code": code, "message": message });
         (status, axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_through_question_mark_is_disk_full_not_a_storage_error() {
+        fn fails() -> Result<(), Error> {
+            Err(sled::Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull)))?
+        }
+        assert!(matches!(fails(), Err(Error::DiskFull)));
+        assert_eq!(Status::from(fails().unwrap_err()).code(), Code::ResourceExhausted);
     }
 }

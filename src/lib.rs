@@ -9,6 +9,7 @@
 //! - [`ingest`]: HTTP ingest: provider webhooks, `POST /events`, `GET /healthz`.
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`limits`]: overload protection: one in-flight limit across all connections.
+//! - [`connections`]: accepting connections: a cap per listener, accept backoff, HTTP timeouts.
 //! - [`fanout`]: SubscribeEvents streams, catch-up then live, by sequence; byte-bounded
 //!   queues and the `--max-subscribers` cap.
 //! - [`event`]: the domain: what a valid event is, ids, filters, JSON and time conversions.
@@ -25,6 +26,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod event;
 pub mod fanout;

@@ -5,7 +5,9 @@
 //! finds no free permit is refused at once with RESOURCE_EXHAUSTED (load shedding) instead of
 //! queueing, so accepted calls keep their latency and memory stays bounded. Streams
 //! (SubscribeEvents, reflection) are long-lived and bounded by the per-connection stream
-//! limit instead, so they do not hold permits.
+//! limit instead, so they do not hold permits. Health checks hold none either: they do no
+//! work, and a load balancer must see the server healthy while it sheds load. The limit sits
+//! inside the authentication layer, so keyless calls never take a permit.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,12 +20,9 @@ use tonic::codegen::http;
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// Paths of streaming methods, which the limit leaves alone.
-const STREAMING: &[&str] = &[
-    "/events.v1.EventService/SubscribeEvents",
-    "/grpc.reflection.",
-    "/grpc.health.v1.Health/Watch",
-];
+/// Paths the limit leaves alone: streaming methods and health checks.
+const EXEMPT: &[&str] =
+    &["/events.v1.EventService/SubscribeEvents", "/grpc.reflection.", "/grpc.health.v1.Health/"];
 
 /// The shared limit; cheap to clone.
 #[derive(Clone)]
@@ -81,7 +80,7 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let path = request.uri().path();
-        if STREAMING.iter().any(|p| path.starts_with(p)) {
+        if EXEMPT.iter().any(|p| path.starts_with(p)) {
             return Box::pin(self.inner.call(request));
         }
         let permit: OwnedSemaphorePermit = match self.limit.permits.clone().try_acquire_owned() {

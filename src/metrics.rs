@@ -1,14 +1,23 @@
-//! Metrics: Prometheus text at `GET /metrics` on the HTTP listener.
+//! Metrics: Prometheus text at `GET /metrics`, on the HTTP listener or on its own
+//! `--metrics-listen` address.
 //!
 //! Names follow Prometheus conventions (`eventsd_…_total`, `_seconds`, `_bytes`). Everything
 //! is recorded where it happens, through one cheap-to-clone [`Metrics`] handle: publishes and
 //! commits in the store's writer, subscriptions in the fan-out, rejections at the ingest
 //! boundary. Store size and event count are read at scrape time. No label ever carries a
-//! secret or event data; `type` and `source` labels come from published events, so their
-//! number grows with the number of distinct event types.
+//! secret or event data. `type` and `source` labels come from published events, so their
+//! number is bounded: the first `--metrics-max-types` distinct values of each get a series,
+//! and later ones are counted under `other` (a caller publishing many types cannot grow the
+//! scrape without bound).
+//!
+//! Who may scrape: without API keys, anyone who reaches the listener (loopback by default).
+//! With keys, the series reveal both modes' types and the durable sequence, so on the HTTP
+//! listener `/metrics` needs a key with the `admin` scope; with `--metrics-listen` it is
+//! served only there, keyless, for a network that only the scraper reaches.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -23,6 +32,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::auth::{KeyRing, Scope};
+use crate::error::Error;
 use crate::limits::InFlightLimit;
 use crate::store::EventStore;
 
@@ -54,6 +65,44 @@ struct Inner {
     subscribers_lagging: Gauge,
     deliveries: Counter,
     rejections: Family<RejectLabels, Counter>,
+    types: Bounded,
+    sources: Bounded,
+}
+
+/// The label value every value beyond the bound is counted under.
+pub const OTHER: &str = "other";
+
+/// Default of `--metrics-max-types`.
+pub const DEFAULT_MAX_TYPES: usize = 1000;
+
+/// A label whose distinct values are capped: the first `max` seen keep their own series.
+struct Bounded {
+    max: usize,
+    seen: RwLock<HashSet<String>>,
+}
+
+impl Bounded {
+    fn new(max: usize) -> Self {
+        Bounded { max, seen: RwLock::new(HashSet::new()) }
+    }
+
+    /// The label to record `value` under: itself if it has (or may get) a series, else
+    /// [`OTHER`]. The read lock is the common path: values already seen.
+    fn label(&self, value: &str) -> String {
+        if self.seen.read().is_ok_and(|seen| seen.contains(value)) {
+            return value.to_string();
+        }
+        let Ok(mut seen) = self.seen.write() else { return OTHER.to_string() };
+        if seen.len() < self.max && value != OTHER {
+            seen.insert(value.to_string());
+            return value.to_string();
+        }
+        if seen.contains(value) {
+            value.to_string()
+        } else {
+            OTHER.to_string()
+        }
+    }
 }
 
 /// The metrics handle; clones share the same series.
@@ -73,8 +122,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// A fresh set of series.
+    /// A fresh set of series with the default label bound.
     pub fn new() -> Self {
+        Self::with_max_types(DEFAULT_MAX_TYPES)
+    }
+
+    /// A fresh set of series; at most `max_types` distinct types and as many sources get a
+    /// series of their own.
+    pub fn with_max_types(max_types: usize) -> Self {
         let mut registry = Registry::default();
         let published = Family::<EventLabels, Counter>::default();
         registry.register(
@@ -134,6 +189,8 @@ impl Metrics {
             subscribers_lagging,
             deliveries,
             rejections,
+            types: Bounded::new(max_types),
+            sources: Bounded::new(max_types),
         }))
     }
 
@@ -142,8 +199,8 @@ impl Metrics {
         self.0
             .published
             .get_or_create(&EventLabels {
-                r#type: event_type.to_string(),
-                source: source.to_string(),
+                r#type: self.0.types.label(event_type),
+                source: self.0.sources.label(source),
             })
             .inc_by(n);
     }
@@ -209,6 +266,8 @@ impl Drop for SubscriberGuard {
 /// What `GET /metrics` reads besides the registry.
 #[derive(Clone)]
 pub struct MetricsState {
+    /// With `Some`, a scrape needs a key of this ring with the `admin` scope.
+    pub admin_keys: Option<KeyRing>,
     /// The series.
     pub metrics: Metrics,
     /// For the event count and durable sequence.
@@ -224,7 +283,14 @@ pub fn router(state: MetricsState) -> Router {
     Router::new().route("/metrics", get(scrape)).with_state(state)
 }
 
-async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
+async fn scrape(
+    State(state): State<MetricsState>,
+    headers: axum::http::HeaderMap,
+) -> Result<impl IntoResponse, Error> {
+    if let Some(keys) = &state.admin_keys {
+        let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        keys.authenticate(authorization)?.require(Scope::Admin)?;
+    }
     let mut text = String::new();
     if let Err(err) =
         prometheus_client::encoding::text::encode_registry(&mut text, &state.metrics.0.registry)
@@ -252,7 +318,10 @@ async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
         "# HELP eventsd_load_shed Unary calls refused at the in-flight limit.\n# TYPE eventsd_load_shed counter\neventsd_load_shed_total {shed}\n"
     ));
     text.push_str("# EOF\n");
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+    Ok((
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        text,
+    ))
 }
 
 fn dir_size(dir: &Path) -> u64 {
@@ -265,4 +334,19 @@ fn dir_size(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_beyond_the_bound_are_counted_as_other() {
+        let bounded = Bounded::new(2);
+        assert_eq!(bounded.label("a"), "a");
+        assert_eq!(bounded.label("b"), "b");
+        assert_eq!(bounded.label("c"), OTHER);
+        assert_eq!(bounded.label("a"), "a", "values seen keep their series");
+        assert_eq!(Bounded::new(5).label(OTHER), OTHER);
+    }
 }

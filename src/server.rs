@@ -3,20 +3,23 @@
 //! the listeners it is given, and on shutdown stops accepting, ends subscription streams with
 //! UNAVAILABLE, lets in-flight calls finish, flushes the store and returns.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
-use crate::api::{Authenticate, EventsApi};
+use crate::api::list::PageTokens;
+use crate::api::EventsApi;
+use crate::auth::layer::AuthLayer;
 use crate::auth::KeyRing;
 use crate::config::{ServeConfig, StoreKind};
+use crate::connections::{self, ConnectionSettings};
 use crate::error::Error;
 use crate::event::EventLimits;
 use crate::fanout::{Fanout, SubscriptionConfig};
@@ -28,7 +31,7 @@ use crate::proto::event_service_server::EventServiceServer;
 use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
 use crate::store::retention::{self, Retention};
 use crate::store::{EventStore, SledStore, StoreConfig};
-use crate::tls::{Tls, TlsListener};
+use crate::tls::Tls;
 
 /// The sockets the server serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -52,11 +55,13 @@ pub async fn run(
     };
     let tls = Tls::load(&config)?;
     let mutual_tls = tls.is_some() && config.tls_client_ca.is_some();
-    check_exposure(&config, &keys, mutual_tls, &[grpc_addr, http_addr])?;
-    let webhooks = WebhookConfig::from_config(&config, http_addr.ip().is_loopback())?;
-    let metrics = Metrics::new();
+    let mut exposed_addrs = vec![grpc_addr, http_addr];
+    exposed_addrs.extend(config.metrics_listen);
+    check_exposure(&config, &keys, mutual_tls, &exposed_addrs)?;
+    let webhooks = WebhookConfig::from_config(&config)?;
+    let metrics = Metrics::with_max_types(config.metrics_max_types);
     let retention = Retention { max_age: config.retention, max_events: config.max_events };
-    let (store, retention_store) = open_store(&config, &retention, &metrics).await?;
+    let (store, retention_store, tokens) = open_store(&config, &retention, &metrics).await?;
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
     tokio::spawn({
@@ -80,6 +85,12 @@ pub async fn run(
         tasks.spawn(retention::enforce(store, retention, token.clone()));
     }
 
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            Error::Startup(format!("cannot listen on --metrics-listen {addr}: {e}"))
+        })?),
+        None => None,
+    };
     let in_flight = InFlightLimit::new(config.max_in_flight);
     let limits = EventLimits { max_data_bytes: config.max_data_bytes };
     let http = router(IngestState {
@@ -93,13 +104,23 @@ pub async fn run(
     .merge(crate::views::router(crate::views::ViewsState {
         store: store.clone(),
         keys: keys.clone(),
-    }))
-    .merge(crate::metrics::router(MetricsState {
-        metrics: metrics.clone(),
-        store: store.clone(),
-        data_dir: config.data_dir.clone(),
-        limit: in_flight.clone(),
+        tokens: tokens.clone(),
     }));
+    let scrape = |admin_keys| {
+        crate::metrics::router(MetricsState {
+            admin_keys,
+            metrics: metrics.clone(),
+            store: store.clone(),
+            data_dir: config.data_dir.clone(),
+            limit: in_flight.clone(),
+        })
+    };
+    // With --metrics-listen the series are served there only; otherwise on the HTTP listener,
+    // behind an admin key whenever keys are configured.
+    let (http, metrics_router) = match &metrics_listener {
+        Some(_) => (http, Some(scrape(None))),
+        None => (http.merge(scrape(keys.enabled().then(|| keys.clone()))), None),
+    };
     let fanout = Fanout::new(
         store.clone(),
         SubscriptionConfig {
@@ -110,13 +131,10 @@ pub async fn run(
         token.clone(),
         tasks.clone(),
     );
-    let api = EventsApi::new(store.clone(), limits, fanout, metrics);
-    let events = InterceptedService::new(
-        EventServiceServer::new(api)
-            .max_decoding_message_size(config.max_request_bytes)
-            .max_encoding_message_size(usize::MAX),
-        Authenticate(keys.clone()),
-    );
+    let api = EventsApi::new(store.clone(), limits, fanout, metrics, tokens);
+    let events = EventServiceServer::new(api)
+        .max_decoding_message_size(config.max_request_bytes)
+        .max_encoding_message_size(usize::MAX);
     let (reflection_v1, reflection_v1alpha) = if config.no_reflection {
         (None, None)
     } else {
@@ -132,7 +150,29 @@ pub async fn run(
         durable_sequence = *store.durable().borrow(),
         "eventsd serving"
     );
-    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let fd_limit = connections::raise_fd_limit();
+    let settings = ConnectionSettings {
+        max_connections: config.max_connections.map_or_else(
+            || {
+                connections::default_max_connections(
+                    fd_limit,
+                    2 + metrics_listener.is_some() as u64,
+                )
+            },
+            |n| usize::try_from(n).unwrap_or(usize::MAX),
+        ),
+        header_timeout: config.http_header_timeout,
+        body_timeout: config.http_body_timeout,
+        idle_timeout: config.http_idle_timeout,
+    };
+    tracing::info!(
+        max_connections = settings.max_connections,
+        open_file_limit = fd_limit,
+        "connection cap per listener"
+    );
+    let incoming =
+        ReceiverStream::new(connections::accept(listeners.grpc, "grpc", settings, token.clone()))
+            .map(|(conn, _peer)| Ok::<_, std::io::Error>(conn));
     let mut builder = Server::builder();
     if let Some(tls) = &tls {
         builder = builder
@@ -144,28 +184,34 @@ pub async fn run(
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .timeout(config.request_timeout)
+        // Outermost first: a caller is authenticated before it may take an in-flight permit.
+        .layer(AuthLayer(keys.clone()))
         .layer(in_flight)
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
         .add_service(events)
         .serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned());
-    let http: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
-        Some(tls) => {
-            let listener = TlsListener::new(listeners.http, tls.http, token.clone())?;
-            Box::pin(
-                axum::serve(listener, http)
-                    .with_graceful_shutdown(token.clone().cancelled_owned())
-                    .into_future(),
-            )
-        }
-        None => Box::pin(
-            axum::serve(listeners.http, http)
-                .with_graceful_shutdown(token.clone().cancelled_owned())
-                .into_future(),
-        ),
+    let http_accepted = connections::accept(listeners.http, "http", settings, token.clone());
+    let http: Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
+        Some(tls) => Box::pin(connections::serve_http(
+            crate::tls::handshakes(http_accepted, tls.http, token.clone()),
+            http,
+            settings,
+            token.clone(),
+        )),
+        None => Box::pin(connections::serve_http(http_accepted, http, settings, token.clone())),
     };
-    let served = async { tokio::join!(grpc, http) };
+    let scrapes: Pin<Box<dyn Future<Output = ()> + Send>> = match (metrics_listener, metrics_router)
+    {
+        (Some(listener), Some(router)) => {
+            tracing::info!(metrics = %listener.local_addr()?, "metrics served on their own listener");
+            let accepted = connections::accept(listener, "metrics", settings, token.clone());
+            Box::pin(connections::serve_http(accepted, router, settings, token.clone()))
+        }
+        _ => Box::pin(std::future::ready(())),
+    };
+    let served = async { tokio::join!(grpc, http, scrapes) };
     // After the shutdown signal, connections get the grace period to finish; a client that
     // stops reading must not keep the process alive.
     let grace = {
@@ -175,11 +221,11 @@ pub async fn run(
             tokio::time::sleep(config.shutdown_grace).await;
         }
     };
-    let (grpc_served, http_served) = tokio::select! {
-        results = served => results,
+    let grpc_served = tokio::select! {
+        (grpc, (), ()) = served => grpc,
         () = grace => {
             tracing::warn!(grace = ?config.shutdown_grace, "connections still open after the shutdown grace; closing them");
-            (Ok(()), Ok(()))
+            Ok(())
         }
     };
 
@@ -189,17 +235,17 @@ pub async fn run(
     tasks.wait().await;
     store.close().await;
     grpc_served.map_err(|e| Error::Startup(format!("gRPC server: {e}")))?;
-    http_served.map_err(|e| Error::Startup(format!("HTTP server: {e}")))?;
     tracing::info!("eventsd stopped");
     Ok(())
 }
 
-/// Opens the configured backend; the embedded store also comes back for retention.
+/// Opens the configured backend with its page-token secret; the embedded store also comes
+/// back for retention.
 async fn open_store(
     config: &ServeConfig,
     retention: &Retention,
     metrics: &Metrics,
-) -> Result<(Arc<dyn EventStore>, Option<SledStore>), Error> {
+) -> Result<(Arc<dyn EventStore>, Option<SledStore>, PageTokens), Error> {
     match &config.store {
         StoreKind::Embedded => {
             let store = SledStore::open(&StoreConfig {
@@ -210,7 +256,8 @@ async fn open_store(
                 segment_bytes: config.segment_bytes,
             })?;
             let retained = retention.is_enabled().then(|| store.clone());
-            Ok((Arc::new(store), retained))
+            let tokens = PageTokens::in_dir(&config.data_dir)?;
+            Ok((Arc::new(store), retained, tokens))
         }
         StoreKind::JetStream(urls) => {
             if retention.is_enabled() {
@@ -230,7 +277,8 @@ async fn open_store(
                 metrics: metrics.clone(),
             })
             .await?;
-            Ok((Arc::new(store), None))
+            let tokens = PageTokens::new(store.page_token_key());
+            Ok((Arc::new(store), None, tokens))
         }
     }
 }

@@ -1,16 +1,14 @@
 //! TLS for both listeners, with optional client-certificate verification (mutual TLS).
 //!
 //! One crypto provider only (ring), so rustls never has two to choose from. gRPC uses tonic's
-//! own TLS acceptor; HTTP uses a rustls acceptor built from the same files and served through
-//! [`TlsListener`], which completes handshakes off the accept loop so one slow client cannot
-//! hold up others. Files are read once at start; a bad file stops the server with its name.
+//! own TLS acceptor; HTTP uses a rustls acceptor built from the same files, and [`handshakes`]
+//! completes its handshakes off the accept loop so one slow client cannot hold up others. Files are read once at start; a bad file stops the server with its name.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -22,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::config::ServeConfig;
+use crate::connections::{Activity, Counted, Tracked};
 use crate::error::Error;
 
 /// How long a client may take to complete a TLS handshake.
@@ -108,67 +107,45 @@ fn http_acceptor(
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A TLS listener for axum: accepts TCP, completes handshakes in their own tasks, and hands
-/// over only finished TLS connections. Failed or slow handshakes are dropped and logged.
-pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    /// Starts accepting on `listener` until `shutdown`.
-    pub fn new(
-        listener: TcpListener,
-        acceptor: TlsAcceptor,
-        shutdown: CancellationToken,
-    ) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
-        let (tx, ready) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok(conn) => conn,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "HTTP accept failed");
-                            continue;
-                        }
-                    },
-                    () = shutdown.cancelled() => return,
-                };
-                let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(err)) => {
-                            tracing::debug!(%peer, error = %err, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+/// Completes TLS handshakes on accepted connections, each in its own task so a slow client
+/// holds up no one, and hands over only finished TLS connections. Failed or slow handshakes
+/// are dropped and logged at debug level. Accepting itself (the cap, backoff on accept errors)
+/// is `connections::accept`'s.
+pub fn handshakes(
+    mut accepted: mpsc::Receiver<(Counted, SocketAddr)>,
+    acceptor: TlsAcceptor,
+    shutdown: CancellationToken,
+) -> mpsc::Receiver<(TlsStream<Counted>, SocketAddr)> {
+    let (tx, ready) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                next = accepted.recv() => match next {
+                    Some(conn) => conn,
+                    None => return,
+                },
+                () = shutdown.cancelled() => return,
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send((tls, peer)).await;
                     }
-                });
-            }
-        });
-        Ok(TlsListener { ready, local })
-    }
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, error = %err, "TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ready
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The accept task ended (shutdown): wait for axum's graceful shutdown to stop us.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+impl Tracked for TlsStream<Counted> {
+    fn activity(&self) -> Arc<Activity> {
+        self.get_ref().0.activity()
     }
 }

@@ -209,7 +209,7 @@ async fn send(client: &mut Client, publish: &Publish) -> Result<Vec<Event>, toni
 
 /// The stored event with this id, or None on NOT_FOUND.
 async fn get(client: &mut Client, id: &str) -> Option<Event> {
-    let request = GetEventRequest { id: id.into() };
+    let request = GetEventRequest { id: id.into(), livemode: None };
     let answer =
         tokio::time::timeout(CALL_LIMIT, client.get_event(request)).await.expect("hang guard: get");
     match answer {

@@ -468,7 +468,7 @@ async fn verify(client: &mut Client, acked: &[Event]) -> Outcome {
     // The stream above compared every event; GetEvent (the id index) is checked on every
     // GET_STRIDE-th one, which keeps a served case cheap in a debug build.
     for expected in acked.iter().step_by(GET_STRIDE) {
-        let request = GetEventRequest { id: expected.id.clone() };
+        let request = GetEventRequest { id: expected.id.clone(), livemode: None };
         match tokio::time::timeout(CALL_LIMIT, client.get_event(request)).await {
             Ok(Ok(got)) if fingerprint(got.get_ref()) == fingerprint(expected) => {}
             Ok(Ok(_)) => return Outcome::SilentLoss(format!("GetEvent {}: altered", expected.id)),

@@ -707,7 +707,7 @@ async fn send(client: &mut Client, call: &Call) -> Result<Vec<Event>, Status> {
 
 /// GetEvent: Ok(None) on NOT_FOUND.
 async fn get(client: &mut Client, id: &str) -> Result<Option<Event>, Status> {
-    let request = GetEventRequest { id: id.into() };
+    let request = GetEventRequest { id: id.into(), livemode: None };
     match tokio::time::timeout(child::CALL_LIMIT, client.get_event(request)).await {
         Err(_) => Err(Status::deadline_exceeded("hang guard: get")),
         Ok(Ok(event)) => Ok(Some(event.into_inner())),

@@ -109,7 +109,10 @@ async fn subscribe(
 }
 
 async fn get(client: &mut Client, id: &str) -> Result<Event, tonic::Status> {
-    client.get_event(GetEventRequest { id: id.into() }).await.map(|r| r.into_inner())
+    client
+        .get_event(GetEventRequest { id: id.into(), livemode: None })
+        .await
+        .map(|r| r.into_inner())
 }
 
 /// Checks a whole stream read back in sequence order: sequences exactly 1..=N, ids once each.

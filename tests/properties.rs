@@ -3,7 +3,7 @@
 //! requests and page tokens, and filters (webhook envelopes and signatures have their own
 //! property tests beside their code).
 
-use eventsd::api::list::PageRequest;
+use eventsd::api::list::{PageRequest, PageTokens};
 use eventsd::event::{EventLimits, Filter, NewEvent};
 use eventsd::proto::{ListEventsRequest, PublishEventRequest};
 use eventsd::Error;
@@ -93,7 +93,7 @@ proptest! {
     ) {
         let req = ListEventsRequest { from, to, offset, limit, order, types, livemode, page_token };
         let now = Timestamp { seconds: 1_700_000_000, nanos: 0 };
-        if let Err(err) = PageRequest::new(req, now) {
+        if let Err(err) = PageRequest::new(req, now, &PageTokens::new([1; 32])) {
             prop_assert!(invalid_field(&err).is_some(), "{err:?}");
         }
     }

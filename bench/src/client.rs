@@ -152,7 +152,7 @@ impl Client {
 
     /// GetEvent by id; the event's head.
     pub async fn get_event(&mut self, id: &str) -> Result<EventHead, Status> {
-        self.unary(GET_EVENT_PATH, GetEventRequest { id: id.to_string() }).await
+        self.unary(GET_EVENT_PATH, GetEventRequest { id: id.to_string(), livemode: None }).await
     }
 
     /// ListEvents; the page's heads and total.

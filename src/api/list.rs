@@ -3,27 +3,146 @@
 //! The token pins a listing to the view of its first page: it carries that page's durable
 //! sequence (later commits stay out), the effective from/to/order/filters (a later request
 //! that changes them is INVALID_ARGUMENT), the position after the last event returned, the
-//! first page's total, and how many events came before the next page. It is protobuf, then a
-//! SHA-256-based check value, in unpadded base64url; anything that does not decode and check
-//! is INVALID_ARGUMENT naming `page_token`.
+//! first page's total, and how many events came before the next page. It is protobuf, then
+//! an HMAC-SHA256 of it under a 32-byte secret kept with the store ([`PageTokens`]), in
+//! unpadded base64url. Anything that does not decode and verify — forged, altered, issued
+//! before tokens were keyed, or by a server with another store — is INVALID_ARGUMENT naming
+//! `page_token`. A verified token is still checked: its times must be valid and in order, its
+//! position inside its view, and its snapshot is never taken beyond the durable point, so not
+//! even a leaked secret lets a listing read an event before it is durable.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
 
 use base64::Engine;
+use hmac::{Hmac, Mac};
 use prost::Message;
 use prost_types::Timestamp;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::auth::Principal;
 use crate::error::Error;
 use crate::event::{time, Filter};
 use crate::proto::{wire, ListEventsRequest, Order, WireEvent};
-use crate::store::{Direction, ListPage, ListQuery, Position, Resume, StoredEvent};
+use crate::store::{Direction, EventStore, ListPage, ListQuery, Position, Resume, StoredEvent};
 
 /// Page size when the request says 0.
 pub const DEFAULT_LIMIT: i32 = 20;
 /// Largest page; larger requests are reduced to it.
 pub const MAX_LIMIT: i32 = 100;
-const TOKEN_VERSION: u32 = 1;
-const CHECK_LEN: usize = 8;
+/// Version 1 tokens carried an unkeyed check value; they are refused.
+const TOKEN_VERSION: u32 = 2;
+/// Length of the HMAC-SHA256 tag at the end of a token.
+const TAG_LEN: usize = 32;
+/// The secret's file in an embedded store's data folder (outside sled, so a reindex keeps it).
+pub const KEY_FILE: &str = "page-token.key";
+
+/// The secret that signs page tokens; cheap to clone. Every instance over one store holds the
+/// same secret, so any of them accepts any of their tokens.
+#[derive(Clone)]
+pub struct PageTokens {
+    key: Arc<[u8; 32]>,
+}
+
+impl std::fmt::Debug for PageTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PageTokens(<secret>)")
+    }
+}
+
+impl PageTokens {
+    /// Tokens signed with this secret.
+    pub fn new(key: [u8; 32]) -> Self {
+        PageTokens { key: Arc::new(key) }
+    }
+
+    /// A new random secret (getrandom).
+    pub fn random_key() -> Result<[u8; 32], Error> {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key)
+            .map_err(|e| Error::Startup(format!("cannot draw a page-token secret: {e}")))?;
+        Ok(key)
+    }
+
+    /// The secret in `dir`/[`KEY_FILE`], created (0600, synced) at first start.
+    pub fn in_dir(dir: &Path) -> Result<Self, Error> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join(KEY_FILE);
+        let shown = path.display();
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Startup(format!("cannot create {}: {e}", dir.display())))?;
+        let created =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path);
+        match created {
+            Ok(mut file) => {
+                let key = Self::random_key()?;
+                file.write_all(&key)
+                    .and_then(|()| file.sync_all())
+                    .and_then(|()| std::fs::File::open(dir)?.sync_all())
+                    .map_err(|e| Error::Startup(format!("cannot write {shown}: {e}")))?;
+                tracing::info!(path = %shown, "page-token secret created");
+                return Ok(Self::new(key));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::Startup(format!("cannot create {shown}: {e}"))),
+        }
+        let bytes = std::fs::read(&path)
+            .map_err(|e| Error::Startup(format!("cannot read {shown}: {e}")))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| {
+            Error::Startup(format!("{shown} must hold exactly 32 bytes; remove it to make a new one (open page tokens then stop working)"))
+        })?;
+        Ok(Self::new(key))
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC takes a key of any length, so this cannot fail.
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.key[..]).expect("HMAC accepts any key length")
+    }
+
+    fn encode(&self, token: &PageToken) -> String {
+        let mut bytes = token.encode_to_vec();
+        let tag = self.mac().chain_update(&bytes).finalize().into_bytes();
+        bytes.extend_from_slice(&tag);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn decode(&self, text: &str) -> Result<PageToken, Error> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| bad_token())?;
+        let split = bytes.len().checked_sub(TAG_LEN).ok_or_else(bad_token)?;
+        let (body, tag) = bytes.split_at(split);
+        // verify_slice compares in constant time.
+        self.mac().chain_update(body).verify_slice(tag).map_err(|_| bad_token())?;
+        let token = PageToken::decode(body).map_err(|_| bad_token())?;
+        if token.version != TOKEN_VERSION {
+            return Err(bad_token());
+        }
+        Ok(token)
+    }
+}
+
+/// One ListEvents page as `caller`, for the gRPC and HTTP surfaces alike: validation and
+/// defaults, the caller's mode, the snapshot clamp, then the store.
+pub async fn list_page(
+    store: &dyn EventStore,
+    tokens: &PageTokens,
+    caller: &Principal,
+    request: ListEventsRequest,
+) -> Result<Listing, Error> {
+    let mut page_request = PageRequest::new(request, time::now(), tokens)?;
+    page_request.restrict_to(caller)?;
+    if let Some(resume) = &mut page_request.query.resume {
+        // A verified token's snapshot was durable somewhere; on a shared store this instance
+        // may lag behind it, so the clamp asks the store for its newest point only then.
+        if resume.snapshot > *store.durable().borrow() {
+            resume.snapshot = resume.snapshot.min(store.newest().await?);
+        }
+    }
+    let page = store.list(page_request.query.clone()).await?;
+    Ok(page_request.respond(page))
+}
 
 /// The page token's contents (never exposed as a schema: clients treat it as opaque).
 #[derive(Clone, PartialEq, Message)]
@@ -66,11 +185,13 @@ pub struct PageRequest {
     first_offset: i32,
     /// Events of the listing before this page.
     position: u64,
+    /// Signs the next page's token.
+    tokens: PageTokens,
 }
 
 impl PageRequest {
     /// Validates a request, applying Omise's defaults and the page token.
-    pub fn new(req: ListEventsRequest, now: Timestamp) -> Result<Self, Error> {
+    pub fn new(req: ListEventsRequest, now: Timestamp, tokens: &PageTokens) -> Result<Self, Error> {
         if req.limit < 0 {
             return Err(Error::invalid(
                 "limit",
@@ -120,11 +241,15 @@ impl PageRequest {
                 limit,
                 first_offset: req.offset,
                 position: req.offset as u64,
+                tokens: tokens.clone(),
             });
         }
 
-        let token = decode_token(&req.page_token)?;
-        let token_order = Order::try_from(token.order).unwrap_or(Order::Chronological);
+        let token = tokens.decode(&req.page_token)?;
+        let token_order = match Order::try_from(token.order) {
+            Ok(o @ (Order::Chronological | Order::ReverseChronological)) => o,
+            _ => return Err(bad_token()),
+        };
         let differs = |field: &str| {
             Err(Error::invalid(field, "differs from the listing's first page (page_token)"))
         };
@@ -154,6 +279,7 @@ impl PageRequest {
         else {
             return Err(bad_token());
         };
+        check_view(&token, &from, &to, &after_created)?;
         let token_filter = Filter::new(&token.types, token.livemode).map_err(|_| bad_token())?;
         Ok(PageRequest {
             query: ListQuery {
@@ -174,6 +300,7 @@ impl PageRequest {
             limit,
             first_offset: token.first_offset,
             position: token.position,
+            tokens: tokens.clone(),
         })
     }
 
@@ -194,7 +321,7 @@ impl PageRequest {
     /// Builds the answer for the page the store returned.
     pub fn respond(self, page: ListPage) -> Listing {
         let next_page_token = match (page.has_more, page.events.last()) {
-            (true, Some(last)) => encode_token(&PageToken {
+            (true, Some(last)) => self.tokens.encode(&PageToken {
                 version: TOKEN_VERSION,
                 snapshot: page.snapshot,
                 from: Some(self.query.from),
@@ -274,33 +401,31 @@ fn bad_token() -> Error {
     Error::invalid("page_token", "is not a token this server issued (use next_page_token as given)")
 }
 
-fn check_value(bytes: &[u8]) -> [u8; CHECK_LEN] {
-    let digest = Sha256::new_with_prefix(b"eventsd page token").chain_update(bytes).finalize();
-    let mut out = [0u8; CHECK_LEN];
-    out.copy_from_slice(&digest[..CHECK_LEN]);
-    out
-}
-
-fn encode_token(token: &PageToken) -> String {
-    let mut bytes = token.encode_to_vec();
-    let check = check_value(&bytes);
-    bytes.extend_from_slice(&check);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn decode_token(text: &str) -> Result<PageToken, Error> {
-    let bytes =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).map_err(|_| bad_token())?;
-    let split = bytes.len().checked_sub(CHECK_LEN).ok_or_else(bad_token)?;
-    let (body, check) = bytes.split_at(split);
-    if check != check_value(body) {
-        return Err(bad_token());
+/// A verified token must still describe a possible view: valid times in order, the resume
+/// point inside the range and the snapshot, the position within the total.
+fn check_view(
+    token: &PageToken,
+    from: &Timestamp,
+    to: &Timestamp,
+    after: &Timestamp,
+) -> Result<(), Error> {
+    let times_valid = [from, to, after].iter().all(|t| time::validate(t).is_ok());
+    let ordered = times_valid
+        && time::cmp(from, to).is_le()
+        && time::cmp(from, after).is_le()
+        && time::cmp(after, to).is_le();
+    let positioned = token.after_sequence >= 1
+        && token.after_sequence <= token.snapshot
+        && token.first_kept <= token.after_sequence
+        && token.position <= token.total
+        && token.total <= token.snapshot
+        && token.first_offset >= 0
+        && token.position > token.first_offset as u64;
+    if ordered && positioned {
+        Ok(())
+    } else {
+        Err(bad_token())
     }
-    let token = PageToken::decode(body).map_err(|_| bad_token())?;
-    if token.version != TOKEN_VERSION {
-        return Err(bad_token());
-    }
-    Ok(token)
 }
 
 #[cfg(test)]
@@ -318,26 +443,80 @@ mod tests {
             livemode: Some(false),
             after_created: Some(Timestamp { seconds: 5, nanos: 6 }),
             after_sequence: 7,
-            total: 100,
+            total: 30,
             position: 20,
             first_offset: 0,
             first_kept: 1,
         }
     }
 
+    fn tokens() -> PageTokens {
+        PageTokens::new([7; 32])
+    }
+
     #[test]
     fn tokens_round_trip_and_any_flipped_character_is_rejected() {
-        let text = encode_token(&sample());
-        assert_eq!(decode_token(&text).unwrap(), sample());
+        let text = tokens().encode(&sample());
+        assert_eq!(tokens().decode(&text).unwrap(), sample());
         for i in 0..text.len() {
             let mut chars: Vec<char> = text.chars().collect();
             chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
             let tampered: String = chars.into_iter().collect();
             if tampered != text {
-                assert!(decode_token(&tampered).is_err(), "flip at {i} accepted");
+                assert!(tokens().decode(&tampered).is_err(), "flip at {i} accepted");
             }
         }
-        assert!(decode_token("").is_err());
-        assert!(decode_token("!!!").is_err());
+        assert!(tokens().decode("").is_err());
+        assert!(tokens().decode("!!!").is_err());
+    }
+
+    #[test]
+    fn a_token_signed_with_another_secret_or_the_old_unkeyed_check_is_rejected() {
+        let other = PageTokens::new([8; 32]).encode(&sample());
+        assert!(tokens().decode(&other).is_err());
+        // The version 1 format: the body, then 8 bytes of SHA-256("eventsd page token" ‖ body).
+        use sha2::Digest;
+        let body = PageToken { version: 1, ..sample() }.encode_to_vec();
+        let check = Sha256::new_with_prefix(b"eventsd page token").chain_update(&body).finalize();
+        let mut old = body.clone();
+        old.extend_from_slice(&check[..8]);
+        let old = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(old);
+        assert!(tokens().decode(&old).is_err());
+    }
+
+    #[test]
+    fn a_signed_token_describing_an_impossible_view_is_rejected() {
+        let (from, to, after) =
+            (time::epoch(), sample().to.unwrap(), sample().after_created.unwrap());
+        assert!(check_view(&sample(), &from, &to, &after).is_ok());
+        let bad = [
+            PageToken { after_sequence: 43, ..sample() },
+            PageToken { position: 31, ..sample() },
+            PageToken { total: 43, ..sample() },
+            PageToken { first_offset: -1, ..sample() },
+            PageToken { position: 0, ..sample() },
+        ];
+        for token in bad {
+            assert!(check_view(&token, &from, &to, &after).is_err(), "{token:?}");
+        }
+        let late = Timestamp { seconds: 1_800_000_000, nanos: 0 };
+        assert!(check_view(&sample(), &from, &to, &late).is_err(), "resume point after to");
+        assert!(check_view(&sample(), &to, &from, &after).is_err(), "from after to");
+        let invalid = Timestamp { seconds: 5, nanos: -1 };
+        assert!(check_view(&sample(), &from, &to, &invalid).is_err(), "invalid nanos");
+    }
+
+    #[test]
+    fn the_secret_file_is_created_once_with_mode_0600_and_read_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let first = PageTokens::in_dir(dir.path()).unwrap();
+        let again = PageTokens::in_dir(dir.path()).unwrap();
+        assert_eq!(first.key, again.key);
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(dir.path().join(KEY_FILE), b"short").unwrap();
+        let err = PageTokens::in_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("32 bytes"), "{err}");
     }
 }

@@ -3,18 +3,19 @@
 //! Handlers are straight-line: validate the request into domain types (the `event` module and
 //! [`list::PageRequest`]), call the store, map errors to a status in one place (`error.rs`).
 //! A publish is handed to the store's writer, which finishes it even if the client hangs up.
-//! Every call carries the caller's [`Principal`], put there by [`Authenticate`]; handlers
+//! Every call carries the caller's [`Principal`], put there by the auth layer; handlers
 //! check its scope and narrow reads to its mode.
 
+pub mod get;
 pub mod list;
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::auth::{KeyRing, Principal, Scope};
+use crate::auth::{Principal, Scope};
 use crate::error::Error;
-use crate::event::{time, EventLimits, Filter, NewEvent};
+use crate::event::{EventLimits, Filter, NewEvent};
 use crate::fanout::{Fanout, Start, SubscribeEventsStream};
 use crate::metrics::Metrics;
 use crate::proto::event_service_server::EventService;
@@ -34,6 +35,7 @@ pub struct EventsApi {
     limits: EventLimits,
     fanout: Fanout,
     metrics: Metrics,
+    tokens: list::PageTokens,
 }
 
 impl EventsApi {
@@ -43,8 +45,9 @@ impl EventsApi {
         limits: EventLimits,
         fanout: Fanout,
         metrics: Metrics,
+        tokens: list::PageTokens,
     ) -> Self {
-        EventsApi { store, limits, fanout, metrics }
+        EventsApi { store, limits, fanout, metrics, tokens }
     }
 
     /// PublishEvent and PublishEvents: authorise, validate, append; refusals are counted.
@@ -82,42 +85,8 @@ impl EventsApi {
     }
 }
 
-/// The interceptor that authenticates every EventService call from its `authorization`
-/// metadata and attaches the [`Principal`] to the request.
-#[derive(Clone)]
-pub struct Authenticate(pub KeyRing);
-
-impl tonic::service::Interceptor for Authenticate {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        let principal = self.0.authenticate(header)?;
-        request.extensions_mut().insert(principal);
-        Ok(request)
-    }
-}
-
-/// The durable event with this id that the caller may see. `livemode` names the mode to look
-/// in; without it the live event is returned, or the test one when there is no live event
-/// with that id. Modes the caller's key cannot read are never looked in.
-pub async fn find_event(
-    store: &dyn EventStore,
-    caller: &Principal,
-    id: &str,
-    livemode: Option<bool>,
-) -> Result<Option<StoredEvent>, Error> {
-    let modes = match livemode {
-        Some(mode) => vec![mode],
-        None => vec![true, false],
-    };
-    for mode in modes.into_iter().filter(|&m| caller.allows(m)) {
-        if let Some(event) = store.get(mode, id).await? {
-            return Ok(Some(event));
-        }
-    }
-    Ok(None)
-}
-
-/// The caller of a request; a request that did not pass [`Authenticate`] has none (fail closed).
+/// The caller of a request, put there by [`crate::auth::layer::AuthLayer`]; a request that
+/// did not pass it has none (fail closed).
 fn principal<T>(request: &Request<T>) -> Result<Principal, Error> {
     request
         .extensions()
@@ -153,15 +122,12 @@ impl EventService for EventsApi {
     ) -> Result<Response<WireEvent>, Status> {
         let caller = principal(&request)?;
         caller.require(Scope::Read)?;
-        let id = request.into_inner().id;
+        let GetEventRequest { id, livemode } = request.into_inner();
         if id.is_empty() {
             return Err(Error::invalid("id", "is required").into());
         }
         crate::event::id::validate(&id).map_err(|r| Error::invalid("id", r))?;
-        // An event of the other mode does not exist as far as this caller can tell.
-        let Some(event) = find_event(self.store.as_ref(), &caller, &id, None).await? else {
-            return Err(Error::NotFound { id }.into());
-        };
+        let event = get::find_event(&*self.store, &caller, &id, livemode).await?;
         Ok(Response::new(WireEvent::from(&event)))
     }
 
@@ -171,10 +137,9 @@ impl EventService for EventsApi {
     ) -> Result<Response<ListEventsResponse>, Status> {
         let caller = principal(&request)?;
         caller.require(Scope::Read)?;
-        let mut page_request = list::PageRequest::new(request.into_inner(), time::now())?;
-        page_request.restrict_to(&caller)?;
-        let page = self.store.list(page_request.query.clone()).await?;
-        Ok(Response::new(page_request.respond(page).into_wire()))
+        let page =
+            list::list_page(&*self.store, &self.tokens, &caller, request.into_inner()).await?;
+        Ok(Response::new(page.into_wire()))
     }
 
     type SubscribeEventsStream = SubscribeEventsStream;

@@ -10,10 +10,11 @@
 //! time; keys never appear in logs, errors or `Debug` output; a reload (SIGHUP) that fails to
 //! parse keeps the old keys and logs why. A key from a test client learns nothing of live
 //! events: GetEvent answers NOT_FOUND, lists, totals and subscriptions are narrowed to its mode.
-//! One thing is shared between modes: event ids are global, so publishing an id that a live
-//! event already holds is ALREADY_EXISTS for a test key too.
+//! Event ids are one namespace per mode: a test key's publish can neither conflict with nor
+//! block a live event of the same id. What modes still share is the sequence (see README).
 
 mod keys;
+pub mod layer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};

@@ -19,7 +19,10 @@ use crate::proto::{GetEventRequest, ListEventsRequest, ListEventsResponse, Order
 /// Runs `eventsd get`.
 pub async fn get(args: GetArgs) -> Result<(), ClientError> {
     let mut client = connect(&args.connect.addr, api_key()?.as_deref()).await?;
-    let event = client.get_event(GetEventRequest { id: args.id }).await?.into_inner();
+    let event = client
+        .get_event(GetEventRequest { id: args.id, livemode: args.livemode })
+        .await?
+        .into_inner();
     closed_output_is_ok(print_json(&event_to_json(&event)))
 }
 

@@ -121,7 +121,9 @@ async fn spawn(
         Start::After(seq) if seq > durable => {
             return Err(Error::OutOfRange {
                 field: "after_sequence",
-                reason: format!("{seq} is beyond the newest durable sequence {durable}"),
+                // Not the newest sequence itself: to a one-mode key it would count the other
+                // mode's events.
+                reason: format!("{seq} is beyond the newest durable sequence"),
             });
         }
         Start::After(seq) => (seq, None),

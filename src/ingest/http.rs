@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use serde_json::{Map, Value};
 
 use crate::auth::{KeyRing, Scope};
+use crate::connections::BodyTimedOut;
 use crate::error::Error;
 use crate::event::json::{object_to_struct, write_stored_event};
 use crate::event::{time, EventLimits, NewEvent};
@@ -107,9 +108,10 @@ async fn receive_webhook(
             tolerance,
         )
         .map_err(|e| Error::Unauthenticated(e.to_string()))?;
-    } else if !state.webhooks.accept_unsigned {
+    } else if !source.unsigned {
         return Err(Error::Unauthenticated(format!(
-            "no webhook secret is configured for {source_name}; unsigned deliveries are accepted only on a loopback listener"
+            "no webhook secret is configured for {source_name}; unsigned deliveries are accepted \
+             only on routes named in --webhook-unsigned"
         )));
     }
     let json = parse_json(&body)?;
@@ -185,6 +187,8 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge { limit }
+        } else if let Some(timeout) = BodyTimedOut::find(&rejection) {
+            Error::RequestTimeout(timeout.to_string())
         } else {
             Error::MalformedJson(rejection.body_text())
         }

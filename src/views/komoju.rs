@@ -75,9 +75,10 @@ pub async fn get(
     State(state): State<ViewsState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, Error> {
     let caller = reader(&state, &headers)?;
-    let stored = find(&state, &caller, id).await?;
+    let stored = find(&state, &caller, id, query).await?;
     let mut out = Vec::with_capacity(stored.bytes().len() + 256);
     write_event(&stored, &mut out)?;
     Ok(json_response(out))

@@ -7,7 +7,7 @@
 //!
 //! What the views promise:
 //! - A listing means exactly what ListEvents means: the query parameters become a
-//!   `ListEventsRequest` validated by [`PageRequest`], so defaults, the limit cap, the type and
+//!   `ListEventsRequest` validated by [`crate::api::list::PageRequest`], so defaults, the limit cap, the type and
 //!   livemode filters, the exact `total` and the (created, sequence) order are ListEvents' own.
 //!   Paging is by offset (or KOMOJU page) rather than page token, so unlike a token listing, a
 //!   later page may see events committed after the first one.
@@ -39,8 +39,8 @@ use axum::Router;
 use bytes::Bytes;
 use prost_types::Timestamp;
 
-use crate::api::find_event;
-use crate::api::list::{Listing, PageRequest};
+use crate::api::get::find_event;
+use crate::api::list::{list_page, Listing, PageTokens};
 use crate::auth::{KeyRing, Principal, Scope};
 use crate::error::Error;
 use crate::event::{id, time};
@@ -54,6 +54,8 @@ pub struct ViewsState {
     pub store: Arc<dyn EventStore>,
     /// The API keys (the same ring as gRPC, so a SIGHUP reload applies here too).
     pub keys: KeyRing,
+    /// Signs and checks page tokens (the same secret as gRPC's).
+    pub tokens: PageTokens,
 }
 
 /// The read-only view routes, to merge into the HTTP router.
@@ -78,32 +80,31 @@ fn reader(state: &ViewsState, headers: &HeaderMap) -> Result<Principal, Error> {
     Ok(caller)
 }
 
-/// The durable event with this id, if the caller may see it. An id eventsd could never have
-/// stored is simply not found (for a path segment 404 is the answer, whatever is wrong with
-/// it), and so is an event of a mode the caller's key cannot read.
+/// The durable event with this id in the mode `?livemode=` asks for (see
+/// [`crate::api::get`] for the default), if the caller may see it. An id eventsd could never
+/// have stored is simply not found (for a path segment 404 is the answer, whatever is wrong
+/// with it), and so is an event of a mode the caller's key cannot read.
 async fn find(
     state: &ViewsState,
     caller: &Principal,
     event_id: String,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<StoredEvent, Error> {
+    let livemode = Params::new(query)?.bool("livemode")?;
     if id::validate(&event_id).is_err() {
         return Err(Error::NotFound { id: event_id });
     }
-    let found = find_event(state.store.as_ref(), caller, &event_id, None).await?;
-    found.ok_or(Error::NotFound { id: event_id })
+    find_event(&*state.store, caller, &event_id, livemode).await
 }
 
-/// Runs one ListEvents page as the caller: validation and defaults by [`PageRequest`], the
-/// caller's mode, then the store.
+/// Runs one ListEvents page as the caller ([`list_page`]), with the type filter named as
+/// the HTTP parameter is.
 async fn list(
     state: &ViewsState,
     caller: &Principal,
     request: ListEventsRequest,
 ) -> Result<Listing, Error> {
-    let mut page_request = PageRequest::new(request, time::now()).map_err(name_type_param)?;
-    page_request.restrict_to(caller)?;
-    let page = state.store.list(page_request.query.clone()).await?;
-    Ok(page_request.respond(page))
+    list_page(&*state.store, &state.tokens, caller, request).await.map_err(name_type_param)
 }
 
 /// ListEvents names its type filter `types[i]`; over HTTP the parameter is `type`.

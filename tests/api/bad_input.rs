@@ -31,7 +31,7 @@ async fn send(client: &mut Client, call: Call) -> Result<(), Status> {
         Call::PublishBatch(events) => {
             client.publish_events(PublishEventsRequest { events }).await.map(drop)
         }
-        Call::Get(id) => client.get_event(GetEventRequest { id }).await.map(drop),
+        Call::Get(id) => client.get_event(GetEventRequest { id, livemode: None }).await.map(drop),
         Call::List(request) => client.list_events(request).await.map(drop),
         Call::Subscribe(request) => client.subscribe_events(request).await.map(drop),
     }

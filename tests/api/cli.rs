@@ -119,7 +119,7 @@ async fn publish_from_flags_prints_the_stored_event_and_get_prints_it_back() {
     assert!(published.stdout.ends_with('\n') && published.stdout.lines().count() == 1);
     let mut client = app.client.clone();
     let over_grpc = client
-        .get_event(GetEventRequest { id: "evt_cli_1".into() })
+        .get_event(GetEventRequest { id: "evt_cli_1".into(), livemode: None })
         .await
         .expect("GetEvent")
         .into_inner();

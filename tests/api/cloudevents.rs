@@ -15,7 +15,7 @@ use eventsd::proto::{Format, SubscribeEventsRequest};
 use serde_json::{json, Value as Json};
 use tonic::Code;
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, TestApp};
 use crate::http_events::post;
 use crate::support::{
     assert_rejected, event, fixture, from_beginning, next_item, publish, rfc3339, subscribe,
@@ -60,10 +60,10 @@ pub(crate) async fn get_with_headers(url: &str) -> HeaderedReply {
     tokio::time::timeout(HANG_GUARD, exchange).await.expect("hang guard: HTTP request")
 }
 
-/// A server holding the Omise fixture (delivered unsigned on loopback, sequence 1) and a
-/// `customer.create` published over gRPC without a source (sequence 2).
+/// A server holding the Omise fixture (delivered unsigned through --webhook-unsigned,
+/// sequence 1) and a `customer.create` published over gRPC without a source (sequence 2).
 async fn spawn_with_omise_fixture() -> TestApp {
-    let mut app = spawn_app().await;
+    let mut app = spawn_app_with(|c| c.webhook_unsigned = vec!["omise".into()]).await;
     let raw =
         std::fs::read(format!("{FIXTURES}/omise/charge.create.json")).expect("read the fixture");
     let reply =

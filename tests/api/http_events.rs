@@ -135,7 +135,7 @@ async fn a_published_event_is_stored_and_returned_as_json_with_201() {
 
     let stored = app
         .client
-        .get_event(GetEventRequest { id: "evnt_test_http0001".into() })
+        .get_event(GetEventRequest { id: "evnt_test_http0001".into(), livemode: None })
         .await
         .expect("the event is durable once the 201 is sent")
         .into_inner();
@@ -188,7 +188,7 @@ async fn a_conflicting_repeat_is_409_and_keeps_the_first_event() {
     assert_eq!(stored_total(&mut app.client).await, 1);
     let stored = app
         .client
-        .get_event(GetEventRequest { id: "evnt_test_http0001".into() })
+        .get_event(GetEventRequest { id: "evnt_test_http0001".into(), livemode: None })
         .await
         .expect("get")
         .into_inner();
@@ -208,7 +208,12 @@ async fn api_version_is_accepted_in_both_spellings() {
 
         assert_eq!(reply.status, 201, "{key}: {}", reply.text);
         assert_eq!(reply.json["apiVersion"], "2024-01-01", "{key}");
-        let stored = app.client.get_event(GetEventRequest { id }).await.expect("get").into_inner();
+        let stored = app
+            .client
+            .get_event(GetEventRequest { id, livemode: None })
+            .await
+            .expect("get")
+            .into_inner();
         assert_eq!(stored.api_version, "2024-01-01", "{key}");
     }
 }

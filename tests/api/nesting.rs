@@ -59,7 +59,8 @@ async fn data_nested_34_levels_is_refused_or_readable_by_every_rpc() {
         assert_eq!(stored_total(&mut app.client).await, 0);
         return;
     }
-    let fetched = app.client.get_event(GetEventRequest { id: "evt_edge".into() }).await;
+    let fetched =
+        app.client.get_event(GetEventRequest { id: "evt_edge".into(), livemode: None }).await;
     let listed = app.client.list_events(everything()).await;
     let mut subscriber = app.new_client().await;
     let mut stream = subscribe(&mut subscriber, from_beginning()).await;
@@ -132,7 +133,8 @@ async fn an_event_the_json_path_accepts_can_be_read_back_over_grpc() {
     }
 
     // Act
-    let fetched = app.client.get_event(GetEventRequest { id: "evt_deep".into() }).await;
+    let fetched =
+        app.client.get_event(GetEventRequest { id: "evt_deep".into(), livemode: None }).await;
     let listed = app.client.list_events(ListEventsRequest { ..everything() }).await;
     let mut subscriber = app.new_client().await;
     let mut stream = subscribe(&mut subscriber, from_beginning()).await;

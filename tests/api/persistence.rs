@@ -54,7 +54,7 @@ async fn every_event_survives_a_restart_byte_for_byte_and_sequences_continue_wit
         assert_eq!(old.encode_to_vec(), new.encode_to_vec(), "event {} changed", old.id);
         let fetched = app
             .client
-            .get_event(GetEventRequest { id: old.id.clone() })
+            .get_event(GetEventRequest { id: old.id.clone(), livemode: None })
             .await
             .expect("get after restart")
             .into_inner();

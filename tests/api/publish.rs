@@ -37,7 +37,7 @@ async fn a_published_event_can_be_fetched_by_its_id() {
 
     let fetched = app
         .client
-        .get_event(GetEventRequest { id: published.id.clone() })
+        .get_event(GetEventRequest { id: published.id.clone(), livemode: None })
         .await
         .expect("get")
         .into_inner();
@@ -97,7 +97,7 @@ async fn provider_ids_are_accepted_and_kept_as_given() {
         assert_eq!(stored.location, format!("/events/{id}"));
         let fetched = app
             .client
-            .get_event(GetEventRequest { id: id.into() })
+            .get_event(GetEventRequest { id: id.into(), livemode: None })
             .await
             .expect("get")
             .into_inner();
@@ -132,16 +132,11 @@ async fn an_identical_repeat_returns_the_stored_event_unchanged_and_stores_nothi
 
 #[tokio::test]
 async fn the_same_id_in_the_other_mode_is_another_event_where_ids_are_per_mode() {
-    // Ids are one namespace per mode on JetStream; the embedded sled store still has global
-    // ids (its successor keys its index by (mode, id)), where the other mode is a conflict.
+    // Ids are one namespace per mode on both stores.
     let mut app = spawn_app().await;
     let test = PublishEventRequest { id: "evt_both_modes".into(), ..event("charge.create") };
     let stored_test = publish(&mut app.client, test.clone()).await;
     let live = app.client.publish_event(PublishEventRequest { livemode: true, ..test }).await;
-    if crate::helpers::jetstream_urls().is_none() {
-        assert_rejected(live, Code::AlreadyExists, "livemode", "global ids");
-        return;
-    }
     let stored_live = live.expect("the live event is another event").into_inner();
     assert!(stored_live.livemode && !stored_test.livemode);
     assert_ne!(stored_live.sequence, stored_test.sequence);
@@ -149,7 +144,7 @@ async fn the_same_id_in_the_other_mode_is_another_event_where_ids_are_per_mode()
     // A key that sees both modes gets the live one.
     let fetched = app
         .client
-        .get_event(GetEventRequest { id: "evt_both_modes".into() })
+        .get_event(GetEventRequest { id: "evt_both_modes".into(), livemode: None })
         .await
         .expect("get")
         .into_inner();
@@ -210,7 +205,7 @@ async fn a_repeat_that_differs_in_any_field_is_already_exists_naming_that_field(
     assert_eq!(stored_total(&mut app.client).await, 1);
     let fetched = app
         .client
-        .get_event(GetEventRequest { id: "evt_conflict".into() })
+        .get_event(GetEventRequest { id: "evt_conflict".into(), livemode: None })
         .await
         .expect("get")
         .into_inner();
@@ -267,7 +262,7 @@ async fn a_batch_is_stored_in_request_order_with_consecutive_sequences() {
         }
         let fetched = app
             .client
-            .get_event(GetEventRequest { id: event.id.clone() })
+            .get_event(GetEventRequest { id: event.id.clone(), livemode: None })
             .await
             .expect("get")
             .into_inner();
@@ -327,7 +322,7 @@ async fn a_batch_with_one_conflicting_event_stores_nothing() {
     assert_rejected(result, Code::AlreadyExists, "type", "conflicting batch");
     assert_eq!(stored_total(&mut app.client).await, 1);
     for id in ["evt_a", "evt_b"] {
-        let missing = app.client.get_event(GetEventRequest { id: id.into() }).await;
+        let missing = app.client.get_event(GetEventRequest { id: id.into(), livemode: None }).await;
         assert_rejected(missing, Code::NotFound, id, id);
     }
     let next = publish(&mut app.client, event("charge.create")).await;
@@ -379,7 +374,7 @@ async fn provider_payloads_round_trip_with_data_unchanged() {
         .await;
         let fetched = app
             .client
-            .get_event(GetEventRequest { id: id.clone() })
+            .get_event(GetEventRequest { id: id.clone(), livemode: None })
             .await
             .expect("get")
             .into_inner();
@@ -395,7 +390,7 @@ async fn provider_payloads_round_trip_with_data_unchanged() {
     }
     let charge = app
         .client
-        .get_event(GetEventRequest { id: omise["id"].as_str().unwrap().into() })
+        .get_event(GetEventRequest { id: omise["id"].as_str().unwrap().into(), livemode: None })
         .await
         .expect("get")
         .into_inner();

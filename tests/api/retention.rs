@@ -55,7 +55,10 @@ async fn spawn_trimmed() -> (TestApp, Vec<Event>) {
 }
 
 async fn get_event(client: &mut Client, id: &str) -> Result<Event, Status> {
-    client.get_event(GetEventRequest { id: id.into() }).await.map(tonic::Response::into_inner)
+    client
+        .get_event(GetEventRequest { id: id.into(), livemode: None })
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 /// Asserts an OUT_OF_RANGE status for an expired position: the message names `field` and

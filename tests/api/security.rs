@@ -539,7 +539,7 @@ async fn run_op(app: &TestApp, op: Op, credential: Credential<'_>) -> Seen {
                 grpc_seen(result, |r| Seen::events(&r.events, None))
             }
             Op::GetEvent { live } => {
-                let request = GetEventRequest { id: seeded_id(live).into() };
+                let request = GetEventRequest { id: seeded_id(live).into(), livemode: None };
                 let result = client.get_event(authorized(request, credential)).await;
                 grpc_seen(result, |e| Seen::events(&[e], None))
             }
@@ -872,7 +872,10 @@ async fn keys_and_scopes_are_checked_before_the_request_is_validated() {
         let bad_list = ListEventsRequest { limit: -1, ..Default::default() };
         let list = client.list_events(authorized(bad_list, credential)).await;
         let get = client
-            .get_event(authorized(GetEventRequest { id: "no spaces".into() }, credential))
+            .get_event(authorized(
+                GetEventRequest { id: "no spaces".into(), livemode: None },
+                credential,
+            ))
             .await;
         let post = http(&app, "POST", "/events", credential, Some(json!([1, 2]))).await;
         let view = http(&app, "GET", "/events?limit=many", credential, None).await;
@@ -1003,7 +1006,7 @@ async fn post_webhook(
 #[tokio::test]
 async fn webhook_routes_take_no_api_key_and_follow_only_their_signature_rules() {
     // Arrange: keys are configured; a signed KOMOJU route and an unsigned Standard Webhooks
-    // route (accepted unsigned because the listener is loopback).
+    // route (accepted unsigned because --webhook-unsigned names it).
     let keys = all_keys();
     let (dir, path) = write_key_file(&keys.iter().collect::<Vec<_>>());
     let app = spawn_app_with(|c| {
@@ -1012,6 +1015,7 @@ async fn webhook_routes_take_no_api_key_and_follow_only_their_signature_rules() 
             vec![eventsd::config::parse_webhook_secret(&format!("komoju={KOMOJU_SECRET}"))
                 .expect("SOURCE=SECRET")];
         c.webhook_sources = vec!["orders".into()];
+        c.webhook_unsigned = vec!["orders".into()];
     })
     .await;
     let signed = sign(Provider::Komoju, KOMOJU_SECRET, None, 0, KOMOJU_BODY.as_bytes())

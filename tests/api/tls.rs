@@ -250,7 +250,7 @@ async fn a_tls_server_serves_clients_that_trust_its_ca_and_nobody_in_plaintext()
     let published = published.expect("a client that trusts the CA publishes over TLS");
     let mut client = tls_client(app.addr, &pki.ca.pem, None).await.expect("connect");
     let stored = client
-        .get_event(GetEventRequest { id: published.id.clone() })
+        .get_event(GetEventRequest { id: published.id.clone(), livemode: None })
         .await
         .expect("read back over TLS")
         .into_inner();

@@ -224,7 +224,10 @@ async fn deliver(app: &TestApp, delivery: &Delivery) -> Reply {
 // ---- Assert: what a stored delivery must look like ----
 
 async fn get_event(client: &mut Client, id: &str) -> Result<Event, Status> {
-    client.get_event(GetEventRequest { id: id.into() }).await.map(tonic::Response::into_inner)
+    client
+        .get_event(GetEventRequest { id: id.into(), livemode: None })
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 async fn assert_not_stored(client: &mut Client, id: &str, case: &str) {
@@ -347,8 +350,12 @@ async fn komoju_deliveries_take_livemode_from_the_komoju_livemode_setting() {
 }
 
 #[tokio::test]
-async fn a_standard_webhooks_source_without_a_secret_accepts_unsigned_deliveries_on_loopback() {
-    let mut app = spawn_app_with(|config| config.webhook_sources = vec!["orders".into()]).await;
+async fn a_standard_webhooks_source_named_in_webhook_unsigned_accepts_unsigned_deliveries() {
+    let mut app = spawn_app_with(|config| {
+        config.webhook_sources = vec!["orders".into()];
+        config.webhook_unsigned = vec!["orders".into()];
+    })
+    .await;
     let delivery = unsigned("orders", SW_BODY.into()).with_header("webhook-id", SW_ID.into());
 
     let reply = deliver(&app, &delivery).await;
@@ -359,9 +366,11 @@ async fn a_standard_webhooks_source_without_a_secret_accepts_unsigned_deliveries
 }
 
 #[tokio::test]
-async fn the_fixtures_are_accepted_unsigned_on_loopback_and_read_back_unchanged() {
-    // No secrets: the built-in routes accept unsigned deliveries on a loopback listener.
-    let mut app = spawn_app().await;
+async fn the_fixtures_are_accepted_unsigned_where_allowed_and_read_back_unchanged() {
+    // No secrets: the built-in routes named in --webhook-unsigned accept unsigned deliveries.
+    let mut app =
+        spawn_app_with(|config| config.webhook_unsigned = vec!["omise".into(), "komoju".into()])
+            .await;
 
     for route in [OMISE, KOMOJU] {
         let path = match route.provider {
@@ -713,6 +722,7 @@ async fn every_bad_delivery_is_refused_with_its_status_naming_the_field_and_stor
     let mut app = spawn_app_with(|config| {
         signed_routes(config);
         config.webhook_sources = vec!["orders".into()];
+        config.webhook_unsigned = vec!["orders".into()];
         config.max_body_bytes = 1024;
     })
     .await;

@@ -191,7 +191,7 @@ async fn every_rpc_sends_each_event_as_the_bytes_the_store_holds() {
     let events: Vec<Event> = published.iter().map(|b| Event::decode(b.clone()).unwrap()).collect();
     let mut gets = HashMap::new();
     for e in &events {
-        let request = GetEventRequest { id: e.id.clone() };
+        let request = GetEventRequest { id: e.id.clone(), livemode: None };
         gets.insert(e.id.clone(), raw.unary("/events.v1.EventService/GetEvent", request).await);
     }
     let page = raw.unary("/events.v1.EventService/ListEvents", ListEventsRequest::default()).await;

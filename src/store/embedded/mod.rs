@@ -333,7 +333,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| Error::Corrupt(format!("{what} task failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("{what} task: {e}")))?
 }
 
 #[async_trait]

@@ -246,26 +246,19 @@ impl Writer {
         Ok(out)
     }
 
-    /// Decides whether an event is new or a repeat, reading the round and the store.
-    ///
-    /// Ids are keyed per mode in the index; until the API makes modes separate id namespaces
-    /// (the security work), an id taken in the other mode is still a conflict, as it always
-    /// was (`livemode` differs), so both modes are looked up.
+    /// Decides whether an event is new or a repeat, reading the round and the store. Ids are
+    /// one namespace per mode: only an event of the same mode can be a repeat or a conflict,
+    /// so nothing of the other mode's events is ever compared, named or blocked.
     fn resolve(&self, event: NewEvent, round: &Round) -> Result<Resolved, Error> {
         let Some(given) = &event.id else {
             let id = self.fresh_id(event.livemode, round)?;
             return Ok(Resolved::New(event, id));
         };
-        let mut existing = None;
-        for mode in [event.livemode, !event.livemode] {
-            existing = match round.staged.get(&(mode, given.clone())) {
-                Some(&at) => Some(round.fresh[at].clone()),
-                None => self.stored(mode, given)?,
-            };
-            if existing.is_some() {
-                break;
-            }
-        }
+        let mode = event.livemode;
+        let existing = match round.staged.get(&(mode, given.clone())) {
+            Some(&at) => Some(round.fresh[at].clone()),
+            None => self.stored(mode, given)?,
+        };
         let Some(existing) = existing else {
             let id = given.clone();
             return Ok(Resolved::New(event, id));

@@ -84,6 +84,8 @@ struct Inner {
     deadline: Duration,
     metrics: Metrics,
     stop: CancellationToken,
+    /// Signs page tokens; the same in every instance (`setup::page_token_key`).
+    page_token_key: [u8; 32],
 }
 
 /// How one event of an append resolves.
@@ -104,6 +106,7 @@ impl JetStreamStore {
     /// index holds every event the stream held at start.
     pub async fn open(config: &JetStreamConfig) -> Result<Self, Error> {
         let (api, info) = setup::connect(config).await?;
+        let page_token_key = setup::page_token_key(api.client(), config).await?;
         let first = info.state.first_seq.max(1);
         let index: SharedIndex = Arc::new(std::sync::RwLock::new(MemIndex::starting_at(first)));
         let recent = Arc::new(Recent::new(recent::capacity_from(config.cache_bytes)));
@@ -127,6 +130,7 @@ impl JetStreamStore {
             deadline: config.request_timeout,
             metrics: config.metrics.clone(),
             stop,
+            page_token_key,
         }));
         let started = Instant::now();
         let target = info.state.last_seq;
@@ -137,6 +141,11 @@ impl JetStreamStore {
             .map_err(|_| Error::Startup("the stream follower stopped".into()))?;
         tracing::info!(events = target, took = ?started.elapsed(), "index built from the stream");
         Ok(store)
+    }
+
+    /// The secret every instance over this stream signs page tokens with.
+    pub fn page_token_key(&self) -> [u8; 32] {
+        self.0.page_token_key
     }
 
     /// Waits until this instance has applied `target` (bounded by the call deadline).
@@ -213,7 +222,7 @@ impl JetStreamStore {
             i = j;
         }
         while let Some(read) = reads.join_next().await {
-            let events = read.map_err(|e| Error::Corrupt(format!("read task failed: {e}")))??;
+            let events = read.map_err(|e| Error::Internal(format!("read task: {e}")))??;
             found.extend(events.into_iter().map(|e| (e.sequence(), e)));
         }
         let mut out = Vec::with_capacity(sequences.len());
@@ -387,7 +396,7 @@ impl EventStore for JetStreamStore {
         let store = self.clone();
         tokio::spawn(async move { store.append_all(events).await })
             .await
-            .map_err(|e| Error::Corrupt(format!("append task failed: {e}")))?
+            .map_err(|e| Error::Internal(format!("append task: {e}")))?
     }
 
     fn writable(&self) -> bool {
@@ -412,7 +421,7 @@ impl EventStore for JetStreamStore {
             read_index(&index, |index| list::page(index, index.state(), &query))
         })
         .await
-        .map_err(|e| Error::Corrupt(format!("list task failed: {e}")))??;
+        .map_err(|e| Error::Internal(format!("list task: {e}")))??;
         let events = self.events_at(&page.sequences).await?;
         Ok(page.with_events(events))
     }
@@ -456,7 +465,7 @@ impl EventStore for JetStreamStore {
             read_index(&index, |index| list::first_created_from(index, &created, durable))
         })
         .await
-        .map_err(|e| Error::Corrupt(format!("scan task failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("scan task: {e}")))?
     }
 
     fn first_sequence(&self) -> u64 {

@@ -112,6 +112,70 @@ pub fn redacted(urls: &str) -> String {
         .join(",")
 }
 
+/// The secret that signs page tokens, shared by every instance over the stream: a 32-byte
+/// value under one key of a small KV bucket beside the stream (`<stream>_page_token`, as many
+/// replicas as the stream), drawn by whichever instance starts first. The bucket keeps it out
+/// of the event stream, whose every message is an event; a create that loses the race reads
+/// the winner's value, so all instances end up with the same one.
+pub async fn page_token_key(
+    client: &async_nats::Client,
+    config: &JetStreamConfig,
+) -> Result<[u8; 32], Error> {
+    use async_nats::jetstream::kv;
+    const KEY: &str = "secret";
+    let js = async_nats::jetstream::new(client.clone());
+    let bucket = format!("{}_page_token", config.stream);
+    let started = std::time::Instant::now();
+    loop {
+        let attempt = async {
+            let store = match js.get_key_value(&bucket).await {
+                Ok(store) => store,
+                Err(_) => js
+                    .create_key_value(kv::Config {
+                        bucket: bucket.clone(),
+                        description: "eventsd: the secret that signs page tokens".into(),
+                        history: 1,
+                        num_replicas: config.replicas,
+                        storage: async_nats::jetstream::stream::StorageType::File,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?,
+            };
+            if let Some(value) = store.get(KEY).await.map_err(|e| e.to_string())? {
+                return Ok(value);
+            }
+            let fresh =
+                crate::api::list::PageTokens::random_key().map_err(|e| e.to_string())?.to_vec();
+            match store.create(KEY, fresh.clone().into()).await {
+                Ok(_) => Ok(fresh.into()),
+                // Another instance created it first: theirs is the one.
+                Err(_) => store.get(KEY).await.map_err(|e| e.to_string())?.ok_or_else(|| {
+                    "the page-token secret vanished after a concurrent create".to_string()
+                }),
+            }
+        };
+        match attempt.await {
+            Ok(value) => {
+                return <[u8; 32]>::try_from(value.as_ref()).map_err(|_| {
+                    Error::Startup(format!(
+                        "the page-token secret in KV bucket {bucket} is not 32 bytes"
+                    ))
+                })
+            }
+            Err(why) if started.elapsed() < Duration::from_secs(30) => {
+                tracing::info!(reason = %why, "waiting for JetStream (page-token secret)");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(why) => {
+                return Err(Error::Startup(format!(
+                    "cannot read or create the page-token secret in KV bucket {bucket}: {why}"
+                )))
+            }
+        }
+    }
+}
+
 /// Retries a start-up call while the cluster elects leaders (a cluster that has just started
 /// answers "no responders" for a few seconds), for up to 30 seconds.
 async fn wait_for_answer<T, F, Fut>(mut call: F) -> Result<T, Error>
