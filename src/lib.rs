@@ -1,5 +1,5 @@
-//! eventsd: a durable events service over gRPC, on an embedded sled store or, for several
-//! instances, a replicated NATS JetStream stream.
+//! eventsd: a durable events service over gRPC, on an embedded store (an event log of its own
+//! beside a sled index) or, for several instances, a replicated NATS JetStream stream.
 //!
 //! Map of the crate, from the outside in:
 //! - [`config`]: command line and environment (`eventsd`, `eventsd serve`, `eventsd tail`).
@@ -13,8 +13,9 @@
 //! - [`fanout`]: SubscribeEvents streams, catch-up then live, by sequence; byte-bounded
 //!   queues and the `--max-subscribers` cap.
 //! - [`event`]: the domain: what a valid event is, ids, filters, JSON and time conversions.
-//! - [`store`]: the storage interface, the embedded backend with its group commit, and the
-//!   JetStream backend (`store::jetstream`).
+//! - [`store`]: the storage interface; the embedded backend (`store::log`, the event log;
+//!   `store::index`, the sled index derived from it; `store::embedded`, the group-commit
+//!   writer) and the JetStream backend (`store::jetstream`).
 //! - [`tls`]: TLS and mutual TLS for both listeners.
 //! - [`client`]: client subcommands for the terminal (`publish`, `get`, `list`, `tail`).
 //! - [`views`]: read-only HTTP views in the Omise and KOMOJU Events API shapes.

@@ -1,5 +1,5 @@
-//! Storage: the narrow interface every backend implements, the embedded sled backend, and the
-//! JetStream backend for several instances ([`jetstream`]).
+//! Storage: the narrow interface every backend implements, the embedded backend (log + sled
+//! index), and the JetStream backend for several instances ([`jetstream`]).
 //!
 //! The interface is five operations: append a batch, get by (mode, id), list a range, read
 //! from a sequence, and watch the durable point. Reads hand out [`StoredEvent`]s: the bytes
