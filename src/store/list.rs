@@ -6,9 +6,10 @@
 //! A listing reads one index stream per selected (mode) or (type, mode). Each stream is a
 //! range already sorted by created then sequence; the streams are merged, entries above the
 //! view's snapshot are skipped, the offset is skipped, and `limit + 1` entries are taken so
-//! the page knows whether more follow. Cost: O(streams × (offset + limit)) index entries; a
-//! deep offset is linear in the offset.
+//! the page knows whether more follow. The merge keeps the streams' heads in a binary heap:
+//! O(log streams) per entry, O(streams) to start. A deep offset is linear in the offset.
 
+use std::collections::BinaryHeap;
 use std::ops::Bound;
 
 use prost_types::Timestamp;
@@ -230,10 +231,39 @@ fn step<K: AsRef<[u8]>>(
     }
 }
 
-/// A k-way merge of index streams by their (created, sequence) suffix.
+/// One stream's next entry in the merge: its (created, sequence) suffix and the stream.
+/// Ordered so that the heap's greatest head is the next entry in the listing's direction.
+#[derive(PartialEq, Eq)]
+struct Head {
+    suffix: Vec<u8>,
+    stream: usize,
+    descending: bool,
+}
+
+impl Ord for Head {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Suffixes are unique across streams (the sequence is in them); the stream breaks ties
+        // only to keep the order total.
+        let order = (&self.suffix, self.stream).cmp(&(&other.suffix, other.stream));
+        if self.descending {
+            order
+        } else {
+            order.reverse()
+        }
+    }
+}
+
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// A k-way merge of index streams by their (created, sequence) suffix: a binary heap of the
+/// streams' heads, so each entry costs O(log streams).
 struct Merge<'a, K> {
     streams: Vec<Keys<'a, K>>,
-    heads: Vec<Option<Vec<u8>>>,
+    heads: BinaryHeap<Head>,
     direction: Direction,
     snapshot: u64,
     started: bool,
@@ -241,13 +271,12 @@ struct Merge<'a, K> {
 
 impl<'a, K: AsRef<[u8]>> Merge<'a, K> {
     fn new(streams: Vec<Keys<'a, K>>, direction: Direction, snapshot: u64) -> Self {
-        let heads = vec![None; streams.len()];
+        let heads = BinaryHeap::with_capacity(streams.len());
         Merge { streams, heads, direction, snapshot, started: false }
     }
 
-    /// Fills stream `i`'s head with its next entry within the snapshot (as the key suffix).
+    /// Pushes stream `i`'s next entry within the snapshot (as the key suffix), if any.
     fn refill(&mut self, i: usize) -> Result<(), Error> {
-        self.heads[i] = None;
         for key in self.streams[i].by_ref() {
             let key = key?;
             let key = key.as_ref();
@@ -255,7 +284,11 @@ impl<'a, K: AsRef<[u8]>> Merge<'a, K> {
                 continue;
             };
             if keys::seq_of(suffix).is_some_and(|s| s <= self.snapshot) {
-                self.heads[i] = Some(suffix.to_vec());
+                self.heads.push(Head {
+                    suffix: suffix.to_vec(),
+                    stream: i,
+                    descending: self.direction == Direction::ReverseChronological,
+                });
                 break;
             }
         }
@@ -270,23 +303,9 @@ impl<'a, K: AsRef<[u8]>> Merge<'a, K> {
                 self.refill(i)?;
             }
         }
-        let mut best: Option<usize> = None;
-        for (i, head) in self.heads.iter().enumerate() {
-            let Some(head) = head else { continue };
-            let better = match best.and_then(|b| self.heads[b].as_ref()) {
-                None => true,
-                Some(current) => match self.direction {
-                    Direction::Chronological => head < current,
-                    Direction::ReverseChronological => head > current,
-                },
-            };
-            if better {
-                best = Some(i);
-            }
-        }
-        let Some(i) = best else { return Ok(None) };
-        let seq = self.heads[i].as_deref().and_then(keys::seq_of);
-        self.refill(i)?;
+        let Some(head) = self.heads.pop() else { return Ok(None) };
+        let seq = keys::seq_of(&head.suffix);
+        self.refill(head.stream)?;
         Ok(seq)
     }
 }

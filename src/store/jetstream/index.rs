@@ -168,4 +168,38 @@ mod tests {
         let from = Timestamp { seconds: 15, nanos: 0 };
         assert_eq!(list::first_created_from(&index, &from, 3).unwrap(), Some(1));
     }
+
+    #[test]
+    fn merge_of_many_streams_is_in_order_both_ways() {
+        let mut index = MemIndex::starting_at(1);
+        let mut expected = Vec::new();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for seq in 1..=600u64 {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let t = format!("t{}.x", (state >> 33) % 40);
+            let created = ((state >> 13) % 50) as i64;
+            let e = event(seq, &format!("e{seq}"), &t, created);
+            index.apply(seq, &e.id, &e.r#type, e.livemode, e.created).unwrap();
+            expected.push((created, seq));
+        }
+        expected.sort();
+        for direction in [Direction::Chronological, Direction::ReverseChronological] {
+            let query = ListQuery {
+                from: Timestamp { seconds: 0, nanos: 0 },
+                to: Timestamp { seconds: 100, nanos: 0 },
+                direction,
+                filter: Filter::new(&["t*".into()], Some(true)).unwrap(),
+                offset: 7,
+                limit: 1_000,
+                resume: None,
+            };
+            let page = list::page(&index, index.state(), &query).unwrap();
+            let mut want: Vec<u64> = expected.iter().map(|&(_, s)| s).collect();
+            if direction == Direction::ReverseChronological {
+                want.reverse();
+            }
+            assert_eq!(page.sequences, want[7..].to_vec(), "{direction:?}");
+            assert_eq!(page.total, 600);
+        }
+    }
 }
