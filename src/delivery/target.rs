@@ -159,8 +159,6 @@ mod tests {
         assert!(refused("https://user@example.com/", OPEN).contains("userinfo"));
         assert!(refused("not a url", OPEN).contains("not a valid URL"));
         assert!(
-            refused("http:///path", OPEN).contains("URL")
-                || refused("http:///path", OPEN).contains("host")
         );
         let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
         assert!(refused(&long, OPEN).contains("2048"));
