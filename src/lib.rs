@@ -10,6 +10,7 @@
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`limits`]: overload protection: one in-flight limit across all connections.
 //! - [`connections`]: accepting connections: a cap per listener, accept backoff, HTTP timeouts.
+//! - [`delivery`]: outbound webhooks: endpoint URL and address rules, retry schedule, signing.
 //! - [`fanout`]: SubscribeEvents streams, catch-up then live, by sequence; byte-bounded
 //!   queues and the `--max-subscribers` cap.
 //! - [`event`]: the domain: what a valid event is, ids, filters, JSON and time conversions.
@@ -28,6 +29,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod connections;
+pub mod delivery;
 pub mod error;
 pub mod event;
 pub mod fanout;
