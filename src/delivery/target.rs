@@ -158,8 +158,6 @@ mod tests {
         assert!(refused("https://user:pw@example.com/", OPEN).contains("userinfo"));
         assert!(refused("https://user@example.com/", OPEN).contains("userinfo"));
         assert!(refused("not a url", OPEN).contains("not a valid URL"));
-        assert!(
-        );
         let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
         assert!(refused(&long, OPEN).contains("2048"));
         validate_url(&format!("https://example.com/{}", "a".repeat(MAX_URL_LEN - 20)), OPEN)
