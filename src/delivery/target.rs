@@ -55,7 +55,7 @@ pub fn validate_url(raw: &str, rules: TargetRules) -> Result<url::Url, Error> {
     }
     let host = match parsed.host() {
         None => return Err(bad_url("has no host")),
-        Some(url::Host::Domain(name)) if name.is_empty() => return Err(bad_url("has no host")),
+        Some(url::Host::Domain("")) => return Err(bad_url("has no host")),
         Some(host) => host,
     };
     if !rules.allow_private {
