@@ -1,4 +1,5 @@
-//! The one error type of eventsd and its mapping to gRPC status codes, in one place.
+//! The one error type of eventsd and its one classification ([`Error::class`]): for every
+//! variant the gRPC code, the HTTP status and a stable name, used by every transport.
 //!
 //! Every variant that a client can cause carries a message naming the field at fault. Internal
 //! causes (storage, corruption) are logged in full where they are mapped, and the client gets
@@ -52,6 +53,12 @@ pub enum Error {
     /// The server is shutting down or the store is closed.
     #[error("eventsd is shutting down")]
     ShuttingDown,
+    /// A subscription ended by the server's shutdown; it resumes after the sequence given.
+    #[error("eventsd is shutting down; resume with after_sequence={after_sequence}")]
+    StreamShutDown {
+        /// Every matching event up to this sequence was sent.
+        after_sequence: u64,
+    },
     /// An earlier storage error disabled writes until the store is reopened.
     #[error("writes are disabled after a storage error; reads still work")]
     WritesDisabled,
@@ -69,6 +76,14 @@ pub enum Error {
         limit: &'static str,
         /// Its value.
         max: u64,
+    },
+    /// Every unary call permit (`--max-in-flight`) is taken: the call is shed, not queued.
+    #[error(
+        "eventsd is at its limit of {max} calls in flight (--max-in-flight); retry with backoff"
+    )]
+    Overloaded {
+        /// The limit.
+        max: usize,
     },
     /// The disk is full; the write was not acknowledged.
     #[error("the disk is full; the write was not stored")]
@@ -90,6 +105,20 @@ pub enum Error {
     /// No webhook route is configured under this source name.
     #[error("no webhook source named {0:?} is configured")]
     UnknownSource(String),
+    /// No HTTP route has this path.
+    #[error("no route {path}")]
+    NoRoute {
+        /// The path asked for.
+        path: String,
+    },
+    /// The HTTP route exists, but not for this method.
+    #[error("{path} does not take {method}")]
+    MethodNotAllowed {
+        /// The method used.
+        method: String,
+        /// The path asked for.
+        path: String,
+    },
     /// An HTTP body is larger than allowed.
     #[error("request body is larger than the {limit} byte limit")]
     PayloadTooLarge {
@@ -138,103 +167,174 @@ impl Error {
     }
 }
 
-impl From<Error> for Status {
-    fn from(err: Error) -> Status {
-        if let Error::Expired { earliest, .. } = &err {
-            let details = tonic_types::ErrorDetails::with_error_info(
-                "EVENTS_EXPIRED",
-                "eventsd",
-                [("earliest_sequence".to_string(), earliest.to_string())],
-            );
-            return <Status as tonic_types::StatusExt>::with_error_details(
-                Code::OutOfRange,
-                err.to_string(),
-                details,
-            );
-        }
-        let code = match &err {
-            Error::InvalidArgument { .. } => Code::InvalidArgument,
-            Error::NotFound { .. } => Code::NotFound,
-            Error::OutOfRange { .. } | Error::Expired { .. } => Code::OutOfRange,
-            Error::Unauthenticated(_) => Code::Unauthenticated,
-            Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::UnknownSource(_) => Code::NotFound,
-            Error::PayloadTooLarge { .. } => Code::ResourceExhausted,
-            Error::RequestTimeout(_) => Code::DeadlineExceeded,
-            Error::UnsupportedMediaType(_) | Error::MalformedJson(_) => Code::InvalidArgument,
-            Error::AlreadyExists { .. } => Code::AlreadyExists,
-            Error::ShuttingDown
-            | Error::WritesDisabled
-            | Error::Reopening
-            | Error::Unavailable(_) => Code::Unavailable,
-            Error::DiskFull | Error::LimitReached { .. } => Code::ResourceExhausted,
-            Error::Storage(_)
-            | Error::Internal(_)
-            | Error::Corrupt(_)
-            | Error::Startup(_)
-            | Error::Io(_) => {
-                tracing::error!(error = %err, "internal error");
-                return Status::internal("internal storage error (details are in the server log)");
-            }
-        };
-        Status::new(code, err.to_string())
-    }
+/// How one error answers on every transport: its gRPC code, its HTTP status and its stable
+/// name. The name is the HTTP error body's `code`, the `reason` of the gRPC status's
+/// `google.rpc.ErrorInfo` (domain [`DOMAIN`]) and the `code` label of
+/// `eventsd_requests_total`. Names never change once released; several variants may share
+/// one where a client has nothing different to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Class {
+    /// The gRPC status code.
+    pub grpc: Code,
+    /// The HTTP status.
+    pub http: StatusCode,
+    /// The stable snake_case name.
+    pub name: &'static str,
+}
+
+/// The `ErrorInfo.domain` of every eventsd error.
+pub const DOMAIN: &str = "eventsd";
+
+/// What a client sees instead of an internal error's text, which may hold storage paths.
+const INTERNAL_MESSAGE: &str = "internal error (details are in the server log)";
+
+const fn class(grpc: Code, http: StatusCode, name: &'static str) -> Class {
+    Class { grpc, http, name }
 }
 
 impl Error {
-    /// The short error code (`invalid_argument`, `unauthenticated`, …) used in HTTP error
-    /// bodies and metrics labels.
-    pub fn code_name(&self) -> &'static str {
-        self.http_status().1
-    }
-
-    /// The HTTP status and the short error code of the JSON error body.
-    fn http_status(&self) -> (StatusCode, &'static str) {
+    /// The one classification: every variant's code, status and name, in one table.
+    pub fn class(&self) -> Class {
+        use StatusCode as H;
         match self {
-            Error::InvalidArgument { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument"),
-            Error::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-            Error::OutOfRange { .. } | Error::Expired { .. } => {
-                (StatusCode::BAD_REQUEST, "out_of_range")
+            Error::InvalidArgument { .. } => {
+                class(Code::InvalidArgument, H::UNPROCESSABLE_ENTITY, "invalid_argument")
             }
-            Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
-            Error::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission_denied"),
-            Error::NotFound { .. } | Error::UnknownSource(_) => {
-                (StatusCode::NOT_FOUND, "not_found")
+            Error::MalformedJson(_) => {
+                class(Code::InvalidArgument, H::BAD_REQUEST, "malformed_json")
             }
-            Error::AlreadyExists { .. } => (StatusCode::CONFLICT, "already_exists"),
-            Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            Error::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Error::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+                class(Code::InvalidArgument, H::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Error::NotFound { .. } | Error::UnknownSource(_) | Error::NoRoute { .. } => {
+                class(Code::NotFound, H::NOT_FOUND, "not_found")
+            }
+            Error::MethodNotAllowed { .. } => {
+                class(Code::Unimplemented, H::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            Error::AlreadyExists { .. } => {
+                class(Code::AlreadyExists, H::CONFLICT, "already_exists")
+            }
+            Error::OutOfRange { .. } => class(Code::OutOfRange, H::BAD_REQUEST, "out_of_range"),
+            Error::Expired { .. } => class(Code::OutOfRange, H::BAD_REQUEST, "events_expired"),
+            Error::Unauthenticated(_) => {
+                class(Code::Unauthenticated, H::UNAUTHORIZED, "unauthenticated")
+            }
+            Error::PermissionDenied(_) => {
+                class(Code::PermissionDenied, H::FORBIDDEN, "permission_denied")
+            }
+            Error::PayloadTooLarge { .. } => {
+                class(Code::ResourceExhausted, H::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            Error::RequestTimeout(_) => {
+                class(Code::DeadlineExceeded, H::REQUEST_TIMEOUT, "request_timeout")
             }
             Error::ShuttingDown
+            | Error::StreamShutDown { .. }
             | Error::WritesDisabled
             | Error::Reopening
-            | Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Error::DiskFull => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
-            Error::LimitReached { .. } => (StatusCode::SERVICE_UNAVAILABLE, "resource_exhausted"),
+            | Error::Unavailable(_) => {
+                class(Code::Unavailable, H::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            Error::LimitReached { .. } | Error::Overloaded { .. } => {
+                class(Code::ResourceExhausted, H::SERVICE_UNAVAILABLE, "resource_exhausted")
+            }
+            Error::DiskFull => class(Code::ResourceExhausted, H::INSUFFICIENT_STORAGE, "disk_full"),
             Error::Storage(_)
             | Error::Internal(_)
             | Error::Corrupt(_)
             | Error::Startup(_)
-            | Error::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            | Error::Io(_) => class(Code::Internal, H::INTERNAL_SERVER_ERROR, "internal"),
         }
+    }
+
+    /// The stable name ([`Class::name`]).
+    pub fn code_name(&self) -> &'static str {
+        self.class().name
+    }
+
+    /// The message a client gets: the error's own text, except for internal errors, which are
+    /// logged in full here and answered with a generic line.
+    fn client_message(&self) -> String {
+        if self.class().grpc == Code::Internal {
+            tracing::error!(error = %self, "internal error");
+            INTERNAL_MESSAGE.to_string()
+        } else {
+            self.to_string()
+        }
+    }
+
+    /// Machine-readable facts for `ErrorInfo.metadata`: the field at fault, the earliest
+    /// kept sequence, the position to resume from.
+    fn metadata(&self) -> std::collections::HashMap<String, String> {
+        let entry = |k: &str, v: String| vec![(k.to_string(), v)];
+        match self {
+            Error::InvalidArgument { field, .. } => entry("field", field.clone()),
+            Error::OutOfRange { field, .. } => entry("field", field.to_string()),
+            Error::AlreadyExists { field, .. } => entry("field", field.to_string()),
+            Error::Expired { position, earliest } => {
+                let mut m = entry("field", position.to_string());
+                m.push(("earliest_sequence".to_string(), earliest.to_string()));
+                m
+            }
+            Error::StreamShutDown { after_sequence } => {
+                entry("after_sequence", after_sequence.to_string())
+            }
+            _ => Vec::new(),
+        }
+        .into_iter()
+        .collect()
     }
 }
 
-/// HTTP errors are JSON in the Omise error shape: `{"object": "error", "code", "message"}`.
+/// Every gRPC status eventsd sends is made here: the class's code, the client message, and
+/// an `ErrorInfo` whose reason is the class's name.
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        let class = err.class();
+        let details =
+            tonic_types::ErrorDetails::with_error_info(class.name, DOMAIN, err.metadata());
+        <Status as tonic_types::StatusExt>::with_error_details(
+            class.grpc,
+            err.client_message(),
+            details,
+        )
+    }
+}
+
+/// The name of the error an HTTP response carries, put in its extensions so the request
+/// counter reads the same name the body has.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorName(pub &'static str);
+
+/// HTTP errors are JSON in the Omise error shape: `{"object": "error", "code", "message"}`,
+/// with the class's status and name.
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let (status, code) = self.http_status();
-        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %self, "internal error");
-            "internal storage error (details are in the server log)".to_string()
-        } else {
-            self.to_string()
-        };
-        let body = serde_json::json!({ "object": "error", "code": code, "message": message });
-        (status, axum::Json(body)).into_response()
+        let class = self.class();
+        let body = serde_json::json!({
+            "object": "error",
+            "code": class.name,
+            "message": self.client_message(),
+        });
+        let mut response = (class.http, axum::Json(body)).into_response();
+        response.extensions_mut().insert(ErrorName(class.name));
+        response
     }
+}
+
+/// The HTTP router's own answers as classified errors: an unknown path is 404 `not_found`,
+/// a known path with another method 405 `method_not_allowed`, both in the JSON error body.
+pub fn with_http_fallbacks(router: axum::Router) -> axum::Router {
+    router
+        .fallback(
+            |uri: axum::http::Uri| async move { Error::NoRoute { path: uri.path().to_string() } },
+        )
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                Error::MethodNotAllowed { method: method.to_string(), path: uri.path().to_string() }
+            },
+        )
 }
 
 #[cfg(test)]

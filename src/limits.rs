@@ -20,6 +20,9 @@ use tonic::codegen::http;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::error::Error;
+use crate::metrics::{grpc_operation, Metrics};
+
 /// Paths the limit leaves alone: streaming methods and health checks.
 const EXEMPT: &[&str] =
     &["/events.v1.EventService/SubscribeEvents", "/grpc.reflection.", "/grpc.health.v1.Health/"];
@@ -30,15 +33,17 @@ pub struct InFlightLimit {
     permits: Arc<Semaphore>,
     limit: usize,
     shed: Arc<AtomicU64>,
+    metrics: Metrics,
 }
 
 impl InFlightLimit {
-    /// A limit of `limit` unary calls in flight.
-    pub fn new(limit: usize) -> Self {
+    /// A limit of `limit` unary calls in flight; shed calls are counted in `metrics`.
+    pub fn new(limit: usize, metrics: Metrics) -> Self {
         InFlightLimit {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
             shed: Arc::new(AtomicU64::new(0)),
+            metrics,
         }
     }
 
@@ -87,10 +92,11 @@ where
             Ok(permit) => permit,
             Err(_) => {
                 self.limit.shed.fetch_add(1, Ordering::Relaxed);
-                let status = tonic::Status::resource_exhausted(format!(
-                    "eventsd is at its limit of {} calls in flight (--max-in-flight); retry with backoff",
-                    self.limit.limit
-                ));
+                let err = Error::Overloaded { max: self.limit.limit };
+                if let Some(operation) = grpc_operation(path) {
+                    self.limit.metrics.request("grpc", operation, err.code_name());
+                }
+                let status = tonic::Status::from(err);
                 return Box::pin(std::future::ready(Ok(status.into_http())));
             }
         };

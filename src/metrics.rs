@@ -20,9 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -33,7 +34,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::auth::{KeyRing, Scope};
-use crate::error::Error;
+use crate::error::{Error, ErrorName};
 use crate::limits::InFlightLimit;
 use crate::store::EventStore;
 
@@ -55,8 +56,24 @@ pub struct RejectLabels {
     pub reason: String,
 }
 
+/// Labels of `eventsd_requests_total`: every request of the event API, on every transport.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The adapter it came through: `grpc`, `http` (`POST /events`), `webhook`, `omise`,
+    /// `komoju` or `cloudevents`.
+    pub transport: &'static str,
+    /// `publish`, `get`, `list` or `subscribe`.
+    pub operation: &'static str,
+    /// `ok`, or the error's name in the one classification (`error.rs`).
+    pub code: &'static str,
+}
+
+/// The `code` label of a request that succeeded.
+pub const OK: &str = "ok";
+
 struct Inner {
     registry: Registry,
+    requests: Family<RequestLabels, Counter>,
     published: Family<EventLabels, Counter>,
     publish_seconds: Histogram,
     commit_batch_events: Histogram,
@@ -173,6 +190,12 @@ impl Metrics {
             "Events delivered to subscribers",
             deliveries.clone(),
         );
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "eventsd_requests",
+            "Event API requests, by transport, operation and outcome (ok or the error name)",
+            requests.clone(),
+        );
         let rejections = Family::<RejectLabels, Counter>::default();
         registry.register(
             "eventsd_ingest_rejections",
@@ -181,6 +204,7 @@ impl Metrics {
         );
         Metrics(Arc::new(Inner {
             registry,
+            requests,
             published,
             publish_seconds,
             commit_batch_events,
@@ -227,6 +251,23 @@ impl Metrics {
         self.0.deliveries.inc();
     }
 
+    /// One event API request answered, `code` being [`OK`] or the error's name.
+    pub fn request(&self, transport: &'static str, operation: &'static str, code: &'static str) {
+        self.0.requests.get_or_create(&RequestLabels { transport, operation, code }).inc();
+    }
+
+    /// One event API request answered with `result`; the result is handed back.
+    pub fn count<T>(
+        &self,
+        transport: &'static str,
+        operation: &'static str,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
+        let code = result.as_ref().map_or_else(Error::code_name, |_| OK);
+        self.request(transport, operation, code);
+        result
+    }
+
     /// One ingest request refused.
     pub fn rejected(&self, route: &str, reason: &str) {
         self.0
@@ -234,6 +275,56 @@ impl Metrics {
             .get_or_create(&RejectLabels { route: route.to_string(), reason: reason.to_string() })
             .inc();
     }
+}
+
+/// The operation of an `events.v1.EventService` method path, if it is one.
+pub fn grpc_operation(path: &str) -> Option<&'static str> {
+    match path.strip_prefix("/events.v1.EventService/")? {
+        "PublishEvent" | "PublishEvents" => Some("publish"),
+        "GetEvent" => Some("get"),
+        "ListEvents" => Some("list"),
+        "SubscribeEvents" => Some("subscribe"),
+        _ => None,
+    }
+}
+
+/// The transport and operation of an HTTP route (its method and matched path), for the
+/// event API's routes; health, metrics and unknown paths are not event API requests.
+fn http_operation(method: &Method, route: &str) -> Option<(&'static str, &'static str)> {
+    let read = *method == Method::GET;
+    Some(match route {
+        "/events" if *method == Method::POST => ("http", "publish"),
+        "/webhooks/{source}" if *method == Method::POST => ("webhook", "publish"),
+        "/events" if read => ("omise", "list"),
+        "/events/{id}" if read => ("omise", "get"),
+        "/api/v1/events" if read => ("komoju", "list"),
+        "/api/v1/events/{id}" if read => ("komoju", "get"),
+        "/cloudevents" if read => ("cloudevents", "list"),
+        "/cloudevents/{id}" if read => ("cloudevents", "get"),
+        _ => return None,
+    })
+}
+
+/// HTTP middleware counting every event API request in `eventsd_requests_total`: `ok` for a
+/// success, else the name the error response carries ([`ErrorName`], set by `Error`'s
+/// `IntoResponse`), so the label is the body's `code`.
+pub async fn count_http(
+    State(metrics): State<Metrics>,
+    route: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let operation = route.and_then(|r| http_operation(request.method(), r.as_str()));
+    let response = next.run(request).await;
+    if let Some((transport, operation)) = operation {
+        let code = match response.extensions().get::<ErrorName>() {
+            Some(ErrorName(name)) => name,
+            None if response.status().is_success() => OK,
+            None => Error::Internal(String::new()).code_name(),
+        };
+        metrics.request(transport, operation, code);
+    }
+    response
 }
 
 /// Keeps the subscriber gauges right for one subscription, whatever way it ends.

@@ -91,7 +91,7 @@ pub async fn run(
         })?),
         None => None,
     };
-    let in_flight = InFlightLimit::new(config.max_in_flight);
+    let in_flight = InFlightLimit::new(config.max_in_flight, metrics.clone());
     let limits = EventLimits { max_data_bytes: config.max_data_bytes };
     let http = router(IngestState {
         store: store.clone(),
@@ -106,6 +106,10 @@ pub async fn run(
         keys: keys.clone(),
         tokens: tokens.clone(),
     }));
+    // Every event API request is counted; the router's own answers (no route, wrong method)
+    // are classified errors too.
+    let http = crate::error::with_http_fallbacks(http)
+        .layer(axum::middleware::from_fn_with_state(metrics.clone(), crate::metrics::count_http));
     let scrape = |admin_keys| {
         crate::metrics::router(MetricsState {
             admin_keys,
@@ -118,7 +122,7 @@ pub async fn run(
     // With --metrics-listen the series are served there only; otherwise on the HTTP listener,
     // behind an admin key whenever keys are configured.
     let (http, metrics_router) = match &metrics_listener {
-        Some(_) => (http, Some(scrape(None))),
+        Some(_) => (http, Some(crate::error::with_http_fallbacks(scrape(None)))),
         None => (http.merge(scrape(keys.enabled().then(|| keys.clone()))), None),
     };
     let fanout = Fanout::new(
@@ -131,7 +135,7 @@ pub async fn run(
         token.clone(),
         tasks.clone(),
     );
-    let api = EventsApi::new(store.clone(), limits, fanout, metrics, tokens);
+    let api = EventsApi::new(store.clone(), limits, fanout, metrics.clone(), tokens);
     let events = EventServiceServer::new(api)
         .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(usize::MAX);
@@ -185,7 +189,7 @@ pub async fn run(
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .timeout(config.request_timeout)
         // Outermost first: a caller is authenticated before it may take an in-flight permit.
-        .layer(AuthLayer(keys.clone()))
+        .layer(AuthLayer { keys: keys.clone(), metrics: metrics.clone() })
         .layer(in_flight)
         .add_service(health_service)
         .add_optional_service(reflection_v1)

@@ -50,13 +50,14 @@ impl EventsApi {
         EventsApi { store, limits, fanout, metrics, tokens }
     }
 
-    /// PublishEvent and PublishEvents: authorise, validate, append; refusals are counted.
+    /// PublishEvent and PublishEvents: authorise, validate, append; every answer is counted,
+    /// refusals also as ingest rejections.
     async fn publish<T>(
         &self,
         request: Request<T>,
         batch: bool,
         entries: impl FnOnce(T) -> Vec<PublishEventRequest>,
-    ) -> Result<Vec<StoredEvent>, Status> {
+    ) -> Result<Vec<StoredEvent>, Error> {
         let result = async {
             let caller = principal(&request)?;
             caller.require(Scope::Publish)?;
@@ -72,18 +73,61 @@ impl EventsApi {
                     if batch { format!("events[{i}].livemode") } else { "livemode".to_string() };
                 caller.require_mode(event.livemode, &field)?;
             }
-            self.store.append(events).await
+            let stored = self.store.append(events).await?;
+            Ok::<_, Error>(stored.into_iter().map(|a| a.event).collect())
         }
         .await;
-        match result {
-            Ok(stored) => Ok(stored.into_iter().map(|a| a.event).collect()),
-            Err(err) => {
-                self.metrics.rejected("grpc", err.code_name());
-                Err(err.into())
-            }
+        if let Err(err) = &result {
+            self.metrics.rejected("grpc", err.code_name());
         }
+        self.metrics.count(TRANSPORT, "publish", result)
+    }
+
+    async fn get(&self, request: Request<GetEventRequest>) -> Result<StoredEvent, Error> {
+        let caller = principal(&request)?;
+        caller.require(Scope::Read)?;
+        let GetEventRequest { id, livemode } = request.into_inner();
+        if id.is_empty() {
+            return Err(Error::invalid("id", "is required"));
+        }
+        crate::event::id::validate(&id).map_err(|r| Error::invalid("id", r))?;
+        get::find_event(&*self.store, &caller, &id, livemode).await
+    }
+
+    async fn list(&self, request: Request<ListEventsRequest>) -> Result<list::Listing, Error> {
+        let caller = principal(&request)?;
+        caller.require(Scope::Read)?;
+        list::list_page(&*self.store, &self.tokens, &caller, request.into_inner()).await
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeEventsRequest>,
+    ) -> Result<SubscribeEventsStream, Error> {
+        let caller = principal(&request)?;
+        caller.require(Scope::Subscribe)?;
+        let req = request.into_inner();
+        let mut filter = Filter::new(&req.types, req.livemode)?;
+        caller.restrict(&mut filter)?;
+        let start = match req.start {
+            None | Some(StartProto::FromBeginning(false)) => Start::Now,
+            Some(StartProto::FromBeginning(true)) => Start::Beginning,
+            Some(StartProto::AfterSequence(seq)) => Start::After(seq),
+            Some(StartProto::FromCreated(t)) => Start::Created(t),
+        };
+        let cloudevents = match Format::try_from(req.format) {
+            Ok(Format::Unspecified | Format::Event) => false,
+            Ok(Format::Cloudevent) => true,
+            Err(_) => {
+                return Err(Error::invalid("format", format!("unknown value {}", req.format)))
+            }
+        };
+        self.fanout.subscribe(start, filter, cloudevents).await
     }
 }
+
+/// The `transport` label of every gRPC request.
+const TRANSPORT: &str = "grpc";
 
 /// The caller of a request, put there by [`crate::auth::layer::AuthLayer`]; a request that
 /// did not pass it has none (fail closed).
@@ -103,7 +147,7 @@ impl EventService for EventsApi {
     ) -> Result<Response<WireEvent>, Status> {
         let mut stored = self.publish(request, false, |r| vec![r]).await?;
         let appended =
-            stored.pop().ok_or_else(|| Status::internal("the store returned no event"))?;
+            stored.pop().ok_or_else(|| Error::Internal("the store returned no event".into()))?;
         Ok(Response::new(WireEvent::from(&appended)))
     }
 
@@ -120,14 +164,7 @@ impl EventService for EventsApi {
         &self,
         request: Request<GetEventRequest>,
     ) -> Result<Response<WireEvent>, Status> {
-        let caller = principal(&request)?;
-        caller.require(Scope::Read)?;
-        let GetEventRequest { id, livemode } = request.into_inner();
-        if id.is_empty() {
-            return Err(Error::invalid("id", "is required").into());
-        }
-        crate::event::id::validate(&id).map_err(|r| Error::invalid("id", r))?;
-        let event = get::find_event(&*self.store, &caller, &id, livemode).await?;
+        let event = self.metrics.count(TRANSPORT, "get", self.get(request).await)?;
         Ok(Response::new(WireEvent::from(&event)))
     }
 
@@ -135,10 +172,7 @@ impl EventService for EventsApi {
         &self,
         request: Request<ListEventsRequest>,
     ) -> Result<Response<ListEventsResponse>, Status> {
-        let caller = principal(&request)?;
-        caller.require(Scope::Read)?;
-        let page =
-            list::list_page(&*self.store, &self.tokens, &caller, request.into_inner()).await?;
+        let page = self.metrics.count(TRANSPORT, "list", self.list(request).await)?;
         Ok(Response::new(page.into_wire()))
     }
 
@@ -148,25 +182,7 @@ impl EventService for EventsApi {
         &self,
         request: Request<SubscribeEventsRequest>,
     ) -> Result<Response<Self::SubscribeEventsStream>, Status> {
-        let caller = principal(&request)?;
-        caller.require(Scope::Subscribe)?;
-        let req = request.into_inner();
-        let mut filter = Filter::new(&req.types, req.livemode)?;
-        caller.restrict(&mut filter)?;
-        let start = match req.start {
-            None | Some(StartProto::FromBeginning(false)) => Start::Now,
-            Some(StartProto::FromBeginning(true)) => Start::Beginning,
-            Some(StartProto::AfterSequence(seq)) => Start::After(seq),
-            Some(StartProto::FromCreated(t)) => Start::Created(t),
-        };
-        let cloudevents = match Format::try_from(req.format) {
-            Ok(Format::Unspecified | Format::Event) => false,
-            Ok(Format::Cloudevent) => true,
-            Err(_) => {
-                return Err(Error::invalid("format", format!("unknown value {}", req.format)).into())
-            }
-        };
-        let stream = self.fanout.subscribe(start, filter, cloudevents).await?;
+        let stream = self.metrics.count(TRANSPORT, "subscribe", self.subscribe(request).await)?;
         Ok(Response::new(stream))
     }
 }

@@ -15,19 +15,25 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::auth::KeyRing;
+use crate::metrics::{grpc_operation, Metrics};
 
 /// The calls that need a key: the event API (health and reflection are open).
 const AUTHENTICATED: &str = "/events.v1.EventService/";
 
-/// The layer; cheap to clone.
+/// The layer; cheap to clone. Refusals are counted in `eventsd_requests_total`.
 #[derive(Clone)]
-pub struct AuthLayer(pub KeyRing);
+pub struct AuthLayer {
+    /// The keys callers must present.
+    pub keys: KeyRing,
+    /// Where refused calls are counted.
+    pub metrics: Metrics,
+}
 
 impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService { inner, keys: self.0.clone() }
+        AuthService { inner, layer: self.clone() }
     }
 }
 
@@ -35,7 +41,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct AuthService<S> {
     inner: S,
-    keys: KeyRing,
+    layer: AuthLayer,
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for AuthService<S>
@@ -59,12 +65,15 @@ where
         }
         let header =
             request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        match self.keys.authenticate(header) {
+        match self.layer.keys.authenticate(header) {
             Ok(principal) => {
                 request.extensions_mut().insert(principal);
                 Box::pin(self.inner.call(request))
             }
             Err(err) => {
+                if let Some(operation) = grpc_operation(request.uri().path()) {
+                    self.layer.metrics.request("grpc", operation, err.code_name());
+                }
                 let status: tonic::Status = err.into();
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }

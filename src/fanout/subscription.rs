@@ -182,10 +182,7 @@ impl Subscription {
         let stop = self.serve().await;
         let status = match stop {
             Stop::ClientGone => return,
-            Stop::Shutdown => Status::unavailable(format!(
-                "eventsd is shutting down; resume with after_sequence={}",
-                self.cursor
-            )),
+            Stop::Shutdown => Status::from(Error::StreamShutDown { after_sequence: self.cursor }),
             Stop::Failed(err) => Status::from(err),
         };
         // The final status must reach the client, or a slow reader would see its stream end

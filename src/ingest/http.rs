@@ -159,7 +159,7 @@ async fn receive_publish(
 async fn append_one(state: &IngestState, event: NewEvent) -> Result<Response, Error> {
     let mut stored = state.store.append(vec![event]).await?;
     let Some(Appended { event, new }) = stored.pop() else {
-        return Err(Error::Corrupt("the store returned no event".into()));
+        return Err(Error::Internal("the store returned no event".into()));
     };
     let status = if new { StatusCode::CREATED } else { StatusCode::OK };
     let mut body = Vec::with_capacity(event.bytes().len() + 256);

@@ -6,7 +6,7 @@
 //!   `type` and `livemode` like ListEvents. The `Eventsd-Next-After` response header is the
 //!   position to poll from next (it moves past events the filter skipped), so polling with it
 //!   receives every matching event exactly once, in order. A position before the oldest kept
-//!   event is 400 `out_of_range`. For a key limited to one mode the header never steps over
+//!   event is 400 `events_expired`. For a key limited to one mode the header never steps over
 //!   the other mode's events (see `own_mode_batch`), and `limit` counts events returned
 //!   rather than events examined.
 //!

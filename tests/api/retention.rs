@@ -71,7 +71,8 @@ fn assert_expired(status: &Status, field: &str, earliest: u64, case: &str) {
     let Some(info) = status.get_details_error_info() else {
         panic!("{case}: no google.rpc.ErrorInfo in the status details");
     };
-    assert_eq!(info.reason, "EVENTS_EXPIRED", "{case}");
+    assert_eq!(info.reason, "events_expired", "{case}");
+    assert_eq!(info.domain, "eventsd", "{case}");
     assert_eq!(
         info.metadata.get("earliest_sequence").map(String::as_str),
         Some(earliest.to_string().as_str()),
@@ -249,18 +250,19 @@ async fn after_every_event_expired_a_restart_keeps_the_sequence_going() {
 }
 
 #[tokio::test]
-async fn polling_cloudevents_before_the_oldest_kept_event_is_400_out_of_range() {
-    if embedded_only("polling_cloudevents_before_the_oldest_kept_event_is_400_out_of_range") {
+async fn polling_cloudevents_before_the_oldest_kept_event_is_400_events_expired() {
+    if embedded_only("polling_cloudevents_before_the_oldest_kept_event_is_400_events_expired") {
         return;
     }
     // `GET /cloudevents` promises (views/cloudevents.rs) that a position before the oldest
-    // kept event is 400 `out_of_range`, as SubscribeEvents answers OUT_OF_RANGE.
+    // kept event is 400 `events_expired`, as SubscribeEvents answers OUT_OF_RANGE with the
+    // same name in its ErrorInfo.
     let (app, _) = spawn_trimmed().await;
 
     let reply = get_with_headers(&format!("{}/cloudevents?after_sequence=2", app.http)).await;
 
     assert_eq!(reply.status, 400, "after_sequence=2 after removal of 1..=7: {}", reply.text);
-    assert_eq!(reply.json["code"], "out_of_range", "{}", reply.text);
+    assert_eq!(reply.json["code"], "events_expired", "{}", reply.text);
     let message = reply.json["message"].as_str().unwrap_or_default();
     assert!(message.contains("earliest available sequence is 8"), "{message}");
 }
@@ -287,5 +289,6 @@ async fn resuming_after_the_largest_sequence_is_out_of_range_not_a_failed_call()
         "{}",
         status.message()
     );
-    assert!(status.get_details_error_info().is_none(), "not EVENTS_EXPIRED: {}", status.message());
+    let reason = status.get_details_error_info().map(|info| info.reason);
+    assert_eq!(reason.as_deref(), Some("out_of_range"), "not events_expired: {}", status.message());
 }
