@@ -137,9 +137,10 @@ pub enum Error {
     /// The server could not start or serve (bind, reflection, transport).
     #[error("{0}")]
     Startup(String),
-    /// An I/O error outside the store.
+    /// An I/O error. Made from a `std::io::Error` through `From` (what `?` uses), which
+    /// makes a full disk [`Error::DiskFull`] instead.
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -149,6 +150,16 @@ pub enum Error {
 impl From<sled::Error> for Error {
     fn from(err: sled::Error) -> Self {
         Error::from_storage(err)
+    }
+}
+
+/// Every `?` on an I/O result goes through the disk-full mapping too.
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        match err.kind() {
+            std::io::ErrorKind::StorageFull => Error::DiskFull,
+            _ => Error::Io(err),
+        }
     }
 }
 
@@ -348,5 +359,37 @@ mod tests {
         }
         assert!(matches!(fails(), Err(Error::DiskFull)));
         assert_eq!(Status::from(fails().unwrap_err()).code(), Code::ResourceExhausted);
+        fn io_fails() -> Result<(), Error> {
+            Err(std::io::Error::from(std::io::ErrorKind::StorageFull))?
+        }
+        assert!(matches!(io_fails(), Err(Error::DiskFull)));
+    }
+
+    #[test]
+    fn every_status_carries_the_class_name_as_error_info_and_internal_text_stays_inside() {
+        use tonic_types::StatusExt;
+        let cases = [
+            (Error::invalid("id", "is required"), Code::InvalidArgument, 422, "invalid_argument"),
+            (Error::DiskFull, Code::ResourceExhausted, 507, "disk_full"),
+            (
+                Error::Expired { position: "after_sequence", earliest: 8 },
+                Code::OutOfRange,
+                400,
+                "events_expired",
+            ),
+            (Error::Corrupt("/secret/path".into()), Code::Internal, 500, "internal"),
+        ];
+        for (err, code, http, name) in cases {
+            let class = err.class();
+            assert_eq!((class.grpc, class.http.as_u16(), class.name), (code, http, name));
+            let status = Status::from(err);
+            assert_eq!(status.code(), code);
+            assert!(!status.message().contains("/secret"), "{}", status.message());
+            let info = status.get_details_error_info().expect("an ErrorInfo");
+            assert_eq!((info.reason.as_str(), info.domain.as_str()), (name, DOMAIN));
+        }
+        let response = Error::DiskFull.into_response();
+        assert_eq!(response.status(), 507);
+        assert_eq!(response.extensions().get::<ErrorName>().map(|n| n.0), Some("disk_full"));
     }
 }

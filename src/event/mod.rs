@@ -1,10 +1,10 @@
 //! The event domain: what a valid event is, before and after it is stored.
 //!
-//! Requests are validated once, here, at the boundary ([`NewEvent::try_from`]); the store only
-//! ever sees [`NewEvent`]s, so every rule about ids, types, sizes and timestamps lives in this
-//! module and nowhere else. The stored form is the public `events.v1.Event` message itself:
-//! encoding it once at commit time means GetEvent, ListEvents and SubscribeEvents serve the
-//! same bytes the writer made durable.
+//! Requests are validated once, here, at the boundary ([`NewEvent::from_request`] and
+//! [`NewEvent::batch_from_requests`]); the store only ever sees [`NewEvent`]s, so every rule
+//! about ids, types, sizes and timestamps lives in this module and nowhere else. The stored
+//! form is the public `events.v1.Event` message itself: encoding it once at commit time means
+//! GetEvent, ListEvents and SubscribeEvents serve the same bytes the writer made durable.
 
 pub mod cloudevent;
 pub mod filter;

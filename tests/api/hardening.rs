@@ -30,10 +30,10 @@ use crate::support::{channel, event, everything, json_struct, HANG_GUARD};
 
 const ATTACKER: &str = "sk_test_attacker_Vb8Qz2";
 const LIVE: &str = "sk_live_operator_Kp3Rn7";
-const ADMIN: &str = "sk_admin_operator_Hx5Tw9";
+pub(crate) const ADMIN: &str = "sk_admin_operator_Hx5Tw9";
 
 /// A server with the three keys; `adjust` changes anything else.
-async fn secured(adjust: impl FnOnce(&mut eventsd::ServeConfig)) -> (TestApp, TempDir) {
+pub(crate) async fn secured(adjust: impl FnOnce(&mut eventsd::ServeConfig)) -> (TestApp, TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("keys.toml");
     let text = format!(

@@ -1,12 +1,15 @@
 //! `GET /metrics` on the HTTP listener: OpenMetrics text that counts publishes by type and
 //! source, refusals by route and reason, the store's size and durable point, commit batches,
-//! open subscriptions and deliveries, and ends with `# EOF`. No secret ever appears in it.
+//! open subscriptions and deliveries, every event API request by transport, operation and
+//! outcome, and ends with `# EOF`. No secret ever appears in it.
 //!
 //! The text is read simply, line by line: a sample line is `series value`, where `series` is
 //! the metric name with its labels exactly as the server writes them.
 
 use eventsd::config::parse_webhook_secret;
-use eventsd::proto::{PublishEventRequest, SubscribeEventsRequest};
+use eventsd::proto::{
+    GetEventRequest, ListEventsRequest, PublishEventRequest, SubscribeEventsRequest,
+};
 use tonic::Code;
 
 use crate::cloudevents::get_with_headers;
@@ -166,4 +169,88 @@ async fn an_open_subscription_is_counted_and_only_matching_deliveries_are() {
     metrics.assert_value("eventsd_subscribers_lagging", 0.0);
     metrics.assert_value("eventsd_deliveries_total", 2.0);
     drop(stream);
+}
+
+/// Sends one request of each event API call over each transport, some refused, and returns
+/// the scrape: `eventsd_requests_total` must count each under its transport, operation and
+/// outcome (the error's name in the one classification, or `ok`).
+#[tokio::test]
+async fn every_request_is_counted_by_transport_operation_and_outcome_rejections_included() {
+    // Arrange
+    let mut app = spawn_app_with(|c| c.webhook_unsigned = vec!["omise".into()]).await;
+    let stored = publish(&mut app.client, event("charge.create")).await;
+    let bad_id = GetEventRequest { id: "bad id!".into(), livemode: None };
+    let refused = app.client.get_event(bad_id).await.map(|_| ());
+    assert_rejected(refused, Code::InvalidArgument, "id", "a malformed id");
+    app.client.list_events(ListEventsRequest::default()).await.expect("list");
+    drop(subscribe(&mut app.client, from_beginning()).await);
+    let events = format!("{}/events", app.http);
+    let json = Some("application/json");
+    let created = post(&events, json, &[], br#"{"type": "a.b", "data": {}}"#.to_vec()).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let untyped = post(&events, json, &[], br#"{"data": {}}"#.to_vec()).await;
+    assert_eq!(untyped.status, 422, "{}", untyped.text);
+    let hook = format!("{}/webhooks/nope", app.http);
+    assert_eq!(post(&hook, json, &[], b"{}".to_vec()).await.status, 404);
+    let omise = get_with_headers(&format!("{}/events/{}", app.http, stored.id)).await;
+    assert_eq!(omise.status, 200, "{}", omise.text);
+    let komoju = get_with_headers(&format!("{}/api/v1/events?per_page=0", app.http)).await;
+    assert_eq!(komoju.status, 422, "{}", komoju.text);
+    let polled = get_with_headers(&format!("{}/cloudevents", app.http)).await;
+    assert_eq!(polled.status, 200, "{}", polled.text);
+
+    // Act
+    let metrics = scrape(&app).await;
+
+    // Assert
+    let counted = [
+        ("grpc", "publish", "ok"),
+        ("grpc", "get", "invalid_argument"),
+        ("grpc", "list", "ok"),
+        ("grpc", "subscribe", "ok"),
+        ("http", "publish", "ok"),
+        ("http", "publish", "invalid_argument"),
+        ("webhook", "publish", "not_found"),
+        ("omise", "get", "ok"),
+        ("komoju", "list", "invalid_argument"),
+        ("cloudevents", "list", "ok"),
+    ];
+    for (transport, operation, code) in counted {
+        metrics.assert_value(
+            &format!(
+                r#"eventsd_requests_total{{transport="{transport}",operation="{operation}",code="{code}"}}"#
+            ),
+            1.0,
+        );
+    }
+    // Scrapes and health checks are not event API requests: nothing else was counted.
+    let series = metrics.text.lines().filter(|l| l.starts_with("eventsd_requests_total{"));
+    assert_eq!(series.count(), counted.len(), "{}", metrics.text);
+}
+
+/// Calls the auth layer refuses never reach a handler; they are counted all the same.
+#[tokio::test]
+async fn calls_refused_for_their_key_are_counted_too() {
+    // Arrange
+    let (mut app, _keys) = crate::hardening::secured(|_| {}).await;
+    let keyless = app.client.list_events(ListEventsRequest::default()).await.map(|_| ());
+    assert_rejected(keyless, Code::Unauthenticated, "", "a keyless ListEvents");
+
+    // Act
+    let reply = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("HTTP client")
+        .get(format!("{}/metrics", app.http))
+        .bearer_auth(crate::hardening::ADMIN)
+        .send()
+        .await
+        .expect("scrape");
+    let text = reply.text().await.expect("metrics text");
+
+    // Assert
+    let series =
+        r#"eventsd_requests_total{transport="grpc",operation="list",code="unauthenticated"}"#;
+    let metrics = Scrape { content_type: String::new(), text };
+    metrics.assert_value(series, 1.0);
 }
