@@ -35,11 +35,16 @@ pub fn to_chrono(ts: &Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).ok()?)
 }
 
-/// RFC 3339 text with a `Z` suffix, as Omise and KOMOJU print times.
+/// RFC 3339 text with a `Z` suffix, fractional seconds only when there are any.
 pub fn to_rfc3339(ts: &Timestamp) -> String {
     to_chrono(ts)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
         .unwrap_or_default()
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`, the fraction dropped, as Omise and KOMOJU print times.
+pub fn to_rfc3339_seconds(ts: &Timestamp) -> String {
+    to_rfc3339(&Timestamp { seconds: ts.seconds, nanos: 0 })
 }
 
 /// The latest valid timestamp, 9999-12-31T23:59:59.999999999Z.

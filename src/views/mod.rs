@@ -19,8 +19,9 @@
 //!   Without a key file every caller reads everything (eventsd then serves loopback only).
 //! - A bad parameter is 422 with a message naming it; an unknown id is 404. Both use the JSON
 //!   error body of [`Error`]'s `IntoResponse` (`{"object":"error","code","message"}`).
-//! - Times are UTC RFC 3339 with `Z`: whole seconds (`2017-02-03T13:52:54Z`, as the providers
-//!   print them) when the nanoseconds are 0, fractional seconds otherwise. Whole numbers in
+//! - The Omise and KOMOJU views print times (`created`, `from`, `to`, `created_at`) as the
+//!   providers do, `YYYY-MM-DDTHH:MM:SSZ`: UTC, whole seconds, any fraction dropped (gRPC,
+//!   `POST /events` and CloudEvents keep the nanoseconds). Whole numbers in
 //!   `data` print as integers, so a provider payload stored through eventsd reads back equal.
 //! - Unknown query parameters are ignored, as the providers' APIs ignore them.
 
@@ -129,10 +130,9 @@ fn data_json(event: &StoredEvent) -> Result<Bytes, Error> {
     Ok(event.data_json()?.cloned().unwrap_or_else(|| Bytes::from_static(b"{}")))
 }
 
-/// A time as the providers print it: RFC 3339 in UTC with `Z`, fractional seconds only when
-/// there are any.
+/// A time as the providers print it: `YYYY-MM-DDTHH:MM:SSZ`, whole seconds in UTC.
 fn time_text(ts: &Timestamp) -> String {
-    time::to_rfc3339(ts)
+    time::to_rfc3339_seconds(ts)
 }
 
 /// The query string as name/value pairs, in order, repeats kept.
@@ -227,7 +227,7 @@ mod tests {
         use serde_json::{json, Map, Value as Json};
 
         fn ts(t: &Option<prost_types::Timestamp>) -> Json {
-            t.as_ref().map_or(Json::Null, |t| Json::String(time::to_rfc3339(t)))
+            t.as_ref().map_or(Json::Null, |t| Json::String(time::to_rfc3339_seconds(t)))
         }
         fn data(e: &Event) -> Json {
             Json::Object(e.data.as_ref().map(struct_to_object).unwrap_or_default())
@@ -357,10 +357,12 @@ mod tests {
     }
 
     #[test]
-    fn times_print_whole_seconds_unless_there_are_nanoseconds() {
+    fn times_print_whole_seconds_with_z_as_the_providers_do() {
         let whole = Timestamp { seconds: 1_486_129_974, nanos: 0 };
         assert_eq!(time_text(&whole), "2017-02-03T13:52:54Z");
-        let fractional = Timestamp { seconds: 1_486_129_974, nanos: 120_000_000 };
-        assert_eq!(time_text(&fractional), "2017-02-03T13:52:54.120Z");
+        let fractional = Timestamp { seconds: 1_486_129_974, nanos: 999_999_999 };
+        assert_eq!(time_text(&fractional), "2017-02-03T13:52:54Z");
+        let before_1970 = Timestamp { seconds: -1, nanos: 500_000_000 };
+        assert_eq!(time_text(&before_1970), "1969-12-31T23:59:59Z");
     }
 }

@@ -411,3 +411,45 @@ async fn with_api_keys_the_views_need_a_read_key_and_show_only_its_mode() {
     let admin = get_with(&app, "/events", &[("authorization", "Bearer sk_admin_views")]).await;
     assert_eq!(admin.json["total"], 2);
 }
+
+/// True for `YYYY-MM-DDTHH:MM:SSZ` exactly: whole seconds, UTC, `Z`.
+fn is_provider_time(value: &Json) -> bool {
+    let Some(text) = value.as_str() else { return false };
+    let shape = text.bytes().enumerate().all(|(i, b)| match i {
+        4 | 7 => b == b'-',
+        10 => b == b'T',
+        13 | 16 => b == b':',
+        19 => b == b'Z',
+        _ => b.is_ascii_digit(),
+    });
+    text.len() == 20 && shape
+}
+
+#[tokio::test]
+async fn the_omise_and_komoju_views_print_times_in_whole_seconds_with_z() {
+    // Arrange: an event created with a fraction of a second, and a range that has one.
+    let mut app = spawn_app().await;
+    let created = prost_types::Timestamp { seconds: T0, nanos: 987_654_321 };
+    let stored =
+        publish(&mut app.client, PublishEventRequest { created: Some(created), ..event("a.b") })
+            .await;
+    let range = "from=2020-09-13T12:26:39.5Z&to=2999-01-01T00:00:00.25Z";
+
+    // Act
+    let omise_event = get_ok(&app, &format!("/events/{}", stored.id)).await;
+    let omise_list = get_ok(&app, &format!("/events?{range}")).await;
+    let komoju_event = get_ok(&app, &format!("/api/v1/events/{}", stored.id)).await;
+    let komoju_list = get_ok(&app, "/api/v1/events").await;
+
+    // Assert: the fraction is dropped, never rounded up.
+    assert_eq!(omise_event["created"], "2020-09-13T12:26:40Z", "{omise_event}");
+    assert_eq!(omise_list["from"], "2020-09-13T12:26:39Z", "{omise_list}");
+    assert_eq!(omise_list["to"], "2999-01-01T00:00:00Z", "{omise_list}");
+    assert_eq!(omise_list["data"][0]["created"], "2020-09-13T12:26:40Z", "{omise_list}");
+    assert_eq!(komoju_event["created_at"], "2020-09-13T12:26:40Z", "{komoju_event}");
+    assert_eq!(komoju_list["data"][0]["created_at"], "2020-09-13T12:26:40Z", "{komoju_list}");
+    // The default `to` (now) has a fraction too; it prints the same way.
+    let default_range = get_ok(&app, "/events").await;
+    assert!(is_provider_time(&default_range["to"]), "{default_range}");
+    assert!(is_provider_time(&default_range["from"]), "{default_range}");
+}
