@@ -229,16 +229,17 @@ impl Throttled {
 }
 
 /// Accepts on `listener` until `shutdown`, under the cap, and hands over counted connections
-/// with their peer address. `name` names the listener in logs.
+/// with their peer address. `name` names the listener in logs; the loop runs on `tasks`.
 pub fn accept(
     listener: TcpListener,
     name: &'static str,
     settings: ConnectionSettings,
     shutdown: CancellationToken,
+    tasks: &TaskTracker,
 ) -> mpsc::Receiver<(Counted, SocketAddr)> {
     // A small hand-over queue: the serving side takes connections as fast as they come.
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(accept_loop(listener, name, settings, tx, shutdown));
+    tasks.spawn(accept_loop(listener, name, settings, tx, shutdown));
     rx
 }
 

@@ -395,6 +395,7 @@ async fn scrape(
     let durable = *state.store.durable().borrow();
     let kept = (durable + 1).saturating_sub(state.store.first_sequence());
     let dir = state.data_dir.clone();
+    // Awaited in place (not a background task): the folder walk blocks.
     let size = tokio::task::spawn_blocking(move || dir_size(&dir)).await.unwrap_or(0);
     let gauges = [
         ("eventsd_store_events", "Events kept in the store", kept),

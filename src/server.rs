@@ -64,7 +64,7 @@ pub async fn run(
     let (store, retention_store, tokens) = open_store(&config, &retention, &metrics).await?;
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
-    tokio::spawn({
+    tasks.spawn({
         let token = token.clone();
         async move {
             shutdown.await;
@@ -174,9 +174,14 @@ pub async fn run(
         open_file_limit = fd_limit,
         "connection cap per listener"
     );
-    let incoming =
-        ReceiverStream::new(connections::accept(listeners.grpc, "grpc", settings, token.clone()))
-            .map(|(conn, _peer)| Ok::<_, std::io::Error>(conn));
+    let incoming = ReceiverStream::new(connections::accept(
+        listeners.grpc,
+        "grpc",
+        settings,
+        token.clone(),
+        &tasks,
+    ))
+    .map(|(conn, _peer)| Ok::<_, std::io::Error>(conn));
     let mut builder = Server::builder();
     if let Some(tls) = &tls {
         builder = builder
@@ -196,10 +201,11 @@ pub async fn run(
         .add_optional_service(reflection_v1alpha)
         .add_service(events)
         .serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned());
-    let http_accepted = connections::accept(listeners.http, "http", settings, token.clone());
+    let http_accepted =
+        connections::accept(listeners.http, "http", settings, token.clone(), &tasks);
     let http: Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
         Some(tls) => Box::pin(connections::serve_http(
-            crate::tls::handshakes(http_accepted, tls.http, token.clone()),
+            crate::tls::handshakes(http_accepted, tls.http, token.clone(), &tasks),
             http,
             settings,
             token.clone(),
@@ -210,7 +216,8 @@ pub async fn run(
     {
         (Some(listener), Some(router)) => {
             tracing::info!(metrics = %listener.local_addr()?, "metrics served on their own listener");
-            let accepted = connections::accept(listener, "metrics", settings, token.clone());
+            let accepted =
+                connections::accept(listener, "metrics", settings, token.clone(), &tasks);
             Box::pin(connections::serve_http(accepted, router, settings, token.clone()))
         }
         _ => Box::pin(std::future::ready(())),

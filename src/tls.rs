@@ -17,6 +17,7 @@ use tokio_rustls::rustls::{self, RootCertStore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::config::ServeConfig;
@@ -110,14 +111,16 @@ fn http_acceptor(
 /// Completes TLS handshakes on accepted connections, each in its own task so a slow client
 /// holds up no one, and hands over only finished TLS connections. Failed or slow handshakes
 /// are dropped and logged at debug level. Accepting itself (the cap, backoff on accept errors)
-/// is `connections::accept`'s.
+/// is `connections::accept`'s. Every task runs on `tasks`, the server's tracker.
 pub fn handshakes(
     mut accepted: mpsc::Receiver<(Counted, SocketAddr)>,
     acceptor: TlsAcceptor,
     shutdown: CancellationToken,
+    tasks: &TaskTracker,
 ) -> mpsc::Receiver<(TlsStream<Counted>, SocketAddr)> {
     let (tx, ready) = mpsc::channel(64);
-    tokio::spawn(async move {
+    let handshaking = tasks.clone();
+    tasks.spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
                 next = accepted.recv() => match next {
@@ -128,8 +131,16 @@ pub fn handshakes(
             };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let shutdown = shutdown.clone();
+            // A handshake still under way at shutdown is dropped, so it cannot hold up the
+            // server's drain of its tracker.
+            handshaking.spawn(async move {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                let outcome = tokio::select! {
+                    outcome = handshake => outcome,
+                    () = shutdown.cancelled() => return,
+                };
+                match outcome {
                     Ok(Ok(tls)) => {
                         let _ = tx.send((tls, peer)).await;
                     }

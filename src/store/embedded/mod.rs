@@ -188,6 +188,8 @@ impl SledStore {
         let (durable_tx, durable) = watch::channel(last);
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = Writer::new(shared.clone(), log, config.clone(), counts, acks, durable_tx)?;
+        // The one task outside any tracker: the group-commit writer is a blocking OS thread
+        // (it owns the log file and fsyncs), ended by `close`'s Close command and joined there.
         let writer = std::thread::Builder::new()
             .name("eventsd-commit".into())
             .spawn(move || writer.run(rx))?;
@@ -326,7 +328,8 @@ impl SharedTree {
     }
 }
 
-/// Runs blocking store work off the async threads.
+/// Runs blocking store work off the async threads. Not a background task: the caller awaits
+/// it in place, so it never outlives the call that needs it.
 async fn blocking<T: Send + 'static>(
     what: &'static str,
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
@@ -435,6 +438,7 @@ impl EventStore for SledStore {
         }
         let handle = self.writer.lock().ok().and_then(|mut w| w.take());
         if let Some(handle) = handle {
+            // Awaited in place: joining the writer thread blocks.
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }

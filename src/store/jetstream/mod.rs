@@ -42,6 +42,7 @@ use prost::Message;
 use prost_types::Timestamp;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
 use crate::event::{id, time, NewEvent};
@@ -84,6 +85,10 @@ struct Inner {
     deadline: Duration,
     metrics: Metrics,
     stop: CancellationToken,
+    /// The store's own tasks (following the stream, health, appends). They outlive the
+    /// server's task tracker on purpose: in-flight calls need them until the server has
+    /// drained, and `close` (after the drain) stops them and waits for them.
+    tasks: TaskTracker,
     /// Signs page tokens; the same in every instance (`setup::page_token_key`).
     page_token_key: [u8; 32],
 }
@@ -113,14 +118,15 @@ impl JetStreamStore {
         let (durable_tx, durable) = watch::channel(first - 1);
         let stop = CancellationToken::new();
         let healthy = Arc::new(AtomicBool::new(true));
-        tokio::spawn(follow::follow(
+        let tasks = TaskTracker::new();
+        tasks.spawn(follow::follow(
             api.clone(),
             index.clone(),
             recent.clone(),
             durable_tx,
             stop.clone(),
         ));
-        tokio::spawn(watch_health(api.clone(), healthy.clone(), stop.clone()));
+        tasks.spawn(watch_health(api.clone(), healthy.clone(), stop.clone()));
         let store = JetStreamStore(Arc::new(Inner {
             api,
             index,
@@ -130,6 +136,7 @@ impl JetStreamStore {
             deadline: config.request_timeout,
             metrics: config.metrics.clone(),
             stop,
+            tasks,
             page_token_key,
         }));
         let started = Instant::now();
@@ -394,7 +401,9 @@ impl EventStore for JetStreamStore {
         }
         // Its own task: a caller that hangs up does not cut a batch or a retry short.
         let store = self.clone();
-        tokio::spawn(async move { store.append_all(events).await })
+        self.0
+            .tasks
+            .spawn(async move { store.append_all(events).await })
             .await
             .map_err(|e| Error::Internal(format!("append task: {e}")))?
     }
@@ -417,6 +426,7 @@ impl EventStore for JetStreamStore {
             }
         }
         let index = self.0.index.clone();
+        // Index reads block on a lock; awaited in place, so not background tasks.
         let page = tokio::task::spawn_blocking(move || {
             read_index(&index, |index| list::page(index, index.state(), &query))
         })
@@ -478,6 +488,12 @@ impl EventStore for JetStreamStore {
 
     async fn close(&self) {
         self.0.stop.cancel();
+        self.0.tasks.close();
+        // An append still retrying ends within its deadline; the followers end at `stop`.
+        let bound = self.0.deadline + Duration::from_secs(5);
+        if tokio::time::timeout(bound, self.0.tasks.wait()).await.is_err() {
+            tracing::warn!(?bound, "JetStream store tasks still running at close");
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.0.api.client().flush()).await;
     }
 }
