@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use eventsd::config::{Cli, Command};
-use eventsd::server::{run, shutdown_signal, Listeners};
+use eventsd::{run, shutdown_signal, Listeners};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 

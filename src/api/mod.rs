@@ -6,7 +6,7 @@
 //! Every call carries the caller's [`Principal`], put there by the auth layer; handlers
 //! check its scope and narrow reads to its mode.
 
-pub mod get;
+pub(crate) mod get;
 pub mod list;
 
 use std::sync::Arc;

@@ -14,7 +14,7 @@
 //! block a live event of the same id. What modes still share is the sequence (see README).
 
 mod keys;
-pub mod layer;
+pub(crate) mod layer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};

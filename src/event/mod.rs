@@ -7,11 +7,11 @@
 //! GetEvent, ListEvents and SubscribeEvents serve the same bytes the writer made durable.
 
 pub mod cloudevent;
-pub mod filter;
-pub mod id;
+pub(crate) mod filter;
+pub(crate) mod id;
 pub mod json;
-pub mod time;
-pub mod wire_json;
+pub(crate) mod time;
+pub(crate) mod wire_json;
 
 use std::collections::HashSet;
 

@@ -25,5 +25,4 @@ pub mod limit;
 pub mod queue;
 pub mod subscription;
 
-pub use limit::{StreamLimit, StreamPermit};
 pub use subscription::{Fanout, Start, SubscribeEventsStream, SubscriptionConfig};

@@ -5,6 +5,6 @@
 //! idempotency and durability rules hold: a 2xx is sent only once the event is durable, and
 //! a delivery becomes visible to GetEvent, ListEvents and SubscribeEvents at once.
 
-pub mod http;
-pub mod sources;
+pub(crate) mod http;
+pub(crate) mod sources;
 pub mod webhook;

@@ -17,15 +17,15 @@
 //! this instance has read from the stream ([`EventStore::newest`] catches up to the stream).
 
 pub mod check;
-pub mod durability;
+pub(crate) mod durability;
 pub mod embedded;
-pub mod index;
+pub(crate) mod index;
 pub mod jetstream;
-pub mod list;
-pub mod log;
-pub mod recent;
-pub mod retention;
-pub mod stored;
+pub(crate) mod list;
+pub(crate) mod log;
+pub(crate) mod recent;
+pub(crate) mod retention;
+pub(crate) mod stored;
 
 use async_trait::async_trait;
 use prost_types::Timestamp;

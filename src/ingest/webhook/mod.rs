@@ -1,5 +1,5 @@
 //! Provider webhooks: signature verification ([`signature`]) and envelope parsing
 //! ([`envelope`]) for Omise, KOMOJU, Stripe and Standard Webhooks senders.
 
-pub mod envelope;
+pub(crate) mod envelope;
 pub mod signature;

@@ -25,11 +25,11 @@
 //! fan-out as the embedded store, fed by the follower, so an event published through one
 //! instance reaches subscribers of every instance.
 
-pub mod api;
-pub mod follow;
-pub mod index;
-pub mod setup;
-pub mod subject;
+pub(crate) mod api;
+pub(crate) mod follow;
+pub(crate) mod index;
+pub(crate) mod setup;
+pub(crate) mod subject;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};

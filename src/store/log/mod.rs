@@ -120,11 +120,6 @@ impl LogReader {
         locked(&self.segments).keys().copied().collect()
     }
 
-    /// The segment starting at `first`, if any.
-    pub fn segment(&self, first: u64) -> Option<Arc<Segment>> {
-        locked(&self.segments).get(&first).cloned()
-    }
-
     /// Deletes every segment whose records all lie below `first` (never the last segment).
     pub fn delete_below(&self, first: u64) -> Result<usize, Error> {
         let doomed: Vec<Arc<Segment>> = {
@@ -155,11 +150,6 @@ impl LogReader {
     /// below it is removed).
     pub fn set_first(&self, first: u64) -> Result<(), Error> {
         write_first(&self.dir, first)
-    }
-
-    /// The log's folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
