@@ -1,6 +1,10 @@
 //! eventsd: a durable events service over gRPC, on an embedded store (an event log of its own
 //! beside a sled index) or, for several instances, a replicated NATS JetStream stream.
 //!
+//! The public API is [`run`] (with [`Listeners`] and [`ServeConfig`]), [`config`], [`proto`]
+//! and [`client`]; the modules marked hidden are public only for this crate's tests and load
+//! generator, and everything else is crate-private.
+//!
 //! Map of the crate, from the outside in:
 //! - [`config`]: command line and environment (`eventsd`, `eventsd serve`, `eventsd tail`).
 //! - [`server`]: `run(config, listeners, shutdown)`, the one entry point of `main` and tests.
@@ -20,7 +24,8 @@
 //! - [`tls`]: TLS and mutual TLS for both listeners.
 //! - [`client`]: client subcommands for the terminal (`publish`, `get`, `list`, `tail`).
 //! - [`views`]: read-only HTTP views in the Omise and KOMOJU Events API shapes.
-//! - [`error`]: the one error type and its mapping to gRPC status codes.
+//! - [`error`]: the one error type and its one classification (gRPC code, HTTP status, stable
+//!   name) that every transport answers through.
 //! - [`proto`]: the generated `events.v1` code (a plain set, and the server's wire set that
 //!   sends stored event bytes as they are) and the descriptor set.
 
