@@ -9,7 +9,9 @@
 //! - [`config`]: command line and environment (`eventsd`, `eventsd serve`, `eventsd tail`).
 //! - [`server`]: `run(config, listeners, shutdown)`, the one entry point of `main` and tests.
 //! - [`auth`]: API keys, scopes and test/live modes.
-//! - [`api`]: the gRPC surface, `events.v1.EventService`; request validation at the boundary.
+//! - [`api`]: the gRPC surface, `events.v1.EventService`, an adapter over [`service`].
+//! - [`service`]: what each call does for a caller on every transport (reads so far): scope,
+//!   validation, mode, paging.
 //! - [`ingest`]: HTTP ingest: provider webhooks, `POST /events`, `GET /healthz`.
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`limits`]: overload protection: one in-flight limit across all connections.
@@ -42,8 +44,6 @@ pub use server::{run, shutdown_signal, Listeners};
 // Public only for this crate's integration tests, property tests and load generator, which
 // drive the store, keys, validation and webhook signing directly; not an API.
 #[doc(hidden)]
-pub mod api;
-#[doc(hidden)]
 pub mod auth;
 #[doc(hidden)]
 pub mod event;
@@ -52,6 +52,8 @@ pub mod ingest;
 #[doc(hidden)]
 pub mod metrics;
 #[doc(hidden)]
+pub mod service;
+#[doc(hidden)]
 pub mod store;
 
 // Outbound webhooks' rules (URL and address checks, retry schedule, signing), merged ahead of
@@ -59,6 +61,7 @@ pub mod store;
 #[doc(hidden)]
 pub mod delivery;
 
+pub(crate) mod api;
 pub(crate) mod connections;
 pub(crate) mod error;
 pub(crate) mod fanout;

@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 
-use crate::api::list::PageTokens;
 use crate::api::EventsApi;
 use crate::auth::layer::AuthLayer;
 use crate::auth::KeyRing;
@@ -28,6 +27,7 @@ use crate::ingest::sources::WebhookConfig;
 use crate::limits::InFlightLimit;
 use crate::metrics::{Metrics, MetricsState};
 use crate::proto::event_service_server::EventServiceServer;
+use crate::service::list::PageTokens;
 use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
 use crate::store::retention::{self, Retention};
 use crate::store::{EventStore, SledStore, StoreConfig};

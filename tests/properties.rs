@@ -3,9 +3,9 @@
 //! requests and page tokens, and filters (webhook envelopes and signatures have their own
 //! property tests beside their code).
 
-use eventsd::api::list::{PageRequest, PageTokens};
 use eventsd::event::{EventLimits, Filter, NewEvent};
 use eventsd::proto::{ListEventsRequest, PublishEventRequest};
+use eventsd::service::list::{PageRequest, PageTokens};
 use eventsd::Error;
 use proptest::prelude::*;
 use prost_types::{value::Kind, ListValue, Struct, Timestamp, Value};

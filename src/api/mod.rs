@@ -6,9 +6,6 @@
 //! Every call carries the caller's [`Principal`], put there by the auth layer; handlers
 //! check its scope and narrow reads to its mode.
 
-pub(crate) mod get;
-pub mod list;
-
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -26,6 +23,8 @@ use crate::proto::{
     GetEventRequest, ListEventsRequest, PublishEventRequest, PublishEventsRequest,
     SubscribeEventsRequest, WireEvent,
 };
+use crate::service;
+use crate::service::list::{Listing, PageTokens};
 use crate::store::{EventStore, StoredEvent};
 
 /// The EventService implementation: a few cheap-to-clone handles.
@@ -35,7 +34,7 @@ pub struct EventsApi {
     limits: EventLimits,
     fanout: Fanout,
     metrics: Metrics,
-    tokens: list::PageTokens,
+    tokens: PageTokens,
 }
 
 impl EventsApi {
@@ -45,7 +44,7 @@ impl EventsApi {
         limits: EventLimits,
         fanout: Fanout,
         metrics: Metrics,
-        tokens: list::PageTokens,
+        tokens: PageTokens,
     ) -> Self {
         EventsApi { store, limits, fanout, metrics, tokens }
     }
@@ -85,19 +84,13 @@ impl EventsApi {
 
     async fn get(&self, request: Request<GetEventRequest>) -> Result<StoredEvent, Error> {
         let caller = principal(&request)?;
-        caller.require(Scope::Read)?;
         let GetEventRequest { id, livemode } = request.into_inner();
-        if id.is_empty() {
-            return Err(Error::invalid("id", "is required"));
-        }
-        crate::event::id::validate(&id).map_err(|r| Error::invalid("id", r))?;
-        get::find_event(&*self.store, &caller, &id, livemode).await
+        service::get_event(&*self.store, &caller, &id, livemode).await
     }
 
-    async fn list(&self, request: Request<ListEventsRequest>) -> Result<list::Listing, Error> {
+    async fn list(&self, request: Request<ListEventsRequest>) -> Result<Listing, Error> {
         let caller = principal(&request)?;
-        caller.require(Scope::Read)?;
-        list::list_page(&*self.store, &self.tokens, &caller, request.into_inner()).await
+        service::list_events(&*self.store, &self.tokens, &caller, request.into_inner()).await
     }
 
     async fn subscribe(

@@ -84,12 +84,6 @@ impl Fanout {
         Fanout { store, config, limit, metrics, shutdown, tasks }
     }
 
-    /// The cap on open streams, shared by every streaming transport: each stream holds one
-    /// of its permits while open.
-    pub fn limit(&self) -> &StreamLimit {
-        &self.limit
-    }
-
     /// Resolves the start position and spawns the subscription's task.
     /// `cloudevents` sends events as CloudEvents instead of events.v1.Event.
     pub async fn subscribe(

@@ -18,10 +18,10 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::{data_json, find, json_response, reader, time_text, Params, ViewsState};
-use crate::api::list::MAX_LIMIT;
 use crate::error::Error;
 use crate::event::wire_json::ObjectWriter;
 use crate::proto::{ListEventsRequest, Order};
+use crate::service::list::MAX_LIMIT;
 use crate::store::StoredEvent;
 
 /// KOMOJU's page size when `per_page` is not given.

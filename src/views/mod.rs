@@ -7,7 +7,7 @@
 //!
 //! What the views promise:
 //! - A listing means exactly what ListEvents means: the query parameters become a
-//!   `ListEventsRequest` validated by [`crate::api::list::PageRequest`], so defaults, the limit cap, the type and
+//!   `ListEventsRequest` validated by [`crate::service::list::PageRequest`], so defaults, the limit cap, the type and
 //!   livemode filters, the exact `total` and the (created, sequence) order are ListEvents' own.
 //!   Paging is by offset (or KOMOJU page) rather than page token, so unlike a token listing, a
 //!   later page may see events committed after the first one.
@@ -40,12 +40,12 @@ use axum::Router;
 use bytes::Bytes;
 use prost_types::Timestamp;
 
-use crate::api::get::find_event;
-use crate::api::list::{list_page, Listing, PageTokens};
 use crate::auth::{KeyRing, Principal, Scope};
 use crate::error::Error;
-use crate::event::{id, time};
+use crate::event::time;
 use crate::proto::ListEventsRequest;
+use crate::service;
+use crate::service::list::{Listing, PageTokens};
 use crate::store::{EventStore, StoredEvent};
 
 /// What the view handlers share: cheap-to-clone handles.
@@ -81,10 +81,9 @@ fn reader(state: &ViewsState, headers: &HeaderMap) -> Result<Principal, Error> {
     Ok(caller)
 }
 
-/// The durable event with this id in the mode `?livemode=` asks for (see
-/// [`crate::api::get`] for the default), if the caller may see it. An id eventsd could never
-/// have stored is simply not found (for a path segment 404 is the answer, whatever is wrong
-/// with it), and so is an event of a mode the caller's key cannot read.
+/// The durable event with the id of the URL path in the mode `?livemode=` asks for, if the
+/// caller may see it ([`service::get_event_at_path`]: for a path segment 404 is the answer,
+/// whatever is wrong with it, as for an event of a mode the caller's key cannot read).
 async fn find(
     state: &ViewsState,
     caller: &Principal,
@@ -92,20 +91,19 @@ async fn find(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<StoredEvent, Error> {
     let livemode = Params::new(query)?.bool("livemode")?;
-    if id::validate(&event_id).is_err() {
-        return Err(Error::NotFound { id: event_id });
-    }
-    find_event(&*state.store, caller, &event_id, livemode).await
+    service::get_event_at_path(&*state.store, caller, &event_id, livemode).await
 }
 
-/// Runs one ListEvents page as the caller ([`list_page`]), with the type filter named as
-/// the HTTP parameter is.
+/// Runs one ListEvents page as the caller ([`service::list_events`]), with the type filter
+/// named as the HTTP parameter is.
 async fn list(
     state: &ViewsState,
     caller: &Principal,
     request: ListEventsRequest,
 ) -> Result<Listing, Error> {
-    list_page(&*state.store, &state.tokens, caller, request).await.map_err(name_type_param)
+    service::list_events(&*state.store, &state.tokens, caller, request)
+        .await
+        .map_err(name_type_param)
 }
 
 /// ListEvents names its type filter `types[i]`; over HTTP the parameter is `type`.

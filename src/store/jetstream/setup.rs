@@ -146,7 +146,7 @@ pub async fn page_token_key(
                 return Ok(value);
             }
             let fresh =
-                crate::api::list::PageTokens::random_key().map_err(|e| e.to_string())?.to_vec();
+                crate::service::list::PageTokens::random_key().map_err(|e| e.to_string())?.to_vec();
             match store.create(KEY, fresh.clone().into()).await {
                 Ok(_) => Ok(fresh.into()),
                 // Another instance created it first: theirs is the one.

@@ -1,4 +1,4 @@
-//! ListEvents at the gRPC boundary: defaults, validation, and the opaque page token.
+//! ListEvents for every transport: defaults, validation, paging and the opaque page token.
 //!
 //! The token pins a listing to the view of its first page: it carries that page's durable
 //! sequence (later commits stay out), the effective from/to/order/filters (a later request

@@ -1,4 +1,4 @@
-//! GetEvent's lookup, shared by gRPC and the HTTP views: which mode's event an id names.
+//! GetEvent's lookup, for every transport: which mode's event an id names.
 //!
 //! Test and live are separate namespaces, so an id may name one event in each. A caller
 //! chooses with `livemode`; without it a one-mode key looks in its own mode, and a key that
