@@ -23,8 +23,8 @@ use crate::proto::{
     GetEventRequest, ListEventsRequest, PublishEventRequest, PublishEventsRequest,
     SubscribeEventsRequest, WireEvent,
 };
-use crate::service;
 use crate::service::list::{Listing, PageTokens};
+use crate::service::{self, IdIn};
 use crate::store::{EventStore, StoredEvent};
 
 /// The EventService implementation: a few cheap-to-clone handles.
@@ -85,7 +85,7 @@ impl EventsApi {
     async fn get(&self, request: Request<GetEventRequest>) -> Result<StoredEvent, Error> {
         let caller = principal(&request)?;
         let GetEventRequest { id, livemode } = request.into_inner();
-        service::get_event(&*self.store, &caller, &id, livemode).await
+        service::get_event(&*self.store, &caller, &id, livemode, IdIn::Field).await
     }
 
     async fn list(&self, request: Request<ListEventsRequest>) -> Result<Listing, Error> {

@@ -9,8 +9,8 @@
 //! subscribe still run in their transports.
 //!
 //! An id has two readings, as the transports receive it:
-//! - in a request field ([`get_event`]), a malformed id is INVALID_ARGUMENT naming `id`;
-//! - in a URL path ([`get_event_at_path`]), no event could have it, so it is NOT_FOUND, the
+//! - in a request field ([`IdIn::Field`]), a malformed id is INVALID_ARGUMENT naming `id`;
+//! - in a URL path ([`IdIn::Path`]), no event could have it, so it is NOT_FOUND, the
 //!   answer for any path that names nothing.
 //!
 //! The layer passes the store's stored bytes through untouched.
@@ -24,35 +24,34 @@ use crate::event::id;
 use crate::store::{EventStore, StoredEvent};
 use list::{Listing, PageTokens};
 
-/// GetEvent: the durable event with the id of a request field, in the mode `livemode` asks
-/// for (see [`get`] for the default).
+/// Where a transport found the id it asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IdIn {
+    /// A request field (GetEventRequest.id): a malformed id is INVALID_ARGUMENT naming `id`.
+    Field,
+    /// A URL path segment: an id eventsd could never have stored is simply not found.
+    Path,
+}
+
+/// GetEvent: the durable event with this id, in the mode `livemode` asks for (see [`get`]
+/// for the default).
 pub(crate) async fn get_event(
     store: &dyn EventStore,
     caller: &Principal,
     event_id: &str,
     livemode: Option<bool>,
+    id_in: IdIn,
 ) -> Result<StoredEvent, Error> {
     caller.require(Scope::Read)?;
-    if event_id.is_empty() {
-        return Err(Error::invalid("id", "is required"));
+    let malformed = match event_id {
+        "" => Err("is required".to_string()),
+        _ => id::validate(event_id),
+    };
+    match (malformed, id_in) {
+        (Ok(()), _) => get::find_event(store, caller, event_id, livemode).await,
+        (Err(reason), IdIn::Field) => Err(Error::invalid("id", reason)),
+        (Err(_), IdIn::Path) => Err(Error::NotFound { id: event_id.to_string() }),
     }
-    id::validate(event_id).map_err(|reason| Error::invalid("id", reason))?;
-    get::find_event(store, caller, event_id, livemode).await
-}
-
-/// GetEvent for an id taken from a URL path: an id eventsd could never have stored is simply
-/// not found.
-pub(crate) async fn get_event_at_path(
-    store: &dyn EventStore,
-    caller: &Principal,
-    event_id: &str,
-    livemode: Option<bool>,
-) -> Result<StoredEvent, Error> {
-    caller.require(Scope::Read)?;
-    if id::validate(event_id).is_err() {
-        return Err(Error::NotFound { id: event_id.to_string() });
-    }
-    get::find_event(store, caller, event_id, livemode).await
 }
 
 /// ListEvents: one page of the listing, as the caller may see it.

@@ -44,8 +44,8 @@ use crate::auth::{KeyRing, Principal, Scope};
 use crate::error::Error;
 use crate::event::time;
 use crate::proto::ListEventsRequest;
-use crate::service;
 use crate::service::list::{Listing, PageTokens};
+use crate::service::{self, IdIn};
 use crate::store::{EventStore, StoredEvent};
 
 /// What the view handlers share: cheap-to-clone handles.
@@ -82,7 +82,7 @@ fn reader(state: &ViewsState, headers: &HeaderMap) -> Result<Principal, Error> {
 }
 
 /// The durable event with the id of the URL path in the mode `?livemode=` asks for, if the
-/// caller may see it ([`service::get_event_at_path`]: for a path segment 404 is the answer,
+/// caller may see it ([`IdIn::Path`]: for a path segment 404 is the answer,
 /// whatever is wrong with it, as for an event of a mode the caller's key cannot read).
 async fn find(
     state: &ViewsState,
@@ -91,7 +91,7 @@ async fn find(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<StoredEvent, Error> {
     let livemode = Params::new(query)?.bool("livemode")?;
-    service::get_event_at_path(&*state.store, caller, &event_id, livemode).await
+    service::get_event(&*state.store, caller, &event_id, livemode, IdIn::Path).await
 }
 
 /// Runs one ListEvents page as the caller ([`service::list_events`]), with the type filter
