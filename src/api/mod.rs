@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Principal, Scope};
 use crate::error::Error;
-use crate::event::{EventLimits, Filter, NewEvent};
+use crate::event::{EventLimits, Filter};
 use crate::fanout::{Fanout, Start, SubscribeEventsStream};
 use crate::metrics::Metrics;
 use crate::proto::event_service_server::EventService;
@@ -24,7 +24,7 @@ use crate::proto::{
     SubscribeEventsRequest, WireEvent,
 };
 use crate::service::list::{Listing, PageTokens};
-use crate::service::{self, IdIn};
+use crate::service::{self, IdIn, Publish};
 use crate::store::{EventStore, StoredEvent};
 
 /// The EventService implementation: a few cheap-to-clone handles.
@@ -49,33 +49,20 @@ impl EventsApi {
         EventsApi { store, limits, fanout, metrics, tokens }
     }
 
-    /// PublishEvent and PublishEvents: authorise, validate, append; every answer is counted,
+    /// PublishEvent and PublishEvents over the service layer; every answer is counted,
     /// refusals also as ingest rejections.
     async fn publish<T>(
         &self,
         request: Request<T>,
-        batch: bool,
-        entries: impl FnOnce(T) -> Vec<PublishEventRequest>,
+        publish: impl FnOnce(T) -> Publish,
     ) -> Result<Vec<StoredEvent>, Error> {
         let result = async {
             let caller = principal(&request)?;
-            caller.require(Scope::Publish)?;
-            let mut entries = entries(request.into_inner());
-            let events = if batch {
-                NewEvent::batch_from_requests(entries, &self.limits)?
-            } else {
-                let entry = entries.pop().unwrap_or_default();
-                vec![NewEvent::from_request(entry, &self.limits, "")?]
-            };
-            for (i, event) in events.iter().enumerate() {
-                let field =
-                    if batch { format!("events[{i}].livemode") } else { "livemode".to_string() };
-                caller.require_mode(event.livemode, &field)?;
-            }
-            let stored = self.store.append(events).await?;
-            Ok::<_, Error>(stored.into_iter().map(|a| a.event).collect())
+            let publish = publish(request.into_inner());
+            service::publish(&*self.store, &self.limits, &caller, publish).await
         }
-        .await;
+        .await
+        .map(|stored| stored.into_iter().map(|a| a.event).collect());
         if let Err(err) = &result {
             self.metrics.rejected("grpc", err.code_name());
         }
@@ -138,7 +125,7 @@ impl EventService for EventsApi {
         &self,
         request: Request<PublishEventRequest>,
     ) -> Result<Response<WireEvent>, Status> {
-        let mut stored = self.publish(request, false, |r| vec![r]).await?;
+        let mut stored = self.publish(request, Publish::One).await?;
         let appended =
             stored.pop().ok_or_else(|| Error::Internal("the store returned no event".into()))?;
         Ok(Response::new(WireEvent::from(&appended)))
@@ -148,7 +135,7 @@ impl EventService for EventsApi {
         &self,
         request: Request<PublishEventsRequest>,
     ) -> Result<Response<PublishEventsResponse>, Status> {
-        let stored = self.publish(request, true, |r| r.events).await?;
+        let stored = self.publish(request, |r| Publish::Batch(r.events)).await?;
         let events = stored.iter().map(WireEvent::from).collect();
         Ok(Response::new(PublishEventsResponse { events }))
     }

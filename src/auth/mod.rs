@@ -43,6 +43,16 @@ impl Principal {
         Principal { name: "anonymous".into(), scopes: vec![Scope::Admin], mode: Mode::All }
     }
 
+    /// The sender of a webhook route's deliveries, authenticated by their signature: it may
+    /// publish, in either mode (the route decides each delivery's livemode).
+    pub fn webhook(source: &str) -> Self {
+        Principal {
+            name: format!("webhook:{source}"),
+            scopes: vec![Scope::Publish],
+            mode: Mode::All,
+        }
+    }
+
     /// PERMISSION_DENIED unless the key has `scope` (or admin).
     pub fn require(&self, scope: Scope) -> Result<(), Error> {
         if self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin) {

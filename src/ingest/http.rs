@@ -17,16 +17,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Map, Value};
 
-use crate::auth::{KeyRing, Scope};
+use crate::auth::{KeyRing, Principal, Scope};
 use crate::connections::BodyTimedOut;
 use crate::error::Error;
 use crate::event::json::{object_to_struct, write_stored_event};
-use crate::event::{time, EventLimits, NewEvent};
+use crate::event::{time, EventLimits};
 use crate::ingest::sources::WebhookConfig;
 use crate::ingest::webhook::envelope::{self, WebhookEvent};
 use crate::ingest::webhook::signature::{self, Provider};
 use crate::metrics::Metrics;
 use crate::proto::PublishEventRequest;
+use crate::service::{self, Publish};
 use crate::store::{Appended, EventStore};
 
 /// What the HTTP handlers share: cheap-to-clone handles.
@@ -124,9 +125,11 @@ async fn receive_webhook(
     };
     let request = webhook_request(delivery, livemode, &source_name)
         .map_err(|e| as_sent_by(source.provider, e))?;
-    let event = NewEvent::from_request(request, &state.limits, "")
+    let sender = Principal::webhook(&source_name);
+    let stored = service::publish(&*state.store, &state.limits, &sender, Publish::One(request))
+        .await
         .map_err(|e| as_sent_by(source.provider, e))?;
-    append_one(&state, event).await
+    created(stored)
 }
 
 /// `POST /events`: the proto3 JSON form of PublishEventRequest; refusals are counted.
@@ -151,13 +154,13 @@ async fn receive_publish(
     let body = body_bytes(body, state.max_body_bytes)?;
     let json = parse_json(&body)?;
     let request = publish_request(&json)?;
-    let event = NewEvent::from_request(request, &state.limits, "")?;
-    caller.require_mode(event.livemode, "livemode")?;
-    append_one(state, event).await
+    let stored =
+        service::publish(&*state.store, &state.limits, &caller, Publish::One(request)).await?;
+    created(stored)
 }
 
-async fn append_one(state: &IngestState, event: NewEvent) -> Result<Response, Error> {
-    let mut stored = state.store.append(vec![event]).await?;
+/// The answer to a publish of one event: 201 for a new event, 200 for a redelivery.
+fn created(mut stored: Vec<Appended>) -> Result<Response, Error> {
     let Some(Appended { event, new }) = stored.pop() else {
         return Err(Error::Internal("the store returned no event".into()));
     };

@@ -4,9 +4,10 @@
 //! the scope, validates, narrows to the caller's mode and reads the store, so the same input
 //! gets the same answer on every transport.
 //!
-//! Reads (GetEvent, ListEvents and their HTTP views) live here today: [`get`] for which mode's
-//! event an id names, [`list`] for ListEvents' defaults, paging and page tokens. Publish and
-//! subscribe still run in their transports.
+//! Here today: [`publish`] (PublishEvent, PublishEvents, `POST /events`, webhook deliveries),
+//! and the reads (GetEvent, ListEvents and their HTTP views): [`get`] for which mode's event an
+//! id names, [`list`] for ListEvents' defaults, paging and page tokens. Subscribe still runs in
+//! its transport (`api` over `fanout`).
 //!
 //! An id has two readings, as the transports receive it:
 //! - in a request field ([`IdIn::Field`]), a malformed id is INVALID_ARGUMENT naming `id`;
@@ -20,9 +21,38 @@ pub mod list;
 
 use crate::auth::{Principal, Scope};
 use crate::error::Error;
-use crate::event::id;
-use crate::store::{EventStore, StoredEvent};
+use crate::event::{id, EventLimits, NewEvent};
+use crate::proto::PublishEventRequest;
+use crate::store::{Appended, EventStore, StoredEvent};
 use list::{Listing, PageTokens};
+
+/// What a publish carries.
+pub(crate) enum Publish {
+    /// One event: PublishEvent, `POST /events`, a webhook delivery.
+    One(PublishEventRequest),
+    /// PublishEvents: all or nothing, fields named `events[i].…`.
+    Batch(Vec<PublishEventRequest>),
+}
+
+/// Publish: the scope, the event rules, the caller's mode for every event, then the durable
+/// append; the answer holds each event as stored and whether this call stored it.
+pub(crate) async fn publish(
+    store: &dyn EventStore,
+    limits: &EventLimits,
+    caller: &Principal,
+    publish: Publish,
+) -> Result<Vec<Appended>, Error> {
+    caller.require(Scope::Publish)?;
+    let (events, batch) = match publish {
+        Publish::One(request) => (vec![NewEvent::from_request(request, limits, "")?], false),
+        Publish::Batch(requests) => (NewEvent::batch_from_requests(requests, limits)?, true),
+    };
+    for (i, event) in events.iter().enumerate() {
+        let field = if batch { format!("events[{i}].livemode") } else { "livemode".to_string() };
+        caller.require_mode(event.livemode, &field)?;
+    }
+    store.append(events).await
+}
 
 /// Where a transport found the id it asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
