@@ -1,24 +1,24 @@
-//! The gRPC surface: `events.v1.EventService` on top of the store and the fan-out.
+//! The gRPC surface: `events.v1.EventService`, a thin adapter over the service layer.
 //!
-//! Handlers are straight-line: validate the request into domain types (the `event` module and
-//! [`list::PageRequest`]), call the store, map errors to a status in one place (`error.rs`).
-//! A publish is handed to the store's writer, which finishes it even if the client hangs up.
-//! Every call carries the caller's [`Principal`], put there by the auth layer; handlers
-//! check its scope and narrow reads to its mode.
+//! Every call carries the caller's [`Principal`], put there by the auth layer; a handler
+//! hands it and the request to [`crate::service`] (scope, validation, mode, the store or the
+//! fan-out), and turns the answer into the response, or the error into a status through the
+//! one classification (`error.rs`). A publish is handed to the store's writer, which finishes
+//! it even if the client hangs up. Every answer is counted in
+//! `eventsd_requests_total{transport="grpc"}`; the auth layer and the in-flight limit count
+//! the calls they refuse before a handler runs.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Principal, Scope};
+use crate::auth::Principal;
 use crate::error::Error;
-use crate::event::{EventLimits, Filter};
-use crate::fanout::{Fanout, Start, SubscribeEventsStream};
+use crate::event::EventLimits;
+use crate::fanout::{Fanout, SubscribeEventsStream};
 use crate::metrics::Metrics;
 use crate::proto::event_service_server::EventService;
-use crate::proto::subscribe_events_request::Start as StartProto;
 use crate::proto::wire::{ListEventsResponse, PublishEventsResponse};
-use crate::proto::Format;
 use crate::proto::{
     GetEventRequest, ListEventsRequest, PublishEventRequest, PublishEventsRequest,
     SubscribeEventsRequest, WireEvent,
@@ -85,24 +85,7 @@ impl EventsApi {
         request: Request<SubscribeEventsRequest>,
     ) -> Result<SubscribeEventsStream, Error> {
         let caller = principal(&request)?;
-        caller.require(Scope::Subscribe)?;
-        let req = request.into_inner();
-        let mut filter = Filter::new(&req.types, req.livemode)?;
-        caller.restrict(&mut filter)?;
-        let start = match req.start {
-            None | Some(StartProto::FromBeginning(false)) => Start::Now,
-            Some(StartProto::FromBeginning(true)) => Start::Beginning,
-            Some(StartProto::AfterSequence(seq)) => Start::After(seq),
-            Some(StartProto::FromCreated(t)) => Start::Created(t),
-        };
-        let cloudevents = match Format::try_from(req.format) {
-            Ok(Format::Unspecified | Format::Event) => false,
-            Ok(Format::Cloudevent) => true,
-            Err(_) => {
-                return Err(Error::invalid("format", format!("unknown value {}", req.format)))
-            }
-        };
-        self.fanout.subscribe(start, filter, cloudevents).await
+        service::subscribe(&self.fanout, &caller, request.into_inner()).await
     }
 }
 

@@ -3,8 +3,10 @@
 //! Order of checks for a delivery, cheapest and least revealing first: route (404), content
 //! type (415), body size (413), signature (401), JSON (400), envelope and event rules (422,
 //! naming the field), then the durable append: 201 for a new event, 200 for a redelivery of
-//! the same event, 409 for the same id with different content. Errors are JSON in the Omise
-//! error shape (`error.rs`).
+//! the same event, 409 for the same id with different content. The publish itself (scope,
+//! event rules, mode, append) is the service layer's ([`crate::service::publish`]); a webhook
+//! delivery publishes as [`Principal::webhook`]. Errors are JSON in the Omise error shape
+//! (`error.rs`).
 
 use std::sync::Arc;
 

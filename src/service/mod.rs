@@ -6,8 +6,8 @@
 //!
 //! Here today: [`publish`] (PublishEvent, PublishEvents, `POST /events`, webhook deliveries),
 //! and the reads (GetEvent, ListEvents and their HTTP views): [`get`] for which mode's event an
-//! id names, [`list`] for ListEvents' defaults, paging and page tokens. Subscribe still runs in
-//! its transport (`api` over `fanout`).
+//! id names, [`list`] for ListEvents' defaults, paging and page tokens; and [`subscribe`],
+//! which opens a stream on the fan-out.
 //!
 //! An id has two readings, as the transports receive it:
 //! - in a request field ([`IdIn::Field`]), a malformed id is INVALID_ARGUMENT naming `id`;
@@ -21,8 +21,10 @@ pub mod list;
 
 use crate::auth::{Principal, Scope};
 use crate::error::Error;
-use crate::event::{id, EventLimits, NewEvent};
-use crate::proto::PublishEventRequest;
+use crate::event::{id, EventLimits, Filter, NewEvent};
+use crate::fanout::{Fanout, Start, SubscribeEventsStream};
+use crate::proto::subscribe_events_request::Start as StartProto;
+use crate::proto::{Format, PublishEventRequest, SubscribeEventsRequest};
 use crate::store::{Appended, EventStore, StoredEvent};
 use list::{Listing, PageTokens};
 
@@ -52,6 +54,32 @@ pub(crate) async fn publish(
         caller.require_mode(event.livemode, &field)?;
     }
     store.append(events).await
+}
+
+/// SubscribeEvents: the scope, the filter narrowed to the caller's mode, the start position
+/// and the format, then a stream from the fan-out (which refuses positions outside the store).
+pub(crate) async fn subscribe(
+    fanout: &Fanout,
+    caller: &Principal,
+    request: SubscribeEventsRequest,
+) -> Result<SubscribeEventsStream, Error> {
+    caller.require(Scope::Subscribe)?;
+    let mut filter = Filter::new(&request.types, request.livemode)?;
+    caller.restrict(&mut filter)?;
+    let start = match request.start {
+        None | Some(StartProto::FromBeginning(false)) => Start::Now,
+        Some(StartProto::FromBeginning(true)) => Start::Beginning,
+        Some(StartProto::AfterSequence(seq)) => Start::After(seq),
+        Some(StartProto::FromCreated(t)) => Start::Created(t),
+    };
+    let cloudevents = match Format::try_from(request.format) {
+        Ok(Format::Unspecified | Format::Event) => false,
+        Ok(Format::Cloudevent) => true,
+        Err(_) => {
+            return Err(Error::invalid("format", format!("unknown value {}", request.format)))
+        }
+    };
+    fanout.subscribe(start, filter, cloudevents).await
 }
 
 /// Where a transport found the id it asks for.

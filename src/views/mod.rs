@@ -5,6 +5,9 @@
 //! - `GET /api/v1/events`, `GET /api/v1/events/{id}`: the KOMOJU shapes ([`komoju`]).
 //! - `GET /cloudevents`, `GET /cloudevents/{id}`: CloudEvents 1.0 JSON ([`cloudevents`]).
 //!
+//! The views are adapters over the service layer ([`crate::service`]): get and list run there,
+//! as they do for gRPC; query parameters, path ids and the output shapes are the views' own.
+//!
 //! What the views promise:
 //! - A listing means exactly what ListEvents means: the query parameters become a
 //!   `ListEventsRequest` validated by [`crate::service::list::PageRequest`], so defaults, the limit cap, the type and
