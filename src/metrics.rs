@@ -251,9 +251,11 @@ impl Metrics {
         self.0.deliveries.inc();
     }
 
-    /// One event API request answered, `code` being [`OK`] or the error's name.
+    /// One event API request answered, `code` being [`OK`] or the error's name: counted, and
+    /// logged in the same line on every transport.
     pub fn request(&self, transport: &'static str, operation: &'static str, code: &'static str) {
         self.0.requests.get_or_create(&RequestLabels { transport, operation, code }).inc();
+        tracing::debug!(transport, operation, code, "request answered");
     }
 
     /// One event API request answered with `result`; the result is handed back.
