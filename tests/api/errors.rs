@@ -10,9 +10,10 @@ use eventsd::proto::{
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+use crate::hardening::{secured, ADMIN, ATTACKER};
 use crate::helpers::{spawn_app, TestApp};
-use crate::http_events::{get, post, Reply};
-use crate::support::{after_sequence, at, event, publish};
+use crate::http_events::Reply;
+use crate::support::{after_sequence, at, event, publish, HANG_GUARD};
 
 /// An id no event may have (a space and `!` are outside the id alphabet).
 const MALFORMED_ID: &str = "bad id!";
@@ -40,6 +41,10 @@ const UNSUPPORTED_MEDIA_TYPE: Class =
     Class { grpc: Code::InvalidArgument, http: 415, name: "unsupported_media_type" };
 const METHOD_NOT_ALLOWED: Class =
     Class { grpc: Code::Unimplemented, http: 405, name: "method_not_allowed" };
+const UNAUTHENTICATED: Class =
+    Class { grpc: Code::Unauthenticated, http: 401, name: "unauthenticated" };
+const PERMISSION_DENIED: Class =
+    Class { grpc: Code::PermissionDenied, http: 403, name: "permission_denied" };
 
 /// One gRPC call of the table.
 enum Grpc {
@@ -58,6 +63,8 @@ enum Http {
 /// One row: a bad input, the transports that offer the call, and what the answer must be.
 struct Case {
     name: &'static str,
+    /// The API key sent on both transports, if any.
+    key: Option<&'static str>,
     grpc: Option<Grpc>,
     http: Vec<Http>,
     class: Class,
@@ -71,10 +78,76 @@ fn publish_json(body: &'static str) -> Http {
     Http::Post { path: "/events", content_type: "application/json", body }
 }
 
+/// The cases for a server with API keys: the key check and the key's scope and mode come
+/// before anything else, on every transport.
+fn keyed_table() -> Vec<Case> {
+    let live = || PublishEventRequest { livemode: true, ..event("charge.create") };
+    vec![
+        Case {
+            key: None,
+            name: "a call without a key",
+            grpc: Some(Grpc::List(ListEventsRequest::default())),
+            http: vec![
+                publish_json(r#"{"type": "a.b", "data": {}}"#),
+                Http::Get("/events"),
+                Http::Get("/api/v1/events/evt_1"),
+                Http::Get("/cloudevents"),
+            ],
+            class: UNAUTHENTICATED,
+            grpc_names: "",
+            http_names: "",
+        },
+        Case {
+            key: Some("sk_test_not_a_key"),
+            name: "a call with an unknown key",
+            grpc: Some(Grpc::Get(GetEventRequest { id: "evt_1".into(), livemode: None })),
+            http: vec![Http::Get("/events/evt_1")],
+            class: UNAUTHENTICATED,
+            grpc_names: "",
+            http_names: "",
+        },
+        Case {
+            key: Some(ATTACKER),
+            name: "a test key publishing a live event",
+            grpc: Some(Grpc::Publish(live())),
+            http: vec![publish_json(r#"{"type": "a.b", "livemode": true, "data": {}}"#)],
+            class: PERMISSION_DENIED,
+            grpc_names: "livemode",
+            http_names: "livemode",
+        },
+        Case {
+            key: Some(ATTACKER),
+            name: "a test key listing live events",
+            grpc: Some(Grpc::List(ListEventsRequest {
+                livemode: Some(true),
+                ..Default::default()
+            })),
+            http: vec![
+                Http::Get("/events?livemode=true"),
+                Http::Get("/api/v1/events?livemode=true"),
+                Http::Get("/cloudevents?livemode=true"),
+            ],
+            class: PERMISSION_DENIED,
+            grpc_names: "livemode",
+            http_names: "livemode",
+        },
+        Case {
+            key: Some(ADMIN),
+            name: "a bad input from a key that may do everything",
+            grpc: Some(Grpc::Get(GetEventRequest { id: MALFORMED_ID.into(), livemode: None })),
+            http: vec![Http::Get("/events?limit=-1")],
+            class: INVALID_ARGUMENT,
+            grpc_names: "id",
+            http_names: "limit",
+        },
+    ]
+}
+
 fn table() -> Vec<Case> {
     let valid = || event("charge.create");
     vec![
         Case {
+            key: None,
             name: "a publish without a type",
             grpc: Some(Grpc::Publish(PublishEventRequest { r#type: String::new(), ..valid() })),
             http: vec![publish_json(r#"{"data": {"amount": 1}}"#)],
@@ -83,6 +156,7 @@ fn table() -> Vec<Case> {
             http_names: "type",
         },
         Case {
+            key: None,
             name: "a publish with a malformed id",
             grpc: Some(Grpc::Publish(PublishEventRequest { id: MALFORMED_ID.into(), ..valid() })),
             http: vec![publish_json(r#"{"id": "bad id!", "type": "charge.create", "data": {}}"#)],
@@ -91,6 +165,7 @@ fn table() -> Vec<Case> {
             http_names: "id",
         },
         Case {
+            key: None,
             name: "a publish of a stored id with another type",
             grpc: Some(Grpc::Publish(PublishEventRequest {
                 id: STORED_ID.into(),
@@ -104,6 +179,7 @@ fn table() -> Vec<Case> {
             http_names: "type",
         },
         Case {
+            key: None,
             name: "a malformed id in a request field",
             grpc: Some(Grpc::Get(GetEventRequest { id: MALFORMED_ID.into(), livemode: None })),
             http: vec![],
@@ -112,6 +188,7 @@ fn table() -> Vec<Case> {
             http_names: "id",
         },
         Case {
+            key: None,
             name: "a malformed id in a URL path",
             grpc: None,
             http: vec![
@@ -124,6 +201,7 @@ fn table() -> Vec<Case> {
             http_names: "bad id!",
         },
         Case {
+            key: None,
             name: "an id never stored",
             grpc: Some(Grpc::Get(GetEventRequest { id: "evt_missing".into(), livemode: None })),
             http: vec![
@@ -136,6 +214,7 @@ fn table() -> Vec<Case> {
             http_names: "evt_missing",
         },
         Case {
+            key: None,
             name: "a negative limit",
             grpc: Some(Grpc::List(ListEventsRequest { limit: -1, ..Default::default() })),
             http: vec![Http::Get("/events?limit=-1"), Http::Get("/cloudevents?limit=-1")],
@@ -144,6 +223,7 @@ fn table() -> Vec<Case> {
             http_names: "limit",
         },
         Case {
+            key: None,
             name: "a range that ends before it starts",
             grpc: Some(Grpc::List(ListEventsRequest {
                 from: Some(at(2_000_000_000)),
@@ -156,6 +236,7 @@ fn table() -> Vec<Case> {
             http_names: "from",
         },
         Case {
+            key: None,
             name: "a malformed type filter",
             grpc: Some(Grpc::List(ListEventsRequest {
                 types: vec!["bad type!".into()],
@@ -171,6 +252,7 @@ fn table() -> Vec<Case> {
             http_names: "type",
         },
         Case {
+            key: None,
             name: "a forged page token",
             grpc: Some(Grpc::List(ListEventsRequest {
                 page_token: "forged".into(),
@@ -182,6 +264,7 @@ fn table() -> Vec<Case> {
             http_names: "page_token",
         },
         Case {
+            key: None,
             name: "an unknown subscription format",
             grpc: Some(Grpc::Subscribe(SubscribeEventsRequest { format: 9, ..after_sequence(0) })),
             http: vec![],
@@ -190,6 +273,7 @@ fn table() -> Vec<Case> {
             http_names: "format",
         },
         Case {
+            key: None,
             name: "a position beyond the newest event",
             grpc: Some(Grpc::Subscribe(after_sequence(1_000))),
             http: vec![],
@@ -198,6 +282,7 @@ fn table() -> Vec<Case> {
             http_names: "after_sequence",
         },
         Case {
+            key: None,
             name: "a body that is not JSON",
             grpc: None,
             http: vec![publish_json("{not json")],
@@ -206,6 +291,7 @@ fn table() -> Vec<Case> {
             http_names: "JSON",
         },
         Case {
+            key: None,
             name: "a body that is not declared as JSON",
             grpc: None,
             http: vec![Http::Post { path: "/events", content_type: "text/plain", body: "{}" }],
@@ -214,6 +300,7 @@ fn table() -> Vec<Case> {
             http_names: "content type",
         },
         Case {
+            key: None,
             name: "a webhook route that is not configured",
             grpc: None,
             http: vec![Http::Post {
@@ -226,6 +313,7 @@ fn table() -> Vec<Case> {
             http_names: "nope",
         },
         Case {
+            key: None,
             name: "a path with no route",
             grpc: None,
             http: vec![Http::Get("/no/such/route")],
@@ -234,6 +322,7 @@ fn table() -> Vec<Case> {
             http_names: "/no/such/route",
         },
         Case {
+            key: None,
             name: "a route asked with a method it does not take",
             grpc: None,
             http: vec![Http::Post {
@@ -248,27 +337,71 @@ fn table() -> Vec<Case> {
     ]
 }
 
+/// A gRPC request with the case's key, if any, in `authorization`.
+fn with_key<T>(message: T, key: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(key) = key {
+        let value = format!("Bearer {key}").parse().expect("an ASCII header value");
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
 /// Sends one gRPC call of the table; the error it must end with.
-async fn send_grpc(app: &TestApp, call: Grpc) -> Result<(), Status> {
+async fn send_grpc(app: &TestApp, call: Grpc, key: Option<&str>) -> Result<(), Status> {
     let mut client = app.client.clone();
     match call {
-        Grpc::Publish(request) => client.publish_event(request).await.map(drop),
-        Grpc::Get(request) => client.get_event(request).await.map(drop),
-        Grpc::List(request) => client.list_events(request).await.map(drop),
-        Grpc::Subscribe(request) => client.subscribe_events(request).await.map(drop),
+        Grpc::Publish(request) => client.publish_event(with_key(request, key)).await.map(drop),
+        Grpc::Get(request) => client.get_event(with_key(request, key)).await.map(drop),
+        Grpc::List(request) => client.list_events(with_key(request, key)).await.map(drop),
+        Grpc::Subscribe(request) => client.subscribe_events(with_key(request, key)).await.map(drop),
     }
 }
 
-/// Sends one HTTP request of the table.
-async fn send_http(app: &TestApp, request: &Http) -> (String, Reply) {
-    match request {
-        Http::Get(path) => (format!("GET {path}"), get(&format!("{}{path}", app.http)).await),
-        Http::Post { path, content_type, body } => {
-            let url = format!("{}{path}", app.http);
-            let reply = post(&url, Some(content_type), &[], body.as_bytes().to_vec()).await;
-            (format!("POST {path} ({content_type})"), reply)
+/// Sends one HTTP request of the table with the case's key, if any, as a bearer token.
+async fn send_http(app: &TestApp, request: &Http, key: Option<&str>) -> (String, Reply) {
+    let client = reqwest::Client::builder().no_proxy().build().expect("HTTP client");
+    let (described, builder) = match request {
+        Http::Get(path) => (format!("GET {path}"), client.get(format!("{}{path}", app.http))),
+        Http::Post { path, content_type, body } => (
+            format!("POST {path} ({content_type})"),
+            client
+                .post(format!("{}{path}", app.http))
+                .header("content-type", *content_type)
+                .body(*body),
+        ),
+    };
+    let builder = match key {
+        Some(key) => builder.bearer_auth(key),
+        None => builder,
+    };
+    let exchange = async {
+        let response = builder.send().await.expect("send the request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("read the response body");
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Reply { status, text, json }
+    };
+    let reply = tokio::time::timeout(HANG_GUARD, exchange).await.expect("hang guard: HTTP request");
+    (described, reply)
+}
+
+/// Sends every case over every transport it names; the number of answers and what was wrong.
+async fn run_table(app: &TestApp, cases: Vec<Case>) -> (usize, Vec<String>) {
+    let mut mismatches = Vec::new();
+    let mut answers = 0;
+    for mut case in cases {
+        if let Some(call) = case.grpc.take() {
+            answers += 1;
+            mismatches.extend(grpc_mismatch(&case, send_grpc(app, call, case.key).await));
+        }
+        for request in &case.http {
+            answers += 1;
+            let (described, reply) = send_http(app, request, case.key).await;
+            mismatches.extend(http_mismatch(&case, &described, &reply));
         }
     }
+    (answers, mismatches)
 }
 
 /// What is wrong with a gRPC answer, if anything.
@@ -320,22 +453,9 @@ async fn every_bad_input_gets_the_one_classification_on_every_transport_that_off
         PublishEventRequest { id: STORED_ID.into(), ..event("charge.create") },
     )
     .await;
-    let cases = table();
 
     // Act
-    let mut mismatches = Vec::new();
-    let mut answers = 0;
-    for mut case in cases {
-        if let Some(call) = case.grpc.take() {
-            answers += 1;
-            mismatches.extend(grpc_mismatch(&case, send_grpc(&app, call).await));
-        }
-        for request in &case.http {
-            answers += 1;
-            let (described, reply) = send_http(&app, request).await;
-            mismatches.extend(http_mismatch(&case, &described, &reply));
-        }
-    }
+    let (answers, mismatches) = run_table(&app, table()).await;
 
     // Assert: every answer matched, and the table did send over both transports.
     assert!(
@@ -345,4 +465,18 @@ async fn every_bad_input_gets_the_one_classification_on_every_transport_that_off
         mismatches.join("\n")
     );
     assert!(answers >= 30, "the table sent only {answers} requests");
+}
+
+#[tokio::test]
+async fn with_api_keys_refusals_get_the_one_classification_on_every_transport() {
+    // Arrange
+    let (app, _keys) = secured(|_| {}).await;
+
+    // Act
+    let (answers, mismatches) = run_table(&app, keyed_table()).await;
+
+    // Assert
+    let report = mismatches.join("\n");
+    assert!(mismatches.is_empty(), "{} of {answers} answers:\n{report}", mismatches.len());
+    assert!(answers >= 15, "the table sent only {answers} requests");
 }

@@ -28,7 +28,7 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::helpers::{embedded_only, spawn_app_with, TestApp};
 use crate::support::{channel, event, everything, json_struct, HANG_GUARD};
 
-const ATTACKER: &str = "sk_test_attacker_Vb8Qz2";
+pub(crate) const ATTACKER: &str = "sk_test_attacker_Vb8Qz2";
 const LIVE: &str = "sk_live_operator_Kp3Rn7";
 pub(crate) const ADMIN: &str = "sk_admin_operator_Hx5Tw9";
 
