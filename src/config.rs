@@ -264,6 +264,52 @@ pub struct ServeConfig {
     /// Interval between SubscribeEvents heartbeats, such as `15s` or `500ms`.
     #[arg(long, env = "EVENTSD_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
+
+    /// Outbound webhooks.
+    #[command(flatten)]
+    pub delivery: DeliveryConfig,
+}
+
+/// Outbound webhook settings (`--delivery-*`; the inbound receiver's are `--webhook-*`).
+#[derive(Debug, Clone, Args)]
+pub struct DeliveryConfig {
+    /// Longest an attempt may take, from connect to the answer's head.
+    #[arg(long = "delivery-timeout", env = "EVENTSD_DELIVERY_TIMEOUT", default_value = "15s",
+          value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Delay before each attempt, comma-separated; the first entry is the first attempt and
+    /// the length is the most attempts (each delay jittered by ±20%).
+    #[arg(long = "delivery-retry-schedule", env = "EVENTSD_DELIVERY_RETRY_SCHEDULE",
+          default_value = crate::delivery::schedule::DEFAULT_SCHEDULE, value_parser = parse_schedule)]
+    pub retry_schedule: crate::delivery::schedule::RetrySchedule,
+
+    /// An endpoint that has failed every attempt for this long is disabled.
+    #[arg(long = "delivery-disable-after", env = "EVENTSD_DELIVERY_DISABLE_AFTER",
+          default_value = "5days", value_parser = parse_duration)]
+    pub disable_after: Duration,
+
+    /// How long a rotated-out secret keeps signing beside the new one.
+    #[arg(long = "delivery-rotation-overlap", env = "EVENTSD_DELIVERY_ROTATION_OVERLAP",
+          default_value = "24h", value_parser = parse_duration)]
+    pub rotation_overlap: Duration,
+
+    /// Accept endpoints on loopback, private, link-local and other non-public addresses.
+    #[arg(long = "delivery-allow-private", env = "EVENTSD_DELIVERY_ALLOW_PRIVATE")]
+    pub allow_private: bool,
+
+    /// Accept plain `http` endpoint URLs.
+    #[arg(long = "delivery-allow-http", env = "EVENTSD_DELIVERY_ALLOW_HTTP")]
+    pub allow_http: bool,
+
+    /// Extra CA certificates (PEM) to trust for `https` endpoints, beside the system roots.
+    #[arg(long = "delivery-ca", env = "EVENTSD_DELIVERY_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+fn parse_schedule(text: &str) -> Result<crate::delivery::schedule::RetrySchedule, String> {
+    crate::delivery::schedule::RetrySchedule::parse("--delivery-retry-schedule", text)
+        .map_err(|e| e.to_string())
 }
 
 impl ServeConfig {
