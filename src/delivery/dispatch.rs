@@ -427,6 +427,9 @@ impl Worker {
 
     /// The stored event with this sequence, or `None` if retention removed it.
     async fn event(&self, sequence: u64) -> Result<Option<StoredEvent>, Error> {
+        if sequence < self.settings.store.first_sequence() {
+            return Ok(None);
+        }
         let events = self.settings.store.read_from(sequence.saturating_sub(1), 1).await?;
         Ok(events.into_iter().next().filter(|e| e.sequence() == sequence))
     }
@@ -437,6 +440,19 @@ impl Worker {
             let durable = *self.durable.borrow();
             if self.cursor >= durable {
                 break;
+            }
+            // Retention removed events this endpoint had not reached: they are gone for it
+            // too (no record is written for them), and the walk goes on from the oldest kept.
+            let oldest = self.settings.store.first_sequence().saturating_sub(1);
+            if self.cursor < oldest {
+                tracing::warn!(
+                    endpoint = self.id(),
+                    skipped = oldest - self.cursor,
+                    "retention removed events before this endpoint reached them"
+                );
+                self.settings.state.advance(self.id(), oldest, &[])?;
+                self.cursor = oldest;
+                continue;
             }
             let events = self.settings.store.read_from(self.cursor, READ_BATCH).await?;
             if events.is_empty() {

@@ -449,7 +449,7 @@ impl Webhooks {
         }
         // Events above the cursor: not tried yet, listed as pending without a record.
         let newest = *settings.store.durable().borrow();
-        let mut position = after.max(cursor);
+        let mut position = after.max(cursor).max(settings.store.first_sequence().saturating_sub(1));
         let mut scanned = 0;
         while position < newest && deliveries.len() < limit && scanned < MAX_UNTRIED_SCAN {
             let events = settings.store.read_from(position, 256).await?;
@@ -468,11 +468,6 @@ impl Webhooks {
             }
         }
         let token = if position < newest { position.to_string() } else { String::new() };
-        let token = if token.is_empty() && deliveries.len() == limit && position < newest {
-            next(&deliveries)
-        } else {
-            token
-        };
         Ok(ListDeliveriesResponse { deliveries, next_page_token: token })
     }
 
@@ -523,6 +518,9 @@ impl Webhooks {
             .map_err(|_| Error::NoSuch { kind: "delivery", id: id.to_owned() })?;
         let cursor = self.dispatcher.cursor(record.id())?;
         if sequence > cursor {
+            if sequence < self.dispatcher.settings().store.first_sequence() {
+                return Err(Error::NoSuch { kind: "delivery", id: id.to_owned() });
+            }
             // Not tried yet: it is on its way; say so without writing anything.
             let settings = self.dispatcher.settings();
             let events = settings.store.read_from(sequence - 1, 1).await?;
