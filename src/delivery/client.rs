@@ -218,3 +218,179 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{self, ServerConfig};
+    use tokio_rustls::TlsAcceptor;
+
+    use super::*;
+
+    const LOOPBACK: TargetRules = TargetRules { allow_private: true, allow_http: true };
+
+    /// A CA and a `localhost` leaf it signed: (CA PEM, leaf PEM, leaf key PEM).
+    fn pki() -> (String, String, String) {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "delivery test CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+        (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
+    }
+
+    /// Answers every connection with `status` after reading the request head; counts them.
+    async fn receiver(
+        tls: Option<TlsAcceptor>,
+        status: u16,
+    ) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                    let mut buf = vec![0u8; 16 * 1024];
+                    match tls {
+                        Some(acceptor) => {
+                            let Ok(mut stream) = acceptor.accept(tcp).await else { return };
+                            let _ = stream.read(&mut buf).await;
+                            let _ = stream.write_all(answer.as_bytes()).await;
+                            let _ = stream.flush().await;
+                        }
+                        None => {
+                            let mut stream = tcp;
+                            let _ = stream.read(&mut buf).await;
+                            let _ = stream.write_all(answer.as_bytes()).await;
+                        }
+                    }
+                });
+            }
+        });
+        (port, count)
+    }
+
+    fn url(text: &str) -> url::Url {
+        url::Url::parse(text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_a_private_address_is_refused_at_connect_time() {
+        let (port, connections) = receiver(None, 200).await;
+        let rules = TargetRules { allow_private: false, allow_http: true };
+        let sender = Sender::new(rules, Duration::from_secs(5), None).unwrap();
+        // `localhost` is what a rebinding name looks like once resolved: 127.0.0.1 / ::1.
+        let outcome = sender
+            .post(
+                &url(&format!("http://localhost:{port}/hook")),
+                "application/json",
+                &[],
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!((outcome.status, outcome.error.as_str()), (0, DESTINATION_REFUSED));
+        assert_eq!(
+            connections.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "no connection was made"
+        );
+        // Allowed, the same receiver answers.
+        let sender = Sender::new(LOOPBACK, Duration::from_secs(5), None).unwrap();
+        let outcome = sender
+            .post(
+                &url(&format!("http://localhost:{port}/hook")),
+                "application/json",
+                &[],
+                Bytes::new(),
+            )
+            .await;
+        assert!(outcome.succeeded(), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn non_2xx_answers_and_refused_connections_are_failed_attempts() {
+        let (port, _) = receiver(None, 302).await;
+        let sender = Sender::new(LOOPBACK, Duration::from_secs(5), None).unwrap();
+        let redirect = sender
+            .post(&url(&format!("http://127.0.0.1:{port}/")), "application/json", &[], Bytes::new())
+            .await;
+        assert_eq!(
+            (redirect.status, redirect.error.as_str()),
+            (302, "HTTP 302"),
+            "redirects are not followed"
+        );
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let refused = sender
+            .post(&url(&format!("http://127.0.0.1:{port}/")), "application/json", &[], Bytes::new())
+            .await;
+        assert_eq!(refused.status, 0);
+        assert!(refused.error.starts_with("connect:"), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn https_trusts_delivery_ca_and_refuses_an_unknown_issuer() {
+        let (ca_pem, cert_pem, key_pem) = pki();
+        let certs = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
+        let (port, _) = receiver(Some(TlsAcceptor::from(Arc::new(config))), 204).await;
+        let target = url(&format!("https://localhost:{port}/hook"));
+        let untrusted = Sender::new(LOOPBACK, Duration::from_secs(5), None).unwrap();
+        let outcome = untrusted.post(&target, "application/json", &[], Bytes::new()).await;
+        assert_eq!(outcome.status, 0);
+        assert!(outcome.error.starts_with("TLS:"), "{outcome:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, ca_pem).unwrap();
+        let trusted = Sender::new(LOOPBACK, Duration::from_secs(5), Some(&ca)).unwrap();
+        let outcome = trusted.post(&target, "application/json", &[], Bytes::new()).await;
+        assert!(outcome.succeeded() && outcome.status == 204, "{outcome:?}");
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let err =
+            Sender::new(LOOPBACK, Duration::from_secs(5), Some(&ca)).err().expect("a bad CA file");
+        assert!(err.to_string().starts_with("--delivery-ca"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_deadline_covers_a_receiver_that_never_answers() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let (_stream, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let sender = Sender::new(LOOPBACK, Duration::from_millis(200), None).unwrap();
+        let outcome = sender
+            .post(&url(&format!("http://127.0.0.1:{port}/")), "application/json", &[], Bytes::new())
+            .await;
+        assert_eq!((outcome.status, outcome.error.as_str()), (0, "timeout"));
+        held.abort();
+    }
+}
