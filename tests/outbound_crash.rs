@@ -134,13 +134,11 @@ async fn every_acknowledged_event_is_delivered_after_kill_9() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let seen = seen.lock().unwrap();
-    let repeated = seen.attempts.values().filter(|&&n| n > 2).count();
+    let repeated = seen.lock().unwrap().attempts.values().filter(|&&n| n > 2).count();
     println!(
         "outbound kill -9: {} events over {CYCLES} kills, all delivered; {repeated} delivered more than once",
         acknowledged.len()
     );
-    drop(seen);
     let status = server.terminate(Duration::from_secs(30)).await.expect("SIGTERM stop");
     assert!(status.success(), "exit {status}");
 }
