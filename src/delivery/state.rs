@@ -97,6 +97,10 @@ pub struct DeliveryStore {
     db: sled::Db,
     endpoints: sled::Tree,
     deliveries: sled::Tree,
+    /// One flush at a time: concurrent `sled::Db::flush_async` calls can hang forever in sled
+    /// 0.34 (seen here with 32 concurrent endpoint writes), so flushes are serialised and run
+    /// as the blocking `flush` on the blocking pool.
+    flushing: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The key of one delivery record.
@@ -126,14 +130,13 @@ impl DeliveryStore {
             .map_err(Error::from_storage)?;
         let endpoints = db.open_tree("endpoints")?;
         let deliveries = db.open_tree("deliveries")?;
-        Ok(DeliveryStore { db, endpoints, deliveries })
+        Ok(DeliveryStore { db, endpoints, deliveries, flushing: Default::default() })
     }
 
     /// Stores an endpoint and flushes it to disk.
     pub async fn put_endpoint(&self, record: &EndpointRecord) -> Result<(), Error> {
         self.endpoints.insert(record.id().as_bytes(), record.encode_to_vec())?;
-        self.db.flush_async().await?;
-        Ok(())
+        self.flush().await
     }
 
     /// One endpoint, tombstones included.
@@ -185,8 +188,7 @@ impl DeliveryStore {
     /// Sets the cursor and flushes it (a replay, or a new endpoint's start).
     pub async fn set_cursor(&self, endpoint_id: &str, cursor: u64) -> Result<(), Error> {
         self.deliveries.insert(endpoint_id.as_bytes(), &cursor.to_be_bytes())?;
-        self.db.flush_async().await?;
-        Ok(())
+        self.flush().await
     }
 
     /// Stores one delivery record.
@@ -237,9 +239,13 @@ impl DeliveryStore {
         self.deliveries(endpoint_id, 0, usize::MAX, |d| d.status == pending).map(|(d, _)| d)
     }
 
-    /// Flushes everything written so far (shutdown).
+    /// Flushes everything written so far to disk.
     pub async fn flush(&self) -> Result<(), Error> {
-        self.db.flush_async().await?;
+        let _one_at_a_time = self.flushing.lock().await;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| Error::Internal(format!("delivery state flush: {e}")))??;
         Ok(())
     }
 }
@@ -294,5 +300,34 @@ mod tests {
         };
         assert_eq!(record.active_secrets(999), vec!["new", "old"]);
         assert_eq!(record.active_secrets(1_000), vec!["new"]);
+    }
+}
+
+#[cfg(test)]
+mod concurrency {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_endpoint_writes_all_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeliveryStore::open(dir.path()).unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..32 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let record = EndpointRecord {
+                    endpoint: Some(Endpoint { id: format!("ep_{i:020}"), ..Endpoint::default() }),
+                    ..EndpointRecord::default()
+                };
+                store.set_cursor(record.id(), 1).await.unwrap();
+                store.put_endpoint(&record).await.unwrap();
+            });
+        }
+        let all = async {
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap()
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), all).await.expect("flushes hung");
     }
 }
