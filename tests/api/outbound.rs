@@ -879,3 +879,113 @@ async fn endpoints_and_pending_deliveries_survive_a_restart() {
     assert_eq!(read.url, endpoint.url);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn replay_redelivers_and_deliveries_list_by_event_and_metrics_count_them() {
+    if embedded_only("outbound webhooks") {
+        return;
+    }
+    let mut app = app("0s").await;
+    let receiver = Receiver::start(Behaviour::Ok).await;
+    let mut client = webhooks(&app).await;
+    let endpoint = create(&mut client, &receiver, CreateEndpointRequest::default()).await;
+    let published =
+        publish_batch(&mut app.client, (0..3).map(|_| event("charge.create")).collect()).await;
+    receiver.wait_for("three deliveries", |r| r.len() == 3).await;
+    let replayed = client
+        .replay_endpoint(eventsd::proto::ReplayEndpointRequest {
+            endpoint_id: endpoint.id.clone(),
+            start: Some(eventsd::proto::replay_endpoint_request::Start::AfterSequence(
+                published[0].sequence,
+            )),
+        })
+        .await
+        .expect("replay")
+        .into_inner();
+    assert_eq!(replayed.id, endpoint.id);
+    receiver.wait_for("the two later events again", |r| r.len() == 5).await;
+    let again: Vec<String> =
+        receiver.received()[3..].iter().map(|r| r.webhook_id.clone()).collect();
+    let later: HashSet<String> = published[1..].iter().map(|e| e.id.clone()).collect();
+    assert_eq!(again.into_iter().collect::<HashSet<_>>(), later);
+    let one = client
+        .list_deliveries(ListDeliveriesRequest {
+            endpoint_id: endpoint.id.clone(),
+            event_id: published[2].id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(one.deliveries.len(), 1);
+    let delivery = &one.deliveries[0];
+    assert_eq!(
+        (delivery.event_id.as_str(), delivery.attempts.len()),
+        (published[2].id.as_str(), 2)
+    );
+    let too_far = client
+        .replay_endpoint(eventsd::proto::ReplayEndpointRequest {
+            endpoint_id: endpoint.id.clone(),
+            start: Some(eventsd::proto::replay_endpoint_request::Start::AfterSequence(1_000)),
+        })
+        .await
+        .expect_err("beyond the newest sequence");
+    assert_eq!(too_far.code(), Code::OutOfRange);
+    let metrics =
+        reqwest::get(format!("{}/metrics", app.http)).await.unwrap().text().await.unwrap();
+    let line = format!(
+        "eventsd_webhook_deliveries_total{{endpoint=\"{}\",status=\"succeeded\"}} 5",
+        endpoint.id
+    );
+    assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+    assert!(!metrics.contains(&endpoint.secret), "a secret in the metrics");
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_past_disable_after_is_disabled_and_resumes_when_enabled() {
+    if embedded_only("outbound webhooks") {
+        return;
+    }
+    let mut app = spawn_app_with(|c| {
+        c.delivery.allow_private = true;
+        c.delivery.allow_http = true;
+        c.delivery.retry_schedule =
+            eventsd::delivery::schedule::RetrySchedule::parse("s", "0s,20ms,20ms,20ms").unwrap();
+        c.delivery.disable_after = Duration::from_millis(1);
+    })
+    .await;
+    let receiver = Receiver::start(Behaviour::Status(500)).await;
+    let mut client = webhooks(&app).await;
+    let endpoint = create(&mut client, &receiver, CreateEndpointRequest::default()).await;
+    let published = publish(&mut app.client, event("charge.create")).await;
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    loop {
+        let read = client
+            .get_endpoint(GetEndpointRequest { id: endpoint.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if read.disabled {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never disabled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pending = deliveries(&mut client, &endpoint.id, DeliveryStatus::Pending).await;
+    assert_eq!(pending.len(), 1, "the delivery waits while the endpoint is disabled: {pending:?}");
+    receiver.set(Behaviour::Ok);
+    client
+        .update_endpoint(UpdateEndpointRequest {
+            endpoint: Some(Endpoint {
+                id: endpoint.id.clone(),
+                disabled: false,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["disabled".into()] }),
+        })
+        .await
+        .expect("enable");
+    receiver
+        .wait_for("the delivery after enabling", |_| receiver.delivered().contains(&published.id))
+        .await;
+}
