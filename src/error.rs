@@ -26,6 +26,14 @@ pub enum Error {
         /// The id asked for.
         id: String,
     },
+    /// No webhook endpoint or delivery has this id.
+    #[error("{kind} {id:?} not found")]
+    NoSuch {
+        /// What was looked for: `endpoint` or `delivery`.
+        kind: &'static str,
+        /// The id asked for.
+        id: String,
+    },
     /// An event with this id is stored with different content.
     #[error("event {id:?} already exists with a different {field}")]
     AlreadyExists {
@@ -217,9 +225,10 @@ impl Error {
             Error::UnsupportedMediaType(_) => {
                 class(Code::InvalidArgument, H::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
-            Error::NotFound { .. } | Error::UnknownSource(_) | Error::NoRoute { .. } => {
-                class(Code::NotFound, H::NOT_FOUND, "not_found")
-            }
+            Error::NotFound { .. }
+            | Error::NoSuch { .. }
+            | Error::UnknownSource(_)
+            | Error::NoRoute { .. } => class(Code::NotFound, H::NOT_FOUND, "not_found"),
             Error::MethodNotAllowed { .. } => {
                 class(Code::Unimplemented, H::METHOD_NOT_ALLOWED, "method_not_allowed")
             }

@@ -56,8 +56,7 @@ pub mod service;
 #[doc(hidden)]
 pub mod store;
 
-// Outbound webhooks' rules (URL and address checks, retry schedule, signing), merged ahead of
-// the delivery worker that will use them; public until then so the unwired code is kept.
+// Outbound webhooks; public because the configuration's delivery settings carry its types.
 #[doc(hidden)]
 pub mod delivery;
 

@@ -7,6 +7,9 @@
 //! it even if the client hangs up. Every answer is counted in
 //! `eventsd_requests_total{transport="grpc"}`; the auth layer and the in-flight limit count
 //! the calls they refuse before a handler runs.
+//! [`webhooks`] is the `events.v1.WebhookService` surface (outbound webhooks).
+
+pub(crate) mod webhooks;
 
 use std::sync::Arc;
 
@@ -94,7 +97,7 @@ const TRANSPORT: &str = "grpc";
 
 /// The caller of a request, put there by [`crate::auth::layer::AuthLayer`]; a request that
 /// did not pass it has none (fail closed).
-fn principal<T>(request: &Request<T>) -> Result<Principal, Error> {
+pub(crate) fn principal<T>(request: &Request<T>) -> Result<Principal, Error> {
     request
         .extensions()
         .get::<Principal>()
