@@ -7,8 +7,9 @@
 //!
 //! What the views promise:
 //! - A listing means exactly what ListEvents means: the query parameters become a
-//!   `ListEventsRequest` validated by [`crate::api::list::PageRequest`], so defaults, the limit cap, the type and
-//!   livemode filters, the exact `total` and the (created, sequence) order are ListEvents' own.
+//!   `ListEventsRequest` validated by [`crate::api::list::PageRequest`], so defaults, the limit cap, the type,
+//!   livemode and source filters, the exact `total` and the (created, sequence) order are
+//!   ListEvents' own.
 //!   Paging is by offset (or KOMOJU page) rather than page token, so unlike a token listing, a
 //!   later page may see events committed after the first one.
 //! - Like every read, a view shows only durable events.
@@ -240,6 +241,7 @@ mod tests {
             }
         }
         fn extras(o: &mut Map<String, Json>, e: &Event) {
+            o.insert("received".into(), ts(&e.received));
             o.insert("sequence".into(), Json::from(e.sequence));
             o.insert("source".into(), label(&e.source));
             o.insert("api_version".into(), label(&e.api_version));
