@@ -232,7 +232,12 @@ impl IntoResponse for Error {
         } else {
             self.to_string()
         };
-        let body = serde_json::json!({ "object": "error", "code": code, "message": message });
+        let mut body = serde_json::json!({ "object": "error", "code": code, "message": message });
+        // The same machine-readable reason and earliest position gRPC puts in its ErrorInfo.
+        if let Error::Expired { earliest, .. } = &self {
+            body["reason"] = "EVENTS_EXPIRED".into();
+            body["earliest_sequence"] = (*earliest).into();
+        }
         (status, axum::Json(body)).into_response()
     }
 }

@@ -93,6 +93,18 @@ pub async fn run(
     };
     let in_flight = InFlightLimit::new(config.max_in_flight);
     let limits = EventLimits { max_data_bytes: config.max_data_bytes };
+    // Before the routers: gRPC SubscribeEvents and the HTTP stream share it.
+    let fanout = Fanout::new(
+        store.clone(),
+        SubscriptionConfig {
+            heartbeat: config.heartbeat_interval,
+            max_subscribers: config.max_subscribers,
+        },
+        metrics.clone(),
+        keys.clone(),
+        token.clone(),
+        tasks.clone(),
+    );
     let http = router(IngestState {
         store: store.clone(),
         limits,
@@ -105,6 +117,7 @@ pub async fn run(
         store: store.clone(),
         keys: keys.clone(),
         tokens: tokens.clone(),
+        fanout: fanout.clone(),
     }));
     let scrape = |admin_keys| {
         crate::metrics::router(MetricsState {
@@ -121,16 +134,6 @@ pub async fn run(
         Some(_) => (http, Some(scrape(None))),
         None => (http.merge(scrape(keys.enabled().then(|| keys.clone()))), None),
     };
-    let fanout = Fanout::new(
-        store.clone(),
-        SubscriptionConfig {
-            heartbeat: config.heartbeat_interval,
-            max_subscribers: config.max_subscribers,
-        },
-        metrics.clone(),
-        token.clone(),
-        tasks.clone(),
-    );
     let api = EventsApi::new(store.clone(), limits, fanout, metrics, tokens);
     let events = EventServiceServer::new(api)
         .max_decoding_message_size(config.max_request_bytes)

@@ -166,7 +166,7 @@ impl EventService for EventsApi {
                 return Err(Error::invalid("format", format!("unknown value {}", req.format)).into())
             }
         };
-        let stream = self.fanout.subscribe(start, filter, cloudevents).await?;
+        let stream = self.fanout.subscribe(caller, start, filter, cloudevents).await?;
         Ok(Response::new(stream))
     }
 }

@@ -1,9 +1,12 @@
-//! Provider-shaped JSON views over HTTP: stored events read back in the shapes of the Omise
-//! and KOMOJU Events APIs, so a client written for either provider can read eventsd as is.
+//! The read side of the HTTP listener: stored events read back in the shapes of the Omise
+//! and KOMOJU Events APIs (so a client written for either provider can read eventsd as is),
+//! the live stream as Server-Sent Events, and who the caller is.
 //!
 //! - `GET /events`, `GET /events/{id}`: the Omise list and event shapes ([`omise`]).
 //! - `GET /api/v1/events`, `GET /api/v1/events/{id}`: the KOMOJU shapes ([`komoju`]).
 //! - `GET /cloudevents`, `GET /cloudevents/{id}`: CloudEvents 1.0 JSON ([`cloudevents`]).
+//! - `GET /stream/events`: SubscribeEvents as Server-Sent Events ([`stream`]).
+//! - `GET /whoami`: the caller's key name, scopes and mode ([`whoami`]).
 //!
 //! What the views promise:
 //! - A listing means exactly what ListEvents means: the query parameters become a
@@ -28,6 +31,8 @@
 pub mod cloudevents;
 pub mod komoju;
 pub mod omise;
+pub mod stream;
+pub mod whoami;
 
 use std::sync::Arc;
 
@@ -45,6 +50,7 @@ use crate::api::list::{list_page, Listing, PageTokens};
 use crate::auth::{KeyRing, Principal, Scope};
 use crate::error::Error;
 use crate::event::{id, time};
+use crate::fanout::Fanout;
 use crate::proto::ListEventsRequest;
 use crate::store::{EventStore, StoredEvent};
 
@@ -57,6 +63,8 @@ pub struct ViewsState {
     pub keys: KeyRing,
     /// Signs and checks page tokens (the same secret as gRPC's).
     pub tokens: PageTokens,
+    /// Subscriptions, shared with gRPC SubscribeEvents (one `--max-subscribers` cap).
+    pub fanout: Fanout,
 }
 
 /// The read-only view routes, to merge into the HTTP router.
@@ -68,6 +76,8 @@ pub fn router(state: ViewsState) -> Router {
         .route("/api/v1/events/{id}", get(komoju::get))
         .route("/cloudevents", get(cloudevents::poll))
         .route("/cloudevents/{id}", get(cloudevents::get))
+        .route("/stream/events", get(stream::events))
+        .route("/whoami", get(whoami::whoami))
         .with_state(state)
 }
 

@@ -14,6 +14,7 @@ mod publish;
 mod reflection_health;
 mod retention;
 mod security;
+mod stream;
 mod subscribe;
 mod support;
 mod tls;

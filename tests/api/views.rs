@@ -6,10 +6,11 @@
 
 use eventsd::proto::{Event, PublishEventRequest};
 use serde_json::{json, Value as Json};
-use tonic::metadata::MetadataValue;
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp};
-use crate::support::{at, event, fixture, json_struct, publish, rfc3339, HANG_GUARD, T0};
+use crate::helpers::{spawn_app, spawn_app_with_keys, TestApp};
+use crate::support::{
+    at, event, fixture, json_struct, publish, publish_with_key, rfc3339, HANG_GUARD, T0,
+};
 
 /// Fields the views add to the provider shapes; nothing else may appear.
 const OMISE_EXTRAS: [&str; 4] = ["sequence", "source", "api_version", "received"];
@@ -397,20 +398,11 @@ mode = "all"
 
 #[tokio::test]
 async fn with_api_keys_the_views_need_a_read_key_and_show_only_its_mode() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let keys = dir.path().join("keys.toml");
-    std::fs::write(&keys, KEYS).expect("write the key file");
-    let app = spawn_app_with(|c| c.api_keys = Some(keys.clone())).await;
+    let (app, _keys) = spawn_app_with_keys(KEYS).await;
     let mut client = app.client.clone();
     for (id, livemode) in [("evt_test_1", false), ("evt_live_1", true)] {
-        let mut request = tonic::Request::new(PublishEventRequest {
-            id: id.into(),
-            livemode,
-            ..event("charge.create")
-        });
-        let admin = MetadataValue::try_from("Bearer sk_admin_views").expect("metadata");
-        request.metadata_mut().insert("authorization", admin);
-        client.publish_event(request).await.expect("publish with the admin key");
+        let request = PublishEventRequest { id: id.into(), livemode, ..event("charge.create") };
+        publish_with_key(&mut client, "sk_admin_views", request).await;
     }
 
     for path in ["/events", "/events/evt_test_1", "/api/v1/events", "/api/v1/events/evt_test_1"] {

@@ -1,0 +1,242 @@
+//! `GET /stream/events`: the subscription stream as Server-Sent Events, for browsers, shell
+//! scripts (`curl -N`) and anything else where gRPC is awkward.
+//!
+//! It is not a second fan-out: the handler opens the same subscription as SubscribeEvents
+//! ([`crate::fanout`]) and only changes the framing, so the guarantees are the same ones:
+//! every durable matching event exactly once, in sequence order, never before it is durable;
+//! catch-up then live with no gap; a slow reader stays behind on the store and slows nobody
+//! (its server-side memory is the subscription's bounded queue plus the connection's
+//! buffers); `--max-subscribers` counts these streams with the gRPC ones; a key reload that
+//! takes the caller's right away ends the stream at once.
+//!
+//! Framing:
+//! - each event is one message with no `event:` line (so `EventSource.onmessage` fires):
+//!   `id:` is its sequence, `data:` the event as `GET /events/{id}` shows it;
+//! - `event: caught_up` once, when the history is delivered, with `data: {"sequence":N}` and
+//!   `id: N`, so a client that reconnects after it resumes from there;
+//! - a comment (`: heartbeat`) every `--heartbeat-interval`;
+//! - the stream's end, when the server ends it (shutdown, a removed key), is one
+//!   `event: error` message holding the JSON error body (`{"object":"error","code","message"}`).
+//!
+//! Query parameters are named as the views name them: `type` (repeatable or comma-separated,
+//! with trailing wildcards), `livemode=true|false`, and at most one start: `from_beginning=true`,
+//! `after_sequence=N` or `from_created=<RFC 3339>` (none: only events committed from now on).
+//! A `Last-Event-ID` header (what `EventSource` sends when it reconnects) overrides the start
+//! with "after this sequence". Errors come before the first byte, as the views' JSON error
+//! bodies: 401 or 403 for the key (the `subscribe` scope is needed), 422 naming the parameter,
+//! 400 for a position outside the store (`reason: EVENTS_EXPIRED` when retention removed what
+//! follows it), 503 when `--max-subscribers` streams are open.
+
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use tokio_stream::StreamExt;
+use tonic::{Code, Status};
+
+use super::{name_type_param, omise, Params, ViewsState};
+use crate::auth::Scope;
+use crate::error::Error;
+use crate::event::Filter;
+use crate::fanout::Start;
+use crate::proto::wire::subscribe_events_response::Item;
+use crate::proto::wire::SubscribeEventsResponse;
+use crate::store::StoredEvent;
+
+/// The request header that resumes a stream.
+const LAST_EVENT_ID: &str = "last-event-id";
+
+/// `GET /stream/events`.
+pub async fn events(
+    State(state): State<ViewsState>,
+    headers: HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, Error> {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let caller = state.keys.authenticate(authorization)?;
+    caller.require(Scope::Subscribe)?;
+    let params = Params::new(query)?;
+    let mut filter =
+        Filter::new(&params.list("type"), params.bool("livemode")?).map_err(name_type_param)?;
+    caller.restrict(&mut filter)?;
+    let (start, field) = start(&params, &headers)?;
+    let stream = state
+        .fanout
+        .subscribe(caller, start, filter, false)
+        .await
+        .map_err(|err| name_start_param(err, field))?;
+    let body = Body::from_stream(stream.map(|item| Ok::<_, Infallible>(frame(item))));
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        // Proxies such as nginx would otherwise hold messages back in their buffers.
+        (header::HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
+    ];
+    Ok((headers, body).into_response())
+}
+
+/// Where the stream starts, and the name of the parameter that said so (for errors about
+/// the position).
+fn start(params: &Params, headers: &HeaderMap) -> Result<(Start, &'static str), Error> {
+    let beginning = params.bool("from_beginning")? == Some(true);
+    let after = params.one("after_sequence")?.map(|text| sequence("after_sequence", text));
+    let after = after.transpose()?;
+    let created = params.time("from_created")?;
+    let given: Vec<&str> = [
+        ("from_beginning", beginning),
+        ("after_sequence", after.is_some()),
+        ("from_created", created.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    if given.len() > 1 {
+        return Err(Error::invalid(
+            given.join(", "),
+            "give at most one of from_beginning=true, after_sequence and from_created",
+        ));
+    }
+    let resume = headers.get(LAST_EVENT_ID).map(|value| {
+        let text = value.to_str().map_err(|_| Error::invalid("Last-Event-ID", "is not text"))?;
+        Ok::<_, Error>(Some(text.trim()).filter(|t| !t.is_empty()))
+    });
+    if let Some(text) = resume.transpose()?.flatten() {
+        return Ok((Start::After(sequence("Last-Event-ID", text)?), "Last-Event-ID"));
+    }
+    Ok(match (beginning, after, created) {
+        (true, _, _) => (Start::Beginning, "from_beginning"),
+        (_, Some(seq), _) => (Start::After(seq), "after_sequence"),
+        (_, _, Some(t)) => (Start::Created(t), "from_created"),
+        _ => (Start::Now, "after_sequence"),
+    })
+}
+
+fn sequence(name: &str, text: &str) -> Result<u64, Error> {
+    text.trim()
+        .parse()
+        .map_err(|_| Error::invalid(name, format!("must be a whole number (got {text:?})")))
+}
+
+/// The fan-out names positions as SubscribeEvents' fields; over HTTP they are named as the
+/// request gave them.
+fn name_start_param(err: Error, field: &'static str) -> Error {
+    match err {
+        Error::Expired { earliest, .. } => Error::Expired { position: field, earliest },
+        Error::OutOfRange { reason, .. } => Error::OutOfRange { field, reason },
+        Error::InvalidArgument { reason, .. } if field == "from_created" => {
+            Error::invalid(field, reason)
+        }
+        other => other,
+    }
+}
+
+/// One stream item as SSE text.
+fn frame(item: Result<SubscribeEventsResponse, Status>) -> Bytes {
+    let mut out = Vec::with_capacity(512);
+    match item.map(|response| response.item) {
+        Ok(Some(Item::Event(wire))) => {
+            let written = StoredEvent::from_bytes(wire.bytes().clone()).and_then(|event| {
+                let mut json = Vec::with_capacity(event.bytes().len() + 256);
+                omise::write_event(&event, &mut json)?;
+                Ok((event.sequence(), json))
+            });
+            match written {
+                Ok((sequence, json)) => {
+                    out.extend_from_slice(format!("id: {sequence}\n").as_bytes());
+                    data_lines(&mut out, &json);
+                }
+                Err(err) => error_message(&mut out, &Status::from(err)),
+            }
+        }
+        Ok(Some(Item::CaughtUp(caught_up))) => {
+            let n = caught_up.sequence;
+            out.extend_from_slice(
+                format!("event: caught_up\nid: {n}\ndata: {{\"sequence\":{n}}}\n").as_bytes(),
+            );
+        }
+        Ok(Some(Item::Heartbeat(_))) => out.extend_from_slice(b": heartbeat\n"),
+        Err(status) => error_message(&mut out, &status),
+        // The handler opens its subscriptions in the events.v1 format, which never sends these.
+        Ok(Some(Item::CloudEvent(_)) | None) => {
+            error_message(&mut out, &Status::internal("the stream sent an item SSE cannot frame"))
+        }
+    }
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+/// `data:` lines for a payload: one per line of it (JSON written by eventsd has none, but a
+/// bare CR or LF inside a `data:` line would otherwise split the message).
+fn data_lines(out: &mut Vec<u8>, payload: &[u8]) {
+    if !payload.iter().any(|b| *b == b'\n' || *b == b'\r') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(payload);
+        out.push(b'\n');
+        return;
+    }
+    let text = String::from_utf8_lossy(payload).replace("\r\n", "\n").replace('\r', "\n");
+    for line in text.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+}
+
+/// The stream's final status as an `event: error` message with the JSON error body.
+fn error_message(out: &mut Vec<u8>, status: &Status) {
+    let code = match status.code() {
+        Code::Unavailable => "unavailable",
+        Code::Unauthenticated => "unauthenticated",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::OutOfRange => "out_of_range",
+        _ => "internal",
+    };
+    let body = serde_json::json!({"object": "error", "code": code, "message": status.message()});
+    out.extend_from_slice(b"event: error\n");
+    data_lines(out, body.to_string().as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{CaughtUp, Event, WireEvent};
+
+    fn text(item: Result<SubscribeEventsResponse, Status>) -> String {
+        String::from_utf8(frame(item).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn events_caught_up_heartbeats_and_errors_frame_as_sse_messages() {
+        let event = Event {
+            id: "evt_1".into(),
+            r#type: "charge.create".into(),
+            sequence: 7,
+            data: Some(Default::default()),
+            ..Default::default()
+        };
+        let wire = WireEvent::from(&StoredEvent::from_event(&event));
+        let message = text(Ok(SubscribeEventsResponse { item: Some(Item::Event(wire)) }));
+        assert!(message.starts_with("id: 7\ndata: {"), "{message}");
+        assert!(message.ends_with("}\n\n") && message.matches('\n').count() == 3, "{message}");
+        let caught_up = Item::CaughtUp(CaughtUp { sequence: 9 });
+        assert_eq!(
+            text(Ok(SubscribeEventsResponse { item: Some(caught_up) })),
+            "event: caught_up\nid: 9\ndata: {\"sequence\":9}\n\n"
+        );
+        let ended = text(Err(Status::unauthenticated("key \"a\" was removed")));
+        assert!(ended.starts_with("event: error\ndata: {"), "{ended}");
+        assert!(ended.contains("\"code\":\"unauthenticated\""), "{ended}");
+    }
+
+    #[test]
+    fn a_payload_with_line_breaks_becomes_several_data_lines() {
+        let mut out = Vec::new();
+        data_lines(&mut out, b"a\r\nb\rc\nd");
+        assert_eq!(out, b"data: a\ndata: b\ndata: c\ndata: d\n");
+    }
+}
