@@ -50,7 +50,8 @@ use tonic_reflection::pb::{v1, v1alpha};
 
 use crate::helpers::{spawn_app_with, TestApp};
 use crate::support::{
-    at, channel, event, from_beginning, history, next_item, Client, Subscription, HANG_GUARD, T0,
+    at, channel, event, from_beginning, history, next_item, open_sse, Client, Subscription,
+    HANG_GUARD, T0,
 };
 
 const SERVICE: &str = "events.v1.EventService";
@@ -1417,6 +1418,58 @@ async fn sighup_reloads_the_key_file_and_an_invalid_file_keeps_the_previous_keys
     for secret in [&a.secret, &b.secret] {
         assert!(!stderr.contains(secret.as_str()), "the log shows a key:\n{stderr}");
     }
+}
+
+#[tokio::test]
+async fn a_key_removed_by_a_reload_ends_its_sse_and_grpc_streams_without_waiting_for_a_heartbeat() {
+    // Arrange: keys A (to be removed) and B (kept), each with an SSE stream and A with a
+    // gRPC stream too. Heartbeats are an hour apart, so only the reload can end a stream.
+    let a = Key::new(&[Scope::Subscribe], Mode::All);
+    let b = Key::new(&[Scope::Admin], Mode::All);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys_path = dir.path().join("keys.toml");
+    std::fs::write(&keys_path, key_file_text(&[&a, &b])).expect("write the keys");
+    let path = keys_path.to_str().expect("UTF-8 path");
+    let daemon =
+        Daemon::start(dir.path(), &["--api-keys", path, "--heartbeat-interval", "1h"]).await;
+    let http = format!("http://{}", daemon.http);
+    let with = |k: &Key| format!("Bearer {}", k.secret);
+    let (a_header, b_header) = (with(&a), with(&b));
+    let mut a_sse =
+        open_sse(&http, "", &[("authorization", a_header.as_str())]).await.expect("A's SSE");
+    let mut b_sse =
+        open_sse(&http, "", &[("authorization", b_header.as_str())]).await.expect("B's SSE");
+    assert_eq!(a_sse.history(0).await.1, 0);
+    assert_eq!(b_sse.history(0).await.1, 0);
+    let mut client = daemon.client().await;
+    let mut a_grpc = client
+        .subscribe_events(bearer(SubscribeEventsRequest::default(), &a))
+        .await
+        .expect("A's gRPC stream")
+        .into_inner();
+    assert!(matches!(next_item(&mut a_grpc).await, Item::CaughtUp(_)));
+
+    // Act: remove A and hang up.
+    std::fs::write(&keys_path, key_file_text(&[&b])).expect("write B only");
+    daemon.signal("-HUP");
+
+    // Assert: A's streams end with UNAUTHENTICATED naming the key; B's goes on.
+    let (kind, _, data) = a_sse.message().await;
+    assert_eq!(kind.as_deref(), Some("error"), "{data}");
+    let body: Json = serde_json::from_str(&data).expect("the error is JSON");
+    assert_eq!(body["code"], "unauthenticated", "{body}");
+    assert!(body["message"].as_str().unwrap_or("").contains(&a.name), "{body}");
+    assert_eq!(a_sse.frame().await, None, "the SSE stream ends after its error");
+    let ended = tokio::time::timeout(HANG_GUARD, a_grpc.message()).await.expect("hang guard");
+    let status = ended.expect_err("A's gRPC stream ends with a status");
+    assert_eq!(status.code(), Code::Unauthenticated, "{}", status.message());
+    let published = client
+        .publish_event(bearer(event("after.reload"), &b))
+        .await
+        .expect("publish with B")
+        .into_inner();
+    assert_eq!(b_sse.event().await.0, published.sequence);
+    daemon.stop().await;
 }
 
 // ---- The safe default ----
