@@ -1,0 +1,133 @@
+//! An SSE client that never reads (issue #19): while 100,000 events pass, it must not grow the
+//! server's memory by more than 16 MiB. Its stream stays behind on the store like any slow
+//! gRPC subscriber; what it holds on the server is the subscription's bounded queue and the
+//! connection's buffers.
+//!
+//! The server is a separate process (so its memory is its own) with a small cache. 100,000
+//! events are published first with no stream open, so the store's caches reach their steady
+//! size; then a raw TCP client asks for `GET /stream/events?from_beginning=true` and never
+//! reads a byte, and 100,000 more events are published. RSS is sampled throughout; the peak
+//! during the second round, over the RSS before it, must stay within 16 MiB (that includes
+//! whatever the store itself grows by). Prints the figures; asserts nothing about speed.
+
+mod child;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventsd::proto::{PublishEventRequest, PublishEventsRequest};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+/// Events published in each round.
+const EVENTS: usize = 100_000;
+/// Events per PublishEvents call.
+const PER_CALL: usize = 1_000;
+/// The bound on what the stalled client may add, in MiB.
+const GROWTH_LIMIT_MIB: u64 = 16;
+/// The whole test must finish within this.
+const TEST_LIMIT: Duration = Duration::from_secs(900);
+
+async fn publish_round(client: &mut child::Client, round: usize) {
+    for call in 0..EVENTS / PER_CALL {
+        let events = (0..PER_CALL)
+            .map(|i| PublishEventRequest {
+                r#type: "charge.create".into(),
+                data: Some(
+                    eventsd::event::json::object_to_struct(
+                        json!({"round": round, "call": call, "i": i, "amount": 100_000})
+                            .as_object()
+                            .expect("an object"),
+                    )
+                    .expect("representable"),
+                ),
+                ..Default::default()
+            })
+            .collect();
+        let call = client.publish_events(PublishEventsRequest { events });
+        tokio::time::timeout(child::CALL_LIMIT, call)
+            .await
+            .expect("hang guard: PublishEvents")
+            .expect("PublishEvents");
+    }
+}
+
+async fn gauge(http: std::net::SocketAddr, name: &str) -> Option<u64> {
+    let text = reqwest::get(format!("http://{http}/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn an_sse_client_that_never_reads_grows_the_server_by_at_most_16_mib() {
+    tokio::time::timeout(TEST_LIMIT, run()).await.expect("the test took too long");
+}
+
+async fn run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let flags = ["--cache-bytes", "8388608", "--durability", "process-crash"].map(String::from);
+    let (mut server, _) =
+        child::Server::start_with(&dir.path().join("data"), &dir.path().join("log"), &flags)
+            .await
+            .expect("start");
+    let pid = server.pid();
+    let mut client = server.client().await;
+    let baseline = child::rss_kib(pid);
+    publish_round(&mut client, 0).await;
+    let warmed = child::rss_kib(pid);
+
+    // The client that never reads: a request, then silence.
+    let mut stalled = tokio::net::TcpStream::connect(server.http).await.expect("connect");
+    let request = format!(
+        "GET /stream/events?from_beginning=true HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n\r\n",
+        server.http
+    );
+    stalled.write_all(request.as_bytes()).await.expect("send the request");
+    let mut open = false;
+    for _ in 0..300 {
+        if gauge(server.http, "eventsd_subscribers").await == Some(1) {
+            open = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(open, "the stalled stream never opened");
+    let before = child::rss_kib(pid);
+
+    let peak = Arc::new(AtomicU64::new(before));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let (peak, done) = (peak.clone(), done.clone());
+        async move {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(child::rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    publish_round(&mut client, 1).await;
+    // Still open and stalled, not gone.
+    assert_eq!(gauge(server.http, "eventsd_subscribers").await, Some(1));
+    done.store(true, Ordering::Relaxed);
+    sampler.await.expect("sampler");
+    let peak = peak.load(Ordering::Relaxed).max(child::rss_kib(pid));
+    let growth = peak.saturating_sub(before);
+    println!(
+        "sse memory: RSS {} MiB at start, {} MiB after {EVENTS} events with no stream \
+         (+{} MiB), {} MiB with the stalled SSE client open, peak {} MiB while {EVENTS} more \
+         passed: +{:.1} MiB (bound {GROWTH_LIMIT_MIB} MiB)",
+        baseline / 1024,
+        warmed / 1024,
+        warmed.saturating_sub(baseline) / 1024,
+        before / 1024,
+        peak / 1024,
+        growth as f64 / 1024.0,
+    );
+    assert!(
+        growth <= GROWTH_LIMIT_MIB * 1024,
+        "the stalled SSE client's round grew the server by {} KiB (bound {GROWTH_LIMIT_MIB} MiB)",
+        growth
+    );
+    drop(stalled);
+    server.terminate(child::CALL_LIMIT).await.expect("clean stop");
+}
