@@ -53,11 +53,6 @@ async fn publish_round(client: &mut child::Client, round: usize) {
     }
 }
 
-async fn gauge(http: std::net::SocketAddr, name: &str) -> Option<u64> {
-    let text = reqwest::get(format!("http://{http}/metrics")).await.ok()?.text().await.ok()?;
-    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
-}
-
 #[tokio::test]
 async fn an_sse_client_that_never_reads_grows_the_server_by_at_most_16_mib() {
     tokio::time::timeout(TEST_LIMIT, run()).await.expect("the test took too long");
@@ -85,7 +80,7 @@ async fn run() {
     stalled.write_all(request.as_bytes()).await.expect("send the request");
     let mut open = false;
     for _ in 0..300 {
-        if gauge(server.http, "eventsd_subscribers").await == Some(1) {
+        if child::gauge(server.http, "eventsd_subscribers").await == Some(1) {
             open = true;
             break;
         }
@@ -107,7 +102,7 @@ async fn run() {
     });
     publish_round(&mut client, 1).await;
     // Still open and stalled, not gone.
-    assert_eq!(gauge(server.http, "eventsd_subscribers").await, Some(1));
+    assert_eq!(child::gauge(server.http, "eventsd_subscribers").await, Some(1));
     done.store(true, Ordering::Relaxed);
     sampler.await.expect("sampler");
     let peak = peak.load(Ordering::Relaxed).max(child::rss_kib(pid));

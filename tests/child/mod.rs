@@ -327,6 +327,12 @@ pub async fn connect(addr: SocketAddr) -> Client {
     EventServiceClient::new(channel).max_decoding_message_size(usize::MAX)
 }
 
+/// The value of an unlabelled series on the server's `GET /metrics`, if it answers.
+pub async fn gauge(http: SocketAddr, name: &str) -> Option<u64> {
+    let text = reqwest::get(format!("http://{http}/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+}
+
 /// The resident memory of process `pid`, in KiB (0 if it cannot be read).
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
