@@ -19,7 +19,9 @@
 //!   writer) and the JetStream backend (`store::jetstream`).
 //! - [`tls`]: TLS and mutual TLS for both listeners.
 //! - [`client`]: client subcommands for the terminal (`publish`, `get`, `list`, `tail`).
-//! - [`views`]: read-only HTTP views in the Omise and KOMOJU Events API shapes.
+//! - [`views`]: read-only HTTP views in the Omise and KOMOJU Events API shapes, the SSE
+//!   stream `GET /stream/events` and `GET /whoami`.
+//! - [`console`]: the web console at `/console`, its assets compiled into the binary.
 //! - [`error`]: the one error type and its mapping to gRPC status codes.
 //! - [`proto`]: the generated `events.v1` code (a plain set, and the server's wire set that
 //!   sends stored event bytes as they are) and the descriptor set.
@@ -29,6 +31,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod connections;
+pub mod console;
 pub mod delivery;
 pub mod error;
 pub mod event;

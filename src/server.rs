@@ -118,7 +118,8 @@ pub async fn run(
         keys: keys.clone(),
         tokens: tokens.clone(),
         fanout: fanout.clone(),
-    }));
+    }))
+    .merge(crate::console::router());
     let scrape = |admin_keys| {
         crate::metrics::router(MetricsState {
             admin_keys,

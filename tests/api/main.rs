@@ -3,6 +3,7 @@
 mod bad_input;
 mod cli;
 mod cloudevents;
+mod console;
 mod hardening;
 mod helpers;
 mod http_events;
