@@ -16,7 +16,7 @@ use crate::auth::{KeyRing, Principal, Scope};
 use crate::error::Error;
 use crate::event::{cloudevent, time, Filter};
 use crate::fanout::limit::{StreamLimit, StreamPermit};
-use crate::fanout::queue::{queue, QueueSender};
+use crate::fanout::queue::{queue, QueueSender, QueueStream};
 use crate::metrics::{Metrics, SubscriberGuard};
 use crate::proto::wire::{subscribe_events_response::Item, SubscribeEventsResponse};
 use crate::proto::{CaughtUp, Heartbeat, WireEvent};
@@ -110,7 +110,18 @@ impl Fanout {
         filter: Filter,
         cloudevents: bool,
     ) -> Result<SubscribeEventsStream, Error> {
-        spawn(self, caller, start, filter, cloudevents).await
+        Ok(Box::pin(spawn(self, caller, start, filter, cloudevents).await?))
+    }
+
+    /// [`Fanout::subscribe`] in the events.v1 format, as the queue itself, for a transport
+    /// that reframes events ([`QueueStream::with_events`] hands it each stored event).
+    pub async fn subscribe_queue(
+        &self,
+        caller: Principal,
+        start: Start,
+        filter: Filter,
+    ) -> Result<QueueStream, Error> {
+        spawn(self, caller, start, filter, false).await
     }
 }
 
@@ -120,7 +131,7 @@ async fn spawn(
     start: Start,
     filter: Filter,
     cloudevents: bool,
-) -> Result<SubscribeEventsStream, Error> {
+) -> Result<QueueStream, Error> {
     let permit = fanout.limit.admit()?;
     // Watched from before the check, so a reload between the caller's authentication and
     // here is not missed.
@@ -169,7 +180,7 @@ async fn spawn(
         caller,
     };
     fanout.tasks.spawn(subscription.run());
-    Ok(Box::pin(rx))
+    Ok(rx)
 }
 
 struct Subscription {
@@ -246,7 +257,7 @@ impl Subscription {
                             // The stored bytes, shared: no encoding per subscriber.
                             false => Item::Event(WireEvent::from(&event)),
                         };
-                        if let Err(stop) = self.send(item).await {
+                        if let Err(stop) = self.send_event(item, event).await {
                             return stop;
                         }
                         self.metrics.delivered();
@@ -319,9 +330,18 @@ impl Subscription {
 
     /// Queues one item, giving up if the client leaves or the server shuts down meanwhile.
     async fn send(&self, item: Item) -> Result<(), Stop> {
+        self.send_with(item, None).await
+    }
+
+    /// Queues an event's item with the event itself.
+    async fn send_event(&self, item: Item, event: StoredEvent) -> Result<(), Stop> {
+        self.send_with(item, Some(event)).await
+    }
+
+    async fn send_with(&self, item: Item, event: Option<StoredEvent>) -> Result<(), Stop> {
         let response = SubscribeEventsResponse { item: Some(item) };
         tokio::select! {
-            sent = self.tx.send(Ok(response)) => sent.map_err(|_| Stop::ClientGone),
+            sent = self.tx.send_with(Ok(response), event) => sent.map_err(|_| Stop::ClientGone),
             _ = self.shutdown.cancelled() => Err(Stop::Shutdown),
         }
     }

@@ -66,10 +66,11 @@ pub async fn events(
     let (start, field) = start(&params, &headers)?;
     let stream = state
         .fanout
-        .subscribe(caller, start, filter, false)
+        .subscribe_queue(caller, start, filter)
         .await
         .map_err(|err| name_start_param(err, field))?;
-    let body = Body::from_stream(stream.map(|item| Ok::<_, Infallible>(frame(item))));
+    let frames = stream.with_events().map(|(item, event)| Ok::<_, Infallible>(frame(item, event)));
+    let body = Body::from_stream(frames);
     let headers = [
         (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
@@ -134,12 +135,14 @@ fn name_start_param(err: Error, field: &'static str) -> Error {
     }
 }
 
-/// One stream item as SSE text.
-fn frame(item: Result<SubscribeEventsResponse, Status>) -> Bytes {
+/// One stream item as SSE text. An event is written from the stored event the queue carries
+/// with it (its JSON `data` is cached there, shared by every stream that delivers it).
+fn frame(item: Result<SubscribeEventsResponse, Status>, stored: Option<StoredEvent>) -> Bytes {
     let mut out = Vec::with_capacity(512);
     match item.map(|response| response.item) {
         Ok(Some(Item::Event(wire))) => {
-            let written = StoredEvent::from_bytes(wire.bytes().clone()).and_then(|event| {
+            let event = stored.map_or_else(|| StoredEvent::from_bytes(wire.bytes().clone()), Ok);
+            let written = event.and_then(|event| {
                 let mut json = Vec::with_capacity(event.bytes().len() + 256);
                 omise::write_event(&event, &mut json)?;
                 Ok((event.sequence(), json))
@@ -207,7 +210,7 @@ mod tests {
     use crate::proto::{CaughtUp, Event, WireEvent};
 
     fn text(item: Result<SubscribeEventsResponse, Status>) -> String {
-        String::from_utf8(frame(item).to_vec()).unwrap()
+        String::from_utf8(frame(item, None).to_vec()).unwrap()
     }
 
     #[test]

@@ -1,0 +1,153 @@
+//! Figures (issue #19): deliveries per second to 100 SSE streams beside the gRPC fan-out to
+//! 100 SubscribeEvents streams, in the same run against the same server. Ignored by default
+//! (it measures, it asserts nothing about speed); run it with
+//!
+//!     cargo test --release --test stream_figures -- --ignored --nocapture
+//!
+//! The server is the `eventsd` binary of the build (a separate process). Each round opens
+//! 100 streams from now, publishes the events in batches over gRPC, and times from the first
+//! publish until every stream has received every event; deliveries/s is streams × events
+//! over that time. The clients run on the same machine and share its cores with the server.
+
+mod child;
+
+use std::time::{Duration, Instant};
+
+use eventsd::proto::subscribe_events_response::Item;
+use eventsd::proto::{PublishEventRequest, PublishEventsRequest, SubscribeEventsRequest};
+use serde_json::json;
+use tokio::task::JoinSet;
+
+const STREAMS: usize = 100;
+const EVENTS: usize = 5_000;
+const PER_CALL: usize = 100;
+/// Streams per gRPC connection (HTTP/2 multiplexes them).
+const PER_CONNECTION: usize = 25;
+
+async fn publish_all(client: &mut child::Client) {
+    for call in 0..EVENTS / PER_CALL {
+        let events = (0..PER_CALL)
+            .map(|i| PublishEventRequest {
+                r#type: "charge.create".into(),
+                data: Some(
+                    eventsd::event::json::object_to_struct(
+                        json!({"object": "charge", "call": call, "i": i, "amount": 100_000})
+                            .as_object()
+                            .expect("an object"),
+                    )
+                    .expect("representable"),
+                ),
+                ..Default::default()
+            })
+            .collect();
+        let call = client.publish_events(PublishEventsRequest { events });
+        tokio::time::timeout(child::CALL_LIMIT, call)
+            .await
+            .expect("hang guard: PublishEvents")
+            .expect("PublishEvents");
+    }
+}
+
+/// Opens the gRPC streams (each past its `caught_up`) and spawns their readers; each reader
+/// returns once it has counted every event.
+async fn grpc_round(server: &child::Server) -> JoinSet<usize> {
+    let mut readers = JoinSet::new();
+    let mut client = server.client().await;
+    for i in 0..STREAMS {
+        if i % PER_CONNECTION == 0 {
+            client = server.client().await;
+        }
+        let mut stream = client
+            .subscribe_events(SubscribeEventsRequest::default())
+            .await
+            .expect("subscribe")
+            .into_inner();
+        let first = tokio::time::timeout(child::CALL_LIMIT, stream.message()).await;
+        assert!(matches!(first, Ok(Ok(Some(ref m))) if matches!(m.item, Some(Item::CaughtUp(_)))));
+        readers.spawn(async move {
+            let mut seen = 0;
+            while seen < EVENTS {
+                let next = tokio::time::timeout(child::CALL_LIMIT, stream.message()).await;
+                let item = next.expect("hang guard").expect("stream").expect("open").item;
+                seen += usize::from(matches!(item, Some(Item::Event(_))));
+            }
+            seen
+        });
+    }
+    readers
+}
+
+/// The same over `GET /stream/events`, one HTTP/1.1 connection per stream.
+async fn sse_round(server: &child::Server) -> JoinSet<usize> {
+    let client = reqwest::Client::builder().no_proxy().build().expect("HTTP client");
+    let mut readers = JoinSet::new();
+    for _ in 0..STREAMS {
+        let mut response = client
+            .get(format!("http://{}/stream/events", server.http))
+            .send()
+            .await
+            .expect("open the stream");
+        assert_eq!(response.status().as_u16(), 200);
+        let mut buffer = Vec::new();
+        // Up to and including caught_up.
+        while !buffer.windows(16).any(|w| w == b"event: caught_up") {
+            let chunk = tokio::time::timeout(child::CALL_LIMIT, response.chunk()).await;
+            buffer.extend_from_slice(&chunk.expect("hang guard").expect("read").expect("open"));
+        }
+        readers.spawn(async move {
+            let mut seen = 0;
+            let mut tail: Vec<u8> = Vec::new();
+            while seen < EVENTS {
+                let chunk = tokio::time::timeout(child::CALL_LIMIT, response.chunk()).await;
+                tail.extend_from_slice(&chunk.expect("hang guard").expect("read").expect("open"));
+                // Count whole messages; an event's message starts with its `id:` line.
+                let mut start = 0;
+                while let Some(end) = tail[start..].windows(2).position(|w| w == b"\n\n") {
+                    if tail[start..].starts_with(b"id: ") {
+                        seen += 1;
+                    }
+                    start += end + 2;
+                }
+                tail.drain(..start);
+            }
+            seen
+        });
+    }
+    readers
+}
+
+async fn timed(server: &child::Server, readers: JoinSet<usize>) -> Duration {
+    let mut publisher = server.client().await;
+    let started = Instant::now();
+    publish_all(&mut publisher).await;
+    let delivered: usize = readers.join_all().await.into_iter().sum();
+    assert_eq!(delivered, STREAMS * EVENTS);
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "prints figures; run with --ignored --nocapture"]
+async fn deliveries_per_second_to_100_sse_streams_beside_100_grpc_streams() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let flags = ["--durability", "process-crash"].map(String::from);
+    let (mut server, _) =
+        child::Server::start_with(&dir.path().join("data"), &dir.path().join("log"), &flags)
+            .await
+            .expect("start");
+    let grpc = grpc_round(&server).await;
+    let grpc = timed(&server, grpc).await;
+    let sse = sse_round(&server).await;
+    let sse = timed(&server, sse).await;
+    let rate = |took: Duration| (STREAMS * EVENTS) as f64 / took.as_secs_f64();
+    println!(
+        "stream figures ({} build): {EVENTS} events to {STREAMS} streams each: gRPC \
+         SubscribeEvents {:.0} deliveries/s ({:.2} s), SSE /stream/events {:.0} deliveries/s \
+         ({:.2} s)",
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        rate(grpc),
+        grpc.as_secs_f64(),
+        rate(sse),
+        sse.as_secs_f64()
+    );
+    server.terminate(child::CALL_LIMIT).await.expect("clean stop");
+}
