@@ -16,8 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventsd::proto::{PublishEventRequest, PublishEventsRequest};
-use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 /// Events published in each round.
@@ -28,30 +26,6 @@ const PER_CALL: usize = 1_000;
 const GROWTH_LIMIT_MIB: u64 = 16;
 /// The whole test must finish within this.
 const TEST_LIMIT: Duration = Duration::from_secs(900);
-
-async fn publish_round(client: &mut child::Client, round: usize) {
-    for call in 0..EVENTS / PER_CALL {
-        let events = (0..PER_CALL)
-            .map(|i| PublishEventRequest {
-                r#type: "charge.create".into(),
-                data: Some(
-                    eventsd::event::json::object_to_struct(
-                        json!({"round": round, "call": call, "i": i, "amount": 100_000})
-                            .as_object()
-                            .expect("an object"),
-                    )
-                    .expect("representable"),
-                ),
-                ..Default::default()
-            })
-            .collect();
-        let call = client.publish_events(PublishEventsRequest { events });
-        tokio::time::timeout(child::CALL_LIMIT, call)
-            .await
-            .expect("hang guard: PublishEvents")
-            .expect("PublishEvents");
-    }
-}
 
 #[tokio::test]
 async fn an_sse_client_that_never_reads_grows_the_server_by_at_most_16_mib() {
@@ -68,7 +42,7 @@ async fn run() {
     let pid = server.pid();
     let mut client = server.client().await;
     let baseline = child::rss_kib(pid);
-    publish_round(&mut client, 0).await;
+    child::publish_small(&mut client, 0, EVENTS / PER_CALL, PER_CALL).await;
     let warmed = child::rss_kib(pid);
 
     // The client that never reads: a request, then silence.
@@ -100,7 +74,7 @@ async fn run() {
             }
         }
     });
-    publish_round(&mut client, 1).await;
+    child::publish_small(&mut client, 1, EVENTS / PER_CALL, PER_CALL).await;
     // Still open and stalled, not gone.
     assert_eq!(child::gauge(server.http, "eventsd_subscribers").await, Some(1));
     done.store(true, Ordering::Relaxed);

@@ -14,8 +14,7 @@ mod child;
 use std::time::{Duration, Instant};
 
 use eventsd::proto::subscribe_events_response::Item;
-use eventsd::proto::{PublishEventRequest, PublishEventsRequest, SubscribeEventsRequest};
-use serde_json::json;
+use eventsd::proto::SubscribeEventsRequest;
 use tokio::task::JoinSet;
 
 const STREAMS: usize = 100;
@@ -23,30 +22,6 @@ const EVENTS: usize = 5_000;
 const PER_CALL: usize = 100;
 /// Streams per gRPC connection (HTTP/2 multiplexes them).
 const PER_CONNECTION: usize = 25;
-
-async fn publish_all(client: &mut child::Client) {
-    for call in 0..EVENTS / PER_CALL {
-        let events = (0..PER_CALL)
-            .map(|i| PublishEventRequest {
-                r#type: "charge.create".into(),
-                data: Some(
-                    eventsd::event::json::object_to_struct(
-                        json!({"object": "charge", "call": call, "i": i, "amount": 100_000})
-                            .as_object()
-                            .expect("an object"),
-                    )
-                    .expect("representable"),
-                ),
-                ..Default::default()
-            })
-            .collect();
-        let call = client.publish_events(PublishEventsRequest { events });
-        tokio::time::timeout(child::CALL_LIMIT, call)
-            .await
-            .expect("hang guard: PublishEvents")
-            .expect("PublishEvents");
-    }
-}
 
 /// Opens the gRPC streams (each past its `caught_up`) and spawns their readers; each reader
 /// returns once it has counted every event.
@@ -57,13 +32,8 @@ async fn grpc_round(server: &child::Server) -> JoinSet<usize> {
         if i % PER_CONNECTION == 0 {
             client = server.client().await;
         }
-        let mut stream = client
-            .subscribe_events(SubscribeEventsRequest::default())
-            .await
-            .expect("subscribe")
-            .into_inner();
-        let first = tokio::time::timeout(child::CALL_LIMIT, stream.message()).await;
-        assert!(matches!(first, Ok(Ok(Some(ref m))) if matches!(m.item, Some(Item::CaughtUp(_)))));
+        let mut stream =
+            child::subscribe_caught_up(&mut client, SubscribeEventsRequest::default()).await;
         readers.spawn(async move {
             let mut seen = 0;
             while seen < EVENTS {
@@ -119,7 +89,7 @@ async fn sse_round(server: &child::Server) -> JoinSet<usize> {
 async fn timed(server: &child::Server, readers: JoinSet<usize>) -> Duration {
     let mut publisher = server.client().await;
     let started = Instant::now();
-    publish_all(&mut publisher).await;
+    child::publish_small(&mut publisher, 0, EVENTS / PER_CALL, PER_CALL).await;
     let delivered: usize = readers.join_all().await.into_iter().sum();
     assert_eq!(delivered, STREAMS * EVENTS);
     started.elapsed()

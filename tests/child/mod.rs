@@ -327,6 +327,51 @@ pub async fn connect(addr: SocketAddr) -> Client {
     EventServiceClient::new(channel).max_decoding_message_size(usize::MAX)
 }
 
+/// Publishes `calls` PublishEvents calls of `per_call` small `charge.create` events each
+/// (`tag` goes into their data), each call under [`CALL_LIMIT`].
+pub async fn publish_small(client: &mut Client, tag: usize, calls: usize, per_call: usize) {
+    for call in 0..calls {
+        let events = (0..per_call)
+            .map(|i| eventsd::proto::PublishEventRequest {
+                r#type: "charge.create".into(),
+                data: Some(
+                    eventsd::event::json::object_to_struct(
+                        serde_json::json!({"object": "charge", "tag": tag, "call": call, "i": i, "amount": 100_000})
+                            .as_object()
+                            .expect("an object"),
+                    )
+                    .expect("representable"),
+                ),
+                ..Default::default()
+            })
+            .collect();
+        let request = eventsd::proto::PublishEventsRequest { events };
+        tokio::time::timeout(CALL_LIMIT, client.publish_events(request))
+            .await
+            .expect("hang guard: PublishEvents")
+            .expect("PublishEvents");
+    }
+}
+
+/// Opens a SubscribeEvents stream and reads past its `caught_up`.
+pub async fn subscribe_caught_up(
+    client: &mut Client,
+    request: SubscribeEventsRequest,
+) -> tonic::Streaming<eventsd::proto::SubscribeEventsResponse> {
+    let call = client.subscribe_events(request);
+    let mut stream = tokio::time::timeout(CALL_LIMIT, call)
+        .await
+        .expect("hang guard: subscribe")
+        .expect("subscribe")
+        .into_inner();
+    let first = tokio::time::timeout(CALL_LIMIT, stream.message()).await;
+    assert!(
+        matches!(first, Ok(Ok(Some(ref m))) if matches!(m.item, Some(Item::CaughtUp(_)))),
+        "a stream must start with caught_up"
+    );
+    stream
+}
+
 /// The value of an unlabelled series on the server's `GET /metrics`, if it answers.
 pub async fn gauge(http: SocketAddr, name: &str) -> Option<u64> {
     let text = reqwest::get(format!("http://{http}/metrics")).await.ok()?.text().await.ok()?;
