@@ -28,6 +28,8 @@
 //! follows it), 503 when `--max-subscribers` streams are open.
 
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -35,13 +37,14 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use tokio_stream::StreamExt;
+use tokio_stream::Stream;
 use tonic::{Code, Status};
 
 use super::{name_type_param, omise, Params, ViewsState};
 use crate::auth::Scope;
 use crate::error::Error;
 use crate::event::Filter;
+use crate::fanout::queue::EventQueueStream;
 use crate::fanout::Start;
 use crate::proto::wire::subscribe_events_response::Item;
 use crate::proto::wire::SubscribeEventsResponse;
@@ -49,6 +52,8 @@ use crate::store::StoredEvent;
 
 /// The request header that resumes a stream.
 const LAST_EVENT_ID: &str = "last-event-id";
+/// A body chunk stops taking ready messages at about this size.
+const CHUNK_BYTES: usize = 64 * 1024;
 
 /// `GET /stream/events`.
 pub async fn events(
@@ -69,8 +74,7 @@ pub async fn events(
         .subscribe_queue(caller, start, filter)
         .await
         .map_err(|err| name_start_param(err, field))?;
-    let frames = stream.with_events().map(|(item, event)| Ok::<_, Infallible>(frame(item, event)));
-    let body = Body::from_stream(frames);
+    let body = Body::from_stream(Frames(stream.with_events()));
     let headers = [
         (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
@@ -135,10 +139,35 @@ fn name_start_param(err: Error, field: &'static str) -> Error {
     }
 }
 
-/// One stream item as SSE text. An event is written from the stored event the queue carries
-/// with it (its JSON `data` is cached there, shared by every stream that delivers it).
-fn frame(item: Result<SubscribeEventsResponse, Status>, stored: Option<StoredEvent>) -> Bytes {
-    let mut out = Vec::with_capacity(512);
+/// The body: every message the queue has ready goes into one chunk, so a stream that is
+/// behind (catching up, or a burst) writes one chunk per batch rather than one per message.
+/// It holds nothing beyond what the queue already bounds.
+struct Frames(EventQueueStream);
+
+impl Stream for Frames {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut out = Vec::new();
+        while out.len() < CHUNK_BYTES {
+            match Pin::new(&mut self.0).poll_next(cx) {
+                Poll::Ready(Some((item, event))) => frame(&mut out, item, event),
+                Poll::Ready(None) if out.is_empty() => return Poll::Ready(None),
+                Poll::Pending if out.is_empty() => return Poll::Pending,
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Some(Ok(Bytes::from(out))))
+    }
+}
+
+/// Appends one stream item as SSE text. An event is written from the stored event the queue
+/// carries with it (its JSON `data` is cached there, shared by every stream that delivers it).
+fn frame(
+    out: &mut Vec<u8>,
+    item: Result<SubscribeEventsResponse, Status>,
+    stored: Option<StoredEvent>,
+) {
     match item.map(|response| response.item) {
         Ok(Some(Item::Event(wire))) => {
             let event = stored.map_or_else(|| StoredEvent::from_bytes(wire.bytes().clone()), Ok);
@@ -150,9 +179,9 @@ fn frame(item: Result<SubscribeEventsResponse, Status>, stored: Option<StoredEve
             match written {
                 Ok((sequence, json)) => {
                     out.extend_from_slice(format!("id: {sequence}\n").as_bytes());
-                    data_lines(&mut out, &json);
+                    data_lines(out, &json);
                 }
-                Err(err) => error_message(&mut out, &Status::from(err)),
+                Err(err) => error_message(out, &Status::from(err)),
             }
         }
         Ok(Some(Item::CaughtUp(caught_up))) => {
@@ -162,14 +191,13 @@ fn frame(item: Result<SubscribeEventsResponse, Status>, stored: Option<StoredEve
             );
         }
         Ok(Some(Item::Heartbeat(_))) => out.extend_from_slice(b": heartbeat\n"),
-        Err(status) => error_message(&mut out, &status),
+        Err(status) => error_message(out, &status),
         // The handler opens its subscriptions in the events.v1 format, which never sends these.
         Ok(Some(Item::CloudEvent(_)) | None) => {
-            error_message(&mut out, &Status::internal("the stream sent an item SSE cannot frame"))
+            error_message(out, &Status::internal("the stream sent an item SSE cannot frame"))
         }
     }
     out.push(b'\n');
-    Bytes::from(out)
 }
 
 /// `data:` lines for a payload: one per line of it (JSON written by eventsd has none, but a
@@ -210,7 +238,9 @@ mod tests {
     use crate::proto::{CaughtUp, Event, WireEvent};
 
     fn text(item: Result<SubscribeEventsResponse, Status>) -> String {
-        String::from_utf8(frame(item, None).to_vec()).unwrap()
+        let mut out = Vec::new();
+        frame(&mut out, item, None);
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
