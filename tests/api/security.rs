@@ -12,8 +12,9 @@
 //! checked for every configured key: none may appear.
 //!
 //! The read routes are GetEvent, ListEvents, SubscribeEvents (as events and as CloudEvents),
-//! `GET /events[/{id}]`, `GET /api/v1/events[/{id}]` and `GET /cloudevents[/{id}]`; the write
-//! routes PublishEvent, PublishEvents and `POST /events`.
+//! `GET /events[/{id}]`, `GET /api/v1/events[/{id}]`, `GET /cloudevents[/{id}]`,
+//! `GET /stream/events` (SSE) and `GET /whoami`; the write routes PublishEvent, PublishEvents
+//! and `POST /events`.
 //!
 //! Around the matrix: the routes that need no key (health, reflection, `/healthz`, webhooks),
 //! page tokens across modes, secrets in errors and `Debug` output, a key reload on SIGHUP in
@@ -313,6 +314,13 @@ enum Op {
     CloudEventsPoll {
         livemode: Option<bool>,
     },
+    /// `GET /stream/events?from_beginning=true`, with `&livemode=` when given, read until
+    /// caught up.
+    StreamEvents {
+        livemode: Option<bool>,
+    },
+    /// `GET /whoami`: any valid key, whatever its scopes.
+    WhoAmI,
 }
 
 const WRITE_OPS: &[Op] = &[
@@ -350,6 +358,10 @@ const READ_OPS: &[Op] = &[
     Op::CloudEventsPoll { livemode: None },
     Op::CloudEventsPoll { livemode: Some(false) },
     Op::CloudEventsPoll { livemode: Some(true) },
+    Op::StreamEvents { livemode: None },
+    Op::StreamEvents { livemode: Some(false) },
+    Op::StreamEvents { livemode: Some(true) },
+    Op::WhoAmI,
 ];
 
 impl Op {
@@ -358,7 +370,9 @@ impl Op {
             Op::PublishEvent { .. } | Op::PublishEvents { .. } | Op::PostEvents { .. } => {
                 Scope::Publish
             }
-            Op::SubscribeEvents { .. } | Op::SubscribeCloudEvents { .. } => Scope::Subscribe,
+            Op::SubscribeEvents { .. }
+            | Op::SubscribeCloudEvents { .. }
+            | Op::StreamEvents { .. } => Scope::Subscribe,
             _ => Scope::Read,
         }
     }
@@ -411,6 +425,9 @@ fn expected(op: Op, credential: Credential<'_>) -> Outcome {
     let Some(key) = credential.key() else {
         return Outcome::Unauthenticated;
     };
+    if let Op::WhoAmI = op {
+        return Outcome::Ok;
+    }
     if !key.may(op.scope()) {
         return Outcome::PermissionDenied;
     }
@@ -422,7 +439,9 @@ fn expected(op: Op, credential: Credential<'_>) -> Outcome {
         | Op::ViewList { livemode, .. }
         | Op::CloudEventsPoll { livemode }
         | Op::SubscribeEvents { livemode }
-        | Op::SubscribeCloudEvents { livemode } => livemode.is_none_or(|m| key.mode.allows(m)),
+        | Op::SubscribeCloudEvents { livemode }
+        | Op::StreamEvents { livemode } => livemode.is_none_or(|m| key.mode.allows(m)),
+        Op::WhoAmI => true,
         // The other mode's event does not exist for this key.
         Op::GetEvent { live } | Op::ViewGet { live, .. } => {
             return if key.mode.allows(live) { Outcome::Ok } else { Outcome::NotFound };
@@ -619,6 +638,46 @@ async fn run_op(app: &TestApp, op: Op, credential: Credential<'_>) -> Seen {
                     }
                 })
             }
+            Op::StreamEvents { livemode } => {
+                let query = match livemode {
+                    Some(m) => format!("?from_beginning=true&livemode={m}"),
+                    None => "?from_beginning=true".to_string(),
+                };
+                let header = credential.header();
+                let headers: Vec<(&str, &str)> =
+                    header.as_deref().map(|h| ("authorization", h)).into_iter().collect();
+                match open_sse(&app.http, &query, &headers).await {
+                    Ok(mut stream) => {
+                        let (events, _) = stream.history(100).await;
+                        Seen {
+                            outcome: Outcome::Ok,
+                            ids: events
+                                .iter()
+                                .map(|(_, e)| e["id"].as_str().unwrap_or("?").into())
+                                .collect(),
+                            total: None,
+                            livemodes: events
+                                .iter()
+                                .filter_map(|(_, e)| e["livemode"].as_bool())
+                                .collect(),
+                            message: String::new(),
+                        }
+                    }
+                    Err((status, body)) => {
+                        http_seen(HttpReply { status, text: body.to_string() }, single)
+                    }
+                }
+            }
+            Op::WhoAmI => {
+                let reply = http(app, "GET", "/whoami", credential, None).await;
+                http_seen(reply, |body| Seen {
+                    outcome: Outcome::Ok,
+                    ids: body["name"].as_str().map(str::to_string).into_iter().collect(),
+                    total: None,
+                    livemodes: Vec::new(),
+                    message: body.to_string(),
+                })
+            }
         }
     };
     tokio::time::timeout(HANG_GUARD, call).await.expect("hang guard: one matrix call")
@@ -755,9 +814,16 @@ fn mismatch(op: Op, credential: Credential<'_>, seen: &Seen, keys: &[Key]) -> Op
         }
         Op::SubscribeEvents { livemode }
         | Op::SubscribeCloudEvents { livemode }
-        | Op::CloudEventsPoll { livemode } => {
+        | Op::CloudEventsPoll { livemode }
+        | Op::StreamEvents { livemode } => {
             let want = visible(key.mode, livemode);
             (seen.ids != want).then(|| format!("delivered {:?}, expected {want:?}", seen.ids))
+        }
+        Op::WhoAmI => {
+            let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
+            let want = json!({"name": key.name, "scopes": scopes, "mode": key.mode.as_str()});
+            let answered: Json = serde_json::from_str(&seen.message).unwrap_or(Json::Null);
+            (answered != want).then(|| format!("answered {}, expected {want}", seen.message))
         }
     };
     problem.map(|p| format!("{case}: {p}"))
