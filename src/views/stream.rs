@@ -105,12 +105,8 @@ fn start(params: &Params, headers: &HeaderMap) -> Result<(Start, &'static str), 
             "give at most one of from_beginning=true, after_sequence and from_created",
         ));
     }
-    let resume = headers.get(LAST_EVENT_ID).map(|value| {
-        let text = value.to_str().map_err(|_| Error::invalid("Last-Event-ID", "is not text"))?;
-        Ok::<_, Error>(Some(text.trim()).filter(|t| !t.is_empty()))
-    });
-    if let Some(text) = resume.transpose()?.flatten() {
-        return Ok((Start::After(sequence("Last-Event-ID", text)?), "Last-Event-ID"));
+    if let Some(resume) = last_event_id(headers)? {
+        return Ok((Start::After(resume), "Last-Event-ID"));
     }
     Ok(match (beginning, after, created) {
         (true, _, _) => (Start::Beginning, "from_beginning"),
@@ -118,6 +114,19 @@ fn start(params: &Params, headers: &HeaderMap) -> Result<(Start, &'static str), 
         (_, _, Some(t)) => (Start::Created(t), "from_created"),
         _ => (Start::Now, "after_sequence"),
     })
+}
+
+/// The sequence in a `Last-Event-ID` header; an empty header (as `EventSource` may send)
+/// counts as none.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let Some(value) = headers.get(LAST_EVENT_ID) else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| Error::invalid("Last-Event-ID", "is not text"))?;
+    match text.trim() {
+        "" => Ok(None),
+        text => sequence("Last-Event-ID", text).map(Some),
+    }
 }
 
 fn sequence(name: &str, text: &str) -> Result<u64, Error> {
