@@ -3,7 +3,8 @@
 // with playwright-core through every step of issue #19's list: load the console, see the
 // stored events with their total, filter by type and by source, publish over gRPC (the
 // `eventsd publish` client) and see the event appear live, open its page, check the XSS case,
-// the 360 px width and the Tab order, and save the screenshot. Every wait is bounded.
+// the 360 px width and the Tab order, and save the screenshot. A second eventsd without keys
+// shows that plain EventSource reads the stream. Every wait is bounded.
 import { spawn, execFile } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
@@ -45,31 +46,40 @@ key = "${WATCHER}"
 scopes = ["read", "subscribe"]
 mode = "test"
 `);
-let log = '';
-const server = spawn(BIN, ['serve', '--listen', '127.0.0.1:0', '--http-listen', '127.0.0.1:0',
-  '--data-dir', path.join(dir, 'data'), '--api-keys', keys], {
-  env: Object.assign({}, process.env, { RUST_LOG: 'info', NO_COLOR: '1' }),
-  stdio: ['ignore', 'ignore', 'pipe'],
-});
-server.stderr.on('data', (chunk) => { log += chunk.toString(); });
+/// The servers started, to stop at the end; each keeps its stderr in `log`.
+const servers = [];
 
-async function addresses() {
+/// `eventsd serve` on free loopback ports (port 0, read back from its log) with extra flags.
+function startServer(name, extra) {
+  const server = { name, log: '' };
+  server.process = spawn(BIN, ['serve', '--listen', '127.0.0.1:0', '--http-listen', '127.0.0.1:0',
+    '--data-dir', path.join(dir, name), ...extra], {
+    env: Object.assign({}, process.env, { RUST_LOG: 'info', NO_COLOR: '1' }),
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  server.process.stderr.on('data', (chunk) => { server.log += chunk.toString(); });
+  servers.push(server);
+  return server;
+}
+
+async function addresses(server) {
   const deadline = Date.now() + LIMIT_MS;
   while (Date.now() < deadline) {
-    const line = log.split('\n').find((l) => l.includes('eventsd serving'));
+    const line = server.log.split('\n').find((l) => l.includes('eventsd serving'));
     const grpc = line && /grpc=([0-9.:]+)/.exec(line);
     const http = line && /http=([0-9.:]+)/.exec(line);
     if (grpc && http) return { grpc: grpc[1], http: http[1] };
-    if (server.exitCode !== null) throw new Error('eventsd exited:\n' + log);
+    if (server.process.exitCode !== null) throw new Error('eventsd exited:\n' + server.log);
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
-  throw new Error('eventsd never said where it serves:\n' + log);
+  throw new Error('eventsd never said where it serves:\n' + server.log);
 }
 
-async function postEvent(base, body) {
+async function postEvent(base, body, key = ADMIN) {
+  const auth = key ? { authorization: 'Bearer ' + key } : {};
   const response = await fetch(base + '/events', {
     method: 'POST',
-    headers: { authorization: 'Bearer ' + ADMIN, 'content-type': 'application/json' },
+    headers: Object.assign(auth, { 'content-type': 'application/json' }),
     body: JSON.stringify(body),
   });
   const text = await response.text();
@@ -89,7 +99,7 @@ function publishOverGrpc(grpc, id) {
 // ---- The steps ----
 
 async function run() {
-  const { grpc, http } = await addresses();
+  const { grpc, http } = await addresses(startServer('keyed', ['--api-keys', keys]));
   const base = 'http://' + http;
   step(`eventsd serving: gRPC ${grpc}, HTTP ${http}`);
 
@@ -242,7 +252,29 @@ async function run() {
     await other.close();
     step('the publish form is hidden from a key without the publish scope');
 
-    // 10. The screenshot for the README.
+    // 10. Without keys, plain EventSource reads the stream, and the console asks no key.
+    const open = await addresses(startServer('open', []));
+    const openBase = 'http://' + open.http;
+    await postEvent(openBase, { id: 'evt_open_1', type: 'charge.create', data: { amount: 1 } }, null);
+    const anonymous = await browser.newContext();
+    const plain = await anonymous.newPage();
+    await plain.goto(openBase + '/console');
+    await plain.waitForSelector('#events li');
+    check((await plain.textContent('#who')).startsWith('anonymous'), 'keyless: anonymous');
+    const first = await plain.evaluate((limit) => new Promise((resolve, reject) => {
+      const source = new EventSource('/stream/events?from_beginning=true');
+      const timer = setTimeout(() => { source.close(); reject(new Error('no message in time')); }, limit);
+      source.onmessage = (message) => {
+        clearTimeout(timer);
+        source.close();
+        resolve({ id: message.lastEventId, event: JSON.parse(message.data).id });
+      };
+    }), LIMIT_MS);
+    check(first.id === '1' && first.event === 'evt_open_1', 'EventSource got ' + JSON.stringify(first));
+    await anonymous.close();
+    step('without keys, plain EventSource reads the stream');
+
+    // 11. The screenshot for the README.
     await page.goto(base + '/console#/events');
     await page.waitForSelector('#events li');
     await page.evaluate(() => document.activeElement && document.activeElement.blur());
@@ -261,14 +293,18 @@ try {
 } catch (err) {
   failed = true;
   console.error('console-test: FAILED: ' + (err.stack || err.message));
-  console.error('eventsd log (tail):\n' + log.split('\n').slice(-30).join('\n'));
+  for (const server of servers) {
+    console.error(`eventsd ${server.name} log (tail):\n` + server.log.split('\n').slice(-30).join('\n'));
+  }
 } finally {
-  server.kill('SIGTERM');
-  await new Promise((resolve) => {
-    const timer = setTimeout(() => { server.kill('SIGKILL'); resolve(); }, 10_000);
-    server.on('exit', () => { clearTimeout(timer); resolve(); });
-    if (server.exitCode !== null) { clearTimeout(timer); resolve(); }
-  });
+  for (const { process: child } of servers) {
+    child.kill('SIGTERM');
+    await new Promise((resolve) => {
+      const timer = setTimeout(() => { child.kill('SIGKILL'); resolve(); }, 10_000);
+      child.on('exit', () => { clearTimeout(timer); resolve(); });
+      if (child.exitCode !== null) { clearTimeout(timer); resolve(); }
+    });
+  }
   rmSync(dir, { recursive: true, force: true });
 }
 process.exit(failed ? 1 : 0);
