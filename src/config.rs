@@ -53,6 +53,186 @@ pub enum Command {
     Migrate(CheckArgs),
     /// Rebuild a stopped server's index from its event log (the repair for a damaged index).
     Reindex(CheckArgs),
+    /// Manage outbound webhook endpoints (WebhookService; needs an admin key). Prints JSON.
+    #[command(subcommand, after_help = CLIENT_HELP)]
+    Endpoints(EndpointsCommand),
+    /// List and retry outbound deliveries (WebhookService; needs an admin key). Prints JSON.
+    #[command(subcommand, after_help = CLIENT_HELP)]
+    Deliveries(DeliveriesCommand),
+}
+
+/// `eventsd endpoints …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum EndpointsCommand {
+    /// Create an endpoint; prints it with its signing secret (shown only here and by rotate).
+    /// A secret of your own (`whsec_…`) is read from EVENTSD_ENDPOINT_SECRET, never a flag.
+    Create(EndpointCreateArgs),
+    /// Print every endpoint, one JSON line each.
+    List(ConnectOnly),
+    /// Print one endpoint.
+    Get(EndpointIdArgs),
+    /// Change the fields given as flags; the others stay as they are.
+    Update(EndpointUpdateArgs),
+    /// Delete an endpoint: in-flight attempts stop and pending deliveries fail.
+    Delete(EndpointIdArgs),
+    /// Give the endpoint a new secret (EVENTSD_ENDPOINT_SECRET, or generated); the old one
+    /// keeps signing for the rotation overlap.
+    Rotate(EndpointRotateArgs),
+    /// Deliver again every matching event after a sequence or from a time.
+    Replay(EndpointReplayArgs),
+}
+
+/// `eventsd deliveries …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeliveriesCommand {
+    /// Print an endpoint's deliveries, one JSON line each (every page).
+    List(DeliveriesListArgs),
+    /// Attempt a delivery again now; prints it.
+    Retry(DeliveryIdArgs),
+}
+
+/// Only where to connect.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectOnly {
+    /// Where to connect.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// An endpoint's body format, as a flag value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EndpointFormatArg {
+    /// The event JSON (`POST /events`'s answer).
+    EventJson,
+    /// CloudEvents 1.0 structured JSON.
+    CloudeventJson,
+    /// The Omise event object.
+    Omise,
+}
+
+/// `eventsd endpoints create`.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointCreateArgs {
+    /// Where to connect.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The endpoint's URL.
+    #[arg(long)]
+    pub url: String,
+    /// An event type to deliver, exact or ending in `*`; repeat or comma-separate. Default:
+    /// every type.
+    #[arg(long = "type", value_name = "TYPE", value_delimiter = ',')]
+    pub types: Vec<String>,
+    /// Only live (`true`) or only test (`false`) events.
+    #[arg(long, value_name = "true|false")]
+    pub livemode: Option<bool>,
+    /// Free text.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// The body format.
+    #[arg(long, value_enum)]
+    pub format: Option<EndpointFormatArg>,
+    /// Most requests in flight to the endpoint (default 16).
+    #[arg(long)]
+    pub max_in_flight: Option<u32>,
+}
+
+/// An endpoint id.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointIdArgs {
+    /// Where to connect.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The endpoint id (`ep_…`).
+    pub id: String,
+}
+
+/// `eventsd endpoints update`.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointUpdateArgs {
+    /// Where to connect.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The endpoint id (`ep_…`).
+    pub id: String,
+    /// A new URL.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// New event types (replacing the old ones); repeat or comma-separate.
+    #[arg(long = "type", value_name = "TYPE", value_delimiter = ',')]
+    pub types: Option<Vec<String>>,
+    /// Only live (`true`) or only test (`false`) events.
+    #[arg(long, value_name = "true|false")]
+    pub livemode: Option<bool>,
+    /// A new description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Disable (`true`) or enable (`false`) the endpoint.
+    #[arg(long, value_name = "true|false")]
+    pub disabled: Option<bool>,
+    /// A new body format.
+    #[arg(long, value_enum)]
+    pub format: Option<EndpointFormatArg>,
+    /// A new cap on requests in flight.
+    #[arg(long)]
+    pub max_in_flight: Option<u32>,
+}
+
+/// `eventsd endpoints rotate`.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointRotateArgs {
+    /// Where to connect.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The endpoint id (`ep_…`).
+    pub id: String,
+}
+
+/// `eventsd endpoints replay`.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointReplayArgs {
+    /// Where to connect.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The endpoint id (`ep_…`).
+    pub id: String,
+    /// Deliver every matching event with a sequence above this one.
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "from_created",
+        required_unless_present = "from_created"
+    )]
+    pub after_sequence: Option<u64>,
+    /// Deliver every matching event created at or after this time.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    pub from_created: Option<prost_types::Timestamp>,
+}
+
+/// `eventsd deliveries list`.
+#[derive(Debug, Clone, Args)]
+pub struct DeliveriesListArgs {
+    /// Where to connect.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The endpoint id (`ep_…`).
+    pub endpoint: String,
+    /// Only deliveries in this status.
+    #[arg(long, value_parser = ["pending", "succeeded", "failed"])]
+    pub status: Option<String>,
+    /// Only this event's delivery.
+    #[arg(long)]
+    pub event_id: Option<String>,
+}
+
+/// `eventsd deliveries retry`.
+#[derive(Debug, Clone, Args)]
+pub struct DeliveryIdArgs {
+    /// Where to connect.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The delivery id (`dlv_…`).
+    pub id: String,
 }
 
 /// Server settings.
@@ -264,6 +444,52 @@ pub struct ServeConfig {
     /// Interval between SubscribeEvents heartbeats, such as `15s` or `500ms`.
     #[arg(long, env = "EVENTSD_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
+
+    /// Outbound webhooks.
+    #[command(flatten)]
+    pub delivery: DeliveryConfig,
+}
+
+/// Outbound webhook settings (`--delivery-*`; the inbound receiver's are `--webhook-*`).
+#[derive(Debug, Clone, Args)]
+pub struct DeliveryConfig {
+    /// Longest an attempt may take, from connect to the answer's head.
+    #[arg(long = "delivery-timeout", env = "EVENTSD_DELIVERY_TIMEOUT", default_value = "15s",
+          value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Delay before each attempt, comma-separated; the first entry is the first attempt and
+    /// the length is the most attempts (each delay jittered by ±20%).
+    #[arg(long = "delivery-retry-schedule", env = "EVENTSD_DELIVERY_RETRY_SCHEDULE",
+          default_value = crate::delivery::schedule::DEFAULT_SCHEDULE, value_parser = parse_schedule)]
+    pub retry_schedule: crate::delivery::schedule::RetrySchedule,
+
+    /// An endpoint that has failed every attempt for this long is disabled.
+    #[arg(long = "delivery-disable-after", env = "EVENTSD_DELIVERY_DISABLE_AFTER",
+          default_value = "5days", value_parser = parse_duration)]
+    pub disable_after: Duration,
+
+    /// How long a rotated-out secret keeps signing beside the new one.
+    #[arg(long = "delivery-rotation-overlap", env = "EVENTSD_DELIVERY_ROTATION_OVERLAP",
+          default_value = "24h", value_parser = parse_duration)]
+    pub rotation_overlap: Duration,
+
+    /// Accept endpoints on loopback, private, link-local and other non-public addresses.
+    #[arg(long = "delivery-allow-private", env = "EVENTSD_DELIVERY_ALLOW_PRIVATE")]
+    pub allow_private: bool,
+
+    /// Accept plain `http` endpoint URLs.
+    #[arg(long = "delivery-allow-http", env = "EVENTSD_DELIVERY_ALLOW_HTTP")]
+    pub allow_http: bool,
+
+    /// Extra CA certificates (PEM) to trust for `https` endpoints, beside the system roots.
+    #[arg(long = "delivery-ca", env = "EVENTSD_DELIVERY_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+fn parse_schedule(text: &str) -> Result<crate::delivery::schedule::RetrySchedule, String> {
+    crate::delivery::schedule::RetrySchedule::parse("--delivery-retry-schedule", text)
+        .map_err(|e| e.to_string())
 }
 
 impl ServeConfig {

@@ -25,6 +25,14 @@ pub enum Error {
         /// The id asked for.
         id: String,
     },
+    /// No webhook endpoint or delivery has this id.
+    #[error("{kind} {id:?} not found")]
+    NoSuch {
+        /// What was looked for: `endpoint` or `delivery`.
+        kind: &'static str,
+        /// The id asked for.
+        id: String,
+    },
     /// An event with this id is stored with different content.
     #[error("event {id:?} already exists with a different {field}")]
     AlreadyExists {
@@ -154,7 +162,7 @@ impl From<Error> for Status {
         }
         let code = match &err {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
-            Error::NotFound { .. } => Code::NotFound,
+            Error::NotFound { .. } | Error::NoSuch { .. } => Code::NotFound,
             Error::OutOfRange { .. } | Error::Expired { .. } => Code::OutOfRange,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
@@ -198,7 +206,7 @@ impl Error {
             }
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Error::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission_denied"),
-            Error::NotFound { .. } | Error::UnknownSource(_) => {
+            Error::NotFound { .. } | Error::NoSuch { .. } | Error::UnknownSource(_) => {
                 (StatusCode::NOT_FOUND, "not_found")
             }
             Error::AlreadyExists { .. } => (StatusCode::CONFLICT, "already_exists"),

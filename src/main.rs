@@ -27,6 +27,12 @@ async fn main() -> ExitCode {
         Command::Publish(args) => eventsd::client::publish(args).await.map_err(|e| e.to_string()),
         Command::Get(args) => eventsd::client::get(args).await.map_err(|e| e.to_string()),
         Command::List(args) => eventsd::client::list(args).await.map_err(|e| e.to_string()),
+        Command::Endpoints(command) => {
+            eventsd::client::endpoints(command).await.map_err(|e| e.to_string())
+        }
+        Command::Deliveries(command) => {
+            eventsd::client::deliveries(command).await.map_err(|e| e.to_string())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -46,6 +46,69 @@ pub struct EventLabels {
     pub source: String,
 }
 
+/// Labels of outbound webhook series: the endpoint's id (never its URL or secret).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The endpoint id (`ep_…`).
+    pub endpoint: String,
+}
+
+/// Labels of finished outbound deliveries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// The endpoint id.
+    pub endpoint: String,
+    /// `succeeded` or `failed`.
+    pub status: String,
+}
+
+/// Outbound webhook series.
+struct WebhookSeries {
+    deliveries: Family<DeliveryLabels, Counter>,
+    attempt_seconds: Histogram,
+    attempts_failed: Family<EndpointLabels, Counter>,
+    pending: Family<EndpointLabels, Gauge>,
+    oldest_pending_seconds: Family<EndpointLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+impl WebhookSeries {
+    fn register(registry: &mut Registry) -> Self {
+        let series = WebhookSeries {
+            deliveries: Family::default(),
+            attempt_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+            attempts_failed: Family::default(),
+            pending: Family::default(),
+            oldest_pending_seconds: Family::default(),
+        };
+        registry.register(
+            "eventsd_webhook_deliveries",
+            "Outbound deliveries finished, by endpoint and status (succeeded, failed)",
+            series.deliveries.clone(),
+        );
+        registry.register(
+            "eventsd_webhook_attempt_duration_seconds",
+            "Time of one outbound attempt, from connect to the answer's head or failure",
+            series.attempt_seconds.clone(),
+        );
+        registry.register(
+            "eventsd_webhook_attempts_failed",
+            "Outbound attempts that failed (non-2xx, timeout, connection error), by endpoint",
+            series.attempts_failed.clone(),
+        );
+        registry.register(
+            "eventsd_webhook_pending",
+            "Recorded deliveries still pending (waiting or in flight), by endpoint",
+            series.pending.clone(),
+        );
+        registry.register(
+            "eventsd_webhook_oldest_pending_seconds",
+            "How long the most overdue pending delivery has waited past its due time, by endpoint",
+            series.oldest_pending_seconds.clone(),
+        );
+        series
+    }
+}
+
 /// Labels of rejected ingest requests.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
@@ -65,6 +128,7 @@ struct Inner {
     subscribers_lagging: Gauge,
     deliveries: Counter,
     rejections: Family<RejectLabels, Counter>,
+    webhooks: WebhookSeries,
     types: Bounded,
     sources: Bounded,
 }
@@ -179,6 +243,7 @@ impl Metrics {
             "Publishes and webhook deliveries refused, by route and reason",
             rejections.clone(),
         );
+        let webhooks = WebhookSeries::register(&mut registry);
         Metrics(Arc::new(Inner {
             registry,
             published,
@@ -189,6 +254,7 @@ impl Metrics {
             subscribers_lagging,
             deliveries,
             rejections,
+            webhooks,
             types: Bounded::new(max_types),
             sources: Bounded::new(max_types),
         }))
@@ -225,6 +291,28 @@ impl Metrics {
     /// One event delivered.
     pub fn delivered(&self) {
         self.0.deliveries.inc();
+    }
+
+    /// One outbound attempt finished.
+    pub fn webhook_attempt(&self, endpoint: &str, succeeded: bool, elapsed: Duration) {
+        self.0.webhooks.attempt_seconds.observe(elapsed.as_secs_f64());
+        if !succeeded {
+            let labels = EndpointLabels { endpoint: endpoint.to_string() };
+            self.0.webhooks.attempts_failed.get_or_create(&labels).inc();
+        }
+    }
+
+    /// One outbound delivery finished as `status` (`succeeded` or `failed`).
+    pub fn webhook_delivery(&self, endpoint: &str, status: &str) {
+        let labels = DeliveryLabels { endpoint: endpoint.to_string(), status: status.to_string() };
+        self.0.webhooks.deliveries.get_or_create(&labels).inc();
+    }
+
+    /// An endpoint's pending deliveries and how overdue the most overdue one is.
+    pub fn webhook_pending(&self, endpoint: &str, pending: usize, overdue_seconds: f64) {
+        let labels = EndpointLabels { endpoint: endpoint.to_string() };
+        self.0.webhooks.pending.get_or_create(&labels).set(pending as i64);
+        self.0.webhooks.oldest_pending_seconds.get_or_create(&labels).set(overdue_seconds);
     }
 
     /// One ingest request refused.

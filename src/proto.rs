@@ -45,6 +45,7 @@ pub mod io {
 
 pub use events::v1::*;
 pub use wire::event_service_server;
+pub use wire::webhook_service_server;
 
 /// The server's side of `events.v1`: responses whose events are stored bytes, and the service
 /// trait over them (see the module header).

@@ -15,11 +15,17 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 
 use crate::api::list::PageTokens;
+use crate::api::webhooks::WebhooksApi;
 use crate::api::EventsApi;
 use crate::auth::layer::AuthLayer;
 use crate::auth::KeyRing;
 use crate::config::{ServeConfig, StoreKind};
 use crate::connections::{self, ConnectionSettings};
+use crate::delivery::client::Sender;
+use crate::delivery::dispatch::{self, Dispatcher};
+use crate::delivery::endpoints::Webhooks;
+use crate::delivery::state::DeliveryStore;
+use crate::delivery::target::TargetRules;
 use crate::error::Error;
 use crate::event::EventLimits;
 use crate::fanout::{Fanout, SubscriptionConfig};
@@ -28,10 +34,12 @@ use crate::ingest::sources::WebhookConfig;
 use crate::limits::InFlightLimit;
 use crate::metrics::{Metrics, MetricsState};
 use crate::proto::event_service_server::EventServiceServer;
+use crate::proto::webhook_service_server::WebhookServiceServer;
 use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
 use crate::store::retention::{self, Retention};
 use crate::store::{EventStore, SledStore, StoreConfig};
 use crate::tls::Tls;
+use crate::views::endpoints::EndpointsState;
 
 /// The sockets the server serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -71,6 +79,7 @@ pub async fn run(
             token.cancel();
         }
     });
+    let outbound = start_webhooks(&config, &store, &metrics, &tasks, &token)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<EventServiceServer<EventsApi>>().await;
     if keys.enabled() {
@@ -120,6 +129,13 @@ pub async fn run(
         fanout: fanout.clone(),
     }))
     .merge(crate::console::router());
+    let http = match &outbound {
+        Some(webhooks) => http.merge(crate::views::endpoints::router(EndpointsState {
+            webhooks: webhooks.clone(),
+            keys: keys.clone(),
+        })),
+        None => http,
+    };
     let scrape = |admin_keys| {
         crate::metrics::router(MetricsState {
             admin_keys,
@@ -195,6 +211,9 @@ pub async fn run(
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
         .add_service(events)
+        .add_optional_service(
+            outbound.clone().map(|w| WebhookServiceServer::new(WebhooksApi::new(w))),
+        )
         .serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned());
     let http_accepted = connections::accept(listeners.http, "http", settings, token.clone());
     let http: Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
@@ -237,10 +256,45 @@ pub async fn run(
     health.set_not_serving::<EventServiceServer<EventsApi>>().await;
     tasks.close();
     tasks.wait().await;
+    if let Some(outbound) = &outbound {
+        if let Err(error) = outbound.flush().await {
+            tracing::warn!(%error, "flushing the delivery state failed; pending attempts will repeat");
+        }
+    }
     store.close().await;
     grpc_served.map_err(|e| Error::Startup(format!("gRPC server: {e}")))?;
     tracing::info!("eventsd stopped");
     Ok(())
+}
+
+/// Starts outbound webhooks on the embedded store: their state in `<data-dir>/deliveries`,
+/// one worker per endpoint on the task tracker. On JetStream they are not offered (the
+/// WebhookService is absent, so calls are UNIMPLEMENTED): several instances would each
+/// deliver every event, and their state would not be shared.
+fn start_webhooks(
+    config: &ServeConfig,
+    store: &Arc<dyn EventStore>,
+    metrics: &Metrics,
+    tasks: &TaskTracker,
+    token: &CancellationToken,
+) -> Result<Option<Webhooks>, Error> {
+    if !matches!(config.store, StoreKind::Embedded) {
+        tracing::info!("outbound webhooks are not offered on the JetStream store");
+        return Ok(None);
+    }
+    let delivery = &config.delivery;
+    let rules =
+        TargetRules { allow_private: delivery.allow_private, allow_http: delivery.allow_http };
+    let settings = dispatch::Settings {
+        store: store.clone(),
+        state: DeliveryStore::open(&config.data_dir)?,
+        sender: Sender::new(rules, delivery.timeout, delivery.ca.as_deref())?,
+        schedule: delivery.retry_schedule.clone(),
+        disable_after: delivery.disable_after,
+        metrics: metrics.clone(),
+    };
+    let dispatcher = Dispatcher::start(settings, tasks.clone(), token.clone())?;
+    Ok(Some(Webhooks::new(dispatcher, delivery.rotation_overlap)))
 }
 
 /// Opens the configured backend with its page-token secret; the embedded store also comes

@@ -19,7 +19,7 @@ use crate::payload::Template;
 use crate::reads::Filled;
 use crate::report::{Figure, Report, Section};
 use crate::server::{ServerSpec, Target};
-use crate::{fanout, memory, publish, reads, redis, startup};
+use crate::{fanout, memory, outbound, publish, reads, redis, startup};
 
 /// How the run ended.
 pub enum Verdict {
@@ -166,6 +166,7 @@ async fn run_one(scenario: Scenario, ctx: &mut Context) -> Result<Section> {
         Scenario::List => reads::run_list(ctx).await,
         Scenario::Memory => memory::run(ctx).await,
         Scenario::Startup => startup::run(ctx).await,
+        Scenario::Outbound => outbound::run(ctx).await,
         Scenario::Redis => redis::run(ctx).await,
     }
 }
@@ -188,6 +189,7 @@ fn title(scenario: Scenario) -> &'static str {
         Scenario::List => "list: ListEvents pages of 100 with the exact total",
         Scenario::Memory => "memory: server RSS (VmRSS, mapped files included)",
         Scenario::Startup => "startup: disk per event, then restart to serving",
+        Scenario::Outbound => "outbound: webhook deliveries to N endpoints, commit → 200",
         Scenario::Redis => "redis: appendfsync always, beside eventsd's figures",
     }
 }

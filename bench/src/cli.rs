@@ -26,7 +26,7 @@ use tonic::codegen::http::Uri;
 )]
 pub struct Cli {
     /// Scenarios to run; none means all. They always run in this order:
-    /// publish, fanout, get, list, memory, startup, redis.
+    /// publish, fanout, get, list, memory, startup, outbound, redis.
     #[arg(value_enum)]
     pub scenarios: Vec<Scenario>,
 
@@ -95,6 +95,9 @@ pub enum Scenario {
     /// Disk per event when cleanly stopped; restart to serving after SIGTERM, kill -9 idle,
     /// and kill -9 under load.
     Startup,
+    /// Outbound webhooks: deliveries/s to 10 and 1,000 endpoints, commit → 200 latency, RSS
+    /// with 1,000 endpoints and 100,000 pending deliveries.
+    Outbound,
     /// redis-server with appendfsync always: XADD, XREAD BLOCK fan-out, XREVRANGE and
     /// XRANGE pages, beside eventsd's figures, and the table of issue #13's targets.
     Redis,
@@ -110,6 +113,7 @@ impl Scenario {
             Scenario::List => "list",
             Scenario::Memory => "memory",
             Scenario::Startup => "startup",
+            Scenario::Outbound => "outbound",
             Scenario::Redis => "redis",
         }
     }
@@ -258,6 +262,6 @@ mod tests {
     fn scenarios_run_once_each_in_canonical_order() {
         let chosen = Scenario::selection(&[Scenario::Redis, Scenario::Publish, Scenario::Redis]);
         assert_eq!(chosen, vec![Scenario::Publish, Scenario::Redis]);
-        assert_eq!(Scenario::selection(&[]).len(), 7);
+        assert_eq!(Scenario::selection(&[]).len(), 8);
     }
 }

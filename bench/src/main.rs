@@ -12,6 +12,7 @@ mod fanout;
 mod load;
 mod memory;
 mod metrics;
+mod outbound;
 mod payload;
 mod probe;
 mod publish;

@@ -8,6 +8,7 @@
 
 pub mod get;
 pub mod list;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -87,7 +88,7 @@ impl EventsApi {
 
 /// The caller of a request, put there by [`crate::auth::layer::AuthLayer`]; a request that
 /// did not pass it has none (fail closed).
-fn principal<T>(request: &Request<T>) -> Result<Principal, Error> {
+pub(crate) fn principal<T>(request: &Request<T>) -> Result<Principal, Error> {
     request
         .extensions()
         .get::<Principal>()

@@ -1,6 +1,6 @@
 //! Authentication of gRPC calls as a tower layer, placed outside the in-flight limit.
 //!
-//! Every `events.v1.EventService` call is authenticated from its `authorization` header here,
+//! Every `events.v1.EventService` and `events.v1.WebhookService` call is authenticated from its `authorization` header here,
 //! before anything else runs: a caller without a valid key is refused with UNAUTHENTICATED
 //! and never holds one of the shared in-flight permits (`limits.rs`), so keyless traffic
 //! cannot starve authenticated callers. The [`Principal`] goes into the request's extensions,
@@ -16,8 +16,9 @@ use tower_service::Service;
 
 use crate::auth::KeyRing;
 
-/// The calls that need a key: the event API (health and reflection are open).
-const AUTHENTICATED: &str = "/events.v1.EventService/";
+/// The calls that need a key: the event API and the webhook API (health and reflection are
+/// open).
+const AUTHENTICATED: &[&str] = &["/events.v1.EventService/", "/events.v1.WebhookService/"];
 
 /// The layer; cheap to clone.
 #[derive(Clone)]
@@ -54,7 +55,8 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        if !request.uri().path().starts_with(AUTHENTICATED) {
+        let path = request.uri().path();
+        if !AUTHENTICATED.iter().any(|prefix| path.starts_with(prefix)) {
             return Box::pin(self.inner.call(request));
         }
         let header =

@@ -11,6 +11,7 @@
 
 mod publish;
 mod read;
+mod webhooks;
 
 use std::io::Write;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use crate::proto::{Format, SubscribeEventsRequest};
 
 pub use publish::publish;
 pub use read::{get, list};
+pub use webhooks::{deliveries, endpoints};
 
 /// The environment variable holding the API key.
 pub const API_KEY_ENV: &str = "EVENTSD_API_KEY";
@@ -167,6 +169,15 @@ pub fn api_key() -> Result<Option<String>, ClientError> {
 /// returns a client that sends `key` with every call. A server that cannot be reached is
 /// UNAVAILABLE, naming the address and the cause.
 pub async fn connect(addr: &str, key: Option<&str>) -> Result<Client, ClientError> {
+    let (channel, auth) = connect_channel(addr, key).await?;
+    Ok(EventServiceClient::with_interceptor(channel, auth))
+}
+
+/// The connection behind [`connect`], for clients of the other services.
+async fn connect_channel(
+    addr: &str,
+    key: Option<&str>,
+) -> Result<(Channel, BearerAuth), ClientError> {
     let auth = BearerAuth::new(key)?;
     let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
     let endpoint = Endpoint::from_shared(uri)
@@ -175,7 +186,7 @@ pub async fn connect(addr: &str, key: Option<&str>) -> Result<Client, ClientErro
     let channel = endpoint.connect().await.map_err(|e| {
         Status::unavailable(format!("cannot connect to {addr}: {}", with_causes(&e)))
     })?;
-    Ok(EventServiceClient::with_interceptor(channel, auth))
+    Ok((channel, auth))
 }
 
 /// An error and its chain of causes on one line (tonic's transport error alone says only

@@ -9,6 +9,10 @@
 //!
 //! Nothing here performs I/O or keeps state; each function is pure and never panics.
 
+pub mod client;
+pub mod dispatch;
+pub mod endpoints;
 pub mod schedule;
 pub mod sign;
+pub mod state;
 pub mod target;

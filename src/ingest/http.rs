@@ -168,7 +168,7 @@ async fn append_one(state: &IngestState, event: NewEvent) -> Result<Response, Er
     Ok((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-fn require_json(headers: &HeaderMap) -> Result<(), Error> {
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), Error> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
@@ -183,7 +183,10 @@ fn require_json(headers: &HeaderMap) -> Result<(), Error> {
     }
 }
 
-fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, Error> {
+pub(crate) fn body_bytes(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, Error> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge { limit }
@@ -195,7 +198,7 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
     })
 }
 
-fn parse_json(body: &[u8]) -> Result<Value, Error> {
+pub(crate) fn parse_json(body: &[u8]) -> Result<Value, Error> {
     serde_json::from_slice(body).map_err(|e| Error::MalformedJson(e.to_string()))
 }
 

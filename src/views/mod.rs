@@ -29,6 +29,7 @@
 //! - Unknown query parameters are ignored, as the providers' APIs ignore them.
 
 pub mod cloudevents;
+pub mod endpoints;
 pub mod komoju;
 pub mod omise;
 pub mod stream;

@@ -433,3 +433,82 @@ async fn help_describes_every_flag() {
         assert!(help.stdout.contains("EVENTSD_API_KEY"), "{command} --help names the key variable");
     }
 }
+
+#[tokio::test]
+async fn endpoints_and_deliveries_commands_manage_outbound_webhooks() {
+    if crate::helpers::embedded_only("outbound webhooks") {
+        return;
+    }
+    let app = spawn_app_with(|c| {
+        c.delivery.allow_private = true;
+        c.delivery.allow_http = true;
+    })
+    .await;
+    // A receiver that is never reached: the endpoint is disabled before anything is published.
+    let url = "http://127.0.0.1:9/hook";
+    let created = run(
+        &app,
+        &[
+            "endpoints",
+            "create",
+            "--url",
+            url,
+            "--type",
+            "charge.*,refund.*",
+            "--max-in-flight",
+            "3",
+        ],
+    )
+    .await
+    .ok("create")
+    .json();
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert_eq!(created["types"], json!(["charge.*", "refund.*"]));
+    assert_eq!(created["maxInFlight"], 3);
+    let disabled =
+        run(&app, &["endpoints", "update", &id, "--disabled", "true", "--format", "omise"])
+            .await
+            .ok("update")
+            .json();
+    assert_eq!(
+        (disabled["disabled"].as_bool(), disabled["format"].as_str()),
+        (Some(true), Some("ENDPOINT_FORMAT_OMISE"))
+    );
+    assert!(disabled.get("secret").is_none());
+    let listed = run(&app, &["endpoints", "list"]).await.ok("list").lines();
+    assert_eq!(ids(&listed), vec![id.as_str()]);
+    let mut client = app.client.clone();
+    let published = publish(&mut client, event("charge.create")).await;
+    publish(&mut client, event("other.create")).await;
+    let pending = run(&app, &["deliveries", "list", &id, "--status", "pending"])
+        .await
+        .ok("deliveries")
+        .lines();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0]["eventId"], json!(published.id));
+    let replayed =
+        run(&app, &["endpoints", "replay", &id, "--after-sequence", "0"]).await.ok("replay").json();
+    assert_eq!(replayed["id"], json!(id));
+    let rotated = run_command(
+        {
+            let mut command = eventsd(&app, &["endpoints", "rotate", &id]);
+            command.env("EVENTSD_ENDPOINT_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+            command
+        },
+        None,
+    )
+    .await
+    .ok("rotate")
+    .json();
+    assert_eq!(rotated["secret"], "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    let missing = run(&app, &["deliveries", "retry", &format!("dlv_{}_99", &id[3..])]).await;
+    assert_eq!(missing.code, Some(1));
+    assert!(missing.stderr.contains("NOT_FOUND"), "{}", missing.stderr);
+    let bad = run(&app, &["endpoints", "create", "--url", "ftp://x"]).await;
+    assert_eq!(bad.code, Some(1));
+    assert!(bad.stderr.contains("INVALID_ARGUMENT: url:"), "{}", bad.stderr);
+    run(&app, &["endpoints", "delete", &id]).await.ok("delete");
+    let gone = run(&app, &["endpoints", "get", &id]).await;
+    assert!(gone.stderr.contains("NOT_FOUND"), "{}", gone.stderr);
+}

@@ -10,6 +10,7 @@ mod http_events;
 mod list;
 mod metrics;
 mod nesting;
+mod outbound;
 mod persistence;
 mod publish;
 mod reflection_health;
