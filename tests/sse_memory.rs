@@ -12,8 +12,6 @@
 
 mod child;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -34,11 +32,8 @@ async fn an_sse_client_that_never_reads_grows_the_server_by_at_most_16_mib() {
 
 async fn run() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let flags = ["--cache-bytes", "8388608", "--durability", "process-crash"].map(String::from);
-    let (mut server, _) =
-        child::Server::start_with(&dir.path().join("data"), &dir.path().join("log"), &flags)
-            .await
-            .expect("start");
+    let flags = ["--cache-bytes", "8388608", "--durability", "process-crash"];
+    let mut server = child::start_in(dir.path(), &flags).await;
     let pid = server.pid();
     let mut client = server.client().await;
     let baseline = child::rss_kib(pid);
@@ -63,23 +58,11 @@ async fn run() {
     assert!(open, "the stalled stream never opened");
     let before = child::rss_kib(pid);
 
-    let peak = Arc::new(AtomicU64::new(before));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = tokio::spawn({
-        let (peak, done) = (peak.clone(), done.clone());
-        async move {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(child::rss_kib(pid), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    });
+    let sampler = child::PeakRss::start(pid);
     child::publish_small(&mut client, 1, EVENTS / PER_CALL, PER_CALL).await;
     // Still open and stalled, not gone.
     assert_eq!(child::gauge(server.http, "eventsd_subscribers").await, Some(1));
-    done.store(true, Ordering::Relaxed);
-    sampler.await.expect("sampler");
-    let peak = peak.load(Ordering::Relaxed).max(child::rss_kib(pid));
+    let peak = sampler.stop().await;
     let growth = peak.saturating_sub(before);
     println!(
         "sse memory: RSS {} MiB at start, {} MiB after {EVENTS} events with no stream \

@@ -99,11 +99,7 @@ async fn timed(server: &child::Server, readers: JoinSet<usize>) -> Duration {
 #[ignore = "prints figures; run with --ignored --nocapture"]
 async fn deliveries_per_second_to_100_sse_streams_beside_100_grpc_streams() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let flags = ["--durability", "process-crash"].map(String::from);
-    let (mut server, _) =
-        child::Server::start_with(&dir.path().join("data"), &dir.path().join("log"), &flags)
-            .await
-            .expect("start");
+    let mut server = child::start_in(dir.path(), &["--durability", "process-crash"]).await;
     let grpc = grpc_round(&server).await;
     let grpc = timed(&server, grpc).await;
     let sse = sse_round(&server).await;

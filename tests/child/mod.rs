@@ -378,6 +378,47 @@ pub async fn gauge(http: SocketAddr, name: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
 }
 
+/// Samples a process's RSS every 20 ms in the background and keeps the peak.
+pub struct PeakRss {
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sampler: tokio::task::JoinHandle<()>,
+    pid: u32,
+}
+
+impl PeakRss {
+    /// Starts sampling process `pid`.
+    pub fn start(pid: u32) -> PeakRss {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let peak = std::sync::Arc::new(AtomicU64::new(rss_kib(pid)));
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let sampler = tokio::spawn({
+            let (peak, done) = (peak.clone(), done.clone());
+            async move {
+                while !done.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        PeakRss { peak, done, sampler, pid }
+    }
+
+    /// Stops sampling; the peak in KiB (including one last sample).
+    pub async fn stop(self) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.done.store(true, Ordering::Relaxed);
+        self.sampler.await.expect("RSS sampler");
+        self.peak.load(Ordering::Relaxed).max(rss_kib(self.pid))
+    }
+}
+
+/// Starts `eventsd serve` with `flags` on a data folder and log inside `dir`.
+pub async fn start_in(dir: &Path, flags: &[&str]) -> Server {
+    let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+    Server::start_with(&dir.join("data"), &dir.join("log"), &flags).await.expect("start").0
+}
+
 /// The resident memory of process `pid`, in KiB (0 if it cannot be read).
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
