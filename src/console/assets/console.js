@@ -290,7 +290,11 @@ async function eventsPage(params) {
     }
     liveButton.setAttribute('aria-pressed', 'true');
     liveButton.textContent = 'Stop live';
-    startLive(filters, liveStatus, (event) => {
+    // On the first page, from the newest sequence it shows, so nothing committed since it
+    // loaded is missed (and nothing on it comes twice); otherwise from now.
+    const shown = reply.body.data.map((event) => event.sequence);
+    const after = offset === 0 && shown.length ? Math.max(...shown) : null;
+    startLive(filters, after, liveStatus, (event) => {
       list.prepend(eventItem(event, false));
       list.firstChild.classList.add('new');
       count += 1;
@@ -319,11 +323,12 @@ function passesLocalFilters(event, filters) {
   return true;
 }
 
-/// Reads `GET /stream/events` (from now on) with fetch(), so the key travels as a header.
-async function startLive(filters, status, onEvent, onStop) {
+/// Reads `GET /stream/events` (after sequence `after`, or from now on) with fetch(), so the
+/// key travels as a header.
+async function startLive(filters, after, status, onEvent, onStop) {
   const controller = new AbortController();
   state.live = { controller, onStop };
-  const query = dropEmpty({ type: filters.type, livemode: filters.livemode });
+  const query = dropEmpty({ type: filters.type, livemode: filters.livemode, after_sequence: after });
   status.textContent = 'Connecting…';
   let response;
   try {
