@@ -86,13 +86,25 @@ async fn sse_round(server: &child::Server) -> JoinSet<usize> {
     readers
 }
 
-async fn timed(server: &child::Server, readers: JoinSet<usize>) -> Duration {
+/// The CPU time (user + system) process `pid` has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    ticks as f64 / 100.0
+}
+
+/// Publishes the events and waits for every reader: the wall time and the server's CPU time.
+async fn timed(server: &child::Server, readers: JoinSet<usize>) -> (Duration, f64) {
     let mut publisher = server.client().await;
+    let cpu = cpu_seconds(server.pid());
     let started = Instant::now();
     child::publish_small(&mut publisher, 0, EVENTS / PER_CALL, PER_CALL).await;
     let delivered: usize = readers.join_all().await.into_iter().sum();
     assert_eq!(delivered, STREAMS * EVENTS);
-    started.elapsed()
+    (started.elapsed(), cpu_seconds(server.pid()) - cpu)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -107,13 +119,15 @@ async fn deliveries_per_second_to_100_sse_streams_beside_100_grpc_streams() {
     let rate = |took: Duration| (STREAMS * EVENTS) as f64 / took.as_secs_f64();
     println!(
         "stream figures ({} build): {EVENTS} events to {STREAMS} streams each: gRPC \
-         SubscribeEvents {:.0} deliveries/s ({:.2} s), SSE /stream/events {:.0} deliveries/s \
-         ({:.2} s)",
+         SubscribeEvents {:.0} deliveries/s ({:.2} s, server CPU {:.1} s), SSE /stream/events \
+         {:.0} deliveries/s ({:.2} s, server CPU {:.1} s)",
         if cfg!(debug_assertions) { "debug" } else { "release" },
-        rate(grpc),
-        grpc.as_secs_f64(),
-        rate(sse),
-        sse.as_secs_f64()
+        rate(grpc.0),
+        grpc.0.as_secs_f64(),
+        grpc.1,
+        rate(sse.0),
+        sse.0.as_secs_f64(),
+        sse.1
     );
     server.terminate(child::CALL_LIMIT).await.expect("clean stop");
 }
