@@ -127,6 +127,7 @@ pub async fn run(
         keys: keys.clone(),
         tokens: tokens.clone(),
         fanout: fanout.clone(),
+        messages: Default::default(),
     }))
     .merge(crate::console::router());
     let http = match &outbound {

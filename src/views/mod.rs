@@ -66,6 +66,8 @@ pub struct ViewsState {
     pub tokens: PageTokens,
     /// Subscriptions, shared with gRPC SubscribeEvents (one `--max-subscribers` cap).
     pub fanout: Fanout,
+    /// Recent events' SSE messages, written once for every stream.
+    pub messages: stream::MessageCache,
 }
 
 /// The read-only view routes, to merge into the HTTP router.

@@ -27,8 +27,10 @@
 //! 400 for a position outside the store (`reason: EVENTS_EXPIRED` when retention removed what
 //! follows it), 503 when `--max-subscribers` streams are open.
 
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -54,6 +56,55 @@ use crate::store::StoredEvent;
 const LAST_EVENT_ID: &str = "last-event-id";
 /// A body chunk stops taking ready messages at about this size.
 const CHUNK_BYTES: usize = 64 * 1024;
+/// Most messages the shared message cache keeps, and most bytes.
+const CACHE_MESSAGES: usize = 1024;
+const CACHE_BYTES: usize = 4 << 20;
+
+/// The SSE messages of recent events, shared by every stream: an event's message is the same
+/// for every caller that may see it, so streams delivering the same event (the live tail,
+/// above all) write it once. Bounded in messages and in bytes; the oldest written go first.
+/// Cheap to clone.
+#[derive(Clone, Default)]
+pub struct MessageCache(Arc<Mutex<Messages>>);
+
+#[derive(Default)]
+struct Messages {
+    by_sequence: HashMap<u64, Bytes>,
+    order: VecDeque<u64>,
+    bytes: usize,
+}
+
+impl MessageCache {
+    /// The message of the event at `sequence`, written by `write` unless cached.
+    fn get_or_write(
+        &self,
+        sequence: u64,
+        write: impl FnOnce() -> Result<Bytes, Error>,
+    ) -> Result<Bytes, Error> {
+        let cached = self.lock().by_sequence.get(&sequence).cloned();
+        if let Some(message) = cached {
+            return Ok(message);
+        }
+        // Written outside the lock; two streams racing write it twice, which is harmless.
+        let message = write()?;
+        let mut messages = self.lock();
+        if messages.by_sequence.insert(sequence, message.clone()).is_none() {
+            messages.order.push_back(sequence);
+            messages.bytes += message.len();
+        }
+        while messages.order.len() > CACHE_MESSAGES || messages.bytes > CACHE_BYTES {
+            let Some(oldest) = messages.order.pop_front() else { break };
+            if let Some(gone) = messages.by_sequence.remove(&oldest) {
+                messages.bytes -= gone.len();
+            }
+        }
+        Ok(message)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Messages> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// `GET /stream/events`.
 pub async fn events(
@@ -74,7 +125,7 @@ pub async fn events(
         .subscribe_queue(caller, start, filter)
         .await
         .map_err(|err| name_start_param(err, field))?;
-    let body = Body::from_stream(Frames(stream.with_events()));
+    let body = Body::from_stream(Frames(stream.with_events(), state.messages.clone()));
     let headers = [
         (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
@@ -151,7 +202,7 @@ fn name_start_param(err: Error, field: &'static str) -> Error {
 /// The body: every message the queue has ready goes into one chunk, so a stream that is
 /// behind (catching up, or a burst) writes one chunk per batch rather than one per message.
 /// It holds nothing beyond what the queue already bounds.
-struct Frames(EventQueueStream);
+struct Frames(EventQueueStream, MessageCache);
 
 impl Stream for Frames {
     type Item = Result<Bytes, Infallible>;
@@ -160,7 +211,7 @@ impl Stream for Frames {
         let mut out = Vec::new();
         while out.len() < CHUNK_BYTES {
             match Pin::new(&mut self.0).poll_next(cx) {
-                Poll::Ready(Some((item, event))) => frame(&mut out, item, event),
+                Poll::Ready(Some((item, event))) => frame(&mut out, item, event, &self.1),
                 Poll::Ready(None) if out.is_empty() => return Poll::Ready(None),
                 Poll::Pending if out.is_empty() => return Poll::Pending,
                 Poll::Ready(None) | Poll::Pending => break,
@@ -176,20 +227,17 @@ fn frame(
     out: &mut Vec<u8>,
     item: Result<SubscribeEventsResponse, Status>,
     stored: Option<StoredEvent>,
+    messages: &MessageCache,
 ) {
     match item.map(|response| response.item) {
         Ok(Some(Item::Event(wire))) => {
             let event = stored.map_or_else(|| StoredEvent::from_bytes(wire.bytes().clone()), Ok);
             let written = event.and_then(|event| {
-                let mut json = Vec::with_capacity(event.bytes().len() + 256);
-                omise::write_event(&event, &mut json)?;
-                Ok((event.sequence(), json))
+                messages.get_or_write(event.sequence(), || event_message(&event))
             });
             match written {
-                Ok((sequence, json)) => {
-                    out.extend_from_slice(format!("id: {sequence}\n").as_bytes());
-                    data_lines(out, &json);
-                }
+                // The message ends with its blank line, added below.
+                Ok(message) => out.extend_from_slice(&message),
                 Err(err) => error_message(out, &Status::from(err)),
             }
         }
@@ -207,6 +255,16 @@ fn frame(
         }
     }
     out.push(b'\n');
+}
+
+/// An event's message without its closing blank line: `id:` and the view's JSON.
+fn event_message(event: &StoredEvent) -> Result<Bytes, Error> {
+    let mut json = Vec::with_capacity(event.bytes().len() + 256);
+    omise::write_event(event, &mut json)?;
+    let mut message = Vec::with_capacity(json.len() + 32);
+    message.extend_from_slice(format!("id: {}\n", event.sequence()).as_bytes());
+    data_lines(&mut message, &json);
+    Ok(Bytes::from(message))
 }
 
 /// `data:` lines for a payload: one per line of it (JSON written by eventsd has none, but a
@@ -248,7 +306,7 @@ mod tests {
 
     fn text(item: Result<SubscribeEventsResponse, Status>) -> String {
         let mut out = Vec::new();
-        frame(&mut out, item, None);
+        frame(&mut out, item, None, &MessageCache::default());
         String::from_utf8(out).unwrap()
     }
 
@@ -273,6 +331,22 @@ mod tests {
         let ended = text(Err(Status::unauthenticated("key \"a\" was removed")));
         assert!(ended.starts_with("event: error\ndata: {"), "{ended}");
         assert!(ended.contains("\"code\":\"unauthenticated\""), "{ended}");
+    }
+
+    #[test]
+    fn the_message_cache_writes_each_event_once_and_stays_within_its_bounds() {
+        let cache = MessageCache::default();
+        let first = cache.get_or_write(1, || Ok(Bytes::from_static(b"one"))).unwrap();
+        let again = cache.get_or_write(1, || panic!("a cached message is not written again"));
+        assert_eq!(again.unwrap(), first);
+        for seq in 2..=(CACHE_MESSAGES as u64 + 10) {
+            cache.get_or_write(seq, || Ok(Bytes::from(vec![b'x'; 100]))).unwrap();
+        }
+        assert_eq!(cache.lock().by_sequence.len(), CACHE_MESSAGES);
+        assert!(!cache.lock().by_sequence.contains_key(&1), "the oldest went first");
+        let big = Bytes::from(vec![b'y'; CACHE_BYTES]);
+        cache.get_or_write(u64::MAX, || Ok(big.clone())).unwrap();
+        assert!(cache.lock().bytes <= CACHE_BYTES, "{} bytes", cache.lock().bytes);
     }
 
     #[test]
