@@ -8,6 +8,11 @@
 //! - **One deadline** (`--delivery-timeout`) covers resolve, connect, TLS, sending the body
 //!   and the answer's head; at most [`MAX_RESPONSE_BYTES`] of the answer's body are read.
 //! - Redirects are not followed: a 3xx is a failed attempt like any non-2xx.
+//! - **Keep-alive**: a connection whose answer was read whole goes back to a pool keyed by
+//!   scheme, host and port (at most [`MAX_IDLE_PER_HOST`] idle each, for at most
+//!   [`IDLE_TIMEOUT`]), so a busy endpoint does not pay a TCP and TLS handshake per event.
+//!   Only connections made under the checks above are pooled; one that timed out, failed or
+//!   carried an oversized answer is closed.
 //! - TLS is rustls with the system's roots plus `--delivery-ca`.
 //! - Errors name what failed ("timeout", "connect: …", "HTTP 500") and never carry a secret
 //!   or the URL's query.
@@ -31,6 +36,29 @@ use crate::error::Error;
 
 /// Most bytes of an answer's body that are read (the rest is dropped with the connection).
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024;
+
+/// Most idle keep-alive connections kept per (scheme, host, port).
+pub const MAX_IDLE_PER_HOST: usize = 64;
+
+/// How long an idle keep-alive connection is kept.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One HTTP/1.1 connection: its request handle and the task driving it, which is aborted
+/// when the connection is dropped (so a timed-out or deleted attempt closes its socket).
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    driver: tokio::task::AbortHandle,
+    idle_since: Instant,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Idle connections by (scheme, host, port).
+type Pool = std::sync::Mutex<std::collections::HashMap<(String, String, u16), Vec<Connection>>>;
 
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +84,7 @@ pub struct Sender {
     rules: TargetRules,
     timeout: Duration,
     tls: TlsConnector,
+    idle: Arc<Pool>,
 }
 
 impl Sender {
@@ -90,7 +119,12 @@ impl Sender {
         .map_err(|e| Error::Startup(format!("TLS client: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        Ok(Sender { rules, timeout, tls: TlsConnector::from(Arc::new(config)) })
+        Ok(Sender {
+            rules,
+            timeout,
+            tls: TlsConnector::from(Arc::new(config)),
+            idle: Arc::default(),
+        })
     }
 
     /// The rules endpoint URLs and destinations are checked against.
@@ -131,22 +165,87 @@ impl Sender {
     ) -> Result<u16, String> {
         let host = url.host_str().ok_or("the URL has no host")?;
         let port = url.port_or_known_default().ok_or("the URL has no port")?;
-        let stream = self.connect(host, port).await?;
-        let mut request = hyper::Request::post(url.as_str())
-            .header(hyper::header::HOST, host_header(url))
-            .header(hyper::header::CONTENT_TYPE, content_type)
-            .header(hyper::header::USER_AGENT, concat!("eventsd/", env!("CARGO_PKG_VERSION")));
-        for (name, value) in headers {
-            request = request.header(*name, value);
+        let request = || {
+            let mut request = hyper::Request::post(url.as_str())
+                .header(hyper::header::HOST, host_header(url))
+                .header(hyper::header::CONTENT_TYPE, content_type)
+                .header(hyper::header::USER_AGENT, concat!("eventsd/", env!("CARGO_PKG_VERSION")));
+            for (name, value) in headers {
+                request = request.header(*name, value);
+            }
+            request.body(Full::new(body.clone())).map_err(|e| format!("request: {e}"))
+        };
+        let key = (url.scheme().to_owned(), host.to_owned(), port);
+        let (mut connection, response) = match self.take_idle(&key) {
+            Some(mut idle) => match idle.sender.send_request(request()?).await {
+                Ok(response) => (idle, response),
+                // The receiver closed the idle connection as it was taken (the keep-alive
+                // race): nothing was answered, so the request goes again on a new one.
+                Err(_) => {
+                    let mut fresh = self.open(url.scheme(), host, port).await?;
+                    let response = fresh
+                        .sender
+                        .send_request(request()?)
+                        .await
+                        .map_err(|e| format!("HTTP: {e}"))?;
+                    (fresh, response)
+                }
+            },
+            None => {
+                let mut fresh = self.open(url.scheme(), host, port).await?;
+                let response = fresh
+                    .sender
+                    .send_request(request()?)
+                    .await
+                    .map_err(|e| format!("HTTP: {e}"))?;
+                (fresh, response)
+            }
+        };
+        let status = response.status().as_u16();
+        // Read the answer's body (up to the cap) so the connection can carry the next one.
+        let whole = Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect().await.is_ok();
+        if whole {
+            connection.idle_since = Instant::now();
+            self.put_idle(key, connection);
         }
-        let request = request.body(Full::new(body)).map_err(|e| format!("request: {e}"))?;
-        if url.scheme() == "https" {
+        Ok(status)
+    }
+
+    /// An idle connection to `key` that is still open, if any.
+    fn take_idle(&self, key: &(String, String, u16)) -> Option<Connection> {
+        let mut idle = self.idle.lock().ok()?;
+        let connections = idle.get_mut(key)?;
+        while let Some(connection) = connections.pop() {
+            if connection.idle_since.elapsed() < IDLE_TIMEOUT
+                && connection.sender.is_ready()
+                && !connection.sender.is_closed()
+            {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection to the pool, dropping the stale ones of its host.
+    fn put_idle(&self, key: (String, String, u16), connection: Connection) {
+        let Ok(mut idle) = self.idle.lock() else { return };
+        let connections = idle.entry(key).or_default();
+        connections.retain(|c| c.idle_since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
+        if connections.len() < MAX_IDLE_PER_HOST {
+            connections.push(connection);
+        }
+    }
+
+    /// A new connection: resolve, check, connect, TLS for https, HTTP/1.1 handshake.
+    async fn open(&self, scheme: &str, host: &str, port: u16) -> Result<Connection, String> {
+        let stream = self.connect(host, port).await?;
+        if scheme == "https" {
             let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
                 .map_err(|e| format!("TLS: {e}"))?;
             let tls = self.tls.connect(name, stream).await.map_err(|e| format!("TLS: {e}"))?;
-            exchange_on(TokioIo::new(tls), request).await
+            handshake(TokioIo::new(tls)).await
         } else {
-            exchange_on(TokioIo::new(stream), request).await
+            handshake(TokioIo::new(stream)).await
         }
     }
 
@@ -190,33 +289,19 @@ fn host_header(url: &url::Url) -> String {
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection: the answer's status. The connection is driven
-/// in this future, not a task of its own, so dropping it (the attempt's deadline, a deleted
-/// endpoint) closes the connection at once.
-async fn exchange_on<I>(io: I, request: hyper::Request<Full<Bytes>>) -> Result<u16, String>
+/// The HTTP/1.1 handshake on a connected stream; the connection is driven by a task of its
+/// own, aborted when the [`Connection`] is dropped.
+async fn handshake<I>(io: I) -> Result<Connection, String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, connection) =
+    let (sender, connection) =
         hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP: {e}"))?;
-    let exchange = async move {
-        let response = sender.send_request(request).await.map_err(|e| format!("HTTP: {e}"))?;
-        let status = response.status().as_u16();
-        // Read a little of the body, so a receiver that answers before reading ours is not
-        // reset mid-answer; the rest is dropped with the connection.
-        let _ = Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect().await;
-        Ok::<u16, String>(status)
-    };
-    let mut exchange = std::pin::pin!(exchange);
-    let mut connection = std::pin::pin!(connection);
-    let mut connection_done = false;
-    loop {
-        tokio::select! {
-            biased;
-            result = &mut exchange => return result,
-            _ = &mut connection, if !connection_done => connection_done = true,
-        }
-    }
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    })
+    .abort_handle();
+    Ok(Connection { sender, driver, idle_since: Instant::now() })
 }
 
 #[cfg(test)]
@@ -376,6 +461,83 @@ mod tests {
         let err =
             Sender::new(LOOPBACK, Duration::from_secs(5), Some(&ca)).err().expect("a bad CA file");
         assert!(err.to_string().starts_with("--delivery-ca"), "{err}");
+    }
+
+    /// A keep-alive receiver: answers 200 to every request on a connection; counts
+    /// connections and requests.
+    async fn keep_alive_receiver(
+    ) -> (u16, Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (c, r) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // One request: the head, then content-length bytes of body.
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match tcp.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < head_end + length {
+                            match tcp.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..head_end + length);
+                        r.fetch_add(1, Ordering::SeqCst);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if tcp.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, connections, requests)
+    }
+
+    #[tokio::test]
+    async fn keep_alive_reuses_one_connection_and_survives_a_receiver_that_closes() {
+        use std::sync::atomic::Ordering;
+        let sender = Sender::new(LOOPBACK, Duration::from_secs(5), None).unwrap();
+        let (port, connections, requests) = keep_alive_receiver().await;
+        let target = url(&format!("http://127.0.0.1:{port}/hook"));
+        for _ in 0..5 {
+            let outcome =
+                sender.post(&target, "application/json", &[], Bytes::from_static(b"{}")).await;
+            assert!(outcome.succeeded(), "{outcome:?}");
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 5);
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "one connection for five requests");
+        // A receiver that closes after each answer: every attempt still succeeds.
+        let (port, closing) = receiver(None, 200).await;
+        let target = url(&format!("http://127.0.0.1:{port}/hook"));
+        for _ in 0..5 {
+            let outcome =
+                sender.post(&target, "application/json", &[], Bytes::from_static(b"{}")).await;
+            assert!(outcome.succeeded(), "{outcome:?}");
+        }
+        assert!(closing.load(Ordering::SeqCst) >= 5);
     }
 
     #[tokio::test]
