@@ -743,6 +743,9 @@ pub struct ListArgs {
     /// Only live (`true`) or only test (`false`) events; both when not given.
     #[arg(long, value_name = "true|false")]
     pub livemode: Option<bool>,
+    /// Only events from this producer (`source`, exactly), such as `omise`.
+    #[arg(long)]
+    pub source: Option<String>,
     /// Continue a listing: the `next_page_token` of a previous page (other options must then
     /// be left out or equal the first page's; only --limit may change).
     #[arg(long, value_name = "TOKEN")]

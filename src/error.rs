@@ -332,11 +332,16 @@ pub struct ErrorName(pub &'static str);
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let class = self.class();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "object": "error",
             "code": class.name,
             "message": self.client_message(),
         });
+        // The same machine-readable reason and earliest position gRPC puts in its ErrorInfo.
+        if let Error::Expired { earliest, .. } = &self {
+            body["reason"] = "EVENTS_EXPIRED".into();
+            body["earliest_sequence"] = (*earliest).into();
+        }
         let mut response = (class.http, axum::Json(body)).into_response();
         response.extensions_mut().insert(ErrorName(class.name));
         response

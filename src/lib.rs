@@ -25,7 +25,9 @@
 //!   writer) and the JetStream backend (`store::jetstream`).
 //! - [`tls`]: TLS and mutual TLS for both listeners.
 //! - [`client`]: client subcommands for the terminal (`publish`, `get`, `list`, `tail`).
-//! - [`views`]: read-only HTTP views in the Omise and KOMOJU Events API shapes.
+//! - [`views`]: read-only HTTP views in the Omise and KOMOJU Events API shapes, the SSE
+//!   stream `GET /stream/events` and `GET /whoami`.
+//! - [`console`]: the web console at `/console`, its assets compiled into the binary.
 //! - [`error`]: the one error type and its one classification (gRPC code, HTTP status, stable
 //!   name) that every transport answers through.
 //! - [`proto`]: the generated `events.v1` code (a plain set, and the server's wire set that
@@ -62,6 +64,7 @@ pub mod delivery;
 
 pub(crate) mod api;
 pub(crate) mod connections;
+pub(crate) mod console;
 pub(crate) mod error;
 pub(crate) mod fanout;
 pub(crate) mod limits;

@@ -102,6 +102,18 @@ pub async fn run(
     };
     let in_flight = InFlightLimit::new(config.max_in_flight, metrics.clone());
     let limits = EventLimits { max_data_bytes: config.max_data_bytes };
+    // Before the routers: gRPC SubscribeEvents and the HTTP stream share it.
+    let fanout = Fanout::new(
+        store.clone(),
+        SubscriptionConfig {
+            heartbeat: config.heartbeat_interval,
+            max_subscribers: config.max_subscribers,
+        },
+        metrics.clone(),
+        keys.clone(),
+        token.clone(),
+        tasks.clone(),
+    );
     let http = router(IngestState {
         store: store.clone(),
         limits,
@@ -114,7 +126,10 @@ pub async fn run(
         store: store.clone(),
         keys: keys.clone(),
         tokens: tokens.clone(),
-    }));
+        fanout: fanout.clone(),
+        messages: Default::default(),
+    }))
+    .merge(crate::console::router());
     let http = match &outbound {
         Some(webhooks) => http.merge(crate::views::endpoints::router(EndpointsState {
             webhooks: webhooks.clone(),
@@ -141,16 +156,6 @@ pub async fn run(
         Some(_) => (http, Some(crate::error::with_http_fallbacks(scrape(None)))),
         None => (http.merge(scrape(keys.enabled().then(|| keys.clone()))), None),
     };
-    let fanout = Fanout::new(
-        store.clone(),
-        SubscriptionConfig {
-            heartbeat: config.heartbeat_interval,
-            max_subscribers: config.max_subscribers,
-        },
-        metrics.clone(),
-        token.clone(),
-        tasks.clone(),
-    );
     let api = EventsApi::new(store.clone(), limits, fanout, metrics.clone(), tokens);
     let events = EventServiceServer::new(api)
         .max_decoding_message_size(config.max_request_bytes)

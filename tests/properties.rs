@@ -91,7 +91,7 @@ proptest! {
         order in any::<i32>(), types in prop::collection::vec(".{0,12}", 0..3),
         livemode in prop::option::of(any::<bool>()), page_token in ".{0,80}",
     ) {
-        let req = ListEventsRequest { from, to, offset, limit, order, types, livemode, page_token };
+        let req = ListEventsRequest { from, to, offset, limit, order, types, livemode, page_token, source: String::new() };
         let now = Timestamp { seconds: 1_700_000_000, nanos: 0 };
         if let Err(err) = PageRequest::new(req, now, &PageTokens::new([1; 32])) {
             prop_assert!(invalid_field(&err).is_some(), "{err:?}");

@@ -8,7 +8,9 @@
 //!
 //! Promises: presented keys are hashed and compared with every configured key in constant
 //! time; keys never appear in logs, errors or `Debug` output; a reload (SIGHUP) that fails to
-//! parse keeps the old keys and logs why. A key from a test client learns nothing of live
+//! parse keeps the old keys and logs why. A reload is announced ([`KeyRing::changes`]) so
+//! that open streams re-check their caller ([`KeyRing::still_grants`]) and end at once when
+//! its key is gone, lost the scope or changed mode. A key from a test client learns nothing of live
 //! events: GetEvent answers NOT_FOUND, lists, totals and subscriptions are narrowed to its mode.
 //! Event ids are one namespace per mode: a test key's publish can neither conflict with nor
 //! block a live event of the same id. What modes still share is the sequence (see README).
@@ -18,6 +20,8 @@ pub(crate) mod layer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -35,12 +39,39 @@ pub struct Principal {
     scopes: Vec<Scope>,
     /// Which events the caller may see and write.
     pub mode: Mode,
+    /// The presented key's digest, so a stream can ask later whether the key still exists.
+    credential: Credential,
+}
+
+/// The SHA-256 of the key a caller presented (none without a key file); never printed.
+#[derive(Clone, PartialEq, Eq)]
+struct Credential(Option<[u8; 32]>);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(<redacted>)")
+    }
 }
 
 impl Principal {
     /// The caller when no key file is configured: every scope, both modes.
     pub fn unrestricted() -> Self {
-        Principal { name: "anonymous".into(), scopes: vec![Scope::Admin], mode: Mode::All }
+        Principal {
+            name: "anonymous".into(),
+            scopes: vec![Scope::Admin],
+            mode: Mode::All,
+            credential: Credential(None),
+        }
+    }
+
+    /// The key's scopes as configured (`admin` implies the others).
+    pub fn scopes(&self) -> &[Scope] {
+        &self.scopes
+    }
+
+    /// Whether the key has `scope` (or admin).
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
     }
 
     /// The sender of a webhook route's deliveries, authenticated by their signature: it may
@@ -50,12 +81,13 @@ impl Principal {
             name: format!("webhook:{source}"),
             scopes: vec![Scope::Publish],
             mode: Mode::All,
+            credential: Credential(None),
         }
     }
 
     /// PERMISSION_DENIED unless the key has `scope` (or admin).
     pub fn require(&self, scope: Scope) -> Result<(), Error> {
-        if self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin) {
+        if self.has(scope) {
             return Ok(());
         }
         Err(Error::PermissionDenied(format!(
@@ -112,10 +144,18 @@ impl Principal {
 }
 
 /// The configured keys, reloadable; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct KeyRing {
     path: Option<PathBuf>,
     keys: Arc<RwLock<Arc<KeyFile>>>,
+    /// Counts successful reloads; streams watch it.
+    reloads: Arc<watch::Sender<u64>>,
+}
+
+impl Default for KeyRing {
+    fn default() -> Self {
+        KeyRing { path: None, keys: Arc::default(), reloads: Arc::new(watch::Sender::new(0)) }
+    }
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -134,7 +174,11 @@ impl KeyRing {
     pub fn load(path: &Path) -> Result<Self, Error> {
         let file = KeyFile::read(path)?;
         tracing::info!(path = %path.display(), keys = file.len(), "API keys loaded");
-        Ok(KeyRing { path: Some(path.to_path_buf()), keys: Arc::new(RwLock::new(Arc::new(file))) })
+        Ok(KeyRing {
+            path: Some(path.to_path_buf()),
+            keys: Arc::new(RwLock::new(Arc::new(file))),
+            ..KeyRing::default()
+        })
     }
 
     /// Whether a key file is configured.
@@ -151,6 +195,7 @@ impl KeyRing {
                 if let Ok(mut keys) = self.keys.write() {
                     *keys = Arc::new(file);
                 }
+                self.reloads.send_modify(|n| *n += 1);
                 tracing::info!(path = %path.display(), keys = count, "API keys reloaded");
             }
             Err(err) => {
@@ -177,14 +222,49 @@ impl KeyRing {
             )
         })?;
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let keys = self.keys.read().map(|k| Arc::clone(&k)).unwrap_or_default();
-        keys.find(&digest)
+        self.current()
+            .find(&digest)
             .map(|entry| Principal {
                 name: entry.name.clone(),
                 scopes: entry.scopes.clone(),
                 mode: entry.mode,
+                credential: Credential(Some(digest)),
             })
             .ok_or_else(|| Error::Unauthenticated("unknown API key".into()))
+    }
+
+    /// Changes after every successful reload.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.reloads.subscribe()
+    }
+
+    /// Whether the keys as they are now still let `caller` do what `scope` allows, with the
+    /// same name and mode it was authenticated with: UNAUTHENTICATED once a reload removed
+    /// its key, PERMISSION_DENIED once the key lost the scope or changed mode. Without a key
+    /// file every caller keeps every right.
+    pub fn still_grants(&self, caller: &Principal, scope: Scope) -> Result<(), Error> {
+        let Credential(Some(digest)) = &caller.credential else {
+            return Ok(());
+        };
+        let keys = self.current();
+        let Some(entry) = keys.find(digest).filter(|e| e.name == caller.name) else {
+            return Err(Error::Unauthenticated(format!(
+                "key {:?} was removed by a reload of the API keys",
+                caller.name
+            )));
+        };
+        if entry.mode != caller.mode {
+            return Err(Error::PermissionDenied(format!(
+                "key {:?} changed mode in a reload of the API keys",
+                caller.name
+            )));
+        }
+        let now = Principal { scopes: entry.scopes.clone(), ..caller.clone() };
+        now.require(scope)
+    }
+
+    fn current(&self) -> Arc<KeyFile> {
+        self.keys.read().map(|k| Arc::clone(&k)).unwrap_or_default()
     }
 }
 

@@ -43,6 +43,7 @@ pub async fn list(args: ListArgs) -> Result<(), ClientError> {
         types: args.types,
         livemode: args.livemode,
         page_token: args.page_token.unwrap_or_default(),
+        source: args.source.unwrap_or_default(),
     };
     if !args.all {
         let page = client.list_events(request).await?.into_inner();

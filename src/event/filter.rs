@@ -1,8 +1,8 @@
-//! Event filters shared by ListEvents and SubscribeEvents: types (exact or trailing wildcard)
-//! and livemode.
+//! Event filters shared by ListEvents and SubscribeEvents: types (exact or trailing wildcard),
+//! livemode and (ListEvents, the HTTP views) the producer's `source`.
 
 use crate::error::Error;
-use crate::event::validate_type;
+use crate::event::{validate_label, validate_type};
 use crate::store::StoredEvent;
 
 /// Most type patterns one request may carry.
@@ -30,6 +30,8 @@ pub struct Filter {
     patterns: Vec<Pattern>,
     /// Only live (`Some(true)`) or test (`Some(false)`) events; `None` for both.
     pub livemode: Option<bool>,
+    /// Only events whose `source` is exactly this; `None` for every source.
+    pub source: Option<String>,
 }
 
 impl Filter {
@@ -66,7 +68,24 @@ impl Filter {
             };
             patterns.push(pattern);
         }
-        Ok(Filter { patterns, livemode })
+        Ok(Filter { patterns, livemode, source: None })
+    }
+
+    /// Narrows the filter to one producer: `source` must equal the event's exactly. An
+    /// empty source means every source (as an unset proto3 string reads); otherwise it must
+    /// be a valid `source` label.
+    pub fn with_source(mut self, source: &str) -> Result<Self, Error> {
+        if source.is_empty() {
+            return Ok(self);
+        }
+        validate_label(source).map_err(|r| Error::invalid("source", r))?;
+        self.source = Some(source.to_string());
+        Ok(self)
+    }
+
+    /// Whether events from this producer pass the source filter.
+    pub fn matches_source(&self, source: &str) -> bool {
+        self.source.as_deref().is_none_or(|s| s == source)
     }
 
     /// True when no type pattern narrows the filter.
@@ -85,9 +104,11 @@ impl Filter {
         self.livemode.is_none_or(|m| m == livemode)
     }
 
-    /// Whether the event passes both filters.
+    /// Whether the event passes every filter.
     pub fn matches(&self, event: &StoredEvent) -> bool {
-        self.matches_mode(event.livemode()) && self.matches_type(event.event_type())
+        self.matches_mode(event.livemode())
+            && self.matches_type(event.event_type())
+            && self.matches_source(event.source())
     }
 
     /// The patterns as the client wrote them, for page tokens.

@@ -201,7 +201,7 @@ pub(crate) fn validate_token(s: &str, punctuation: &[char]) -> Result<(), String
 }
 
 /// `api_version` and `source`: optional, at most 64 printable characters.
-fn validate_label(s: &str) -> Result<(), String> {
+pub(crate) fn validate_label(s: &str) -> Result<(), String> {
     if s.chars().count() > MAX_LABEL_LEN {
         return Err(format!("is longer than {MAX_LABEL_LEN} characters"));
     }

@@ -1,4 +1,6 @@
-//! Fan-out: SubscribeEvents streams, catch-up then live.
+//! Fan-out: subscription streams, catch-up then live, for every streaming transport (gRPC
+//! SubscribeEvents, and `GET /stream/events` over SSE in [`crate::views::stream`], which reads
+//! the same stream and only changes its framing).
 //!
 //! Each subscription is one task that walks the store by sequence from its start position up
 //! to the durable point, sends the matching events, sends `caught_up` once, then sleeps until
@@ -20,6 +22,10 @@
 //!   gone, releasing everything.
 //! - **Shutdown**: the task ends the stream with UNAVAILABLE naming the last sequence
 //!   delivered, so the client can resume with `after_sequence`.
+//! - **Key reloads**: every stream belongs to its caller's key. A reload that removes the
+//!   key, takes away its `subscribe` scope or changes its mode ends the stream at once (the
+//!   task watches the ring's reload signal, and checks between read steps while catching up)
+//!   with UNAUTHENTICATED or PERMISSION_DENIED; a reload that keeps the key changes nothing.
 
 pub mod limit;
 pub mod queue;

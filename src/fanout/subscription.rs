@@ -6,15 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost_types::Timestamp;
+use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 
+use crate::auth::{KeyRing, Principal, Scope};
 use crate::error::Error;
 use crate::event::{cloudevent, time, Filter};
 use crate::fanout::limit::{StreamLimit, StreamPermit};
-use crate::fanout::queue::{queue, QueueSender};
+use crate::fanout::queue::{queue, QueueSender, QueueStream};
 use crate::metrics::{Metrics, SubscriberGuard};
 use crate::proto::wire::{subscribe_events_response::Item, SubscribeEventsResponse};
 use crate::proto::{CaughtUp, Heartbeat, WireEvent};
@@ -67,42 +69,63 @@ pub struct Fanout {
     config: SubscriptionConfig,
     limit: StreamLimit,
     metrics: Metrics,
+    keys: KeyRing,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl Fanout {
-    /// Subscriptions over `store`; their tasks are tracked on `tasks` and end on `shutdown`.
+    /// Subscriptions over `store`; their tasks are tracked on `tasks` and end on `shutdown`,
+    /// or when a reload of `keys` takes the subscriber's right away.
     pub fn new(
         store: Arc<dyn EventStore>,
         config: SubscriptionConfig,
         metrics: Metrics,
+        keys: KeyRing,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Self {
         let limit = StreamLimit::new(config.max_subscribers);
-        Fanout { store, config, limit, metrics, shutdown, tasks }
+        Fanout { store, config, limit, metrics, keys, shutdown, tasks }
     }
 
-    /// Resolves the start position and spawns the subscription's task.
+    /// Resolves the start position and spawns the subscription's task for `caller` (already
+    /// checked for the `subscribe` scope; `filter` already narrowed to its mode).
     /// `cloudevents` sends events as CloudEvents instead of events.v1.Event.
     pub async fn subscribe(
         &self,
+        caller: Principal,
         start: Start,
         filter: Filter,
         cloudevents: bool,
     ) -> Result<SubscribeEventsStream, Error> {
-        spawn(self, start, filter, cloudevents).await
+        Ok(Box::pin(spawn(self, caller, start, filter, cloudevents).await?))
+    }
+
+    /// [`Fanout::subscribe`] in the events.v1 format, as the queue itself, for a transport
+    /// that reframes events ([`QueueStream::with_events`] hands it each stored event).
+    pub async fn subscribe_queue(
+        &self,
+        caller: Principal,
+        start: Start,
+        filter: Filter,
+    ) -> Result<QueueStream, Error> {
+        spawn(self, caller, start, filter, false).await
     }
 }
 
 async fn spawn(
     fanout: &Fanout,
+    caller: Principal,
     start: Start,
     filter: Filter,
     cloudevents: bool,
-) -> Result<SubscribeEventsStream, Error> {
+) -> Result<QueueStream, Error> {
     let permit = fanout.limit.admit()?;
+    // Watched from before the check, so a reload between the caller's authentication and
+    // here is not missed.
+    let reloads = fanout.keys.changes();
+    fanout.keys.still_grants(&caller, Scope::Subscribe)?;
     let store = fanout.store.clone();
     let durable = store.newest().await?;
     let first = store.first_sequence();
@@ -141,9 +164,12 @@ async fn spawn(
         gauge: fanout.metrics.subscriber(),
         metrics: fanout.metrics.clone(),
         cloudevents,
+        keys: fanout.keys.clone(),
+        reloads,
+        caller,
     };
     fanout.tasks.spawn(subscription.run());
-    Ok(Box::pin(rx))
+    Ok(rx)
 }
 
 struct Subscription {
@@ -162,12 +188,18 @@ struct Subscription {
     gauge: SubscriberGuard,
     metrics: Metrics,
     cloudevents: bool,
+    keys: KeyRing,
+    /// Changes on every key reload: the caller's rights are then checked again.
+    reloads: watch::Receiver<u64>,
+    caller: Principal,
 }
 
 /// Why a subscription task stops.
 enum Stop {
     ClientGone,
     Shutdown,
+    /// A key reload took the caller's right to this stream away.
+    Revoked(Error),
     Failed(Error),
 }
 
@@ -177,7 +209,7 @@ impl Subscription {
         let status = match stop {
             Stop::ClientGone => return,
             Stop::Shutdown => Status::from(Error::StreamShutDown { after_sequence: self.cursor }),
-            Stop::Failed(err) => Status::from(err),
+            Stop::Revoked(err) | Stop::Failed(err) => Status::from(err),
         };
         // The final status must reach the client, or a slow reader would see its stream end
         // with OK and not resume. A client that stops reading entirely gets a bounded wait;
@@ -211,12 +243,15 @@ impl Subscription {
                             // The stored bytes, shared: no encoding per subscriber.
                             false => Item::Event(WireEvent::from(&event)),
                         };
-                        if let Err(stop) = self.send(item).await {
+                        if let Err(stop) = self.send_event(item, event).await {
                             return stop;
                         }
                         self.metrics.delivered();
                     }
                     self.cursor = sequence;
+                }
+                if let Err(stop) = self.check_access() {
+                    return stop;
                 }
                 if Instant::now() >= next_beat {
                     next_beat = Instant::now() + self.config.heartbeat;
@@ -247,8 +282,24 @@ impl Subscription {
                 }
                 _ = self.shutdown.cancelled() => return Stop::Shutdown,
                 _ = self.tx.closed() => return Stop::ClientGone,
+                // The task holds a clone of the ring, so the sender outlives this receiver.
+                Ok(()) = self.reloads.changed() => {
+                    if let Err(err) = self.keys.still_grants(&self.caller, Scope::Subscribe) {
+                        return Stop::Revoked(err);
+                    }
+                }
             }
         }
+    }
+
+    /// Between read steps: whether a key reload since the last check took the caller's
+    /// right to this stream away.
+    fn check_access(&mut self) -> Result<(), Stop> {
+        if !self.reloads.has_changed().unwrap_or(false) {
+            return Ok(());
+        }
+        self.reloads.borrow_and_update();
+        self.keys.still_grants(&self.caller, Scope::Subscribe).map_err(Stop::Revoked)
     }
 
     fn wanted(&self, event: &StoredEvent) -> bool {
@@ -265,9 +316,18 @@ impl Subscription {
 
     /// Queues one item, giving up if the client leaves or the server shuts down meanwhile.
     async fn send(&self, item: Item) -> Result<(), Stop> {
+        self.send_with(item, None).await
+    }
+
+    /// Queues an event's item with the event itself.
+    async fn send_event(&self, item: Item, event: StoredEvent) -> Result<(), Stop> {
+        self.send_with(item, Some(event)).await
+    }
+
+    async fn send_with(&self, item: Item, event: Option<StoredEvent>) -> Result<(), Stop> {
         let response = SubscribeEventsResponse { item: Some(item) };
         tokio::select! {
-            sent = self.tx.send(Ok(response)) => sent.map_err(|_| Stop::ClientGone),
+            sent = self.tx.send_with(Ok(response), event) => sent.map_err(|_| Stop::ClientGone),
             _ = self.shutdown.cancelled() => Err(Stop::Shutdown),
         }
     }

@@ -173,6 +173,8 @@ struct PageToken {
     first_offset: i32,
     #[prost(uint64, tag = "13")]
     first_kept: u64,
+    #[prost(string, tag = "14")]
+    source: String,
 }
 
 /// A validated ListEvents request: the store query plus what the response must echo.
@@ -212,7 +214,7 @@ impl PageRequest {
                 time::validate(ts).map_err(|r| Error::invalid(field, r))?;
             }
         }
-        let filter = Filter::new(&req.types, req.livemode)?;
+        let filter = Filter::new(&req.types, req.livemode)?.with_source(&req.source)?;
 
         if req.page_token.is_empty() {
             let from = req.from.unwrap_or_else(time::epoch);
@@ -268,6 +270,9 @@ impl PageRequest {
         if req.livemode.is_some() && req.livemode != token.livemode {
             return differs("livemode");
         }
+        if !req.source.is_empty() && req.source != token.source {
+            return differs("source");
+        }
         if req.offset != 0 && req.offset != token.first_offset {
             return Err(Error::invalid(
                 "offset",
@@ -280,7 +285,9 @@ impl PageRequest {
             return Err(bad_token());
         };
         check_view(&token, &from, &to, &after_created)?;
-        let token_filter = Filter::new(&token.types, token.livemode).map_err(|_| bad_token())?;
+        let token_filter = Filter::new(&token.types, token.livemode)
+            .and_then(|f| f.with_source(&token.source))
+            .map_err(|_| bad_token())?;
         Ok(PageRequest {
             query: ListQuery {
                 from,
@@ -335,6 +342,7 @@ impl PageRequest {
                 position: self.position + page.events.len() as u64,
                 first_offset: self.first_offset,
                 first_kept: page.first,
+                source: self.query.filter.source.clone().unwrap_or_default(),
             }),
             _ => String::new(),
         };
@@ -447,6 +455,7 @@ mod tests {
             position: 20,
             first_offset: 0,
             first_kept: 1,
+            source: String::new(),
         }
     }
 

@@ -79,7 +79,7 @@ pub(crate) async fn subscribe(
             return Err(Error::invalid("format", format!("unknown value {}", request.format)))
         }
     };
-    fanout.subscribe(start, filter, cloudevents).await
+    fanout.subscribe(caller.clone(), start, filter, cloudevents).await
 }
 
 /// Where a transport found the id it asks for.

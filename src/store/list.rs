@@ -6,7 +6,9 @@
 //! A listing reads one index stream per selected (mode) or (type, mode). Each stream is a
 //! range already sorted by created then sequence; the streams are merged, entries above the
 //! view's snapshot are skipped, the offset is skipped, and `limit + 1` entries are taken so
-//! the page knows whether more follow. The merge keeps the streams' heads in a binary heap:
+//! the page knows whether more follow. The index knows no `source`: a listing filtered by
+//! source asks the backend about each entry the other filters select (`from_source`), and
+//! counts its total by walking them all, so its cost is linear in those entries. The merge keeps the streams' heads in a binary heap:
 //! O(log streams) per entry, O(streams) to start. A deep offset is linear in the offset.
 
 use std::collections::BinaryHeap;
@@ -84,11 +86,13 @@ struct Stream {
     total: u64,
 }
 
-/// Answers one page with sequences.
+/// Answers one page with sequences. `from_source(seq, source)` says whether the event at
+/// `seq` has this source; it is asked only when the query filters by source.
 pub fn page<I: Index>(
     index: &I,
     state: &DurableState,
     query: &ListQuery,
+    mut from_source: impl FnMut(u64, &str) -> Result<bool, Error>,
 ) -> Result<SequencePage, Error> {
     if let Some(resume) = &query.resume {
         if resume.first < state.first {
@@ -97,28 +101,46 @@ pub fn page<I: Index>(
     }
     let snapshot = query.resume.as_ref().map_or(state.sequence, |r| r.snapshot);
     let streams = select_streams(state, query);
+    let source = query.filter.source.as_deref();
+    let mut keep = |seq: u64| source.map_or(Ok(true), |s| from_source(seq, s));
+    let merged = || {
+        Merge::new(
+            streams.iter().map(|s| entries(index, &s.prefix, query)).collect(),
+            query.direction,
+            snapshot,
+        )
+    };
     let total = match &query.resume {
         Some(resume) => resume.total,
+        None if source.is_some() => {
+            let mut all = merged();
+            let mut n = 0u64;
+            while let Some(seq) = all.next_seq()? {
+                n += u64::from(keep(seq)?);
+            }
+            n
+        }
         None => streams
             .iter()
             .map(|s| count_in_range(index, s, &query.from, &query.to, snapshot))
             .sum::<Result<u64, Error>>()?,
     };
 
-    let mut merge = Merge::new(
-        streams.iter().map(|s| entries(index, &s.prefix, query)).collect(),
-        query.direction,
-        snapshot,
-    );
+    let mut merge = merged();
     let skip = if query.resume.is_some() { 0 } else { query.offset };
-    for _ in 0..skip {
-        if merge.next_seq()?.is_none() {
-            break;
+    let mut skipped = 0;
+    while skipped < skip {
+        match merge.next_seq()? {
+            None => break,
+            Some(seq) => skipped += usize::from(keep(seq)?),
         }
     }
     let mut sequences = Vec::with_capacity(query.limit.min(128));
     let mut has_more = false;
     while let Some(seq) = merge.next_seq()? {
+        if !keep(seq)? {
+            continue;
+        }
         if sequences.len() == query.limit {
             has_more = true;
             break;

@@ -4,13 +4,14 @@
 //! The list runs from most recent to least recent, as KOMOJU's documentation says: by
 //! (created, sequence) descending, so of two events created in the same second the one
 //! committed later comes first. Parameters are KOMOJU's `page` (default 1) and `per_page`
-//! (default 10, as in KOMOJU's sample; above 100 reduced to 100), plus eventsd's filters `type`
-//! and `livemode` as in the Omise view. The range is ListEvents' default: created from
+//! (default 10, as in KOMOJU's sample; above 100 reduced to 100), plus eventsd's filters `type`,
+//! `livemode` and `source` as in the Omise view. The range is ListEvents' default: created from
 //! 1970-01-01T00:00:00Z up to now. `last_page` is at least 1: an empty listing still has its
 //! first, empty page.
 //!
 //! An event reads `{"id","type","resource":"event","data","created_at"}` plus eventsd's
-//! `livemode`, `sequence`, `source` and `api_version`, extra fields KOMOJU clients ignore.
+//! `livemode`, `sequence`, `source`, `api_version` and `received`, extra fields KOMOJU clients
+//! ignore.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -53,6 +54,7 @@ pub async fn list(
         order: Order::ReverseChronological as i32,
         types: params.list("type"),
         livemode: params.bool("livemode")?,
+        source: params.one("source")?.unwrap_or_default().to_string(),
         ..Default::default()
     };
     let listing = super::list(&state, &caller, request).await?;
@@ -93,6 +95,7 @@ pub fn write_event(event: &StoredEvent, out: &mut Vec<u8>) -> Result<(), Error> 
         .raw("data", &data_json(event)?)
         .str("id", event.id())
         .bool("livemode", event.livemode())
+        .str("received", &time_text(&event.received()))
         .str("resource", "event")
         .int("sequence", event.sequence())
         .label("source", event.source())

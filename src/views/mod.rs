@@ -1,17 +1,21 @@
-//! Provider-shaped JSON views over HTTP: stored events read back in the shapes of the Omise
-//! and KOMOJU Events APIs, so a client written for either provider can read eventsd as is.
+//! The read side of the HTTP listener: stored events read back in the shapes of the Omise
+//! and KOMOJU Events APIs (so a client written for either provider can read eventsd as is),
+//! the live stream as Server-Sent Events, and who the caller is.
 //!
 //! - `GET /events`, `GET /events/{id}`: the Omise list and event shapes ([`omise`]).
 //! - `GET /api/v1/events`, `GET /api/v1/events/{id}`: the KOMOJU shapes ([`komoju`]).
 //! - `GET /cloudevents`, `GET /cloudevents/{id}`: CloudEvents 1.0 JSON ([`cloudevents`]).
+//! - `GET /stream/events`: SubscribeEvents as Server-Sent Events ([`stream`]).
+//! - `GET /whoami`: the caller's key name, scopes and mode ([`whoami`]).
 //!
 //! The views are adapters over the service layer ([`crate::service`]): get and list run there,
 //! as they do for gRPC; query parameters, path ids and the output shapes are the views' own.
 //!
 //! What the views promise:
 //! - A listing means exactly what ListEvents means: the query parameters become a
-//!   `ListEventsRequest` validated by [`crate::service::list::PageRequest`], so defaults, the limit cap, the type and
-//!   livemode filters, the exact `total` and the (created, sequence) order are ListEvents' own.
+//!   `ListEventsRequest` validated by [`crate::service::list::PageRequest`], so defaults, the limit cap, the type,
+//!   livemode and source filters, the exact `total` and the (created, sequence) order are
+//!   ListEvents' own.
 //!   Paging is by offset (or KOMOJU page) rather than page token, so unlike a token listing, a
 //!   later page may see events committed after the first one.
 //! - Like every read, a view shows only durable events.
@@ -32,6 +36,8 @@ pub mod cloudevents;
 pub mod endpoints;
 pub mod komoju;
 pub mod omise;
+pub mod stream;
+pub mod whoami;
 
 use std::sync::Arc;
 
@@ -47,6 +53,7 @@ use prost_types::Timestamp;
 use crate::auth::{KeyRing, Principal, Scope};
 use crate::error::Error;
 use crate::event::time;
+use crate::fanout::Fanout;
 use crate::proto::ListEventsRequest;
 use crate::service::list::{Listing, PageTokens};
 use crate::service::{self, IdIn};
@@ -61,6 +68,10 @@ pub struct ViewsState {
     pub keys: KeyRing,
     /// Signs and checks page tokens (the same secret as gRPC's).
     pub tokens: PageTokens,
+    /// Subscriptions, shared with gRPC SubscribeEvents (one `--max-subscribers` cap).
+    pub fanout: Fanout,
+    /// Recent events' SSE messages, written once for every stream.
+    pub messages: stream::MessageCache,
 }
 
 /// The read-only view routes, to merge into the HTTP router.
@@ -72,6 +83,8 @@ pub fn router(state: ViewsState) -> Router {
         .route("/api/v1/events/{id}", get(komoju::get))
         .route("/cloudevents", get(cloudevents::poll))
         .route("/cloudevents/{id}", get(cloudevents::get))
+        .route("/stream/events", get(stream::events))
+        .route("/whoami", get(whoami::whoami))
         .with_state(state)
 }
 
@@ -242,6 +255,7 @@ mod tests {
             }
         }
         fn extras(o: &mut Map<String, Json>, e: &Event) {
+            o.insert("received".into(), ts(&e.received));
             o.insert("sequence".into(), Json::from(e.sequence));
             o.insert("source".into(), label(&e.source));
             o.insert("api_version".into(), label(&e.api_version));

@@ -5,11 +5,12 @@
 //! (default 20, above 100 reduced to 100, 0 means the default as in ListEvents) and `order`
 //! (`chronological`, the default, or `reverse_chronological`) — plus eventsd's filters `type`
 //! (repeatable or comma-separated, exact names or a trailing wildcard such as `charge.*`) and
-//! `livemode` (`true` or `false`). The list echoes the effective query and the exact `total`.
+//! `livemode` (`true` or `false`) and `source` (the producer, exactly). The list echoes the
+//! effective query and the exact `total`.
 //!
 //! An event reads `{"object":"event","id","livemode","location":"/events/{id}","key":<type>,
-//! "created","data"}` plus eventsd's `sequence`, `source` and `api_version`, extra fields that
-//! Omise clients ignore.
+//! "created","data"}` plus eventsd's `sequence`, `source`, `api_version` and `received` (when
+//! eventsd committed it), extra fields that Omise clients ignore.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -39,6 +40,7 @@ pub async fn list(
         types: params.list("type"),
         livemode: params.bool("livemode")?,
         page_token: String::new(),
+        source: params.one("source")?.unwrap_or_default().to_string(),
     };
     let page = super::list(&state, &caller, request).await?;
     let order = match page.order {
@@ -98,6 +100,7 @@ pub fn write_event(event: &StoredEvent, out: &mut Vec<u8>) -> Result<(), Error> 
         .bool("livemode", event.livemode())
         .str("location", &format!("/events/{}", event.id()))
         .str("object", "event")
+        .str("received", &time_text(&event.received()))
         .int("sequence", event.sequence())
         .label("source", event.source())
         .finish();

@@ -94,6 +94,15 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
     start(config, dir).await
 }
 
+/// Starts a server with this API key file (TOML text); the returned folder holds the file,
+/// keep it while the app runs.
+pub async fn spawn_app_with_keys(keys: &str) -> (TestApp, TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("keys.toml");
+    std::fs::write(&path, keys).expect("write the key file");
+    (spawn_app_with(|c| c.api_keys = Some(path)).await, dir)
+}
+
 async fn start(config: ServeConfig, dir: Arc<TempDir>) -> TestApp {
     let first = Instance::start(&config).await;
     let (addr, http) = (first.addr, first.http.clone());

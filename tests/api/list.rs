@@ -487,3 +487,72 @@ async fn a_page_token_with_different_types_is_rejected() {
     // Assert
     assert_rejected(result, Code::InvalidArgument, "types:", "different types");
 }
+
+#[tokio::test]
+async fn the_source_filter_keeps_one_producer_with_an_exact_total_across_pages() {
+    // Arrange: 30 events, every third from omise, the rest from two other producers.
+    let mut app = spawn_app().await;
+    let sources = ["omise", "stripe", ""];
+    let requests = (0..30)
+        .map(|i| PublishEventRequest {
+            id: format!("evt_{i:02}"),
+            created: Some(at(T0 + i)),
+            source: sources[i as usize % 3].into(),
+            ..event(if i % 2 == 0 { "charge.create" } else { "refund.create" })
+        })
+        .collect();
+    publish_batch(&mut app.client, requests).await;
+
+    // Act: page through omise's events, 4 at a time, newest first.
+    let first = ListEventsRequest {
+        source: "omise".into(),
+        limit: 4,
+        order: order(Order::ReverseChronological),
+        ..Default::default()
+    };
+    let (events, totals) = list_all(&mut app.client, first).await;
+
+    // Assert
+    let want: Vec<String> =
+        (0..30).rev().filter(|i| i % 3 == 0).map(|i| format!("evt_{i:02}")).collect();
+    assert_eq!(ids(&events), want);
+    assert!(totals.iter().all(|t| *t == 10), "every page carries the exact total: {totals:?}");
+    let charges = page(
+        &mut app.client,
+        ListEventsRequest {
+            source: "omise".into(),
+            types: vec!["charge.*".into()],
+            offset: 1,
+            limit: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&charges.data), ["evt_06", "evt_12"]);
+    assert_eq!(charges.total, 5);
+    let nobody =
+        page(&mut app.client, ListEventsRequest { source: "komoju".into(), ..Default::default() })
+            .await;
+    assert_eq!((nobody.data.len(), nobody.total), (0, 0));
+    // A page token belongs to its listing's source.
+    let token = page(
+        &mut app.client,
+        ListEventsRequest { source: "omise".into(), limit: 1, ..Default::default() },
+    )
+    .await
+    .next_page_token;
+    let other = app
+        .client
+        .list_events(ListEventsRequest {
+            page_token: token,
+            source: "stripe".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_rejected(other, Code::InvalidArgument, "source", "a token with another source");
+    let long = app
+        .client
+        .list_events(ListEventsRequest { source: "x".repeat(65), ..Default::default() })
+        .await;
+    assert_rejected(long, Code::InvalidArgument, "source", "a source longer than 64 characters");
+}

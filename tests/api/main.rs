@@ -3,6 +3,7 @@
 mod bad_input;
 mod cli;
 mod cloudevents;
+mod console;
 mod errors;
 mod hardening;
 mod helpers;
@@ -16,6 +17,7 @@ mod publish;
 mod reflection_health;
 mod retention;
 mod security;
+mod stream;
 mod subscribe;
 mod support;
 mod tls;

@@ -17,8 +17,8 @@ use tonic_types::StatusExt;
 use crate::cloudevents::get_with_headers;
 use crate::helpers::{embedded_only, spawn_app_with, TestApp};
 use crate::support::{
-    after_sequence, all_events, event, everything, from_beginning, history, publish, publish_batch,
-    sequences, stored_total, subscribe, Client,
+    after_sequence, all_events, event, everything, from_beginning, history, open_sse, publish,
+    publish_batch, sequences, stored_total, subscribe, Client,
 };
 
 /// How many events `--max-events` keeps in these tests.
@@ -291,4 +291,29 @@ async fn resuming_after_the_largest_sequence_is_out_of_range_not_a_failed_call()
     );
     let reason = status.get_details_error_info().map(|info| info.reason);
     assert_eq!(reason.as_deref(), Some("out_of_range"), "not events_expired: {}", status.message());
+}
+
+#[tokio::test]
+async fn an_sse_stream_resuming_before_the_oldest_kept_event_is_400_events_expired() {
+    if embedded_only("an_sse_stream_resuming_before_the_oldest_kept_event_is_400_events_expired") {
+        return;
+    }
+    let (app, _) = spawn_trimmed().await;
+    for (query, headers, field) in [
+        ("?after_sequence=3", vec![], "after_sequence"),
+        ("", vec![("last-event-id", "3")], "Last-Event-ID"),
+    ] {
+        let Err((status, body)) = open_sse(&app.http, query, &headers).await else {
+            panic!("{field}: a position before the oldest kept event must be refused");
+        };
+        assert_eq!(status, 400, "{field}: {body}");
+        assert_eq!(body["reason"], "EVENTS_EXPIRED", "{field}: {body}");
+        assert_eq!(body["earliest_sequence"], 8, "{field}: {body}");
+        assert!(body["message"].as_str().unwrap_or("").starts_with(field), "{body}");
+    }
+    // Just before the oldest kept event is fine: nothing is skipped.
+    let mut stream = open_sse(&app.http, "?after_sequence=7", &[]).await.expect("from 7");
+    let (events, caught_up) = stream.history(10).await;
+    assert_eq!(events.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [8, 9, 10, 11, 12]);
+    assert_eq!(caught_up, 12);
 }

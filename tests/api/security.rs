@@ -12,8 +12,9 @@
 //! checked for every configured key: none may appear.
 //!
 //! The read routes are GetEvent, ListEvents, SubscribeEvents (as events and as CloudEvents),
-//! `GET /events[/{id}]`, `GET /api/v1/events[/{id}]` and `GET /cloudevents[/{id}]`; the write
-//! routes PublishEvent, PublishEvents and `POST /events`.
+//! `GET /events[/{id}]`, `GET /api/v1/events[/{id}]`, `GET /cloudevents[/{id}]`,
+//! `GET /stream/events` (SSE) and `GET /whoami`; the write routes PublishEvent, PublishEvents
+//! and `POST /events`.
 //!
 //! Around the matrix: the routes that need no key (health, reflection, `/healthz`, webhooks),
 //! page tokens across modes, secrets in errors and `Debug` output, a key reload on SIGHUP in
@@ -50,7 +51,8 @@ use tonic_reflection::pb::{v1, v1alpha};
 
 use crate::helpers::{spawn_app_with, TestApp};
 use crate::support::{
-    at, channel, event, from_beginning, history, next_item, Client, Subscription, HANG_GUARD, T0,
+    at, channel, event, from_beginning, history, next_item, open_sse, Client, Subscription,
+    HANG_GUARD, T0,
 };
 
 const SERVICE: &str = "events.v1.EventService";
@@ -312,6 +314,13 @@ enum Op {
     CloudEventsPoll {
         livemode: Option<bool>,
     },
+    /// `GET /stream/events?from_beginning=true`, with `&livemode=` when given, read until
+    /// caught up.
+    StreamEvents {
+        livemode: Option<bool>,
+    },
+    /// `GET /whoami`: any valid key, whatever its scopes.
+    WhoAmI,
 }
 
 const WRITE_OPS: &[Op] = &[
@@ -349,6 +358,10 @@ const READ_OPS: &[Op] = &[
     Op::CloudEventsPoll { livemode: None },
     Op::CloudEventsPoll { livemode: Some(false) },
     Op::CloudEventsPoll { livemode: Some(true) },
+    Op::StreamEvents { livemode: None },
+    Op::StreamEvents { livemode: Some(false) },
+    Op::StreamEvents { livemode: Some(true) },
+    Op::WhoAmI,
 ];
 
 impl Op {
@@ -357,7 +370,9 @@ impl Op {
             Op::PublishEvent { .. } | Op::PublishEvents { .. } | Op::PostEvents { .. } => {
                 Scope::Publish
             }
-            Op::SubscribeEvents { .. } | Op::SubscribeCloudEvents { .. } => Scope::Subscribe,
+            Op::SubscribeEvents { .. }
+            | Op::SubscribeCloudEvents { .. }
+            | Op::StreamEvents { .. } => Scope::Subscribe,
             _ => Scope::Read,
         }
     }
@@ -410,6 +425,9 @@ fn expected(op: Op, credential: Credential<'_>) -> Outcome {
     let Some(key) = credential.key() else {
         return Outcome::Unauthenticated;
     };
+    if let Op::WhoAmI = op {
+        return Outcome::Ok;
+    }
     if !key.may(op.scope()) {
         return Outcome::PermissionDenied;
     }
@@ -421,7 +439,9 @@ fn expected(op: Op, credential: Credential<'_>) -> Outcome {
         | Op::ViewList { livemode, .. }
         | Op::CloudEventsPoll { livemode }
         | Op::SubscribeEvents { livemode }
-        | Op::SubscribeCloudEvents { livemode } => livemode.is_none_or(|m| key.mode.allows(m)),
+        | Op::SubscribeCloudEvents { livemode }
+        | Op::StreamEvents { livemode } => livemode.is_none_or(|m| key.mode.allows(m)),
+        Op::WhoAmI => true,
         // The other mode's event does not exist for this key.
         Op::GetEvent { live } | Op::ViewGet { live, .. } => {
             return if key.mode.allows(live) { Outcome::Ok } else { Outcome::NotFound };
@@ -618,6 +638,46 @@ async fn run_op(app: &TestApp, op: Op, credential: Credential<'_>) -> Seen {
                     }
                 })
             }
+            Op::StreamEvents { livemode } => {
+                let query = match livemode {
+                    Some(m) => format!("?from_beginning=true&livemode={m}"),
+                    None => "?from_beginning=true".to_string(),
+                };
+                let header = credential.header();
+                let headers: Vec<(&str, &str)> =
+                    header.as_deref().map(|h| ("authorization", h)).into_iter().collect();
+                match open_sse(&app.http, &query, &headers).await {
+                    Ok(mut stream) => {
+                        let (events, _) = stream.history(100).await;
+                        Seen {
+                            outcome: Outcome::Ok,
+                            ids: events
+                                .iter()
+                                .map(|(_, e)| e["id"].as_str().unwrap_or("?").into())
+                                .collect(),
+                            total: None,
+                            livemodes: events
+                                .iter()
+                                .filter_map(|(_, e)| e["livemode"].as_bool())
+                                .collect(),
+                            message: String::new(),
+                        }
+                    }
+                    Err((status, body)) => {
+                        http_seen(HttpReply { status, text: body.to_string() }, single)
+                    }
+                }
+            }
+            Op::WhoAmI => {
+                let reply = http(app, "GET", "/whoami", credential, None).await;
+                http_seen(reply, |body| Seen {
+                    outcome: Outcome::Ok,
+                    ids: body["name"].as_str().map(str::to_string).into_iter().collect(),
+                    total: None,
+                    livemodes: Vec::new(),
+                    message: body.to_string(),
+                })
+            }
         }
     };
     tokio::time::timeout(HANG_GUARD, call).await.expect("hang guard: one matrix call")
@@ -754,9 +814,16 @@ fn mismatch(op: Op, credential: Credential<'_>, seen: &Seen, keys: &[Key]) -> Op
         }
         Op::SubscribeEvents { livemode }
         | Op::SubscribeCloudEvents { livemode }
-        | Op::CloudEventsPoll { livemode } => {
+        | Op::CloudEventsPoll { livemode }
+        | Op::StreamEvents { livemode } => {
             let want = visible(key.mode, livemode);
             (seen.ids != want).then(|| format!("delivered {:?}, expected {want:?}", seen.ids))
+        }
+        Op::WhoAmI => {
+            let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
+            let want = json!({"name": key.name, "scopes": scopes, "mode": key.mode.as_str()});
+            let answered: Json = serde_json::from_str(&seen.message).unwrap_or(Json::Null);
+            (answered != want).then(|| format!("answered {}, expected {want}", seen.message))
         }
     };
     problem.map(|p| format!("{case}: {p}"))
@@ -1417,6 +1484,58 @@ async fn sighup_reloads_the_key_file_and_an_invalid_file_keeps_the_previous_keys
     for secret in [&a.secret, &b.secret] {
         assert!(!stderr.contains(secret.as_str()), "the log shows a key:\n{stderr}");
     }
+}
+
+#[tokio::test]
+async fn a_key_removed_by_a_reload_ends_its_sse_and_grpc_streams_without_waiting_for_a_heartbeat() {
+    // Arrange: keys A (to be removed) and B (kept), each with an SSE stream and A with a
+    // gRPC stream too. Heartbeats are an hour apart, so only the reload can end a stream.
+    let a = Key::new(&[Scope::Subscribe], Mode::All);
+    let b = Key::new(&[Scope::Admin], Mode::All);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys_path = dir.path().join("keys.toml");
+    std::fs::write(&keys_path, key_file_text(&[&a, &b])).expect("write the keys");
+    let path = keys_path.to_str().expect("UTF-8 path");
+    let daemon =
+        Daemon::start(dir.path(), &["--api-keys", path, "--heartbeat-interval", "1h"]).await;
+    let http = format!("http://{}", daemon.http);
+    let with = |k: &Key| format!("Bearer {}", k.secret);
+    let (a_header, b_header) = (with(&a), with(&b));
+    let mut a_sse =
+        open_sse(&http, "", &[("authorization", a_header.as_str())]).await.expect("A's SSE");
+    let mut b_sse =
+        open_sse(&http, "", &[("authorization", b_header.as_str())]).await.expect("B's SSE");
+    assert_eq!(a_sse.history(0).await.1, 0);
+    assert_eq!(b_sse.history(0).await.1, 0);
+    let mut client = daemon.client().await;
+    let mut a_grpc = client
+        .subscribe_events(bearer(SubscribeEventsRequest::default(), &a))
+        .await
+        .expect("A's gRPC stream")
+        .into_inner();
+    assert!(matches!(next_item(&mut a_grpc).await, Item::CaughtUp(_)));
+
+    // Act: remove A and hang up.
+    std::fs::write(&keys_path, key_file_text(&[&b])).expect("write B only");
+    daemon.signal("-HUP");
+
+    // Assert: A's streams end with UNAUTHENTICATED naming the key; B's goes on.
+    let (kind, _, data) = a_sse.message().await;
+    assert_eq!(kind.as_deref(), Some("error"), "{data}");
+    let body: Json = serde_json::from_str(&data).expect("the error is JSON");
+    assert_eq!(body["code"], "unauthenticated", "{body}");
+    assert!(body["message"].as_str().unwrap_or("").contains(&a.name), "{body}");
+    assert_eq!(a_sse.frame().await, None, "the SSE stream ends after its error");
+    let ended = tokio::time::timeout(HANG_GUARD, a_grpc.message()).await.expect("hang guard");
+    let status = ended.expect_err("A's gRPC stream ends with a status");
+    assert_eq!(status.code(), Code::Unauthenticated, "{}", status.message());
+    let published = client
+        .publish_event(bearer(event("after.reload"), &b))
+        .await
+        .expect("publish with B")
+        .into_inner();
+    assert_eq!(b_sse.event().await.0, published.sequence);
+    daemon.stop().await;
 }
 
 // ---- The safe default ----

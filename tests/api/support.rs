@@ -77,6 +77,19 @@ pub async fn publish(client: &mut Client, request: PublishEventRequest) -> Event
     client.publish_event(request).await.expect("publish").into_inner()
 }
 
+/// Publishes one event with an API key (`authorization: Bearer <key>`).
+pub async fn publish_with_key(
+    client: &mut Client,
+    key: &str,
+    request: PublishEventRequest,
+) -> Event {
+    let mut request = tonic::Request::new(request);
+    let bearer =
+        tonic::metadata::MetadataValue::try_from(format!("Bearer {key}")).expect("metadata");
+    request.metadata_mut().insert("authorization", bearer);
+    client.publish_event(request).await.expect("publish with the key").into_inner()
+}
+
 /// Publishes a batch and returns the stored events.
 pub async fn publish_batch(client: &mut Client, events: Vec<PublishEventRequest>) -> Vec<Event> {
     client
@@ -263,5 +276,141 @@ impl Rng {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0 % bound
+    }
+}
+
+/// One Server-Sent Events frame: a message, or a comment line (a heartbeat).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SseFrame {
+    /// A message: its `event:` (none for plain events), `id:` and joined `data:` lines.
+    Message { event: Option<String>, id: Option<String>, data: String },
+    /// A comment, without its leading colon.
+    Comment(String),
+}
+
+/// A `GET /stream/events` response being read frame by frame, with a hang guard on each.
+pub struct SseStream {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+/// An HTTP client for the tests: loopback, no proxy.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().expect("HTTP client")
+}
+
+/// Opens `GET {http}/stream/events{query}` with extra headers. A status other than 200 comes
+/// back as `Err((status, JSON body))`.
+pub async fn open_sse(
+    http: &str,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> Result<SseStream, (u16, Json)> {
+    open_sse_with(&http_client(), http, query, headers).await
+}
+
+/// [`open_sse`] over a given client (so many streams can share its connection pool).
+pub async fn open_sse_with(
+    client: &reqwest::Client,
+    http: &str,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> Result<SseStream, (u16, Json)> {
+    let mut request = client.get(format!("{http}/stream/events{query}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = tokio::time::timeout(HANG_GUARD, request.send())
+        .await
+        .expect("hang guard: open the SSE stream")
+        .expect("send the SSE request");
+    let status = response.status().as_u16();
+    if status != 200 {
+        let body = tokio::time::timeout(HANG_GUARD, response.bytes())
+            .await
+            .expect("hang guard: error body")
+            .expect("error body");
+        return Err((status, serde_json::from_slice(&body).unwrap_or(Json::Null)));
+    }
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok());
+    assert_eq!(content_type, Some("text/event-stream"));
+    Ok(SseStream { response, buffer: Vec::new() })
+}
+
+impl SseStream {
+    /// The next frame, or `None` once the server has ended the stream.
+    pub async fn frame(&mut self) -> Option<SseFrame> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                return Some(parse_sse_block(&String::from_utf8(block).expect("UTF-8 SSE")));
+            }
+            let chunk = tokio::time::timeout(HANG_GUARD, self.response.chunk())
+                .await
+                .expect("hang guard: next SSE bytes")
+                .expect("read the SSE stream")?;
+            self.buffer.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The next message, skipping comments; panics if the stream ends.
+    pub async fn message(&mut self) -> (Option<String>, Option<String>, String) {
+        for _ in 0..10_000 {
+            match self.frame().await.expect("the SSE stream is still open") {
+                SseFrame::Message { event, id, data } => return (event, id, data),
+                SseFrame::Comment(_) => {}
+            }
+        }
+        panic!("10,000 comments in a row");
+    }
+
+    /// The next message, which must be an event: its `id:` and parsed `data:`.
+    pub async fn event(&mut self) -> (u64, Json) {
+        let (event, id, data) = self.message().await;
+        assert_eq!(event, None, "expected an event message, got {event:?}: {data}");
+        let id = id.expect("an event message has an id").parse().expect("the id is a sequence");
+        (id, serde_json::from_str(&data).expect("data is JSON"))
+    }
+
+    /// Events up to `caught_up` (at most `max`), and the caught-up sequence.
+    pub async fn history(&mut self, max: usize) -> (Vec<(u64, Json)>, u64) {
+        let mut events = Vec::new();
+        for _ in 0..=max {
+            let (event, id, data) = self.message().await;
+            match event.as_deref() {
+                None => events.push((
+                    id.expect("id").parse().expect("sequence"),
+                    serde_json::from_str(&data).expect("JSON"),
+                )),
+                Some("caught_up") => {
+                    let body: Json = serde_json::from_str(&data).expect("caught_up JSON");
+                    return (events, body["sequence"].as_u64().expect("caught_up sequence"));
+                }
+                Some(other) => panic!("unexpected {other:?} message: {data}"),
+            }
+        }
+        panic!("no caught_up within {max} events");
+    }
+}
+
+fn parse_sse_block(block: &str) -> SseFrame {
+    let (mut event, mut id, mut data, mut comment) = (None, None, Vec::new(), None);
+    for line in block.lines().filter(|l| !l.is_empty()) {
+        if let Some(text) = line.strip_prefix(':') {
+            comment = Some(text.trim().to_string());
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+        match field {
+            "event" => event = Some(value),
+            "id" => id = Some(value),
+            "data" => data.push(value),
+            other => panic!("unknown SSE field {other:?} in {block:?}"),
+        }
+    }
+    match (comment, data.is_empty() && event.is_none() && id.is_none()) {
+        (Some(text), true) => SseFrame::Comment(text),
+        _ => SseFrame::Message { event, id, data: data.join("\n") },
     }
 }

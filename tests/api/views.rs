@@ -6,14 +6,15 @@
 
 use eventsd::proto::{Event, PublishEventRequest};
 use serde_json::{json, Value as Json};
-use tonic::metadata::MetadataValue;
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp};
-use crate::support::{at, event, fixture, json_struct, publish, rfc3339, HANG_GUARD, T0};
+use crate::helpers::{spawn_app, spawn_app_with_keys, TestApp};
+use crate::support::{
+    at, event, fixture, json_struct, publish, publish_with_key, rfc3339, HANG_GUARD, T0,
+};
 
 /// Fields the views add to the provider shapes; nothing else may appear.
-const OMISE_EXTRAS: [&str; 3] = ["sequence", "source", "api_version"];
-const KOMOJU_EXTRAS: [&str; 4] = ["livemode", "sequence", "source", "api_version"];
+const OMISE_EXTRAS: [&str; 4] = ["sequence", "source", "api_version", "received"];
+const KOMOJU_EXTRAS: [&str; 5] = ["livemode", "sequence", "source", "api_version", "received"];
 
 /// An HTTP reply: status and JSON body (`Null` when the body is not JSON).
 struct Reply {
@@ -267,6 +268,41 @@ async fn the_views_filter_by_type_and_livemode_as_list_events_does() {
 }
 
 #[tokio::test]
+async fn the_views_filter_by_source_and_show_when_each_event_was_received() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    for (i, source) in ["omise", "komoju", "omise", ""].into_iter().enumerate() {
+        let request = PublishEventRequest {
+            id: format!("evt_{i}"),
+            created: Some(at(T0 + i as i64)),
+            source: source.into(),
+            ..event("charge.create")
+        };
+        publish(&mut client, request).await;
+    }
+
+    let omise = get_ok(&app, "/events?source=omise&order=reverse_chronological").await;
+    assert_eq!(listed_ids(&omise), ["evt_2", "evt_0"]);
+    assert_eq!(omise["total"], 2);
+    assert_eq!(omise["data"][0]["source"], "omise");
+    let komoju = get_ok(&app, "/api/v1/events?source=komoju").await;
+    assert_eq!(
+        (listed_ids(&komoju), komoju["total"].clone()),
+        (vec!["evt_1".to_string()], json!(1))
+    );
+    // `received` is the server's commit time, not the caller's `created`.
+    let received = omise["data"][0]["received"].as_str().expect("received is a time");
+    let received = rfc3339(received);
+    assert!(received.seconds > T0 + 10, "received {received:?} is the commit time");
+    let one = get_ok(&app, "/events/evt_1").await;
+    assert!(one["received"].is_string(), "{one}");
+    assert!(get_ok(&app, "/api/v1/events/evt_1").await["received"].is_string());
+    let bad = get(&app, &format!("/events?source={}", "x".repeat(65))).await;
+    assert_eq!(bad.status, 422, "{}", bad.json);
+    assert!(bad.json["message"].as_str().unwrap_or("").starts_with("source"), "{}", bad.json);
+}
+
+#[tokio::test]
 async fn bad_query_parameters_are_422_naming_the_parameter() {
     let app = spawn_app().await;
     let cases = [
@@ -362,20 +398,11 @@ mode = "all"
 
 #[tokio::test]
 async fn with_api_keys_the_views_need_a_read_key_and_show_only_its_mode() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let keys = dir.path().join("keys.toml");
-    std::fs::write(&keys, KEYS).expect("write the key file");
-    let app = spawn_app_with(|c| c.api_keys = Some(keys.clone())).await;
+    let (app, _keys) = spawn_app_with_keys(KEYS).await;
     let mut client = app.client.clone();
     for (id, livemode) in [("evt_test_1", false), ("evt_live_1", true)] {
-        let mut request = tonic::Request::new(PublishEventRequest {
-            id: id.into(),
-            livemode,
-            ..event("charge.create")
-        });
-        let admin = MetadataValue::try_from("Bearer sk_admin_views").expect("metadata");
-        request.metadata_mut().insert("authorization", admin);
-        client.publish_event(request).await.expect("publish with the admin key");
+        let request = PublishEventRequest { id: id.into(), livemode, ..event("charge.create") };
+        publish_with_key(&mut client, "sk_admin_views", request).await;
     }
 
     for path in ["/events", "/events/evt_test_1", "/api/v1/events", "/api/v1/events/evt_test_1"] {

@@ -327,6 +327,98 @@ pub async fn connect(addr: SocketAddr) -> Client {
     EventServiceClient::new(channel).max_decoding_message_size(usize::MAX)
 }
 
+/// Publishes `calls` PublishEvents calls of `per_call` small `charge.create` events each
+/// (`tag` goes into their data), each call under [`CALL_LIMIT`].
+pub async fn publish_small(client: &mut Client, tag: usize, calls: usize, per_call: usize) {
+    for call in 0..calls {
+        let events = (0..per_call)
+            .map(|i| eventsd::proto::PublishEventRequest {
+                r#type: "charge.create".into(),
+                data: Some(
+                    eventsd::event::json::object_to_struct(
+                        serde_json::json!({"object": "charge", "tag": tag, "call": call, "i": i, "amount": 100_000})
+                            .as_object()
+                            .expect("an object"),
+                    )
+                    .expect("representable"),
+                ),
+                ..Default::default()
+            })
+            .collect();
+        let request = eventsd::proto::PublishEventsRequest { events };
+        tokio::time::timeout(CALL_LIMIT, client.publish_events(request))
+            .await
+            .expect("hang guard: PublishEvents")
+            .expect("PublishEvents");
+    }
+}
+
+/// Opens a SubscribeEvents stream and reads past its `caught_up`.
+pub async fn subscribe_caught_up(
+    client: &mut Client,
+    request: SubscribeEventsRequest,
+) -> tonic::Streaming<eventsd::proto::SubscribeEventsResponse> {
+    let call = client.subscribe_events(request);
+    let mut stream = tokio::time::timeout(CALL_LIMIT, call)
+        .await
+        .expect("hang guard: subscribe")
+        .expect("subscribe")
+        .into_inner();
+    let first = tokio::time::timeout(CALL_LIMIT, stream.message()).await;
+    assert!(
+        matches!(first, Ok(Ok(Some(ref m))) if matches!(m.item, Some(Item::CaughtUp(_)))),
+        "a stream must start with caught_up"
+    );
+    stream
+}
+
+/// The value of an unlabelled series on the server's `GET /metrics`, if it answers.
+pub async fn gauge(http: SocketAddr, name: &str) -> Option<u64> {
+    let text = reqwest::get(format!("http://{http}/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+}
+
+/// Samples a process's RSS every 20 ms in the background and keeps the peak.
+pub struct PeakRss {
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sampler: tokio::task::JoinHandle<()>,
+    pid: u32,
+}
+
+impl PeakRss {
+    /// Starts sampling process `pid`.
+    pub fn start(pid: u32) -> PeakRss {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let peak = std::sync::Arc::new(AtomicU64::new(rss_kib(pid)));
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let sampler = tokio::spawn({
+            let (peak, done) = (peak.clone(), done.clone());
+            async move {
+                while !done.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        PeakRss { peak, done, sampler, pid }
+    }
+
+    /// Stops sampling; the peak in KiB (including one last sample).
+    pub async fn stop(self) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.done.store(true, Ordering::Relaxed);
+        self.sampler.await.expect("RSS sampler");
+        self.peak.load(Ordering::Relaxed).max(rss_kib(self.pid))
+    }
+}
+
+/// Starts `eventsd serve` with `flags` on a data folder and log inside `dir`.
+pub async fn start_in(dir: &Path, flags: &[&str]) -> Server {
+    let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+    Server::start_with(&dir.join("data"), &dir.join("log"), &flags).await.expect("start").0
+}
+
 /// The resident memory of process `pid`, in KiB (0 if it cannot be read).
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -386,7 +386,10 @@ impl EventStore for SledStore {
         };
         let log = self.shared.log.clone();
         blocking("list", move || {
-            let page = list::page(&tree, &state, &query)?;
+            // The index has no by-source entries: a source filter reads each candidate.
+            let from_source =
+                |seq: u64, source: &str| Ok(stored(seq, log.expect(seq)?)?.source() == source);
+            let page = list::page(&tree, &state, &query, from_source)?;
             let events = page
                 .sequences
                 .iter()

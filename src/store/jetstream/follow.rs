@@ -133,9 +133,12 @@ async fn follow_from(
             }
             match &decoded {
                 Decoded::Whole(e) => {
-                    index.apply(seq, e.id(), e.event_type(), e.livemode(), Some(e.created()))?
+                    let created = Some(e.created());
+                    index.apply(seq, e.id(), e.event_type(), e.livemode(), created, e.source())?
                 }
-                Decoded::Fields(f) => index.apply(seq, &f.id, &f.r#type, f.livemode, f.created)?,
+                Decoded::Fields(f) => {
+                    index.apply(seq, &f.id, &f.r#type, f.livemode, f.created, &f.source)?
+                }
             }
         }
         if let Decoded::Whole(event) = decoded {

@@ -3,11 +3,12 @@
 //!
 //! It holds the same keys as the embedded store's sled tree (`store/keys.rs`: by-time and
 //! by-type-time entries), so listing is the same code ([`crate::store::list`]), plus ids and
-//! per-(mode, type) counts. It is built by reading the stream in sequence order and holds no
-//! event bodies (about 200 bytes per event). It never holds a gap: an event is applied only
+//! per-(mode, type) counts, and each event's `source` (interned: one pointer per event that
+//! has one) for the `source` filter. It is built by reading the stream in sequence order and
+//! holds no event bodies (about 200 bytes per event). It never holds a gap: an event is applied only
 //! if its sequence follows the last one applied.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -33,6 +34,9 @@ pub struct Indexed {
     /// `Event.livemode`.
     #[prost(bool, tag = "5")]
     pub livemode: bool,
+    /// `Event.source`.
+    #[prost(string, tag = "10")]
+    pub source: String,
 }
 
 /// The index of every event applied so far, in sequence order.
@@ -41,6 +45,9 @@ pub struct MemIndex {
     entries: BTreeSet<Vec<u8>>,
     /// Sequences by id, test ids first, live ids second: each mode is its own id namespace.
     ids: [HashMap<String, u64>; 2],
+    /// The source of every event that has one, by sequence; the names are shared.
+    sources: HashMap<u64, Arc<str>>,
+    source_names: HashSet<Arc<str>>,
     state: DurableState,
 }
 
@@ -68,8 +75,13 @@ impl MemIndex {
         self.ids[usize::from(livemode)].get(id).copied()
     }
 
-    /// Adds the event at `seq` (its id, type, mode and `created`). Refuses a sequence that
-    /// does not follow the last applied one.
+    /// Whether the event at `seq` was produced by `source`.
+    pub fn source_is(&self, seq: u64, source: &str) -> bool {
+        self.sources.get(&seq).map_or(source.is_empty(), |s| &**s == source)
+    }
+
+    /// Adds the event at `seq` (its id, type, mode, `created` and source). Refuses a
+    /// sequence that does not follow the last applied one.
     pub fn apply(
         &mut self,
         seq: u64,
@@ -77,6 +89,7 @@ impl MemIndex {
         event_type: &str,
         livemode: bool,
         created: Option<prost_types::Timestamp>,
+        source: &str,
     ) -> Result<(), Error> {
         let expected = self.state.sequence + 1;
         if seq != expected {
@@ -88,6 +101,17 @@ impl MemIndex {
         self.entries.insert(keys::entry(&keys::created_prefix(livemode), &created, seq));
         self.entries.insert(keys::entry(&keys::type_prefix(event_type, livemode), &created, seq));
         self.ids[usize::from(livemode)].insert(id.to_string(), seq);
+        if !source.is_empty() {
+            let name = match self.source_names.get(source) {
+                Some(name) => name.clone(),
+                None => {
+                    let name: Arc<str> = Arc::from(source);
+                    self.source_names.insert(name.clone());
+                    name
+                }
+            };
+            self.sources.insert(seq, name);
+        }
         *self.state.counts.entry((livemode, event_type.to_string())).or_default() += 1;
         self.state.sequence = seq;
         Ok(())
@@ -146,7 +170,8 @@ mod tests {
     #[test]
     fn lists_merge_by_created_and_count_exactly() {
         let mut index = MemIndex::starting_at(1);
-        let mut apply = |e: Event| index.apply(e.sequence, &e.id, &e.r#type, e.livemode, e.created);
+        let mut apply =
+            |e: Event| index.apply(e.sequence, &e.id, &e.r#type, e.livemode, e.created, &e.source);
         apply(event(1, "a", "charge.create", 30)).unwrap();
         apply(event(2, "b", "refund.create", 10)).unwrap();
         apply(event(3, "c", "charge.create", 20)).unwrap();
@@ -160,7 +185,8 @@ mod tests {
             limit: 10,
             resume: None,
         };
-        let page = list::page(&index, index.state(), &query).unwrap();
+        let page = list::page(&index, index.state(), &query, |seq, s| Ok(index.source_is(seq, s)))
+            .unwrap();
         assert_eq!(page.sequences, vec![1, 3]);
         assert_eq!(page.total, 2);
         assert_eq!(index.sequence_of(true, "b"), Some(2));
@@ -179,7 +205,7 @@ mod tests {
             let t = format!("t{}.x", (state >> 33) % 40);
             let created = ((state >> 13) % 50) as i64;
             let e = event(seq, &format!("e{seq}"), &t, created);
-            index.apply(seq, &e.id, &e.r#type, e.livemode, e.created).unwrap();
+            index.apply(seq, &e.id, &e.r#type, e.livemode, e.created, &e.source).unwrap();
             expected.push((created, seq));
         }
         expected.sort();
@@ -193,7 +219,9 @@ mod tests {
                 limit: 1_000,
                 resume: None,
             };
-            let page = list::page(&index, index.state(), &query).unwrap();
+            let page =
+                list::page(&index, index.state(), &query, |seq, s| Ok(index.source_is(seq, s)))
+                    .unwrap();
             let mut want: Vec<u64> = expected.iter().map(|&(_, s)| s).collect();
             if direction == Direction::ReverseChronological {
                 want.reverse();

@@ -428,7 +428,9 @@ impl EventStore for JetStreamStore {
         let index = self.0.index.clone();
         // Index reads block on a lock; awaited in place, so not background tasks.
         let page = tokio::task::spawn_blocking(move || {
-            read_index(&index, |index| list::page(index, index.state(), &query))
+            read_index(&index, |index| {
+                list::page(index, index.state(), &query, |seq, s| Ok(index.source_is(seq, s)))
+            })
         })
         .await
         .map_err(|e| Error::Internal(format!("list task: {e}")))??;
