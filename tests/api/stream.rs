@@ -159,7 +159,7 @@ async fn the_query_parameters_filter_and_place_the_start_as_the_views_name_them(
         assert_eq!(caught_up, 7, "{query}");
     }
 
-    let bad: [(&str, Headers, u16, &str); 8] = [
+    let bad: [(&str, Headers<'_>, u16, &str); 8] = [
         ("?from_beginning=true&after_sequence=1", &[], 422, "from_beginning, after_sequence"),
         (
             "?after_sequence=1&from_created=2020-09-13T12:26:43Z",
