@@ -355,6 +355,13 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
+    /// How long one ListEvents page (or HTTP view page) may walk the index before it is
+    /// stopped with DEADLINE_EXCEEDED (HTTP 503): bounds listings that must read many entries,
+    /// such as a rare source or type far from the range's edge, or a deep offset without a
+    /// bucketed index.
+    #[arg(long, env = "EVENTSD_LIST_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub list_deadline: Duration,
+
     /// On SIGTERM, how long in-flight calls and streams get to finish before connections are
     /// closed; the store is flushed either way.
     #[arg(long, env = "EVENTSD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]

@@ -136,6 +136,9 @@ pub enum Error {
     /// An HTTP body did not arrive in time (`--http-body-timeout`).
     #[error("{0}")]
     RequestTimeout(String),
+    /// A listing's walk passed its deadline (`--list-deadline`) and was stopped.
+    #[error("the listing did not finish within its deadline (--list-deadline); narrow it with from/to, types or a smaller offset")]
+    ListDeadline,
     /// An HTTP body is not declared as JSON.
     #[error("content type must be application/json (got {0:?})")]
     UnsupportedMediaType(String),
@@ -248,6 +251,9 @@ impl Error {
             }
             Error::RequestTimeout(_) => {
                 class(Code::DeadlineExceeded, H::REQUEST_TIMEOUT, "request_timeout")
+            }
+            Error::ListDeadline => {
+                class(Code::DeadlineExceeded, H::SERVICE_UNAVAILABLE, "deadline_exceeded")
             }
             Error::ShuttingDown
             | Error::StreamShutDown { .. }

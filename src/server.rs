@@ -324,6 +324,7 @@ async fn open_store(
                 durability: config.durability,
                 metrics: metrics.clone(),
                 segment_bytes: config.segment_bytes,
+                list_deadline: config.list_deadline,
             })?;
             let retained = retention.is_enabled().then(|| store.clone());
             let tokens = PageTokens::in_dir(&config.data_dir)?;

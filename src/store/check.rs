@@ -6,7 +6,8 @@
 //! segment (the last segment's may lag: it is rebuilt at open); a tail of bytes after the last
 //! whole record is reported (the next start cuts it if nothing acknowledged lies there).
 //! The index: its applied sequence is within the log; every applied event has its id key, its
-//! by-time and by-type entries, and is counted; nothing else is indexed. The ack record must
+//! by-time (naming its type) and by-type entries, and is counted, in its stream's count and
+//! in its time buckets at every level; nothing else is indexed. The ack record must
 //! not be ahead of the log. It opens the index itself, so it refuses to run while a server
 //! holds it (sled's lock).
 
@@ -16,7 +17,7 @@ use std::path::Path;
 use crate::error::Error;
 use crate::store::durability::{read_ack, AckRecord};
 use crate::store::embedded::decode;
-use crate::store::index::{self, keys, Counts};
+use crate::store::index::{self, buckets, keys, Counts};
 use crate::store::log::{self, record, segment};
 
 /// Most problems listed in a report (the count is always exact).
@@ -246,22 +247,55 @@ fn check_index(dir: &Path, first: u64, kept: &[Kept], report: &mut Report) -> Re
     let mut entries = 0usize;
     for family in [b'c', b't'] {
         for entry in tree.scan_prefix([family]) {
-            let (key, _) = entry?;
+            let (key, value) = entry?;
             entries += 1;
             let seq = keys::seq_of(&key).unwrap_or(0);
-            if !by_seq.contains_key(&seq) {
-                report.problem(format!(
+            match by_seq.get(&seq) {
+                None => report.problem(format!(
                     "an index entry points to {seq}, which is not an indexed event"
-                ));
+                )),
+                Some(k) if family == b'c' && value.as_ref() != k.event_type.as_bytes() => {
+                    report.problem(format!("the by-time entry of {seq} does not name its type"))
+                }
+                Some(_) => {}
             }
         }
     }
     if entries != 2 * applied.len() {
         report.problem(format!("indexes hold {entries} entries for {} events", applied.len()));
     }
+    check_buckets(&tree, &applied, report)?;
     let counters: Counts = loaded.counts.into_iter().filter(|(_, n)| *n > 0).collect();
     if counters != tallies {
         report.problem(format!("counters {counters:?} disagree with the events {tallies:?}"));
+    }
+    Ok(())
+}
+
+/// Every bucket count must equal the number of indexed events in its bucket, and no other
+/// bucket may exist.
+fn check_buckets(
+    tree: &sled::Tree,
+    applied: &[(u64, &Kept)],
+    report: &mut Report,
+) -> Result<(), Error> {
+    let mut expected = buckets::Deltas::default();
+    for (_, k) in applied {
+        expected.add(&keys::created_prefix(k.livemode), &k.created, 1);
+        expected.add(&keys::type_prefix(&k.event_type, k.livemode), &k.created, 1);
+    }
+    let expected = expected.into_counts();
+    let mut found = BTreeMap::new();
+    for entry in tree.scan_prefix([buckets::BUCKET]) {
+        let (key, value) = entry?;
+        found.insert(key.to_vec(), keys::u64_value(&value).unwrap_or(u64::MAX));
+    }
+    if found != expected {
+        let wrong = expected.iter().filter(|(k, n)| found.get(*k) != Some(n)).count()
+            + found.keys().filter(|k| !expected.contains_key(*k)).count();
+        report.problem(format!(
+            "{wrong} bucket counts disagree with the indexed events: rebuild the index with `eventsd reindex`"
+        ));
     }
     Ok(())
 }

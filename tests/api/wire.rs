@@ -125,6 +125,7 @@ async fn open_store(config: &eventsd::ServeConfig) -> Arc<dyn EventStore> {
                 durability: config.durability,
                 metrics: Metrics::new(),
                 segment_bytes: config.segment_bytes,
+                list_deadline: config.list_deadline,
             })
             .expect("open the stopped store"),
         ),

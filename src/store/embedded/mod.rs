@@ -61,6 +61,8 @@ pub struct StoreConfig {
     pub metrics: Metrics,
     /// A log segment is sealed once it holds this many bytes.
     pub segment_bytes: u64,
+    /// How long one listing may walk the index before it is stopped (DEADLINE_EXCEEDED).
+    pub list_deadline: std::time::Duration,
 }
 
 /// What the writer and every reader share.
@@ -98,6 +100,7 @@ pub struct SledStore {
     durable: watch::Receiver<u64>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
     metrics: Metrics,
+    list_deadline: std::time::Duration,
 }
 
 /// Refuses a data folder this release cannot serve as it is: one written by the sled-only
@@ -199,6 +202,7 @@ impl SledStore {
             durable,
             writer: Arc::new(Mutex::new(Some(writer))),
             metrics: config.metrics.clone(),
+            list_deadline: config.list_deadline,
         })
     }
 
@@ -368,28 +372,23 @@ impl EventStore for SledStore {
         }
     }
 
+    /// The plan (streams, total, where an offset lands) is made under the state lock, where
+    /// the index's bucket counts are exactly those of the snapshot; the walk runs after it,
+    /// bounded by the snapshot and by `--list-deadline`.
     async fn list(&self, query: ListQuery) -> Result<ListPage, Error> {
         let tree = self.shared.index.get()?;
-        let state = {
-            // Copy only the streams this query can read: the lock is the writer's too.
-            let state = self.shared.state();
-            let filter = &query.filter;
-            let counts = state
-                .counts
-                .iter()
-                .filter(|((mode, t), _)| {
-                    filter.matches_mode(*mode) && (filter.all_types() || filter.matches_type(t))
-                })
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
-            DurableState { sequence: state.sequence, first: state.first, counts }
-        };
-        let log = self.shared.log.clone();
+        let shared = self.shared.clone();
+        let deadline = std::time::Instant::now() + self.list_deadline;
         blocking("list", move || {
+            let plan = {
+                let state = shared.state();
+                list::plan(&tree, &state, &query)?
+            };
             // The index has no by-source entries: a source filter reads each candidate.
+            let log = &shared.log;
             let from_source =
                 |seq: u64, source: &str| Ok(stored(seq, log.expect(seq)?)?.source() == source);
-            let page = list::page(&tree, &state, &query, from_source)?;
+            let page = list::walk(&tree, plan, &query, from_source, Some(deadline))?;
             let events = page
                 .sequences
                 .iter()

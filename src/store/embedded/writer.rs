@@ -345,6 +345,9 @@ impl Writer {
                 (event.sequence(), event.livemode(), event.id(), event.event_type(), &created);
             change.insert(&mut self.counts, fields);
         }
+        // The index batch and the durable point move under the state lock together, so a
+        // listing that reads bucket counts under it sees exactly the events of its snapshot.
+        let mut state = self.shared.state_mut();
         let (touched, indexed) =
             change.apply(&self.tree, &self.counts, self.last_seq, self.first_seq);
         if let Err(err) = indexed {
@@ -354,7 +357,6 @@ impl Writer {
         } else {
             self.shared.applied.store(self.last_seq, Ordering::Release);
         }
-        let mut state = self.shared.state_mut();
         state.sequence = self.last_seq;
         for stream in touched {
             let n = self.counts.get(&stream).copied().unwrap_or(0);
@@ -431,22 +433,23 @@ impl Writer {
             change.remove(&self.tree, &mut self.counts, seq, &fields)?;
         }
         self.first_seq = first;
-        let (touched, removed) = change.apply(&self.tree, &self.counts, self.last_seq, first);
-        {
+        let removed = {
             let mut state = self.shared.state_mut();
+            let (touched, removed) = change.apply(&self.tree, &self.counts, self.last_seq, first);
             state.first = first;
             for stream in touched {
                 let n = self.counts.get(&stream).copied().unwrap_or(0);
                 state.counts.insert(stream, n);
             }
-        }
+            removed
+        };
         self.shared.recent.prune_before(first);
-        if let Err(err) = removed.and_then(|()| self.tree.flush().map(drop)) {
+        if let Err(err) = removed.and_then(|()| self.tree.flush().map(drop).map_err(Error::from)) {
             // The log already says what is kept; the next start finishes the removal.
             tracing::error!(error = %err, "index write failed during retention; refusing writes until the index catches up");
             self.failed = Failed::Index;
             self.shared.read_only.store(true, Ordering::Relaxed);
-            return Err(Error::from_storage(err));
+            return Err(err);
         }
         // Only once the index no longer points into them may whole segments go.
         log.delete_below(first)?;

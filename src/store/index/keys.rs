@@ -6,11 +6,13 @@
 //! | prefix | key                                         | value                      |
 //! |--------|---------------------------------------------|----------------------------|
 //! | `i`    | `i` mode(1) id                              | seq(8)                     |
-//! | `c`    | `c` mode(1) created(12) seq(8)              | empty: by-time index       |
+//! | `c`    | `c` mode(1) created(12) seq(8)              | type: by-time index        |
 //! | `t`    | `t` type 0x00 mode(1) created(12) seq(8)    | empty: by-type-time index  |
 //! | `n`    | `n` mode(1) type                            | count(8) of that stream    |
 //! | `f`    | `f`                                         | first kept seq(8)          |
 //! | `a`    | `a`                                         | last applied seq(8)        |
+//! | `v`    | `v`                                         | layout version(8)          |
+//! | `b`    | `b` level(1) stream-prefix bucket(8)        | count(8): see `buckets.rs` |
 //!
 //! Modes are separate id namespaces: the id key starts with the mode.
 //!
@@ -26,6 +28,8 @@ pub const COUNT: u8 = b'n';
 pub const FIRST_KEY: [u8; 1] = [b'f'];
 /// The single key holding the last sequence applied to the index (absent: none).
 pub const APPLIED_KEY: [u8; 1] = [b'a'];
+/// The single key holding the index's layout version.
+pub const VERSION_KEY: [u8; 1] = [b'v'];
 const CREATED: u8 = b'c';
 const TYPE: u8 = b't';
 

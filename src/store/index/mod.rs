@@ -15,6 +15,7 @@
 //! - Backend-neutral: entries are built from an event's routing fields and a sequence given
 //!   by the caller.
 
+pub mod buckets;
 pub mod keys;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -70,6 +71,11 @@ impl Fields {
     }
 }
 
+/// The index's layout version, kept under [`keys::VERSION_KEY`]. Version 2 added bucket
+/// counts and the type in by-time entries; an index of another version is rebuilt from the
+/// log at open.
+pub const VERSION: u64 = 2;
+
 /// The index state read at open.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -108,8 +114,21 @@ pub fn open_tree(data_dir: &Path, cache_bytes: u64) -> Result<sled::Tree, Error>
     }
 }
 
-/// Reads the applied sequence, first kept sequence and counts.
+/// Reads the applied sequence, first kept sequence and counts. An index of an older layout
+/// (or none) is emptied first and comes back as empty, so the log is replayed into it whole.
 pub fn load(tree: &sled::Tree) -> Result<Loaded, Error> {
+    let version = tree.get(keys::VERSION_KEY)?.and_then(|v| keys::u64_value(&v));
+    if version != Some(VERSION) {
+        if !tree.is_empty() {
+            tracing::warn!(
+                found = ?version,
+                expected = VERSION,
+                "the index has an older layout; rebuilding it from the log"
+            );
+            tree.clear()?;
+        }
+        tree.insert(keys::VERSION_KEY, &VERSION.to_be_bytes())?;
+    }
     let value = |key: &[u8], default: u64| -> Result<u64, Error> {
         match tree.get(key)? {
             Some(v) => {
@@ -141,6 +160,7 @@ pub fn lookup(tree: &sled::Tree, livemode: bool, id: &str) -> Result<Option<u64>
 pub struct Change {
     batch: sled::Batch,
     touched: BTreeSet<(bool, String)>,
+    buckets: buckets::Deltas,
 }
 
 impl Change {
@@ -150,9 +170,15 @@ impl Change {
         counts: &mut Counts,
         (seq, livemode, id, event_type, created): (u64, bool, &str, &str, &Timestamp),
     ) {
+        let by_time = keys::created_prefix(livemode);
+        let by_type = keys::type_prefix(event_type, livemode);
         self.batch.insert(keys::id(livemode, id), &seq.to_be_bytes());
-        self.batch.insert(keys::entry(&keys::created_prefix(livemode), created, seq), &[]);
-        self.batch.insert(keys::entry(&keys::type_prefix(event_type, livemode), created, seq), &[]);
+        // The by-time entry names its type, so a listing that matches many types can walk
+        // time order once and filter, instead of merging a stream per type.
+        self.batch.insert(keys::entry(&by_time, created, seq), event_type.as_bytes());
+        self.batch.insert(keys::entry(&by_type, created, seq), &[]);
+        self.buckets.add(&by_time, created, 1);
+        self.buckets.add(&by_type, created, 1);
         self.count(counts, livemode, event_type, 1);
     }
 
@@ -169,12 +195,12 @@ impl Change {
         if lookup(tree, fields.livemode, &fields.id)? == Some(seq) {
             self.batch.remove(keys::id(fields.livemode, &fields.id));
         }
-        self.batch.remove(keys::entry(&keys::created_prefix(fields.livemode), &created, seq));
-        self.batch.remove(keys::entry(
-            &keys::type_prefix(&fields.r#type, fields.livemode),
-            &created,
-            seq,
-        ));
+        let by_time = keys::created_prefix(fields.livemode);
+        let by_type = keys::type_prefix(&fields.r#type, fields.livemode);
+        self.batch.remove(keys::entry(&by_time, &created, seq));
+        self.batch.remove(keys::entry(&by_type, &created, seq));
+        self.buckets.add(&by_time, &created, -1);
+        self.buckets.add(&by_type, &created, -1);
         self.count(counts, fields.livemode, &fields.r#type, -1);
         Ok(())
     }
@@ -195,14 +221,17 @@ impl Change {
         counts: &Counts,
         applied: u64,
         first: u64,
-    ) -> (BTreeSet<(bool, String)>, Result<(), sled::Error>) {
+    ) -> (BTreeSet<(bool, String)>, Result<(), Error>) {
+        if let Err(err) = self.buckets.stage(tree, &mut self.batch) {
+            return (self.touched, Err(err));
+        }
         for stream in &self.touched {
             let n = counts.get(stream).copied().unwrap_or(0);
             self.batch.insert(keys::count(stream.0, &stream.1), &n.to_be_bytes());
         }
         self.batch.insert(&keys::APPLIED_KEY, &applied.to_be_bytes());
         self.batch.insert(&keys::FIRST_KEY, &first.to_be_bytes());
-        let applied = tree.apply_batch(self.batch);
+        let applied = tree.apply_batch(self.batch).map_err(Error::from);
         (self.touched, applied)
     }
 }
