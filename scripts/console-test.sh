@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The console's browser test: Debian's chromium driven by playwright-core (from npm, installed
 # under target/console-test/), against a real eventsd started by the test itself on free
-# loopback ports. Fails when chromium is missing or any step fails; saves docs/console.png.
+# loopback ports. Fails when chromium is missing or any step fails; saves docs/console.png and
+# docs/console-endpoints.png.
 #
 #   bash scripts/console-test.sh [path/to/eventsd]   (default: target/debug/eventsd)
 set -euo pipefail
@@ -23,4 +24,4 @@ if [[ ! -d "$dir/node_modules/playwright-core" ]]; then
   npm install --prefix "$dir" --no-audit --no-fund --loglevel=error playwright-core@1.65.2
 fi
 CONSOLE_TEST_MODULES="$dir" EVENTSD_BIN="$bin" CHROMIUM="$chromium" \
-  CONSOLE_SCREENSHOT="docs/console.png" node scripts/console-test.mjs
+  CONSOLE_SCREENSHOT="docs/console.png" CONSOLE_ENDPOINTS_SCREENSHOT="docs/console-endpoints.png" node scripts/console-test.mjs

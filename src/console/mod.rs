@@ -1,11 +1,13 @@
 //! `/console`: a web console served by eventsd itself, to watch events arrive, browse and
-//! inspect them, see webhook deliveries by source and publish a test event, with no gRPC
-//! client and nothing to install.
+//! inspect them, see webhook deliveries by source, publish a test event, and (admin keys)
+//! manage outbound webhook endpoints and retry their deliveries, with no gRPC client and
+//! nothing to install.
 //!
 //! The page is one HTML file, one script and one style sheet under `assets/`, compiled into
 //! the binary (`include_str!`): no CDN, no network access, no build step, and `cargo run`
 //! needs no Node. The script reads only through the public HTTP API (`/whoami`, `/events`,
-//! `/events/{id}`, `/stream/events`, `POST /events`), so it can do exactly what the key it is
+//! `/events/{id}`, `/stream/events`, `POST /events`, and the outbound webhook routes
+//! `/endpoints…` and `POST /deliveries/{id}/retry`), so it can do exactly what the key it is
 //! given may do. What the console promises:
 //! - Every response carries `Content-Security-Policy: default-src 'self'` (no inline script,
 //!   no other origin), `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY` and

@@ -8,7 +8,9 @@
 //   the `authorization` header, never put in a URL; the live stream is read with fetch() so
 //   that it can carry the header.
 // - The console reads through the same HTTP API as any client (`/whoami`, `/events`,
-//   `/stream/events`, `POST /events`), so scopes and modes apply exactly as they do there.
+//   `/stream/events`, `POST /events`, and for admin keys the outbound webhook routes
+//   `/endpoints…` and `/deliveries/{id}/retry`), so scopes and modes apply exactly as they do
+//   there.
 'use strict';
 
 const KEY_STORE = 'eventsd.console.key';
@@ -21,6 +23,9 @@ const state = {
   me: null,
   /// The open live stream's AbortController, if any.
   live: null,
+  /// Counts page changes, so that work started for one page (a retry's polling) stops when
+  /// the page is left.
+  view: 0,
 };
 
 // ---- DOM helpers: text only ----
@@ -93,6 +98,11 @@ function mayPublish() {
   return scopes.includes('publish') || scopes.includes('admin');
 }
 
+/// The outbound webhook routes need the `admin` scope (as every caller has without keys).
+function isAdmin() {
+  return ((state.me && state.me.scopes) || []).includes('admin');
+}
+
 // ---- Start: who am I? ----
 
 async function boot() {
@@ -118,6 +128,7 @@ function renderIdentity() {
   who.textContent = me ? me.name + ' · ' + me.scopes.join(', ') + ' · ' + me.mode + ' mode' : '';
   document.getElementById('forget').hidden = !state.key;
   document.getElementById('nav-publish-item').hidden = !mayPublish();
+  document.getElementById('nav-endpoints-item').hidden = !isAdmin();
 }
 
 function showKeyForm(problem) {
@@ -158,7 +169,7 @@ function forgetKey() {
   showKeyForm(null);
 }
 
-// ---- Routing: #/events, #/event/{id}, #/webhooks, #/publish ----
+// ---- Routing: #/events, #/event/{id}, #/webhooks, #/endpoints, #/endpoint/{id}, #/publish ----
 
 function parseHash() {
   const hash = location.hash.replace(/^#/, '') || '/events';
@@ -169,8 +180,9 @@ function parseHash() {
 function route() {
   if (!state.me) return;
   stopLive();
+  state.view += 1;
   const { path, params } = parseHash();
-  for (const id of ['nav-events', 'nav-webhooks', 'nav-publish']) {
+  for (const id of ['nav-events', 'nav-webhooks', 'nav-endpoints', 'nav-publish']) {
     document.getElementById(id).removeAttribute('aria-current');
   }
   if (path.startsWith('/event/')) {
@@ -179,6 +191,12 @@ function route() {
   } else if (path === '/webhooks') {
     document.getElementById('nav-webhooks').setAttribute('aria-current', 'page');
     webhooksPage(params);
+  } else if (path === '/endpoints' && isAdmin()) {
+    document.getElementById('nav-endpoints').setAttribute('aria-current', 'page');
+    endpointsPage();
+  } else if (path.startsWith('/endpoint/') && isAdmin()) {
+    document.getElementById('nav-endpoints').setAttribute('aria-current', 'page');
+    endpointPage(decodeURIComponent(path.slice('/endpoint/'.length)), params);
   } else if (path === '/publish' && mayPublish()) {
     document.getElementById('nav-publish').setAttribute('aria-current', 'page');
     publishPage();
@@ -188,10 +206,13 @@ function route() {
   }
 }
 
+/// Navigates to `#path?params`; an array value becomes a repeated parameter.
 function go(path, params) {
   const query = new URLSearchParams();
   for (const [name, value] of Object.entries(params || {})) {
-    if (value !== '' && value !== null && value !== undefined) query.set(name, value);
+    for (const one of Array.isArray(value) ? value : [value]) {
+      if (one !== '' && one !== null && one !== undefined) query.append(name, one);
+    }
   }
   const text = query.toString();
   location.hash = '#' + path + (text ? '?' + text : '');
@@ -489,6 +510,321 @@ async function webhooksPage(params) {
   list.replaceChildren(...reply.body.data.map((event) => eventItem(event, true)));
   page.replaceChildren(pager(offset, reply.body.data.length, count,
     (next) => go('/webhooks', { source, offset: next })));
+}
+
+// ---- Webhook endpoints (outbound) and their deliveries: admin keys only ----
+
+const DELIVERY_PAGE = 20;
+/// How many times, a second apart, the page looks again at a retried delivery.
+const RETRY_POLLS = 30;
+const FORMATS = [
+  ['ENDPOINT_FORMAT_EVENT_JSON', 'event JSON'],
+  ['ENDPOINT_FORMAT_CLOUDEVENT_JSON', 'CloudEvents JSON'],
+  ['ENDPOINT_FORMAT_OMISE', 'Omise event'],
+];
+
+function endpointPath(id) {
+  return '/endpoints/' + encodeURIComponent(id);
+}
+
+/// Which modes an endpoint gets: `livemode` is absent when it gets every mode the key reads.
+function endpointMode(endpoint) {
+  if (endpoint.livemode === true) return 'live';
+  if (endpoint.livemode === false) return 'test';
+  return 'test and live';
+}
+
+function endpointTypes(endpoint) {
+  return endpoint.types && endpoint.types.length ? endpoint.types.join(', ') : 'every type';
+}
+
+function formatName(format) {
+  const known = FORMATS.find(([value]) => value === format);
+  return known ? known[1] : String(format);
+}
+
+function plural(count, one, many) {
+  return count + ' ' + (count === 1 ? one : many);
+}
+
+function endpointItem(endpoint) {
+  return el('li', { class: 'event endpoint', 'data-endpoint-id': endpoint.id },
+    el('a', { href: '#/endpoint/' + encodeURIComponent(endpoint.id), class: 'endpoint-url' }, endpoint.url),
+    el('span', { class: 'type' }, endpointTypes(endpoint)),
+    el('span', { class: endpoint.livemode === true ? 'mode live' : 'mode test' }, endpointMode(endpoint)),
+    el('span', { class: endpoint.disabled ? 'state disabled' : 'state enabled' },
+      endpoint.disabled ? 'disabled' : 'enabled'),
+    el('time', { datetime: endpoint.created }, 'created ' + endpoint.created),
+    el('span', { class: 'event-id' }, endpoint.id),
+    endpoint.description ? el('span', { class: 'description' }, endpoint.description) : null);
+}
+
+async function endpointsPage() {
+  const total = el('p', { id: 'endpoint-total', class: 'total', 'aria-live': 'polite' }, 'Loading…');
+  const list = el('ol', { id: 'endpoints', class: 'events' });
+  const created = el('div', { id: 'endpoint-created', 'aria-live': 'polite' });
+  const load = async () => {
+    const reply = await api('/endpoints');
+    if (!reply.ok) {
+      total.replaceChildren(errorBox(messageOf(reply)));
+      return;
+    }
+    const endpoints = reply.body.endpoints;
+    total.textContent = plural(endpoints.length, 'endpoint', 'endpoints');
+    list.replaceChildren(...endpoints.map(endpointItem));
+  };
+  show(el('h1', {}, 'Webhook endpoints'),
+    el('p', { class: 'status' }, 'eventsd POSTs the events it stores to these URLs, signed the Standard Webhooks way. Open one to see its deliveries and retry them.'),
+    total, list, el('h2', {}, 'Add an endpoint'), createEndpointForm(created, load), created);
+  await load();
+}
+
+function createEndpointForm(result, reload) {
+  const mode = el('select', { id: 'endpoint-livemode', name: 'livemode' },
+    el('option', { value: '' }, 'every mode the key reads'),
+    el('option', { value: 'false' }, 'test only'),
+    el('option', { value: 'true' }, 'live only'));
+  const format = el('select', { id: 'endpoint-format', name: 'format' },
+    ...FORMATS.map(([value, label]) => el('option', { value }, label)));
+  const form = el('form', { id: 'endpoint-create', class: 'filters' },
+    field('endpoint-url', 'URL', '', { type: 'url', required: true, placeholder: 'an https URL that receives the POSTs' }),
+    field('endpoint-types', 'Types (comma-separated; empty: every type)', '', { placeholder: 'charge.*, refund.create' }),
+    el('div', { class: 'field' }, el('label', { for: 'endpoint-livemode' }, 'Mode'), mode),
+    el('div', { class: 'field' }, el('label', { for: 'endpoint-format' }, 'Body format'), format),
+    field('endpoint-description', 'Description (optional)', ''),
+    el('div', { class: 'actions' }, el('button', { type: 'submit', id: 'endpoint-submit' }, 'Add endpoint')));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const data = new FormData(form);
+    const body = {
+      url: data.get('endpoint-url').trim(),
+      types: data.get('endpoint-types').split(',').map((t) => t.trim()).filter((t) => t !== ''),
+      description: data.get('endpoint-description').trim(),
+      format: data.get('format'),
+    };
+    if (data.get('livemode') !== '') body.livemode = data.get('livemode') === 'true';
+    const reply = await api('/endpoints', {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
+    });
+    if (!reply.ok) {
+      result.replaceChildren(errorBox(messageOf(reply)));
+      return;
+    }
+    form.reset();
+    result.replaceChildren(secretCard(reply.body));
+    await reload();
+    document.getElementById('endpoint-secret').focus();
+  });
+  return form;
+}
+
+/// The secret of a new endpoint: the only time eventsd shows it.
+function secretCard(endpoint) {
+  const copied = el('span', { id: 'secret-copied', class: 'status', 'aria-live': 'polite' });
+  const copy = el('button', { type: 'button', id: 'copy-secret' }, 'Copy secret');
+  copy.addEventListener('click', async () => {
+    copied.textContent = (await copyText(endpoint.secret)) ? 'Copied.' : 'Copy failed: select the text instead.';
+  });
+  return el('div', { class: 'card ok-card' },
+    el('p', { class: 'ok' }, 'Added ',
+      el('a', { href: '#/endpoint/' + encodeURIComponent(endpoint.id) }, endpoint.id), '.'),
+    el('p', {}, 'Its signing secret, shown this once (receivers verify signatures with it; rotate it if it is lost):'),
+    el('pre', { id: 'endpoint-secret', class: 'data', tabindex: '0', 'aria-label': 'signing secret' }, endpoint.secret),
+    el('div', { class: 'data-head' }, copy, copied));
+}
+
+function endpointFields(endpoint) {
+  const rows = [
+    ['id', endpoint.id], ['url', endpoint.url], ['types', endpointTypes(endpoint)],
+    ['livemode', endpointMode(endpoint)], ['disabled', String(endpoint.disabled)],
+    ['description', endpoint.description || '—'], ['created', endpoint.created],
+    ['format', formatName(endpoint.format)], ['maxInFlight', String(endpoint.maxInFlight)],
+  ];
+  const fields = el('dl', { id: 'endpoint-fields', class: 'fields' });
+  for (const [name, value] of rows) {
+    fields.append(el('dt', {}, name), el('dd', { 'data-field': name }, value));
+  }
+  return fields;
+}
+
+/// One endpoint: its settings, an enable/disable button, and its deliveries. The `page`
+/// parameters are the page tokens that led to the page shown, so Previous can go back.
+async function endpointPage(id, params) {
+  const status = params.get('status') || '';
+  const eventId = params.get('event_id') || '';
+  const tokens = params.getAll('page');
+  const back = el('p', {}, el('a', { href: '#/endpoints', id: 'back' }, 'Back to the endpoints'));
+  const view = state.view;
+  show(el('h1', {}, 'Endpoint'), el('p', { class: 'status' }, 'Loading…'));
+  const reply = await api(endpointPath(id));
+  if (state.view !== view) return;
+  if (!reply.ok) {
+    show(el('h1', {}, 'Endpoint'), errorBox(messageOf(reply)), back);
+    return;
+  }
+  let endpoint = reply.body;
+  const fieldsSlot = el('div', {}, endpointFields(endpoint));
+  const toggleNote = el('span', { id: 'endpoint-toggle-status', class: 'status', 'aria-live': 'polite' });
+  const toggle = el('button', { type: 'button', id: 'endpoint-toggle' }, endpoint.disabled ? 'Enable' : 'Disable');
+  toggle.addEventListener('click', async () => {
+    toggle.disabled = true;
+    const answer = await api(endpointPath(id), {
+      method: 'PATCH', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ disabled: !endpoint.disabled }),
+    });
+    toggle.disabled = false;
+    if (!answer.ok) {
+      toggleNote.replaceChildren(errorBox(messageOf(answer)));
+      return;
+    }
+    endpoint = answer.body;
+    fieldsSlot.replaceChildren(endpointFields(endpoint));
+    toggle.textContent = endpoint.disabled ? 'Enable' : 'Disable';
+    toggleNote.textContent = endpoint.disabled ? 'Disabled: it receives nothing until enabled.' : 'Enabled.';
+    toggle.focus();
+  });
+
+  const statusSelect = el('select', { id: 'delivery-status', name: 'status' },
+    el('option', { value: '' }, 'every status'),
+    el('option', { value: 'pending' }, 'pending'),
+    el('option', { value: 'succeeded' }, 'succeeded'),
+    el('option', { value: 'failed' }, 'failed'));
+  statusSelect.value = status;
+  const filters = el('form', { id: 'delivery-filters', class: 'filters', role: 'search' },
+    el('div', { class: 'field' }, el('label', { for: 'delivery-status' }, 'Status'), statusSelect),
+    field('delivery-event', 'Event id', eventId, { placeholder: 'evt_…' }),
+    el('div', { class: 'actions' }, el('button', { type: 'submit', id: 'delivery-apply' }, 'Show deliveries')));
+  filters.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const data = new FormData(filters);
+    go('/endpoint/' + encodeURIComponent(id), { status: data.get('status'), event_id: data.get('delivery-event').trim() });
+  });
+  const here = (pages) => go('/endpoint/' + encodeURIComponent(id), { status, event_id: eventId, page: pages });
+  const refresh = el('button', { type: 'button', id: 'deliveries-refresh', onclick: route }, 'Refresh');
+  const total = el('p', { id: 'delivery-total', class: 'total', 'aria-live': 'polite' }, 'Loading…');
+  const list = el('ol', { id: 'deliveries', class: 'events' });
+  const pages = el('div', {});
+  show(el('h1', {}, 'Endpoint ', el('span', { class: 'event-id' }, endpoint.id)), fieldsSlot,
+    el('div', { class: 'data-head' }, toggle, toggleNote),
+    el('div', { class: 'data-head' }, el('h2', {}, 'Deliveries'), refresh),
+    filters, total, list, pages, back);
+
+  const query = dropEmpty({ status, event_id: eventId, limit: DELIVERY_PAGE, page_token: tokens[tokens.length - 1] });
+  const listing = await api(endpointPath(id) + '/deliveries?' + new URLSearchParams(query));
+  if (!listing.ok) {
+    total.replaceChildren(errorBox(messageOf(listing)));
+    return;
+  }
+  const deliveries = listing.body.deliveries;
+  const next = listing.body.nextPageToken;
+  const pageNumber = tokens.length + 1;
+  total.textContent = deliveries.length === 0 && pageNumber === 1
+    ? 'No deliveries' + (status ? ' ' + status : '') + ' yet.'
+    : plural(deliveries.length, 'delivery', 'deliveries') + ' on page ' + pageNumber + (next ? '; more on the next page.' : '.');
+  list.replaceChildren(...deliveries.map((delivery) => deliveryItem(delivery)));
+  pages.replaceChildren(el('div', { class: 'pager' },
+    el('button', { type: 'button', id: 'deliveries-first', disabled: tokens.length === 0, onclick: () => here([]) }, 'First page'),
+    el('button', { type: 'button', id: 'deliveries-previous', disabled: tokens.length === 0,
+      onclick: () => here(tokens.slice(0, -1)) }, 'Previous page'),
+    el('button', { type: 'button', id: 'deliveries-next', disabled: !next,
+      onclick: () => here(tokens.concat([next])) }, 'Next page')));
+}
+
+/// "0.012345678s" (a proto3 JSON Duration) in milliseconds.
+function latencyText(latency) {
+  if (typeof latency !== 'string') return '—';
+  const seconds = parseFloat(latency);
+  return Number.isFinite(seconds) ? (seconds * 1000).toFixed(1) + ' ms' : latency;
+}
+
+function shortStatus(status) {
+  return String(status || '').replace(/^DELIVERY_STATUS_/, '').toLowerCase();
+}
+
+function attemptsTable(delivery, id) {
+  if (!delivery.attempts.length) return el('p', { id, class: 'status attempts' }, 'No attempt yet.');
+  const head = el('tr', {}, ...['#', 'time', 'HTTP status', 'latency', 'error'].map((h) => el('th', { scope: 'col' }, h)));
+  const rows = delivery.attempts.map((attempt, i) => el('tr', { class: 'attempt' },
+    el('td', { 'data-label': '#' }, String(i + 1)),
+    el('td', { 'data-label': 'time' }, el('time', { datetime: attempt.time }, attempt.time || '—')),
+    el('td', { 'data-label': 'HTTP status', class: 'http-status' }, attempt.httpStatus ? String(attempt.httpStatus) : 'no answer'),
+    el('td', { 'data-label': 'latency' }, latencyText(attempt.latency)),
+    el('td', { 'data-label': 'error', class: 'attempt-error' }, attempt.error || '—')));
+  return el('table', { id, class: 'attempts' },
+    el('caption', {}, 'Attempts of ', delivery.eventId, ', oldest first'),
+    el('thead', {}, head), el('tbody', {}, ...rows));
+}
+
+/// One delivery: its status, event and attempts (shown on demand), and Retry when it is
+/// failed or pending. Retrying polls the delivery until a new attempt is recorded.
+function deliveryItem(delivery) {
+  const item = el('li', { class: 'event delivery', 'data-delivery-id': delivery.id });
+  const note = el('p', { class: 'status delivery-note', 'aria-live': 'polite' });
+  let open = false;
+  const fill = (d) => {
+    const status = shortStatus(d.status);
+    item.dataset.status = status;
+    const attemptsId = 'attempts-' + d.id;
+    const expand = el('button', { type: 'button', class: 'expand', 'aria-expanded': String(open), 'aria-controls': attemptsId },
+      (open ? 'Hide attempts' : 'Show attempts') + ' (' + d.attempts.length + ')');
+    const attempts = attemptsTable(d, attemptsId);
+    attempts.hidden = !open;
+    expand.addEventListener('click', () => {
+      open = !open;
+      attempts.hidden = !open;
+      expand.setAttribute('aria-expanded', String(open));
+      expand.textContent = (open ? 'Hide attempts' : 'Show attempts') + ' (' + d.attempts.length + ')';
+    });
+    const retry = status === 'failed' || status === 'pending'
+      ? el('button', { type: 'button', class: 'retry' }, 'Retry') : null;
+    if (retry) retry.addEventListener('click', () => retryDelivery(d, retry, note, fill));
+    item.replaceChildren(...[
+      el('span', { class: 'delivery-status ' + status }, status),
+      el('a', { href: '#/event/' + encodeURIComponent(d.eventId), class: 'event-id' }, d.eventId),
+      el('span', { class: 'sequence' }, 'sequence ' + d.sequence),
+      el('span', { class: 'attempt-count' }, plural(d.attempts.length, 'attempt', 'attempts')),
+      d.nextAttempt ? el('time', { datetime: d.nextAttempt }, 'next attempt ' + d.nextAttempt) : null,
+      d.error ? el('span', { class: 'delivery-error' }, d.error) : null,
+      el('div', { class: 'delivery-actions' }, expand, retry),
+      note, attempts].filter((child) => child !== null));
+    return expand;
+  };
+  fill(delivery);
+  return item;
+}
+
+async function retryDelivery(delivery, button, note, fill) {
+  const view = state.view;
+  const before = delivery.attempts.length;
+  button.disabled = true;
+  note.textContent = 'Retrying…';
+  const reply = await api('/deliveries/' + encodeURIComponent(delivery.id) + '/retry', { method: 'POST' });
+  if (!reply.ok) {
+    button.disabled = false;
+    note.replaceChildren(errorBox(messageOf(reply)));
+    return;
+  }
+  // The retry is scheduled: look again until its attempt is recorded (or give up, saying so).
+  const query = new URLSearchParams({ event_id: delivery.eventId });
+  const path = endpointPath(delivery.endpointId) + '/deliveries?' + query;
+  let latest = reply.body;
+  for (let i = 0; i < RETRY_POLLS && latest.attempts.length <= before; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    if (state.view !== view) return;
+    const answer = await api(path);
+    if (!answer.ok) {
+      button.disabled = false;
+      note.replaceChildren(errorBox(messageOf(answer)));
+      return;
+    }
+    if (answer.body.deliveries.length) latest = answer.body.deliveries[0];
+  }
+  if (state.view !== view) return;
+  const expand = fill(latest);
+  note.textContent = latest.attempts.length > before
+    ? 'Retried: ' + shortStatus(latest.status) + '.'
+    : 'The retry is scheduled; no new attempt yet: refresh later.';
+  expand.focus();
 }
 
 // ---- Publish a test event (keys with the publish scope) ----
