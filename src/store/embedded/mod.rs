@@ -17,6 +17,7 @@
 //! Opening scans the log's last segment, then replays into the index whatever the log holds
 //! beyond the index's applied sequence: a start costs the tail, not the history.
 
+mod indexer;
 mod migrate;
 mod writer;
 
@@ -24,7 +25,7 @@ pub use migrate::{migrate, reindex, MigrateReport, STEPS as MIGRATE_STEPS};
 pub use writer::{MAX_ROUND_EVENTS, MAX_TRIM};
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -38,11 +39,12 @@ use crate::event::{time, NewEvent};
 use crate::metrics::Metrics;
 use crate::proto::Event;
 use crate::store::durability::{read_ack, AckRecord, AckWriter, Durability, ACK_FILE};
-use crate::store::index::{self, DurableState, Fields};
+use crate::store::index::{self, DurableState};
 use crate::store::log::{self, LogReader};
 use crate::store::recent::{self, Recent};
 use crate::store::retention::Retention;
 use crate::store::{list, Appended, EventStore, ListPage, ListQuery, StoredEvent};
+use indexer::{Indexer, Pending};
 use writer::{Command, Writer};
 
 /// How many commands may wait for the writer before publishers wait to enqueue.
@@ -71,11 +73,16 @@ pub(crate) struct Shared {
     pub index: SharedTree,
     /// The log's segments.
     pub log: LogReader,
-    /// Durable point, first kept sequence and per-stream counts, moved together.
+    /// What listings read: the index's applied sequence, first kept sequence and per-stream
+    /// counts, moved together by the index thread.
     state: RwLock<DurableState>,
-    /// The last sequence the index holds; below the durable point only after an index write
-    /// failed (reads then look for those events in the log).
-    pub applied: AtomicU64,
+    /// The last sequence the index holds: a round behind the durable point at most while the
+    /// index thread keeps up, further after an index write failed.
+    pub applied: watch::Sender<u64>,
+    /// Durable events the index does not hold yet, found by id.
+    pub pending: Pending,
+    /// Set by the index thread after a failed write, until it recovers.
+    pub index_failed: AtomicBool,
     /// Recently committed events, for live subscribers.
     pub recent: Recent,
     /// Set by the writer after a storage error or on close.
@@ -98,7 +105,7 @@ pub struct SledStore {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
     durable: watch::Receiver<u64>,
-    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     metrics: Metrics,
     list_deadline: std::time::Duration,
 }
@@ -181,18 +188,26 @@ impl SledStore {
             open_parts(&config.path, config.cache_bytes, config.segment_bytes)?;
         let acks = AckWriter::open(&config.path)?;
         let shared = Arc::new(Shared {
-            index: SharedTree::new(tree),
+            index: SharedTree::new(tree.clone()),
             log: log.reader(),
             state: RwLock::new(DurableState { sequence: last, first, counts: counts.clone() }),
-            applied: AtomicU64::new(last),
+            applied: watch::channel(last).0,
+            pending: Pending::default(),
+            index_failed: AtomicBool::new(false),
             recent: Recent::new(recent::capacity_from(config.cache_bytes)),
             read_only: AtomicBool::new(false),
         });
         let (durable_tx, durable) = watch::channel(last);
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = Writer::new(shared.clone(), log, config.clone(), counts, acks, durable_tx)?;
-        // The one task outside any tracker: the group-commit writer is a blocking OS thread
-        // (it owns the log file and fsyncs), ended by `close`'s Close command and joined there.
+        let (jobs, queued) = std::sync::mpsc::sync_channel(indexer::QUEUE_ROUNDS);
+        let indexer = Indexer::new(shared.clone(), tree, counts, config.clone());
+        let writer = Writer::new(shared.clone(), log, jobs, config.clone(), acks, durable_tx)?;
+        // The two threads outside any tracker: the group-commit writer (it owns the log file
+        // and fsyncs) and the index thread behind it are blocking OS threads, ended by
+        // `close`'s Close command (the writer closes the indexer) and joined there.
+        let indexer = std::thread::Builder::new()
+            .name("eventsd-index".into())
+            .spawn(move || indexer.run(queued))?;
         let writer = std::thread::Builder::new()
             .name("eventsd-commit".into())
             .spawn(move || writer.run(rx))?;
@@ -200,7 +215,7 @@ impl SledStore {
             shared,
             commands,
             durable,
-            writer: Arc::new(Mutex::new(Some(writer))),
+            threads: Arc::new(Mutex::new(vec![writer, indexer])),
             metrics: config.metrics.clone(),
             list_deadline: config.list_deadline,
         })
@@ -257,23 +272,22 @@ impl SledStore {
         }
     }
 
-    /// After an index write failed, the acknowledged events the index lacks are found by a
-    /// scan of the log's tail (writes are refused meanwhile, so the tail is at most a round).
-    fn unindexed(
-        &self,
-        livemode: bool,
-        id: &str,
-        durable: u64,
-    ) -> Result<Option<StoredEvent>, Error> {
-        let applied = self.shared.applied.load(Ordering::Acquire);
-        for seq in applied + 1..=durable {
-            let bytes = self.shared.log.expect(seq)?;
-            let fields = Fields::decode(seq, &bytes)?;
-            if fields.id == id && fields.livemode == livemode {
-                return stored(seq, bytes).map(Some);
-            }
+    /// Waits until the index holds every event durable now (a round at most while the index
+    /// thread keeps up), so a listing includes every publish acknowledged before it began.
+    async fn caught_up(&self) -> Result<(), Error> {
+        let target = *self.durable.borrow();
+        let mut applied = self.shared.applied.subscribe();
+        let waited = tokio::time::timeout(self.list_deadline, async {
+            applied.wait_for(|a| *a >= target).await.map(drop)
+        })
+        .await;
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::ShuttingDown),
+            Err(_) => Err(Error::Unavailable(
+                "the index is behind the log (recovering from a storage error?); try again".into(),
+            )),
         }
-        Ok(None)
     }
 }
 
@@ -361,14 +375,17 @@ impl EventStore for SledStore {
         Ok(appended)
     }
 
-    /// The index keys ids per mode, so this is one lookup in that mode's namespace.
+    /// The index keys ids per mode, so this is one lookup in that mode's namespace (after the
+    /// pending ids, which the index does not hold yet).
     async fn get(&self, livemode: bool, id: &str) -> Result<Option<StoredEvent>, Error> {
         let durable = *self.durable.borrow();
-        let tree = self.shared.index.get()?;
-        match index::lookup(&tree, livemode, id)? {
+        let seq = match self.shared.pending.get(livemode, id) {
+            Some(seq) => Some(seq),
+            None => index::lookup(&self.shared.index.get()?, livemode, id)?,
+        };
+        match seq {
             Some(seq) if seq <= durable => self.event_at(seq),
-            Some(_) => Ok(None),
-            None => self.unindexed(livemode, id, durable),
+            _ => Ok(None),
         }
     }
 
@@ -376,6 +393,7 @@ impl EventStore for SledStore {
     /// the index's bucket counts are exactly those of the snapshot; the walk runs after it,
     /// bounded by the snapshot and by `--list-deadline`.
     async fn list(&self, query: ListQuery) -> Result<ListPage, Error> {
+        self.caught_up().await?;
         let tree = self.shared.index.get()?;
         let shared = self.shared.clone();
         let deadline = std::time::Instant::now() + self.list_deadline;
@@ -420,6 +438,7 @@ impl EventStore for SledStore {
     }
 
     async fn first_sequence_created_from(&self, created: Timestamp) -> Result<Option<u64>, Error> {
+        self.caught_up().await?;
         let tree = self.shared.index.get()?;
         let durable = *self.durable.borrow();
         blocking("scan", move || list::first_created_from(&tree, &created, durable)).await
@@ -438,10 +457,15 @@ impl EventStore for SledStore {
         if self.commands.send(Command::Close { done }).await.is_ok() {
             let _ = finished.await;
         }
-        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
-        if let Some(handle) = handle {
-            // Awaited in place: joining the writer thread blocks.
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        let handles = self.threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+        if !handles.is_empty() {
+            // Awaited in place: joining the threads blocks.
+            let _ = tokio::task::spawn_blocking(move || {
+                for handle in handles {
+                    let _ = handle.join();
+                }
+            })
+            .await;
         }
     }
 }

@@ -1,11 +1,13 @@
 //! Group commit: the single writer of the embedded store.
 //!
-//! One dedicated thread owns every write. It takes the first queued request, then everything
-//! else already queued (up to [`MAX_ROUND_EVENTS`] events), and commits them as one round:
+//! One dedicated thread owns every write to the log. It takes the first queued request, then
+//! everything else already queued (up to [`MAX_ROUND_EVENTS`] events), and commits them as one
+//! round:
 //! 1. the round's new events are encoded once and appended to the log in one write, then one
 //!    `fdatasync` (`--durability power-loss`);
-//! 2. the index is updated in one sled batch, not flushed;
-//! 3. the durable point moves (recent cache, counts, durable watch, ack record);
+//! 2. their ids become pending and the round goes to the index thread (`indexer.rs`), which
+//!    applies it to sled behind the log, off this path;
+//! 3. the durable point moves (recent cache, durable watch, ack record);
 //! 4. every request of the round is answered.
 //!
 //! While a round is under way new requests queue up and form the next one, so concurrent
@@ -19,14 +21,15 @@
 //! - The writer runs to completion whatever the caller does: a client that hangs up leaves its
 //!   events wholly stored or absent, never partial.
 //! - A failed log write acknowledges nothing and leaves nothing in the log. A failed index
-//!   write after the log is durable keeps the acknowledgement (reads find those events in the
-//!   log); either way writes are refused until the store recovers in-process (at most one
+//!   write after the log is durable keeps the acknowledgement (reads find those events as
+//!   pending); either way writes are refused until the store recovers in-process (at most one
 //!   attempt a second, on a write), which catches the index up from the log.
 //! - Retention trims run as rounds of their own, oldest first, at most [`MAX_TRIM`] events
 //!   each, so publishes queued meanwhile wait for one bounded round at most.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -35,8 +38,9 @@ use crate::error::Error;
 use crate::event::{id, time, NewEvent};
 use crate::metrics::Metrics;
 use crate::store::durability::{AckWriter, Durability};
+use crate::store::embedded::indexer::Job;
 use crate::store::embedded::{stored, Shared, StoreConfig};
-use crate::store::index::{self, Change, Counts, Fields};
+use crate::store::index;
 use crate::store::log::LogWriter;
 use crate::store::{Appended, StoredEvent};
 
@@ -79,19 +83,16 @@ enum Failed {
     No,
     /// A log write or sync failed: nothing of that round was acknowledged.
     Log,
-    /// The index fell behind the log (the log holds acknowledged events it lacks).
-    Index,
 }
 
 /// The writer's state, owned by its thread.
 pub struct Writer {
     shared: Arc<Shared>,
     log: LogWriter,
-    tree: sled::Tree,
+    jobs: SyncSender<Job>,
     config: StoreConfig,
     last_seq: u64,
     first_seq: u64,
-    counts: Counts,
     failed: Failed,
     last_recovery: Option<std::time::Instant>,
     acks: AckWriter,
@@ -125,8 +126,8 @@ impl Writer {
     pub(crate) fn new(
         shared: Arc<Shared>,
         log: LogWriter,
+        jobs: SyncSender<Job>,
         config: StoreConfig,
-        counts: Counts,
         acks: AckWriter,
         durable: watch::Sender<u64>,
     ) -> Result<Self, Error> {
@@ -135,14 +136,13 @@ impl Writer {
             (state.first, state.sequence)
         };
         Ok(Writer {
-            tree: shared.index.get()?,
             shared,
             log,
+            jobs,
             metrics: config.metrics.clone(),
             config,
             last_seq,
             first_seq,
-            counts,
             failed: Failed::No,
             last_recovery: None,
             acks,
@@ -199,8 +199,9 @@ impl Writer {
         if let Err(err) = self.log.sync() {
             tracing::error!(error = %err, "cannot sync the log at close");
         }
-        if let Err(err) = self.tree.flush() {
-            tracing::error!(error = %err, "cannot flush the index at close (the next start replays it)");
+        let (done, flushed) = sync_channel(1);
+        if self.jobs.send(Job::Close { done }).is_ok() {
+            let _ = flushed.recv();
         }
         if let Err(err) = self.acks.sync_ack() {
             tracing::error!(error = %err, "cannot sync the ack record at close");
@@ -219,11 +220,14 @@ impl Writer {
 
     /// Stages one request into the round, all or nothing.
     fn stage(&mut self, events: Vec<NewEvent>, round: &mut Round) -> Result<Vec<Appended>, Error> {
-        if self.failed != Failed::No {
+        if self.failed != Failed::No || self.shared.index_failed.load(Ordering::Acquire) {
             self.recover()?;
         }
-        let resolved =
-            events.into_iter().map(|e| self.resolve(e, round)).collect::<Result<Vec<_>, _>>()?;
+        let tree = self.shared.index.get()?;
+        let resolved = events
+            .into_iter()
+            .map(|e| self.resolve(&tree, e, round))
+            .collect::<Result<Vec<_>, _>>()?;
         let received = *round.received.get_or_insert_with(time::now);
         let mut out = Vec::with_capacity(resolved.len());
         for r in resolved {
@@ -249,15 +253,20 @@ impl Writer {
     /// Decides whether an event is new or a repeat, reading the round and the store. Ids are
     /// one namespace per mode: only an event of the same mode can be a repeat or a conflict,
     /// so nothing of the other mode's events is ever compared, named or blocked.
-    fn resolve(&self, event: NewEvent, round: &Round) -> Result<Resolved, Error> {
+    fn resolve(
+        &self,
+        tree: &sled::Tree,
+        event: NewEvent,
+        round: &Round,
+    ) -> Result<Resolved, Error> {
         let Some(given) = &event.id else {
-            let id = self.fresh_id(event.livemode, round)?;
+            let id = self.fresh_id(tree, event.livemode, round)?;
             return Ok(Resolved::New(event, id));
         };
         let mode = event.livemode;
         let existing = match round.staged.get(&(mode, given.clone())) {
             Some(&at) => Some(round.fresh[at].clone()),
-            None => self.stored(mode, given)?,
+            None => self.stored(tree, mode, given)?,
         };
         let Some(existing) = existing else {
             let id = given.clone();
@@ -269,19 +278,31 @@ impl Writer {
         }
     }
 
-    fn stored(&self, livemode: bool, id: &str) -> Result<Option<StoredEvent>, Error> {
-        let Some(seq) = index::lookup(&self.tree, livemode, id)? else {
-            return Ok(None);
+    /// The stored event with this id in this mode: pending (durable, not yet indexed) or in
+    /// the index.
+    fn stored(
+        &self,
+        tree: &sled::Tree,
+        livemode: bool,
+        id: &str,
+    ) -> Result<Option<StoredEvent>, Error> {
+        let seq = match self.shared.pending.get(livemode, id) {
+            Some(seq) => seq,
+            None => match index::lookup(tree, livemode, id)? {
+                Some(seq) => seq,
+                None => return Ok(None),
+            },
         };
         stored(seq, self.shared.log.expect(seq)?).map(Some)
     }
 
-    fn fresh_id(&self, livemode: bool, round: &Round) -> Result<String, Error> {
+    fn fresh_id(&self, tree: &sled::Tree, livemode: bool, round: &Round) -> Result<String, Error> {
         let millis = chrono::Utc::now().timestamp_millis().max(0) as u64;
         loop {
             let id = id::generate(livemode, millis);
             let taken = round.staged.contains_key(&(livemode, id.clone()))
-                || index::lookup(&self.tree, livemode, &id)?.is_some();
+                || self.shared.pending.get(livemode, &id).is_some()
+                || index::lookup(tree, livemode, &id)?.is_some();
             if !taken {
                 return Ok(id);
             }
@@ -338,29 +359,13 @@ impl Writer {
             self.shared.read_only.store(true, Ordering::Relaxed);
             return Err(err);
         }
-        let mut change = Change::default();
-        for event in fresh {
-            let created = event.created();
-            let fields =
-                (event.sequence(), event.livemode(), event.id(), event.event_type(), &created);
-            change.insert(&mut self.counts, fields);
-        }
-        // The index batch and the durable point move under the state lock together, so a
-        // listing that reads bucket counts under it sees exactly the events of its snapshot.
-        let mut state = self.shared.state_mut();
-        let (touched, indexed) =
-            change.apply(&self.tree, &self.counts, self.last_seq, self.first_seq);
-        if let Err(err) = indexed {
-            tracing::error!(error = %err, "index write failed after the log was durable; the round stands, reads find it in the log; refusing writes until the index catches up");
-            self.failed = Failed::Index;
+        // Pending before the durable point moves, so every durable event is found by id;
+        // then the index thread takes it (waiting here only if it is far behind).
+        self.shared.pending.add(fresh);
+        if self.jobs.send(Job::Round(fresh.to_vec())).is_err() {
+            tracing::error!("the index thread is gone; refusing writes");
+            self.shared.index_failed.store(true, Ordering::Release);
             self.shared.read_only.store(true, Ordering::Relaxed);
-        } else {
-            self.shared.applied.store(self.last_seq, Ordering::Release);
-        }
-        state.sequence = self.last_seq;
-        for stream in touched {
-            let n = self.counts.get(&stream).copied().unwrap_or(0);
-            state.counts.insert(stream, n);
         }
         Ok(())
     }
@@ -397,18 +402,11 @@ impl Writer {
             )));
         }
         self.log.sync()?;
-        if self.failed == Failed::Index {
-            self.shared.index.reopen(&mut self.tree, &self.config)?;
-            let loaded = index::load(&self.tree)?;
-            let counts = index::catch_up(
-                &self.tree,
-                &self.shared.log,
-                loaded,
-                (self.first_seq, self.last_seq),
-            )?;
-            self.counts = counts.clone();
-            self.shared.state_mut().counts = counts;
-            self.shared.applied.store(self.last_seq, Ordering::Release);
+        if self.shared.index_failed.load(Ordering::Acquire) {
+            let (done, recovered) = sync_channel(1);
+            let job = Job::Recover { last: self.last_seq, first: self.first_seq, done };
+            self.jobs.send(job).map_err(|_| Error::Internal("the index thread is gone".into()))?;
+            recovered.recv().map_err(|_| Error::Internal("the index thread is gone".into()))??;
         }
         Ok(())
     }
@@ -417,7 +415,7 @@ impl Writer {
     /// sequence order; returns the new first kept sequence. The log's first kept sequence
     /// moves first (durably), then the index entries go, then whole segments below it.
     fn trim(&mut self, through: u64) -> Result<u64, Error> {
-        if self.failed != Failed::No {
+        if self.failed != Failed::No || self.shared.index_failed.load(Ordering::Acquire) {
             return Err(Error::WritesDisabled);
         }
         let upto = through.min(self.last_seq).min(self.first_seq.saturating_add(MAX_TRIM - 1));
@@ -427,30 +425,14 @@ impl Writer {
         let first = upto + 1;
         let log = self.shared.log.clone();
         log.set_first(first)?;
-        let mut change = Change::default();
-        for seq in self.first_seq..=upto {
-            let fields = Fields::decode(seq, &log.expect(seq)?)?;
-            change.remove(&self.tree, &mut self.counts, seq, &fields)?;
-        }
+        // Through the index thread, after every round queued before it.
+        let (done, trimmed) = sync_channel(1);
+        self.jobs
+            .send(Job::Trim { from: self.first_seq, upto, done })
+            .map_err(|_| Error::Internal("the index thread is gone".into()))?;
         self.first_seq = first;
-        let removed = {
-            let mut state = self.shared.state_mut();
-            let (touched, removed) = change.apply(&self.tree, &self.counts, self.last_seq, first);
-            state.first = first;
-            for stream in touched {
-                let n = self.counts.get(&stream).copied().unwrap_or(0);
-                state.counts.insert(stream, n);
-            }
-            removed
-        };
+        trimmed.recv().map_err(|_| Error::Internal("the index thread is gone".into()))??;
         self.shared.recent.prune_before(first);
-        if let Err(err) = removed.and_then(|()| self.tree.flush().map(drop).map_err(Error::from)) {
-            // The log already says what is kept; the next start finishes the removal.
-            tracing::error!(error = %err, "index write failed during retention; refusing writes until the index catches up");
-            self.failed = Failed::Index;
-            self.shared.read_only.store(true, Ordering::Relaxed);
-            return Err(err);
-        }
         // Only once the index no longer points into them may whole segments go.
         log.delete_below(first)?;
         Ok(first)

@@ -1,0 +1,266 @@
+//! The index thread: applies durable rounds to the sled index behind the log, off the
+//! acknowledgement path.
+//!
+//! The writer (`writer.rs`) makes a round durable in the log, records its events as
+//! *pending* (id → sequence, [`Pending`]), hands the round here and answers its publishers.
+//! This thread takes every round queued, applies them to sled in one batch, and then, under
+//! the state lock, moves the listing view (`DurableState`: sequence, counts) and the applied
+//! sequence, and forgets the pending ids it applied.
+//!
+//! Promises:
+//! - **Nothing acknowledged is unreadable meanwhile**: an id is pending from before its event
+//!   is durable until after the index holds it, so GetEvent and the writer's repeat check find
+//!   every durable event in one of the two.
+//! - **Listings wait for the index, never read around it**: a listing first waits until the
+//!   applied sequence reaches the durable point it saw (`SledStore::caught_up`), so a publish
+//!   acknowledged before a listing starts is in it.
+//! - **In order, whole rounds**: rounds are applied in sequence order, each batch atomically
+//!   with the applied sequence, so after a crash the index is the state after some whole
+//!   round and the open replays the rest from the log.
+//! - **Bounded lag**: the queue holds at most [`QUEUE_ROUNDS`] rounds; a writer that gets
+//!   that far ahead waits, so memory never grows with the lag.
+//! - **Failure**: a failed index write marks the store read-only (publishes are refused) and
+//!   stops applying; rounds keep their pending ids, reads keep finding them, and
+//!   [`Job::Recover`] (sent by the writer when it next tries to recover) reopens the index and
+//!   replays the log into it.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use crate::error::Error;
+use crate::store::embedded::{Shared, StoreConfig};
+use crate::store::index::{self, Change, Counts, Fields};
+use crate::store::StoredEvent;
+
+/// Most rounds queued for the index before the writer waits.
+pub const QUEUE_ROUNDS: usize = 64;
+
+/// Most events applied in one sled batch when rounds have queued up.
+const MAX_BATCH_EVENTS: usize = 16_384;
+
+/// Work for the index thread, in the order the writer sends it.
+pub enum Job {
+    /// A durable round's new events, in sequence order.
+    Round(Vec<StoredEvent>),
+    /// Retention: remove the events `from..=upto` and make `upto + 1` the first kept
+    /// sequence; answered once applied and flushed.
+    Trim {
+        /// The first event to remove.
+        from: u64,
+        /// The last event to remove.
+        upto: u64,
+        /// The outcome.
+        done: SyncSender<Result<(), Error>>,
+    },
+    /// After a failure: reopen the index and replay the log into it through `last`.
+    Recover {
+        /// The last durable sequence.
+        last: u64,
+        /// The log's first kept sequence.
+        first: u64,
+        /// The outcome.
+        done: SyncSender<Result<(), Error>>,
+    },
+    /// Apply what is queued, flush the index, stop.
+    Close {
+        /// Signalled once the index is flushed.
+        done: SyncSender<()>,
+    },
+}
+
+/// Durable events the index does not hold yet, by (livemode, id).
+#[derive(Default)]
+pub struct Pending(Mutex<HashMap<(bool, String), u64>>);
+
+impl Pending {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(bool, String), u64>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a round's events before they are durable to readers.
+    pub fn add(&self, events: &[StoredEvent]) {
+        let mut map = self.map();
+        for event in events {
+            map.insert((event.livemode(), event.id().to_string()), event.sequence());
+        }
+    }
+
+    /// The sequence of a pending event.
+    pub fn get(&self, livemode: bool, id: &str) -> Option<u64> {
+        // The key is built only on a lookup; the map is small (a few rounds at most).
+        self.map().get(&(livemode, id.to_string())).copied()
+    }
+
+    /// Forgets every pending event at or below `applied` that `events` names.
+    fn applied(&self, events: &[StoredEvent]) {
+        let mut map = self.map();
+        for event in events {
+            let key = (event.livemode(), event.id().to_string());
+            if map.get(&key) == Some(&event.sequence()) {
+                map.remove(&key);
+            }
+        }
+    }
+
+    /// Forgets everything at or below `last` (after a replay from the log).
+    fn applied_through(&self, last: u64) {
+        self.map().retain(|_, seq| *seq > last);
+    }
+}
+
+/// The index thread's state.
+pub struct Indexer {
+    shared: Arc<Shared>,
+    tree: sled::Tree,
+    counts: Counts,
+    config: StoreConfig,
+    /// Set after a failed write: rounds are not applied until a [`Job::Recover`].
+    failed: bool,
+}
+
+impl Indexer {
+    /// The index thread over the opened tree, whose counts are `counts`.
+    pub fn new(shared: Arc<Shared>, tree: sled::Tree, counts: Counts, config: StoreConfig) -> Self {
+        Indexer { shared, tree, counts, config, failed: false }
+    }
+
+    /// The thread's loop; returns on [`Job::Close`] or when the writer is gone.
+    pub fn run(mut self, jobs: Receiver<Job>) {
+        let mut next = None;
+        loop {
+            let job = match next.take() {
+                Some(job) => job,
+                None => match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return self.flush(),
+                },
+            };
+            match job {
+                Job::Round(mut events) => {
+                    // Everything already queued joins this batch.
+                    while events.len() < MAX_BATCH_EVENTS {
+                        match jobs.try_recv() {
+                            Ok(Job::Round(more)) => events.extend(more),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.apply(&events);
+                }
+                Job::Trim { from, upto, done } => {
+                    let _ = done.send(self.trim(from, upto));
+                }
+                Job::Recover { last, first, done } => {
+                    let _ = done.send(self.recover(first, last));
+                }
+                Job::Close { done } => {
+                    self.flush();
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn flush(&self) {
+        if let Err(err) = self.tree.flush() {
+            tracing::error!(error = %err, "cannot flush the index at close (the next start replays it)");
+        }
+    }
+
+    /// Applies durable events (consecutive sequences) in one batch, then moves the view.
+    fn apply(&mut self, events: &[StoredEvent]) {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else { return };
+        if self.failed {
+            return;
+        }
+        let mut change = Change::default();
+        for event in events {
+            let created = event.created();
+            let fields =
+                (event.sequence(), event.livemode(), event.id(), event.event_type(), &created);
+            change.insert(&mut self.counts, fields);
+        }
+        let kept_from = self.shared.state().first;
+        // The batch and the view move under the state lock together, so a listing that reads
+        // bucket counts under it sees exactly the events of its snapshot.
+        let mut state = self.shared.state_mut();
+        let (touched, applied) = change.apply(&self.tree, &self.counts, last.sequence(), kept_from);
+        if let Err(err) = applied {
+            drop(state);
+            tracing::error!(error = %err, from = first.sequence(), "index write failed after the log was durable; the events stand and reads find them; refusing writes until the index catches up");
+            self.fail();
+            return;
+        }
+        state.sequence = last.sequence();
+        for stream in touched {
+            let n = self.counts.get(&stream).copied().unwrap_or(0);
+            state.counts.insert(stream, n);
+        }
+        drop(state);
+        self.shared.applied.send_replace(last.sequence());
+        self.shared.pending.applied(events);
+    }
+
+    fn fail(&mut self) {
+        self.failed = true;
+        self.shared.index_failed.store(true, Ordering::Release);
+        self.shared.read_only.store(true, Ordering::Relaxed);
+    }
+
+    /// Removes the oldest events (retention) and moves the first kept sequence.
+    fn trim(&mut self, from: u64, upto: u64) -> Result<(), Error> {
+        if self.failed {
+            return Err(Error::WritesDisabled);
+        }
+        let log = self.shared.log.clone();
+        let mut change = Change::default();
+        for seq in from..=upto {
+            let fields = Fields::decode(seq, &log.expect(seq)?)?;
+            change.remove(&self.tree, &mut self.counts, seq, &fields)?;
+        }
+        let first = upto + 1;
+        let removed = {
+            let mut state = self.shared.state_mut();
+            let (touched, removed) = change.apply(&self.tree, &self.counts, state.sequence, first);
+            state.first = first;
+            for stream in touched {
+                let n = self.counts.get(&stream).copied().unwrap_or(0);
+                state.counts.insert(stream, n);
+            }
+            removed
+        };
+        if let Err(err) = removed.and_then(|()| self.tree.flush().map(drop).map_err(Error::from)) {
+            // The log already says what is kept; the next start finishes the removal.
+            tracing::error!(error = %err, "index write failed during retention; refusing writes until the index catches up");
+            self.fail();
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Reopens the index (sled keeps its first I/O error until then) and replays the log
+    /// into it through `last`.
+    fn recover(&mut self, first: u64, last: u64) -> Result<(), Error> {
+        self.shared.index.reopen(&mut self.tree, &self.config)?;
+        let loaded = index::load(&self.tree)?;
+        let counts = index::catch_up(&self.tree, &self.shared.log, loaded, (first, last))?;
+        self.counts = counts.clone();
+        {
+            let mut state = self.shared.state_mut();
+            state.counts = counts;
+            state.sequence = last;
+            state.first = first;
+        }
+        self.shared.applied.send_replace(last);
+        self.shared.pending.applied_through(last);
+        self.failed = false;
+        self.shared.index_failed.store(false, Ordering::Release);
+        Ok(())
+    }
+}
