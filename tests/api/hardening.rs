@@ -1,11 +1,10 @@
 //! Issue #15: each finding's attack, replayed against a real server, and what it gets now.
 //!
 //! The attacker holds a test-mode key with the publish, read and subscribe scopes (or no key
-//! at all); a live key and an admin key of both modes stand for the operator. Findings 1 and
-//! 2 (ids as per-mode namespaces) need the store's per-mode index from branch `engine`: until
-//! it is merged their tests fail here by design, showing what the attack still gets.
-//! Findings 8–10 (query cost, per-round work, memory in bytes) are tested in their branches;
-//! 9's `/metrics` growth is here. The 10,000-connection figure is in `tests/connection_figures.rs`.
+//! at all); a live key and an admin key of both modes stand for the operator. Finding 10
+//! (memory in bytes) is measured in `tests/memory.rs` and `tests/sse_memory.rs`; the
+//! 10,000-connection figure is in `tests/connection_figures.rs`, and the many-types figures
+//! (finding 8 and 9 at 1M types) in `tests/type_figures.rs`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -455,6 +454,83 @@ async fn keyless_calls_and_health_checks_that_never_finish_leave_the_permits_to_
     for call in held {
         call.abort();
     }
+}
+
+// ---- 8: query cost ----
+
+#[tokio::test]
+async fn a_wildcard_over_many_types_with_a_deep_offset_answers_exactly() {
+    let app = crate::helpers::spawn_app().await;
+    let mut client = app.client.clone();
+    // 300 types; `attack.t1*` matches 111 of them (t1, t10–t19, t100–t199), more than a
+    // listing merges stream by stream, so it walks time order once.
+    let events: Vec<PublishEventRequest> =
+        (0..600).map(|i| event(&format!("attack.t{}", i % 300))).collect();
+    let stored = client
+        .publish_events(eventsd::proto::PublishEventsRequest { events })
+        .await
+        .expect("publish 600 events over 300 types")
+        .into_inner()
+        .events;
+    let matching: Vec<&str> = stored
+        .iter()
+        .filter(|e| e.r#type.starts_with("attack.t1"))
+        .map(|e| e.id.as_str())
+        .collect();
+    assert_eq!(matching.len(), 222);
+
+    let page = client
+        .list_events(eventsd::proto::ListEventsRequest {
+            types: vec!["attack.t1*".into()],
+            offset: 150,
+            limit: 100,
+            ..crate::support::everything()
+        })
+        .await
+        .expect("a deep page of a wildcard over 111 types")
+        .into_inner();
+    assert_eq!(page.total, 222);
+    let ids: Vec<&str> = page.data.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, matching[150..].to_vec(), "oldest first (the default), after the first 150");
+}
+
+#[tokio::test]
+async fn a_listing_past_its_deadline_is_deadline_exceeded_and_503_on_the_views() {
+    if embedded_only("a_listing_past_its_deadline_is_deadline_exceeded_and_503_on_the_views") {
+        return;
+    }
+    // A deadline already passed: any listing that must walk more than a few hundred entries
+    // one by one is stopped; one that the index answers directly is not.
+    let app = spawn_app_with(|c| c.list_deadline = Duration::ZERO).await;
+    let mut client = app.client.clone();
+    let events: Vec<PublishEventRequest> = (0..600).map(|_| event("charge.create")).collect();
+    client
+        .publish_events(eventsd::proto::PublishEventsRequest { events })
+        .await
+        .expect("publish 600");
+
+    let newest = client.list_events(crate::support::everything()).await.expect("newest page");
+    assert_eq!(newest.into_inner().total, 600, "totals come from counts, not a walk");
+
+    // No event has this source: the total walks all 600 candidates.
+    let walked = client
+        .list_events(eventsd::proto::ListEventsRequest {
+            source: "omise".into(),
+            ..crate::support::everything()
+        })
+        .await
+        .expect_err("a walk of 600 entries past its deadline");
+    assert_eq!(walked.code(), Code::DeadlineExceeded, "{walked:?}");
+    assert!(walked.message().contains("--list-deadline"), "{walked:?}");
+
+    let view = http()
+        .get(format!("{}/events?source=omise", app.http))
+        .send()
+        .await
+        .expect("the view answers");
+    assert_eq!(view.status().as_u16(), 503);
+    let body: serde_json::Value = view.json().await.expect("a JSON error body");
+    assert_eq!(body["code"], "deadline_exceeded", "{body}");
 }
 
 // ---- 9 and 11: metrics ----

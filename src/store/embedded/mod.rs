@@ -47,6 +47,10 @@ use crate::store::{list, Appended, EventStore, ListPage, ListQuery, StoredEvent}
 use indexer::{Indexer, Pending};
 use writer::{Command, Writer};
 
+/// Longest a read waits for the index thread to reach the durable point it saw (it is a
+/// round behind at most while it keeps up; only a failed index write holds it longer).
+const INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How many commands may wait for the writer before publishers wait to enqueue.
 const QUEUE_DEPTH: usize = 8_192;
 
@@ -277,7 +281,7 @@ impl SledStore {
     async fn caught_up(&self) -> Result<(), Error> {
         let target = *self.durable.borrow();
         let mut applied = self.shared.applied.subscribe();
-        let waited = tokio::time::timeout(self.list_deadline, async {
+        let waited = tokio::time::timeout(INDEX_WAIT, async {
             applied.wait_for(|a| *a >= target).await.map(drop)
         })
         .await;
