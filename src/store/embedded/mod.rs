@@ -7,15 +7,19 @@
 //! DATA_DIR/eventsd.ack  the newest acknowledged sequence (durability.rs)
 //! ```
 //!
-//! - GetEvent looks the id up in the index, then reads the record from the log.
-//! - ListEvents walks the index (`store/list.rs`) for the page's sequences, then reads each
-//!   record from the log.
+//! Two threads write: the group-commit writer (`writer.rs`) owns the log and the durable
+//! point; the index thread (`indexer.rs`) applies durable rounds to sled behind it. Ids the
+//! index does not hold yet are *pending*, in memory.
+//! - GetEvent looks the id up among the pending ids, then in the index, then reads the record
+//!   from the log.
+//! - ListEvents waits until the index reaches the durable point it saw, plans the page under
+//!   the state lock (`store/list/`) and reads each record of the page from the log.
 //! - SubscribeEvents reads the log forward from a sequence (the recent-events cache first).
 //!
-//! Reads are bounded by the durable point, which the writer (`writer.rs`) moves only after a
-//! round is durable in the log, so no reader sees an event a crash could still take away.
-//! Opening scans the log's last segment, then replays into the index whatever the log holds
-//! beyond the index's applied sequence: a start costs the tail, not the history.
+//! Reads are bounded by the durable point, which the writer moves only after a round is
+//! durable in the log, so no reader sees an event a crash could still take away. Opening scans
+//! the log's last segment, then replays into the index whatever the log holds beyond the
+//! index's applied sequence: a start costs the tail, not the history.
 
 mod indexer;
 mod migrate;
