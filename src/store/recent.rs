@@ -96,6 +96,15 @@ impl Recent {
         )
     }
 
+    /// The cached event `seq`, if the cache still holds it (a listing's page reads its
+    /// recent events from here instead of the log).
+    pub fn get(&self, seq: u64) -> Option<StoredEvent> {
+        let cached = self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let front = cached.events.front()?.sequence();
+        let at = usize::try_from(seq.checked_sub(front)?).ok()?;
+        cached.events.get(at).filter(|e| e.sequence() == seq).cloned()
+    }
+
     /// The sum of the cached events' stored bytes (what the tests check the bound on).
     #[cfg(test)]
     fn bytes(&self) -> usize {
@@ -124,6 +133,9 @@ mod tests {
             newest.iter().map(StoredEvent::sequence).collect::<Vec<_>>(),
             [96, 97, 98, 99, 100]
         );
+        assert_eq!(recent.get(97).map(|e| e.sequence()), Some(97));
+        assert_eq!(recent.get(101), None);
+        assert_eq!(recent.get(1), None, "forgotten");
 
         // One event larger than the whole cache is not kept at all.
         recent.push(vec![event(101, 20_000)]);

@@ -274,6 +274,9 @@ impl SledStore {
     }
 
     fn event_at(&self, seq: u64) -> Result<Option<StoredEvent>, Error> {
+        if let Some(event) = self.shared.recent.get(seq) {
+            return Ok(Some(event));
+        }
         match self.shared.log.read(seq)? {
             Some(bytes) => stored(seq, bytes).map(Some),
             None => Ok(None),
@@ -415,10 +418,14 @@ impl EventStore for SledStore {
             let from_source =
                 |seq: u64, source: &str| Ok(stored(seq, log.expect(seq)?)?.source() == source);
             let page = list::walk(&tree, plan, &query, from_source, Some(deadline))?;
+            // Recent events come from memory, older ones from the log.
             let events = page
                 .sequences
                 .iter()
-                .map(|&seq| stored(seq, log.expect(seq)?))
+                .map(|&seq| match shared.recent.get(seq) {
+                    Some(event) => Ok(event),
+                    None => stored(seq, log.expect(seq)?),
+                })
                 .collect::<Result<Vec<_>, Error>>()?;
             Ok(page.with_events(events))
         })
