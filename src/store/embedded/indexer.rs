@@ -93,7 +93,12 @@ impl Pending {
         self.map().get(&(livemode, id.to_string())).copied()
     }
 
-    /// Forgets every pending event at or below `applied` that `events` names.
+    /// Forgets the events of a round that did not become durable.
+    pub fn forget(&self, events: &[StoredEvent]) {
+        self.applied(events);
+    }
+
+    /// Forgets every pending event that `events` names (as these sequences).
     fn applied(&self, events: &[StoredEvent]) {
         let mut map = self.map();
         for event in events {

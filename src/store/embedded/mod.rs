@@ -7,9 +7,10 @@
 //! DATA_DIR/eventsd.ack  the newest acknowledged sequence (durability.rs)
 //! ```
 //!
-//! Two threads write: the group-commit writer (`writer.rs`) owns the log and the durable
-//! point; the index thread (`indexer.rs`) applies durable rounds to sled behind it. Ids the
-//! index does not hold yet are *pending*, in memory.
+//! Three threads write, in a pipeline: the group-commit writer (`writer.rs`) stages rounds
+//! and writes them to the log; the sync thread (`syncer.rs`) fdatasyncs them, moves the
+//! durable point and answers; the index thread (`indexer.rs`) applies durable rounds to sled
+//! behind them. Ids the index does not hold yet are *pending*, in memory.
 //! - GetEvent looks the id up among the pending ids, then in the index, then reads the record
 //!   from the log.
 //! - ListEvents waits until the index reaches the durable point it saw, plans the page under
@@ -23,6 +24,7 @@
 
 mod indexer;
 mod migrate;
+mod syncer;
 mod writer;
 
 pub use migrate::{migrate, reindex, MigrateReport, STEPS as MIGRATE_STEPS};
@@ -49,6 +51,7 @@ use crate::store::recent::{self, Recent};
 use crate::store::retention::Retention;
 use crate::store::{list, Appended, EventStore, ListPage, ListQuery, StoredEvent};
 use indexer::{Indexer, Pending};
+use syncer::Syncer;
 use writer::{Command, Writer};
 
 /// Longest a read waits for the index thread to reach the durable point it saw (it is a
@@ -91,6 +94,8 @@ pub(crate) struct Shared {
     pub pending: Pending,
     /// Set by the index thread after a failed write, until it recovers.
     pub index_failed: AtomicBool,
+    /// Set by the sync thread after a failed sync; writes stay refused.
+    pub log_failed: AtomicBool,
     /// Recently committed events, for live subscribers.
     pub recent: Recent,
     /// Set by the writer after a storage error or on close.
@@ -202,20 +207,34 @@ impl SledStore {
             applied: watch::channel(last).0,
             pending: Pending::default(),
             index_failed: AtomicBool::new(false),
+            log_failed: AtomicBool::new(false),
             recent: Recent::new(recent::capacity_from(config.cache_bytes)),
             read_only: AtomicBool::new(false),
         });
         let (durable_tx, durable) = watch::channel(last);
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let (jobs, queued) = std::sync::mpsc::sync_channel(indexer::QUEUE_ROUNDS);
+        let (to_sync, written) = std::sync::mpsc::sync_channel(syncer::QUEUE_ROUNDS);
         let indexer = Indexer::new(shared.clone(), tree, counts, config.clone());
-        let writer = Writer::new(shared.clone(), log, jobs, config.clone(), acks, durable_tx)?;
-        // The two threads outside any tracker: the group-commit writer (it owns the log file
-        // and fsyncs) and the index thread behind it are blocking OS threads, ended by
-        // `close`'s Close command (the writer closes the indexer) and joined there.
+        let syncer = Syncer::new(
+            shared.clone(),
+            jobs,
+            config.durability,
+            acks,
+            durable_tx,
+            config.metrics.clone(),
+        );
+        let writer = Writer::new(shared.clone(), log, to_sync)?;
+        // The three threads outside any tracker: the group-commit writer (it owns the log
+        // file), the sync thread (fdatasync, durable point, answers) and the index thread
+        // behind them are blocking OS threads, ended by `close`'s Close command (each closes
+        // the next) and joined there.
         let indexer = std::thread::Builder::new()
             .name("eventsd-index".into())
             .spawn(move || indexer.run(queued))?;
+        let syncer = std::thread::Builder::new()
+            .name("eventsd-sync".into())
+            .spawn(move || syncer.run(written))?;
         let writer = std::thread::Builder::new()
             .name("eventsd-commit".into())
             .spawn(move || writer.run(rx))?;
@@ -223,7 +242,7 @@ impl SledStore {
             shared,
             commands,
             durable,
-            threads: Arc::new(Mutex::new(vec![writer, indexer])),
+            threads: Arc::new(Mutex::new(vec![writer, syncer, indexer])),
             metrics: config.metrics.clone(),
             list_deadline: config.list_deadline,
         })

@@ -3,18 +3,20 @@
 //! One dedicated thread owns every write to the log. It takes the first queued request, then
 //! everything else already queued (up to [`MAX_ROUND_EVENTS`] events), and commits them as one
 //! round:
-//! 1. the round's new events are encoded once and appended to the log in one write, then one
-//!    `fdatasync` (`--durability power-loss`);
-//! 2. their ids become pending and the round goes to the index thread (`indexer.rs`), which
-//!    applies it to sled behind the log, off this path;
-//! 3. the durable point moves (recent cache, durable watch, ack record);
-//! 4. every request of the round is answered.
+//! 1. the round's new events are encoded once and appended to the log in one write;
+//! 2. their ids become pending (found by GetEvent once durable, and by the next rounds'
+//!    repeat checks at once);
+//! 3. the round goes to the sync thread (`syncer.rs`), which runs one `fdatasync` for every
+//!    round written meanwhile (`--durability power-loss`), moves the durable point, hands the
+//!    rounds to the index thread (`indexer.rs`) and answers their requests.
 //!
-//! While a round is under way new requests queue up and form the next one, so concurrent
-//! publishers share one fdatasync instead of paying one each.
+//! While a round is syncing, the writer already stages and writes the next, and new requests
+//! queue up meanwhile: concurrent publishers share one fdatasync instead of paying one each,
+//! and the CPU work of a round overlaps the previous round's sync.
 //!
 //! Promises:
-//! - A request is answered Ok only once its events are durable in the log.
+//! - A request is answered Ok only once its events are durable in the log (by the sync
+//!   thread, in round order).
 //! - A request is atomic: each of its events is stored, or recognised as an idempotent repeat,
 //!   or the whole request fails and none of it is staged.
 //! - Sequences are assigned here, contiguously, in commit order.
@@ -27,21 +29,20 @@
 //! - Retention trims run as rounds of their own, oldest first, at most [`MAX_TRIM`] events
 //!   each, so publishes queued meanwhile wait for one bounded round at most.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
 use crate::event::{id, time, NewEvent};
-use crate::metrics::Metrics;
-use crate::store::durability::{AckWriter, Durability};
 use crate::store::embedded::indexer::Job;
-use crate::store::embedded::{stored, Shared, StoreConfig};
+use crate::store::embedded::syncer::{Reply, ToSync, Written};
+use crate::store::embedded::{stored, Shared};
 use crate::store::index;
-use crate::store::log::LogWriter;
+use crate::store::log::{LogWriter, SegmentSync};
 use crate::store::{Appended, StoredEvent};
 
 /// Most events staged into one round (one log write, one sled batch).
@@ -89,19 +90,12 @@ enum Failed {
 pub struct Writer {
     shared: Arc<Shared>,
     log: LogWriter,
-    jobs: SyncSender<Job>,
-    config: StoreConfig,
+    sync: SyncSender<ToSync>,
     last_seq: u64,
     first_seq: u64,
     failed: Failed,
     last_recovery: Option<std::time::Instant>,
-    acks: AckWriter,
-    metrics: Metrics,
-    durable: watch::Sender<u64>,
 }
-
-/// Where a request's answer goes, and the answer.
-type Reply = (oneshot::Sender<Result<Vec<Appended>, Error>>, Result<Vec<Appended>, Error>);
 
 /// One round's staged work.
 #[derive(Default)]
@@ -126,10 +120,7 @@ impl Writer {
     pub(crate) fn new(
         shared: Arc<Shared>,
         log: LogWriter,
-        jobs: SyncSender<Job>,
-        config: StoreConfig,
-        acks: AckWriter,
-        durable: watch::Sender<u64>,
+        sync: SyncSender<ToSync>,
     ) -> Result<Self, Error> {
         let (first_seq, last_seq) = {
             let state = shared.state();
@@ -138,15 +129,11 @@ impl Writer {
         Ok(Writer {
             shared,
             log,
-            jobs,
-            metrics: config.metrics.clone(),
-            config,
+            sync,
             last_seq,
             first_seq,
             failed: Failed::No,
             last_recovery: None,
-            acks,
-            durable,
         })
     }
 
@@ -193,18 +180,16 @@ impl Writer {
         }
     }
 
-    /// Stops writes and leaves the store so that the next start replays nothing.
+    /// Stops writes and leaves the store so that the next start replays nothing: the sync
+    /// thread settles every round written, closes the index thread and syncs the ack record.
     fn close(&mut self) {
         self.shared.read_only.store(true, Ordering::Relaxed);
+        let (done, closed) = sync_channel(1);
+        if self.sync.send(ToSync::Close(done)).is_ok() {
+            let _ = closed.recv();
+        }
         if let Err(err) = self.log.sync() {
             tracing::error!(error = %err, "cannot sync the log at close");
-        }
-        let (done, flushed) = sync_channel(1);
-        if self.jobs.send(Job::Close { done }).is_ok() {
-            let _ = flushed.recv();
-        }
-        if let Err(err) = self.acks.sync_ack() {
-            tracing::error!(error = %err, "cannot sync the ack record at close");
         }
     }
 
@@ -309,65 +294,66 @@ impl Writer {
         }
     }
 
-    /// Makes the round durable, indexes it, moves the durable point, then answers.
+    /// Writes the round to the log and hands it to the sync thread, which answers it once
+    /// durable. A failed write answers the round's requests at once and acknowledges nothing.
     fn commit(&mut self, round: Round) {
         let Round { fresh, replies, .. } = round;
-        if !fresh.is_empty() {
-            let started = std::time::Instant::now();
-            let written = self.write(&fresh);
-            self.metrics.commit(fresh.len(), started.elapsed());
-            if let Err(err) = written {
+        let started = std::time::Instant::now();
+        let segment = match self.write(&fresh) {
+            Ok(segment) => segment,
+            Err(err) => {
                 self.last_seq -= fresh.len() as u64;
                 for (reply, _) in replies {
                     let _ = reply.send(Err(for_reply(&err)));
                 }
                 return;
             }
-            // Metrics once per (type, source) per round, not once per event.
-            let mut per_stream: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-            for event in &fresh {
-                *per_stream.entry((event.event_type(), event.source())).or_default() += 1;
-            }
-            for (&(event_type, source), &n) in &per_stream {
-                self.metrics.published(event_type, source, n);
-            }
-            self.shared.recent.push(fresh);
-            self.durable.send_replace(self.last_seq);
-            if let Err(err) = self.acks.record_ack(self.last_seq) {
-                // The events are durable; only loss detection after a crash is weakened.
-                tracing::error!(error = %err, "cannot write the ack record");
-            }
-        }
-        for (reply, result) in replies {
-            let _ = reply.send(result);
+        };
+        let written = Written { fresh, replies, segment, started };
+        if self.sync.send(ToSync::Round(written)).is_err() {
+            // The sync thread is gone only at close; the round's requests then see their
+            // answers dropped, which reads as a shutdown.
+            tracing::error!("the sync thread is gone; refusing writes");
+            self.failed = Failed::Log;
+            self.shared.read_only.store(true, Ordering::Relaxed);
         }
     }
 
-    /// Log append + sync, then the index. Errors only if the log write failed (nothing was
-    /// acknowledged); an index failure is recorded and the round still stands.
-    fn write(&mut self, fresh: &[StoredEvent]) -> Result<(), Error> {
-        let appended = self
-            .log
-            .append(fresh.iter().map(|e| (e.sequence(), e.bytes().as_ref())))
-            .and_then(|()| match self.config.durability {
-                Durability::PowerLoss => self.log.sync(),
-                Durability::ProcessCrash => Ok(()),
-            });
+    /// Appends the round to the log (page cache only) and marks its ids pending; returns the
+    /// segment to sync, if anything was written.
+    fn write(&mut self, fresh: &[StoredEvent]) -> Result<Option<SegmentSync>, Error> {
+        if fresh.is_empty() {
+            return Ok(None);
+        }
+        let appended = self.log.append(fresh.iter().map(|e| (e.sequence(), e.bytes().as_ref())));
         if let Err(err) = appended {
             tracing::error!(error = %err, "log write failed; nothing of the round was acknowledged; refusing writes until recovered");
             self.failed = Failed::Log;
             self.shared.read_only.store(true, Ordering::Relaxed);
             return Err(err);
         }
-        // Pending before the durable point moves, so every durable event is found by id;
-        // then the index thread takes it (waiting here only if it is far behind).
+        // Pending at once, so the next rounds' repeat checks find these ids; readers see them
+        // only once the durable point passes them.
         self.shared.pending.add(fresh);
-        if self.jobs.send(Job::Round(fresh.to_vec())).is_err() {
-            tracing::error!("the index thread is gone; refusing writes");
-            self.shared.index_failed.store(true, Ordering::Release);
-            self.shared.read_only.store(true, Ordering::Relaxed);
-        }
-        Ok(())
+        Ok(Some(self.log.sync_handle()))
+    }
+
+    /// Waits until every round written so far is durable (or failed).
+    fn drain(&self) -> Result<(), Error> {
+        let (done, drained) = sync_channel(1);
+        self.sync.send(ToSync::Drain(done)).map_err(|_| gone("sync"))?;
+        drained.recv().map_err(|_| gone("sync"))
+    }
+
+    /// Sends work to the index thread (through the sync thread, so it follows every round
+    /// written before it) and waits for its outcome.
+    fn index_job(
+        &self,
+        job: impl FnOnce(SyncSender<Result<(), Error>>) -> Job,
+    ) -> Result<(), Error> {
+        let (done, finished) = sync_channel(1);
+        self.sync.send(ToSync::Index(job(done))).map_err(|_| gone("sync"))?;
+        finished.recv().map_err(|_| gone("index"))?
     }
 
     /// After a storage error (a full disk, say), recovers in-process: the log's tail is
@@ -393,6 +379,10 @@ impl Writer {
     }
 
     fn try_recover(&mut self) -> Result<(), Error> {
+        self.drain()?;
+        if self.shared.log_failed.load(Ordering::Acquire) {
+            return Err(Error::WritesDisabled);
+        }
         self.log.recover(self.last_seq)?;
         if self.log.next() != self.last_seq + 1 {
             return Err(Error::Corrupt(format!(
@@ -403,10 +393,8 @@ impl Writer {
         }
         self.log.sync()?;
         if self.shared.index_failed.load(Ordering::Acquire) {
-            let (done, recovered) = sync_channel(1);
-            let job = Job::Recover { last: self.last_seq, first: self.first_seq, done };
-            self.jobs.send(job).map_err(|_| Error::Internal("the index thread is gone".into()))?;
-            recovered.recv().map_err(|_| Error::Internal("the index thread is gone".into()))??;
+            let (last, first) = (self.last_seq, self.first_seq);
+            self.index_job(|done| Job::Recover { last, first, done })?;
         }
         Ok(())
     }
@@ -425,13 +413,10 @@ impl Writer {
         let first = upto + 1;
         let log = self.shared.log.clone();
         log.set_first(first)?;
-        // Through the index thread, after every round queued before it.
-        let (done, trimmed) = sync_channel(1);
-        self.jobs
-            .send(Job::Trim { from: self.first_seq, upto, done })
-            .map_err(|_| Error::Internal("the index thread is gone".into()))?;
+        // Through the index thread, after every round written before it.
+        let from = self.first_seq;
         self.first_seq = first;
-        trimmed.recv().map_err(|_| Error::Internal("the index thread is gone".into()))??;
+        self.index_job(|done| Job::Trim { from, upto, done })?;
         self.shared.recent.prune_before(first);
         // Only once the index no longer points into them may whole segments go.
         log.delete_below(first)?;
@@ -439,9 +424,14 @@ impl Writer {
     }
 }
 
+/// The error for a helper thread that has stopped (only at close).
+fn gone(which: &str) -> Error {
+    Error::Internal(format!("the {which} thread is gone"))
+}
+
 /// The error each request of a failed round gets: a full disk is RESOURCE_EXHAUSTED, anything
 /// else an internal storage error (logged in full where it happened).
-fn for_reply(err: &Error) -> Error {
+pub(super) fn for_reply(err: &Error) -> Error {
     match err {
         Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => Error::DiskFull,
         Error::DiskFull => Error::DiskFull,

@@ -320,6 +320,22 @@ fn recover_tail(dir: &Path, active: &Segment, acked: u64) -> Result<(u64, u64), 
     Ok((scan.valid_end, last))
 }
 
+/// Syncs one segment's data file; taken from [`LogWriter::sync_handle`].
+#[derive(Clone)]
+pub struct SegmentSync(Arc<Segment>);
+
+impl SegmentSync {
+    /// fdatasync of the segment: everything appended to it so far survives a power loss.
+    pub fn sync(&self) -> Result<(), Error> {
+        Ok(self.0.sync_data()?)
+    }
+
+    /// Whether both handles sync the same segment.
+    pub fn same(&self, other: &SegmentSync) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 impl LogWriter {
     /// A handle for readers.
     pub fn reader(&self) -> LogReader {
@@ -396,6 +412,12 @@ impl LogWriter {
     /// fdatasync of the active segment: everything appended so far survives a power loss.
     pub fn sync(&self) -> Result<(), Error> {
         Ok(self.active.sync_data()?)
+    }
+
+    /// A handle that syncs the active segment later, from another thread (a segment sealed
+    /// in between was synced when it was sealed).
+    pub fn sync_handle(&self) -> SegmentSync {
+        SegmentSync(self.active.clone())
     }
 
     /// Seals the active segment and starts a new one at the next sequence.
