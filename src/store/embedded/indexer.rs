@@ -17,6 +17,9 @@
 //! - **In order, whole rounds**: rounds are applied in sequence order, each batch atomically
 //!   with the applied sequence, so after a crash the index is the state after some whole
 //!   round and the open replays the rest from the log.
+//! - **Batched**: a batch gathers the rounds that arrive within [`BATCH_WINDOW`] (5 ms) and is
+//!   applied at once when a listing waits for it ([`Job::Nudge`]), so under a trickle of
+//!   publishes sled sees a few large batches a second rather than one per round.
 //! - **Bounded lag**: the queue holds at most [`QUEUE_ROUNDS`] rounds; a writer that gets
 //!   that far ahead waits, so memory never grows with the lag.
 //! - **Failure**: a failed index write marks the store read-only (publishes are refused) and
@@ -39,6 +42,9 @@ pub const QUEUE_ROUNDS: usize = 64;
 
 /// Most events applied in one sled batch when rounds have queued up.
 const MAX_BATCH_EVENTS: usize = 16_384;
+
+/// How long a batch gathers rounds before it is applied, unless a reader nudges it.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Work for the index thread, in the order the writer sends it.
 pub enum Job {
@@ -63,6 +69,8 @@ pub enum Job {
         /// The outcome.
         done: SyncSender<Result<(), Error>>,
     },
+    /// A reader waits for the index: apply the batch being gathered now.
+    Nudge,
     /// Apply what is queued, flush the index, stop.
     Close {
         /// Signalled once the index is flushed.
@@ -144,10 +152,15 @@ impl Indexer {
             };
             match job {
                 Job::Round(mut events) => {
-                    // Everything already queued joins this batch.
+                    // Rounds arriving within the batch window join this batch, unless a
+                    // reader is waiting for it (a nudge) or it is full: fewer, larger sled
+                    // batches cost sled far less than one per round.
+                    let window = std::time::Instant::now() + BATCH_WINDOW;
                     while events.len() < MAX_BATCH_EVENTS {
-                        match jobs.try_recv() {
+                        let wait = window.saturating_duration_since(std::time::Instant::now());
+                        match jobs.recv_timeout(wait) {
                             Ok(Job::Round(more)) => events.extend(more),
+                            Ok(Job::Nudge) => break,
                             Ok(other) => {
                                 next = Some(other);
                                 break;
@@ -157,6 +170,7 @@ impl Indexer {
                     }
                     self.apply(&events);
                 }
+                Job::Nudge => {}
                 Job::Trim { from, upto, done } => {
                     let _ = done.send(self.trim(from, upto));
                 }

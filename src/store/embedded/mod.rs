@@ -119,6 +119,8 @@ pub struct SledStore {
     commands: mpsc::Sender<Command>,
     durable: watch::Receiver<u64>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Wakes the index thread when a reader waits for it.
+    nudge: std::sync::mpsc::SyncSender<indexer::Job>,
     metrics: Metrics,
     list_deadline: std::time::Duration,
 }
@@ -216,6 +218,7 @@ impl SledStore {
         let (jobs, queued) = std::sync::mpsc::sync_channel(indexer::QUEUE_ROUNDS);
         let (to_sync, written) = std::sync::mpsc::sync_channel(syncer::QUEUE_ROUNDS);
         let indexer = Indexer::new(shared.clone(), tree, counts, config.clone());
+        let nudge = jobs.clone();
         let syncer = Syncer::new(
             shared.clone(),
             jobs,
@@ -243,6 +246,7 @@ impl SledStore {
             commands,
             durable,
             threads: Arc::new(Mutex::new(vec![writer, syncer, indexer])),
+            nudge,
             metrics: config.metrics.clone(),
             list_deadline: config.list_deadline,
         })
@@ -306,6 +310,11 @@ impl SledStore {
     /// thread keeps up), so a listing includes every publish acknowledged before it began.
     async fn caught_up(&self) -> Result<(), Error> {
         let target = *self.durable.borrow();
+        if *self.shared.applied.borrow() >= target {
+            return Ok(());
+        }
+        // A full queue means the index thread is busy applying already.
+        let _ = self.nudge.try_send(indexer::Job::Nudge);
         let mut applied = self.shared.applied.subscribe();
         let waited = tokio::time::timeout(INDEX_WAIT, async {
             applied.wait_for(|a| *a >= target).await.map(drop)
