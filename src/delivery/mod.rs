@@ -12,7 +12,9 @@
 pub mod client;
 pub mod dispatch;
 pub mod endpoints;
+pub mod kv_state;
 pub mod schedule;
+pub mod sharing;
 pub mod sign;
 pub mod state;
 pub mod target;
