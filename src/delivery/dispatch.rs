@@ -515,9 +515,14 @@ impl Worker {
                     tracing::warn!(endpoint = self.id(), %error, "reading a due delivery failed");
                     backoff = true;
                 }
-                if let Err(error) = self.scan().await {
-                    tracing::warn!(endpoint = self.id(), %error, "reading new events failed");
-                    backoff = true;
+                match self.scan().await {
+                    Ok(()) => {}
+                    // The state says another worker runs this endpoint (JetStream): stop.
+                    Err(Error::ShuttingDown) => break,
+                    Err(error) => {
+                        tracing::warn!(endpoint = self.id(), %error, "reading new events failed");
+                        backoff = true;
+                    }
                 }
             }
             self.report();

@@ -17,7 +17,8 @@
 //!   are attempted again (a repeat with the same `webhook-id`), never lost.
 //! - **One cursor writer**: the cursor is written with the revision this instance last read or
 //!   wrote (`update`, compare-and-set), so an instance that lost the endpoint's lease cannot
-//!   move it back under the new holder.
+//!   move it back under the new holder; its `advance` fails with `ShuttingDown` and its worker
+//!   stops.
 //! - Every write returns once JetStream acknowledged it (a quorum of replicas stored it).
 //!
 //! [`advance`]: KvDeliveries::advance
@@ -221,11 +222,20 @@ impl KvDeliveries {
         }
         let value = Bytes::copy_from_slice(&cursor.to_be_bytes());
         let revision = match self.revision(id) {
-            Some(revision) => {
-                self.kv.update(cursor_key(id), value, revision).await.map_err(|e| {
-                    unavailable("moving a cursor (another instance may hold the endpoint now)", e)
-                })?
-            }
+            Some(revision) => match self.kv.update(cursor_key(id), value, revision).await {
+                Ok(revision) => revision,
+                // Another instance moved the cursor: it holds the endpoint now, or did since
+                // this worker read the cursor. This worker must stop (and start again from the
+                // stored state if it takes the lease again).
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    if let Ok(mut revisions) = self.cursor_revisions.lock() {
+                        revisions.remove(id);
+                    }
+                    tracing::warn!(endpoint = id, "the cursor was moved by another instance");
+                    return Err(Error::ShuttingDown);
+                }
+                Err(e) => return Err(unavailable("moving a cursor", e)),
+            },
             None => self
                 .kv
                 .put(cursor_key(id), value)
