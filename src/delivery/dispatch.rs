@@ -214,10 +214,17 @@ impl Dispatcher {
             let done = CancellationToken::new();
             let ended = match self.start_worker(id, stop.clone()).await {
                 Err(error) => {
-                    tracing::warn!(endpoint = id, %error, "cannot start the endpoint's worker");
+                    // Deleted meanwhile (by the instance that held it): nothing to run.
+                    let gone = matches!(error, Error::NoSuch { .. });
+                    if !gone {
+                        tracing::warn!(endpoint = id, %error, "cannot start the endpoint's worker");
+                    }
                     done.cancel();
                     if let Some(lease) = lease {
                         lease.keep(stop.clone(), done.clone()).await;
+                    }
+                    if gone {
+                        return;
                     }
                     None
                 }

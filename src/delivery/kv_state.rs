@@ -1,6 +1,7 @@
 //! The state of outbound webhooks on the JetStream store: a KV bucket beside the event stream,
 //! `<stream>_DELIVERIES`, with as many replicas as the stream, created at start or verified
-//! (history 1, file storage, the stream's replicas). Every instance over the stream reads and
+//! (history 1, file storage, the stream's replicas, no direct gets: every read is answered by
+//! the stream leader, so a worker reads back what it just wrote). Every instance over the stream reads and
 //! writes the same bucket, so endpoints, cursors and delivery records are shared.
 //!
 //! Keys (an endpoint id is `ep_` and 20 lowercase letters or digits, a valid key part):
@@ -100,22 +101,15 @@ impl KvDeliveries {
         let started = std::time::Instant::now();
         loop {
             let attempt = async {
-                match js.get_key_value(&bucket).await {
-                    Ok(store) => Ok(store),
-                    Err(_) => js
-                        .create_key_value(kv::Config {
-                            bucket: bucket.clone(),
-                            description: "eventsd: outbound webhook endpoints, cursors, \
-                                          deliveries and leases"
-                                .into(),
-                            history: 1,
-                            num_replicas: replicas,
-                            storage: async_nats::jetstream::stream::StorageType::File,
-                            ..Default::default()
-                        })
-                        .await
-                        .map_err(|e| e.to_string()),
+                if js.get_stream(format!("KV_{bucket}")).await.is_err() {
+                    // Created like `create_key_value` would, but without direct gets: any
+                    // replica may answer those, and a lagging one answers stale.
+                    let created = js.create_stream(stream_config(&bucket, replicas)).await;
+                    if let Err(error) = created {
+                        tracing::debug!(%error, "creating the delivery state bucket");
+                    }
                 }
+                js.get_key_value(&bucket).await.map_err(|e| e.to_string())
             };
             match attempt.await {
                 Ok(mut store) => {
@@ -353,6 +347,28 @@ impl KvDeliveries {
     }
 }
 
+/// The bucket's stream: a KV bucket (history 1, rollups, no deletes but purges, discard new)
+/// whose reads go to the stream leader, which holds every acknowledged write.
+fn stream_config(bucket: &str, replicas: usize) -> async_nats::jetstream::stream::Config {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
+    Config {
+        name: format!("KV_{bucket}"),
+        description: Some(
+            "eventsd: outbound webhook endpoints, cursors, deliveries and leases".into(),
+        ),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        storage: StorageType::File,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: false,
+        discard: DiscardPolicy::New,
+        ..Default::default()
+    }
+}
+
 /// Refuses a bucket whose settings break the promises above (another history, replicas or
 /// storage): eventsd never changes an existing bucket.
 async fn verify(bucket: &str, store: &mut kv::Store, replicas: usize) -> Result<(), Error> {
@@ -369,6 +385,7 @@ async fn verify(bucket: &str, store: &mut kv::Store, replicas: usize) -> Result<
             config.storage != async_nats::jetstream::stream::StorageType::File,
             "storage must be file",
         ),
+        (config.allow_direct, "direct gets must be off (reads go to the stream leader)"),
     ];
     if let Some((_, why)) = problems.iter().find(|(bad, _)| *bad) {
         return Err(Error::Startup(format!(
