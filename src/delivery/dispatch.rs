@@ -647,40 +647,40 @@ impl Worker {
             }
             let mut free = self.free();
             let mut cursor = self.cursor;
-            let mut picked = Vec::new();
             let now = now_ms();
+            let mut chosen = Vec::new();
             for event in events {
                 if free == 0 {
                     break;
                 }
                 cursor = event.sequence();
-                if !self.filter.as_ref().is_some_and(|f| f.matches(&event)) {
-                    continue;
-                }
-                // A replay passes events that already have a record: the record goes on.
-                let mut record = self
-                    .settings
-                    .state
-                    .delivery(self.id(), event.sequence())
-                    .await?
-                    .unwrap_or_else(|| Delivery {
-                        id: delivery_id(self.id(), event.sequence()),
-                        endpoint_id: self.id().to_owned(),
-                        event_id: event.id().to_owned(),
-                        sequence: event.sequence(),
-                        ..Delivery::default()
-                    });
-                if self.running.contains(&event.sequence()) {
+                if !self.filter.as_ref().is_some_and(|f| f.matches(&event))
+                    || self.running.contains(&event.sequence())
+                {
                     continue;
                 }
                 let delay = self.settings.schedule.delay(1, random_unit()).unwrap_or_default();
                 let at = now + delay.as_millis() as i64;
-                record.status = DeliveryStatus::Pending as i32;
-                record.error.clear();
-                record.next_attempt = Some(timestamp_ms(at));
                 if at <= now {
                     free -= 1;
                 }
+                chosen.push((event, at));
+            }
+            // A replay passes events that already have a record: the record goes on.
+            let sequences: Vec<u64> = chosen.iter().map(|(e, _)| e.sequence()).collect();
+            let mut recorded = self.settings.state.deliveries_at(self.id(), &sequences).await?;
+            let mut picked = Vec::with_capacity(chosen.len());
+            for (event, at) in chosen {
+                let mut record = recorded.remove(&event.sequence()).unwrap_or_else(|| Delivery {
+                    id: delivery_id(self.id(), event.sequence()),
+                    endpoint_id: self.id().to_owned(),
+                    event_id: event.id().to_owned(),
+                    sequence: event.sequence(),
+                    ..Delivery::default()
+                });
+                record.status = DeliveryStatus::Pending as i32;
+                record.error.clear();
+                record.next_attempt = Some(timestamp_ms(at));
                 picked.push((record, event, at));
             }
             let records: Vec<Delivery> = picked.iter().map(|(r, _, _)| r.clone()).collect();

@@ -42,7 +42,7 @@ use crate::proto::Delivery;
 /// Longest one scan of a key prefix may take.
 const SCAN_LIMIT: Duration = Duration::from_secs(30);
 
-/// Most delivery records written concurrently by one [`KvDeliveries::advance`].
+/// Most delivery records written (or read) concurrently by one call.
 const WRITE_CONCURRENCY: usize = 64;
 
 /// The bucket's name for a stream.
@@ -268,6 +268,30 @@ impl KvDeliveries {
             Ok(Some(bytes)) => decode_delivery(&bytes).map(Some),
             Err(e) => Err(unavailable("reading a delivery", e)),
         }
+    }
+
+    /// The records of these sequences that exist, read concurrently.
+    pub async fn deliveries_at(
+        &self,
+        id: &str,
+        sequences: &[u64],
+    ) -> Result<HashMap<u64, Delivery>, Error> {
+        let mut found = HashMap::with_capacity(sequences.len());
+        for chunk in sequences.chunks(WRITE_CONCURRENCY) {
+            let mut reads = tokio::task::JoinSet::new();
+            for &sequence in chunk {
+                let (kv, key) = (self.kv.clone(), delivery_key(id, sequence));
+                reads.spawn(async move { (sequence, kv.get(key).await) });
+            }
+            while let Some(read) = reads.join_next().await {
+                let (sequence, value) =
+                    read.map_err(|e| Error::Internal(format!("delivery read task: {e}")))?;
+                if let Some(bytes) = value.map_err(|e| unavailable("reading a delivery", e))? {
+                    found.insert(sequence, decode_delivery(&bytes)?);
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Records of one endpoint above `after`, in sequence order, filtered and limited. Reads

@@ -21,6 +21,7 @@
 //! - Endpoint changes are flushed before they are acknowledged; delivery progress is flushed
 //!   by sled in the background (losing it only repeats an attempt).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use prost::Message;
@@ -342,6 +343,26 @@ impl DeliveryStore {
         match self {
             DeliveryStore::Sled(s) => s.delivery(endpoint_id, sequence),
             DeliveryStore::Kv(k) => k.delivery(endpoint_id, sequence).await,
+        }
+    }
+
+    /// The records of these sequences that exist.
+    pub async fn deliveries_at(
+        &self,
+        endpoint_id: &str,
+        sequences: &[u64],
+    ) -> Result<HashMap<u64, Delivery>, Error> {
+        match self {
+            DeliveryStore::Sled(s) => {
+                let mut found = HashMap::with_capacity(sequences.len());
+                for &sequence in sequences {
+                    if let Some(record) = s.delivery(endpoint_id, sequence)? {
+                        found.insert(sequence, record);
+                    }
+                }
+                Ok(found)
+            }
+            DeliveryStore::Kv(k) => k.deliveries_at(endpoint_id, sequences).await,
         }
     }
 
