@@ -345,6 +345,20 @@ impl KvDeliveries {
             })
             .await
             .map_err(|e| unavailable("listing keys", e))?;
+        // Deleted once read: an ordered consumer would otherwise linger for 30 s after each
+        // scan (ListDeliveries polled often would pile them up).
+        let name = consumer.cached_info().name.clone();
+        let read = self.read_scan(consumer).await;
+        if let Err(error) = self.kv.stream.delete_consumer(&name).await {
+            tracing::debug!(%error, "deleting a scan's consumer; it expires on its own");
+        }
+        read
+    }
+
+    async fn read_scan(
+        &self,
+        consumer: async_nats::jetstream::consumer::Consumer<OrderedConfig>,
+    ) -> Result<Vec<(String, Bytes)>, Error> {
         let mut out = Vec::new();
         if consumer.cached_info().num_pending == 0 {
             return Ok(out);

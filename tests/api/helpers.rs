@@ -162,6 +162,13 @@ impl TestApp {
         self.peer.as_ref().map(|p| p.addr)
     }
 
+    /// Every instance's HTTP address (one on the embedded store, two on JetStream).
+    pub fn all_http(&self) -> Vec<String> {
+        let mut all = vec![self.http.clone()];
+        all.extend(self.peer.as_ref().map(|p| p.http.clone()));
+        all
+    }
+
     /// On JetStream, shuts down the first instance only (as SIGTERM would); the second goes
     /// on serving at [`peer_addr`](Self::peer_addr).
     pub async fn stop_first(&mut self) {
