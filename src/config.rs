@@ -481,6 +481,13 @@ pub struct DeliveryConfig {
           default_value = "24h", value_parser = parse_duration)]
     pub rotation_overlap: Duration,
 
+    /// On the JetStream store: how long an instance's hold on an endpoint lasts without
+    /// renewal. The holder renews every quarter of it and stops delivering half of it after
+    /// its last renewal; another instance takes the endpoint over after a whole one.
+    #[arg(long = "delivery-lease", env = "EVENTSD_DELIVERY_LEASE", default_value = "10s",
+          value_parser = parse_lease)]
+    pub lease: Duration,
+
     /// Accept endpoints on loopback, private, link-local and other non-public addresses.
     #[arg(long = "delivery-allow-private", env = "EVENTSD_DELIVERY_ALLOW_PRIVATE")]
     pub allow_private: bool,
@@ -492,6 +499,14 @@ pub struct DeliveryConfig {
     /// Extra CA certificates (PEM) to trust for `https` endpoints, beside the system roots.
     #[arg(long = "delivery-ca", env = "EVENTSD_DELIVERY_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
+}
+
+fn parse_lease(text: &str) -> Result<Duration, String> {
+    let lease = parse_duration(text)?;
+    if lease < Duration::from_millis(200) || lease > Duration::from_secs(3600) {
+        return Err("must be 200ms to 1h".into());
+    }
+    Ok(lease)
 }
 
 fn parse_schedule(text: &str) -> Result<crate::delivery::schedule::RetrySchedule, String> {

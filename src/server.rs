@@ -23,6 +23,8 @@ use crate::connections::{self, ConnectionSettings};
 use crate::delivery::client::Sender;
 use crate::delivery::dispatch::{self, Dispatcher};
 use crate::delivery::endpoints::Webhooks;
+use crate::delivery::kv_state::KvDeliveries;
+use crate::delivery::sharing::Sharing;
 use crate::delivery::state::DeliveryStore;
 use crate::delivery::target::TargetRules;
 use crate::error::Error;
@@ -69,7 +71,7 @@ pub async fn run(
     let webhooks = WebhookConfig::from_config(&config)?;
     let metrics = Metrics::with_max_types(config.metrics_max_types);
     let retention = Retention { max_age: config.retention, max_events: config.max_events };
-    let (store, retention_store, tokens) = open_store(&config, &retention, &metrics).await?;
+    let (store, retention_store, tokens, nats) = open_store(&config, &retention, &metrics).await?;
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn({
@@ -79,7 +81,7 @@ pub async fn run(
             token.cancel();
         }
     });
-    let outbound = start_webhooks(&config, &store, &metrics, &tasks, &token)?;
+    let outbound = start_webhooks(&config, &store, nats, &metrics, &tasks, &token).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<EventServiceServer<EventsApi>>().await;
     if keys.enabled() {
@@ -279,43 +281,51 @@ pub async fn run(
     Ok(())
 }
 
-/// Starts outbound webhooks on the embedded store: their state in `<data-dir>/deliveries`,
-/// one worker per endpoint on the task tracker. On JetStream they are not offered (the
-/// WebhookService is absent, so calls are UNIMPLEMENTED): several instances would each
-/// deliver every event, and their state would not be shared.
-fn start_webhooks(
+/// Starts outbound webhooks, one worker per endpoint on the task tracker. On the embedded
+/// store their state is in `<data-dir>/deliveries`. On JetStream it is in the KV bucket
+/// `<stream>_DELIVERIES`, shared by every instance over the stream; each endpoint's worker
+/// runs in one instance at a time, the one holding its lease (`delivery::sharing`), and
+/// requests reach it from any instance.
+async fn start_webhooks(
     config: &ServeConfig,
     store: &Arc<dyn EventStore>,
+    nats: Option<async_nats::Client>,
     metrics: &Metrics,
     tasks: &TaskTracker,
     token: &CancellationToken,
 ) -> Result<Option<Webhooks>, Error> {
-    if !matches!(config.store, StoreKind::Embedded) {
-        tracing::info!("outbound webhooks are not offered on the JetStream store");
-        return Ok(None);
-    }
     let delivery = &config.delivery;
+    let (state, sharing) = match nats {
+        None => (DeliveryStore::open(&config.data_dir)?, None),
+        Some(client) => {
+            let kv = KvDeliveries::open(&client, &config.nats_stream, config.nats_replicas).await?;
+            let sharing = Sharing::new(kv.clone(), &config.nats_stream, delivery.lease)?;
+            (DeliveryStore::Kv(kv), Some(sharing))
+        }
+    };
     let rules =
         TargetRules { allow_private: delivery.allow_private, allow_http: delivery.allow_http };
     let settings = dispatch::Settings {
         store: store.clone(),
-        state: DeliveryStore::open(&config.data_dir)?,
+        state,
         sender: Sender::new(rules, delivery.timeout, delivery.ca.as_deref())?,
         schedule: delivery.retry_schedule.clone(),
         disable_after: delivery.disable_after,
         metrics: metrics.clone(),
+        sharing,
     };
-    let dispatcher = Dispatcher::start(settings, tasks.clone(), token.clone())?;
+    let dispatcher = Dispatcher::start(settings, tasks.clone(), token.clone()).await?;
     Ok(Some(Webhooks::new(dispatcher, delivery.rotation_overlap)))
 }
 
 /// Opens the configured backend with its page-token secret; the embedded store also comes
-/// back for retention.
+/// back for retention, and JetStream's connection for the outbound webhooks' shared state.
 async fn open_store(
     config: &ServeConfig,
     retention: &Retention,
     metrics: &Metrics,
-) -> Result<(Arc<dyn EventStore>, Option<SledStore>, PageTokens), Error> {
+) -> Result<(Arc<dyn EventStore>, Option<SledStore>, PageTokens, Option<async_nats::Client>), Error>
+{
     match &config.store {
         StoreKind::Embedded => {
             let store = SledStore::open(&StoreConfig {
@@ -328,7 +338,7 @@ async fn open_store(
             })?;
             let retained = retention.is_enabled().then(|| store.clone());
             let tokens = PageTokens::in_dir(&config.data_dir)?;
-            Ok((Arc::new(store), retained, tokens))
+            Ok((Arc::new(store), retained, tokens, None))
         }
         StoreKind::JetStream(urls) => {
             if retention.is_enabled() {
@@ -349,7 +359,8 @@ async fn open_store(
             })
             .await?;
             let tokens = PageTokens::new(store.page_token_key());
-            Ok((Arc::new(store), None, tokens))
+            let client = store.client();
+            Ok((Arc::new(store), None, tokens, Some(client)))
         }
     }
 }

@@ -552,3 +552,149 @@ async fn tls_and_credentials_reach_a_protected_server_and_are_never_logged() {
     let why = refusal("unknown-ca", url("s3cret-pass"), false).await;
     assert!(why.contains("certificate"), "{why}");
 }
+
+/// What the outbound receiver of the kill test saw per event id.
+#[derive(Default)]
+struct Deliveries {
+    in_flight: HashMap<String, usize>,
+    attempts: HashMap<String, usize>,
+    delivered: HashSet<String>,
+    overlaps: Vec<String>,
+}
+
+/// Counts a request out of flight however it ends (answered, or dropped with its connection).
+struct InFlight(Arc<Mutex<Deliveries>>, String);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(n) = self.0.lock().unwrap().in_flight.get_mut(&self.1) {
+            *n -= 1;
+        }
+    }
+}
+
+/// Refuses each event's first attempt (so retries are pending at any moment), holds each
+/// request 20 ms, and records overlapping requests of one event.
+async fn refuse_first(
+    axum::extract::State(seen): axum::extract::State<Arc<Mutex<Deliveries>>>,
+    headers: axum::http::HeaderMap,
+) -> axum::http::StatusCode {
+    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let id = id.to_owned();
+    let attempt = {
+        let mut seen = seen.lock().unwrap();
+        let n = seen.in_flight.entry(id.clone()).or_default();
+        *n += 1;
+        if *n > 1 {
+            seen.overlaps.push(id.clone());
+        }
+        let attempts = seen.attempts.entry(id.clone()).or_default();
+        *attempts += 1;
+        *attempts
+    };
+    let _in_flight = InFlight(seen.clone(), id.clone());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    if attempt == 1 {
+        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    }
+    seen.lock().unwrap().delivered.insert(id);
+    axum::http::StatusCode::OK
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_killed_while_delivering_hands_its_endpoint_over_with_nothing_lost() {
+    if !enabled("an_instance_killed_while_delivering_hands_its_endpoint_over_with_nothing_lost") {
+        return;
+    }
+    let seen = Arc::new(Mutex::new(Deliveries::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let router = axum::Router::new()
+        .route("/hook", axum::routing::post(refuse_first))
+        .with_state(seen.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let cluster = start_cluster();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let flags = [
+        "--delivery-allow-private",
+        "--delivery-allow-http",
+        "--delivery-lease",
+        "2s",
+        "--delivery-retry-schedule",
+        "0s,50ms,50ms,50ms,50ms,50ms,50ms,50ms,50ms,50ms",
+    ];
+    // A alone when the endpoint is created, so A holds its lease; then B joins.
+    let mut a = instance(&cluster, dir.path(), "a", &flags).await;
+    let mut webhooks = eventsd::proto::webhook_service_client::WebhookServiceClient::connect(
+        format!("http://{}", a.grpc),
+    )
+    .await
+    .expect("connect");
+    let endpoint = webhooks
+        .create_endpoint(eventsd::proto::CreateEndpointRequest { url, ..Default::default() })
+        .await
+        .expect("create endpoint")
+        .into_inner();
+    let b = instance(&cluster, dir.path(), "b", &flags).await;
+
+    let mut acknowledged: HashSet<String> = HashSet::new();
+    let mut client = b.client().await;
+    for round in 0..8 {
+        let events =
+            (0..25).map(|i| request(&format!("ev_kill_{round}_{i}"), "outbound")).collect();
+        acknowledged.extend(child::publish_ids(&mut client, events).await);
+        if round == 3 {
+            // Attempts and retries are under way on A (the only one holding the endpoint).
+            let deadline = Instant::now() + PHASE_LIMIT;
+            while seen.lock().unwrap().attempts.len() < 25 {
+                assert!(Instant::now() < deadline, "A made no attempts\n{}", a.stderr_tail());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            a.kill9();
+        }
+    }
+    let killed = Instant::now();
+    let deadline = Instant::now() + PHASE_LIMIT;
+    loop {
+        let missing = acknowledged.difference(&seen.lock().unwrap().delivered).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} acknowledged events never delivered after A's kill\n{}",
+            acknowledged.len(),
+            b.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (overlaps, repeated) = {
+        let seen = seen.lock().unwrap();
+        (seen.overlaps.clone(), seen.attempts.values().filter(|&&n| n > 2).count())
+    };
+    assert!(overlaps.is_empty(), "attempts of one event overlapped: {overlaps:?}");
+    println!(
+        "outbound kill -9 of the holder: {} events delivered by B {:?} after the kill; {repeated} attempted more than twice",
+        acknowledged.len(),
+        killed.elapsed()
+    );
+    // B answers for the endpoint's state now.
+    let mut webhooks = eventsd::proto::webhook_service_client::WebhookServiceClient::connect(
+        format!("http://{}", b.grpc),
+    )
+    .await
+    .expect("connect");
+    let listed = webhooks
+        .list_deliveries(eventsd::proto::ListDeliveriesRequest {
+            endpoint_id: endpoint.id.clone(),
+            status: eventsd::proto::DeliveryStatus::Succeeded as i32,
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("list deliveries")
+        .into_inner();
+    assert_eq!(listed.deliveries.len(), acknowledged.len());
+}

@@ -15,10 +15,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use eventsd::proto::webhook_service_client::WebhookServiceClient;
-use eventsd::proto::{CreateEndpointRequest, PublishEventRequest, PublishEventsRequest};
+use eventsd::proto::{CreateEndpointRequest, PublishEventRequest};
 use prost_types::{value::Kind, Struct, Value};
 
-use child::{Server, CALL_LIMIT};
+use child::{publish_ids, Server};
 
 /// Kill cycles.
 const CYCLES: usize = 3;
@@ -97,16 +97,7 @@ async fn every_acknowledged_event_is_delivered_after_kill_9() {
         let mut client = server.client().await;
         for chunk in 0..PER_CYCLE / 25 {
             let events = (0..25).map(|i| event(cycle * PER_CYCLE + chunk * 25 + i)).collect();
-            let stored = tokio::time::timeout(
-                CALL_LIMIT,
-                client.publish_events(PublishEventsRequest { events }),
-            )
-            .await
-            .expect("publish hung")
-            .expect("publish")
-            .into_inner()
-            .events;
-            acknowledged.extend(stored.into_iter().map(|e| e.id));
+            acknowledged.extend(publish_ids(&mut client, events).await);
         }
         server.kill9();
         let (restarted, _) = Server::start_with(&data, &log, &flags())

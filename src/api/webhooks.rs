@@ -41,7 +41,7 @@ impl WebhookService for WebhooksApi {
         request: Request<GetEndpointRequest>,
     ) -> Result<Response<Endpoint>, Status> {
         let caller = principal(&request)?;
-        Ok(Response::new(self.webhooks.get(&caller, &request.into_inner().id)?))
+        Ok(Response::new(self.webhooks.get(&caller, &request.into_inner().id).await?))
     }
 
     async fn list_endpoints(
@@ -49,7 +49,7 @@ impl WebhookService for WebhooksApi {
         request: Request<ListEndpointsRequest>,
     ) -> Result<Response<ListEndpointsResponse>, Status> {
         let caller = principal(&request)?;
-        Ok(Response::new(ListEndpointsResponse { endpoints: self.webhooks.list(&caller)? }))
+        Ok(Response::new(ListEndpointsResponse { endpoints: self.webhooks.list(&caller).await? }))
     }
 
     async fn update_endpoint(

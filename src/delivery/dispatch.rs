@@ -21,6 +21,10 @@
 //!   records are retried and events above the cursor scanned again, so a delivery may repeat
 //!   (with the same `webhook-id`) but none is lost.
 //! - **Shutdown** aborts in-flight attempts (their records stay pending) and returns.
+//! - **One worker per endpoint in the cluster**: on the JetStream store a worker runs only while
+//!   its instance holds the endpoint's lease (`sharing`); when the lease is lost the worker
+//!   stops at once, aborting its attempts, and another instance's worker starts from the
+//!   shared state. Control requests reach the holder wherever they arrive.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -30,11 +34,13 @@ use bytes::Bytes;
 use prost_types::Timestamp;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::delivery::client::{Outcome, Sender};
 use crate::delivery::schedule::{random_unit, RetrySchedule};
+use crate::delivery::sharing::{Control, ControlReply, ControlRequest, Op, Sharing};
 use crate::delivery::sign;
 use crate::delivery::state::{DeliveryStore, EndpointRecord};
 use crate::error::Error;
@@ -73,42 +79,59 @@ pub struct Settings {
     pub disable_after: Duration,
     /// Where attempts and deliveries are counted.
     pub metrics: Metrics,
+    /// On JetStream: the leases and control routing that let instances share endpoints.
+    pub sharing: Option<Sharing>,
 }
 
-/// A request to one endpoint's worker.
-enum Control {
-    /// Store the endpoint's new fields, secrets or state (every endpoint write after creation
-    /// goes through its worker, so none overwrites another); answers with what was stored.
-    Update(Box<EndpointRecord>, oneshot::Sender<Result<EndpointRecord, Error>>),
-    /// Move the cursor to this sequence and deliver everything matching above it.
-    Replay(u64, oneshot::Sender<Result<(), Error>>),
-    /// Attempt this delivery again now.
-    Retry(u64, oneshot::Sender<Result<Delivery, Error>>),
-    /// Abort everything, mark pending deliveries failed, and end.
-    Delete(oneshot::Sender<Result<(), Error>>),
+/// How a worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Its endpoint was deleted.
+    Deleted,
+    /// Shutdown, a lost lease, or its channel closed.
+    Stopped,
 }
 
 /// The running workers; cheap to clone.
 #[derive(Clone)]
 pub struct Dispatcher {
     settings: Arc<Settings>,
+    /// The control channel of each worker running in this instance.
     workers: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Control>>>>,
+    /// Endpoints with a runner task in this instance (running a worker, or waiting for the
+    /// endpoint's lease).
+    runners: Arc<Mutex<HashSet<String>>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
 impl Dispatcher {
-    /// Starts a worker for every stored, undeleted endpoint.
-    pub fn start(
+    /// Starts a worker for every stored, undeleted endpoint; on JetStream, a runner for every
+    /// endpoint in the shared bucket, now and as they are created (through any instance).
+    pub async fn start(
         settings: Settings,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Result<Self, Error> {
-        let endpoints = settings.state.endpoints()?;
-        let dispatcher =
-            Dispatcher { settings: Arc::new(settings), workers: Arc::default(), tracker, shutdown };
-        for record in endpoints.into_iter().filter(|r| !r.deleted) {
-            dispatcher.spawn(record)?;
+        let dispatcher = Dispatcher {
+            settings: Arc::new(settings),
+            workers: Arc::default(),
+            runners: Arc::default(),
+            tracker,
+            shutdown,
+        };
+        match &dispatcher.settings.state {
+            DeliveryStore::Sled(_) => {
+                for record in dispatcher.settings.state.endpoints().await? {
+                    if !record.deleted {
+                        dispatcher.spawn(record)?;
+                    }
+                }
+            }
+            DeliveryStore::Kv(kv) => {
+                let (kv, this) = (kv.clone(), dispatcher.clone());
+                dispatcher.tracker.spawn(async move { this.follow_endpoints(kv).await });
+            }
         }
         Ok(dispatcher)
     }
@@ -118,67 +141,212 @@ impl Dispatcher {
         &self.settings
     }
 
-    /// Starts the worker of a new (already stored) endpoint.
-    pub fn spawn(&self, record: EndpointRecord) -> Result<(), Error> {
-        let id = record.id().to_owned();
-        let cursor = self.settings.state.cursor(&id)?.unwrap_or(0);
-        let pending = self.settings.state.pending(&id)?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let worker = Worker::new(self.settings.clone(), record, cursor, pending, rx);
-        let shutdown = self.shutdown.clone();
-        let workers = self.workers.clone();
-        let key = id.clone();
-        self.workers.lock().map_err(|_| Error::Internal("dispatcher lock".into()))?.insert(id, tx);
-        self.tracker.spawn(async move {
-            worker.run(shutdown).await;
-            if let Ok(mut workers) = workers.lock() {
-                // A worker that ended on its own (delete) leaves; one replaced meanwhile stays.
-                if workers.get(&key).is_some_and(|tx| tx.is_closed()) {
-                    workers.remove(&key);
+    /// Starts a runner for every endpoint stored in the shared bucket, as it appears.
+    async fn follow_endpoints(&self, kv: crate::delivery::kv_state::KvDeliveries) {
+        while !self.shutdown.is_cancelled() {
+            let mut entries = match kv.bucket().watch_with_history("ep.*").await {
+                Ok(watch) => watch,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot watch the webhook endpoints; retrying");
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => return,
+                        () = tokio::time::sleep(ERROR_BACKOFF) => continue,
+                    }
+                }
+            };
+            loop {
+                let entry = tokio::select! {
+                    () = self.shutdown.cancelled() => return,
+                    entry = entries.next() => entry,
+                };
+                let Some(Ok(entry)) = entry else { break };
+                if entry.operation != async_nats::jetstream::kv::Operation::Put {
+                    continue;
+                }
+                use prost::Message;
+                match EndpointRecord::decode(entry.value.as_ref()) {
+                    Ok(record) if !record.deleted => {
+                        if let Err(error) = self.spawn(record) {
+                            tracing::warn!(%error, "cannot start an endpoint's runner");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(key = %entry.key, %error, "unreadable endpoint"),
                 }
             }
-        });
+        }
+    }
+
+    /// Starts running a new (already stored) endpoint; nothing if it runs already.
+    pub fn spawn(&self, record: EndpointRecord) -> Result<(), Error> {
+        let id = record.id().to_owned();
+        let fresh = self
+            .runners
+            .lock()
+            .map_err(|_| Error::Internal("dispatcher lock".into()))?
+            .insert(id.clone());
+        if fresh {
+            let this = self.clone();
+            self.tracker.spawn(async move {
+                this.run_endpoint(&id).await;
+                if let Ok(mut runners) = this.runners.lock() {
+                    runners.remove(&id);
+                }
+            });
+        }
         Ok(())
     }
 
-    fn send(&self, id: &str, control: Control) -> Result<(), Error> {
-        let workers = self.workers.lock().map_err(|_| Error::Internal("dispatcher lock".into()))?;
-        let tx = workers.get(id).ok_or(Error::ShuttingDown)?;
-        tx.send(control).map_err(|_| Error::ShuttingDown)
+    /// Runs the endpoint's worker until the endpoint is deleted or shutdown; on JetStream
+    /// only while this instance holds its lease, waiting for it again after losing it.
+    async fn run_endpoint(&self, id: &str) {
+        loop {
+            let lease = match &self.settings.sharing {
+                None => None,
+                Some(sharing) => {
+                    match sharing.acquire(&self.settings.state, id, &self.shutdown).await {
+                        Some(lease) => Some(lease),
+                        None => return,
+                    }
+                }
+            };
+            let stop = self.shutdown.child_token();
+            let done = CancellationToken::new();
+            let ended = match self.start_worker(id, stop.clone()).await {
+                Err(error) => {
+                    // Deleted meanwhile (by the instance that held it): nothing to run.
+                    let gone = matches!(error, Error::NoSuch { .. });
+                    if !gone {
+                        tracing::warn!(endpoint = id, %error, "cannot start the endpoint's worker");
+                    }
+                    done.cancel();
+                    if let Some(lease) = lease {
+                        lease.keep(stop.clone(), done.clone()).await;
+                    }
+                    if gone {
+                        return;
+                    }
+                    None
+                }
+                Ok((worker, tx)) => {
+                    let run = async {
+                        let ended = worker.run().await;
+                        done.cancel();
+                        ended
+                    };
+                    let keep = async {
+                        if let Some(lease) = lease {
+                            lease.keep(stop.clone(), done.clone()).await;
+                        }
+                    };
+                    let serve = async {
+                        if let Some(sharing) = &self.settings.sharing {
+                            sharing.serve(id, tx, done.clone()).await;
+                        }
+                    };
+                    let (ended, (), ()) = tokio::join!(run, keep, serve);
+                    Some(ended)
+                }
+            };
+            if let Ok(mut workers) = self.workers.lock() {
+                // A worker that ended leaves; one replaced meanwhile stays.
+                if workers.get(id).is_some_and(|tx| tx.is_closed()) {
+                    workers.remove(id);
+                }
+            }
+            match ended {
+                Some(Ended::Deleted) => return,
+                _ if self.shutdown.is_cancelled() => return,
+                Some(Ended::Stopped) if self.settings.sharing.is_none() => return,
+                _ => {
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => return,
+                        () = tokio::time::sleep(if ended.is_none() { ERROR_BACKOFF } else { Duration::ZERO }) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Loads the endpoint's state and registers its worker's control channel.
+    async fn start_worker(
+        &self,
+        id: &str,
+        stop: CancellationToken,
+    ) -> Result<(Worker, mpsc::UnboundedSender<Control>), Error> {
+        let state = &self.settings.state;
+        let record = state
+            .endpoint(id)
+            .await?
+            .filter(|r| !r.deleted)
+            .ok_or_else(|| Error::NoSuch { kind: "endpoint", id: id.to_owned() })?;
+        let cursor = state.cursor(id).await?.unwrap_or(0);
+        let pending = state.pending(id).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let worker = Worker::new(self.settings.clone(), record, cursor, pending, rx, stop);
+        self.workers
+            .lock()
+            .map_err(|_| Error::Internal("dispatcher lock".into()))?
+            .insert(id.to_owned(), tx.clone());
+        Ok((worker, tx))
+    }
+
+    /// Hands a request to the endpoint's worker: in this instance if it runs here, else (on
+    /// JetStream) to the instance holding the endpoint.
+    async fn call(&self, id: &str, request: ControlRequest) -> Result<ControlReply, Error> {
+        let local = {
+            let workers =
+                self.workers.lock().map_err(|_| Error::Internal("dispatcher lock".into()))?;
+            workers.get(id).cloned()
+        };
+        if let Some(tx) = local {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Control { request: request.clone(), reply }).is_ok() {
+                if let Ok(answer) = rx.await {
+                    return answer;
+                }
+            }
+        }
+        match &self.settings.sharing {
+            Some(sharing) => sharing.call(id, &request).await,
+            None => Err(Error::ShuttingDown),
+        }
     }
 
     /// Stores a changed endpoint through its worker; answers with what was stored.
     pub async fn update(&self, record: EndpointRecord) -> Result<EndpointRecord, Error> {
-        let (tx, rx) = oneshot::channel();
         let id = record.id().to_owned();
-        self.send(&id, Control::Update(Box::new(record), tx))?;
-        rx.await.map_err(|_| Error::ShuttingDown)?
+        let request = ControlRequest { op: Op::Update as i32, record: Some(record), sequence: 0 };
+        self.call(&id, request)
+            .await?
+            .record
+            .ok_or_else(|| Error::Internal("an update answered without the endpoint".into()))
     }
 
-    /// Moves the endpoint's cursor (a replay); answers once it is on disk.
+    /// Moves the endpoint's cursor (a replay); answers once it is stored.
     pub async fn replay(&self, id: &str, cursor: u64) -> Result<(), Error> {
-        let (tx, rx) = oneshot::channel();
-        self.send(id, Control::Replay(cursor, tx))?;
-        rx.await.map_err(|_| Error::ShuttingDown)?
+        let request = ControlRequest { op: Op::Replay as i32, record: None, sequence: cursor };
+        self.call(id, request).await.map(|_| ())
     }
 
     /// Schedules one more attempt of a delivery now.
     pub async fn retry(&self, id: &str, sequence: u64) -> Result<Delivery, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.send(id, Control::Retry(sequence, tx))?;
-        rx.await.map_err(|_| Error::ShuttingDown)?
+        let request = ControlRequest { op: Op::Retry as i32, record: None, sequence };
+        self.call(id, request)
+            .await?
+            .delivery
+            .ok_or_else(|| Error::Internal("a retry answered without the delivery".into()))
     }
 
     /// Stops the endpoint's worker, aborting its attempts and failing its pending deliveries.
     pub async fn delete(&self, id: &str) -> Result<(), Error> {
-        let (tx, rx) = oneshot::channel();
-        self.send(id, Control::Delete(tx))?;
-        rx.await.map_err(|_| Error::ShuttingDown)?
+        let request = ControlRequest { op: Op::Delete as i32, record: None, sequence: 0 };
+        self.call(id, request).await.map(|_| ())
     }
 
     /// The endpoint's cursor as its worker last stored it.
-    pub fn cursor(&self, id: &str) -> Result<u64, Error> {
-        Ok(self.settings.state.cursor(id)?.unwrap_or(0))
+    pub async fn cursor(&self, id: &str) -> Result<u64, Error> {
+        Ok(self.settings.state.cursor(id).await?.unwrap_or(0))
     }
 }
 
@@ -247,6 +415,8 @@ fn ms_of(ts: &Timestamp) -> i64 {
 struct Finished {
     record: Delivery,
     outcome: Outcome,
+    /// The worker stopped during the attempt (shutdown, lost lease): nothing to record.
+    cancelled: bool,
 }
 
 struct Worker {
@@ -264,6 +434,8 @@ struct Worker {
     attempts: JoinSet<Finished>,
     rx: mpsc::UnboundedReceiver<Control>,
     durable: watch::Receiver<u64>,
+    /// Cancelled at shutdown or when the lease is lost: attempts end at once.
+    stop: CancellationToken,
 }
 
 impl Worker {
@@ -273,6 +445,7 @@ impl Worker {
         cursor: u64,
         pending: Vec<Delivery>,
         rx: mpsc::UnboundedReceiver<Control>,
+        stop: CancellationToken,
     ) -> Self {
         let durable = settings.store.durable();
         let mut worker = Worker {
@@ -287,6 +460,7 @@ impl Worker {
             attempts: JoinSet::new(),
             rx,
             durable,
+            stop,
         };
         worker.set_record(record);
         let now = now_ms();
@@ -338,7 +512,9 @@ impl Worker {
         !self.record.endpoint().disabled && self.url.is_some() && self.filter.is_some()
     }
 
-    async fn run(mut self, shutdown: CancellationToken) {
+    async fn run(mut self) -> Ended {
+        let stop = self.stop.clone();
+        let mut ended = Ended::Stopped;
         loop {
             let mut backoff = false;
             if self.active() {
@@ -346,9 +522,14 @@ impl Worker {
                     tracing::warn!(endpoint = self.id(), %error, "reading a due delivery failed");
                     backoff = true;
                 }
-                if let Err(error) = self.scan().await {
-                    tracing::warn!(endpoint = self.id(), %error, "reading new events failed");
-                    backoff = true;
+                match self.scan().await {
+                    Ok(()) => {}
+                    // The state says another worker runs this endpoint (JetStream): stop.
+                    Err(Error::ShuttingDown) => break,
+                    Err(error) => {
+                        tracing::warn!(endpoint = self.id(), %error, "reading new events failed");
+                        backoff = true;
+                    }
                 }
             }
             self.report();
@@ -366,7 +547,8 @@ impl Worker {
                 _ => None,
             };
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                biased;
+                _ = stop.cancelled() => break,
                 Some(finished) = self.attempts.join_next(), if !self.attempts.is_empty() => {
                     if let Ok(finished) = finished {
                         self.finish(finished).await;
@@ -374,13 +556,17 @@ impl Worker {
                 }
                 control = self.rx.recv() => match control {
                     None => break,
-                    Some(Control::Delete(reply)) => {
-                        let result = match self.delete() {
+                    Some(Control { request, reply }) if request.op() == Op::Delete => {
+                        let result = match self.delete().await {
                             Ok(()) => self.tombstone().await,
                             Err(error) => Err(error),
                         };
-                        let _ = reply.send(result);
-                        break;
+                        let deleted = result.is_ok();
+                        let _ = reply.send(result.map(|()| ControlReply::default()));
+                        if deleted {
+                            ended = Ended::Deleted;
+                            break;
+                        }
                     }
                     Some(control) => self.control(control).await,
                 },
@@ -394,6 +580,7 @@ impl Worker {
         }
         self.attempts.abort_all();
         self.clear_report();
+        ended
     }
 
     /// Launches due retries while slots are free.
@@ -405,7 +592,7 @@ impl Worker {
                 break;
             }
             self.unschedule(sequence);
-            let Some(mut record) = self.settings.state.delivery(self.id(), sequence)? else {
+            let Some(mut record) = self.settings.state.delivery(self.id(), sequence).await? else {
                 continue;
             };
             if record.status != DeliveryStatus::Pending as i32 {
@@ -417,7 +604,7 @@ impl Worker {
                     record.status = DeliveryStatus::Failed as i32;
                     record.next_attempt = None;
                     record.error = EXPIRED.to_owned();
-                    self.settings.state.put_delivery(self.id(), &record)?;
+                    self.settings.state.put_delivery(self.id(), &record).await?;
                     self.settings.metrics.webhook_delivery(self.id(), "failed");
                 }
             }
@@ -450,7 +637,7 @@ impl Worker {
                     skipped = oldest - self.cursor,
                     "retention removed events before this endpoint reached them"
                 );
-                self.settings.state.advance(self.id(), oldest, &[])?;
+                self.settings.state.advance(self.id(), oldest, &[]).await?;
                 self.cursor = oldest;
                 continue;
             }
@@ -460,42 +647,44 @@ impl Worker {
             }
             let mut free = self.free();
             let mut cursor = self.cursor;
-            let mut picked = Vec::new();
             let now = now_ms();
+            let mut chosen = Vec::new();
             for event in events {
                 if free == 0 {
                     break;
                 }
                 cursor = event.sequence();
-                if !self.filter.as_ref().is_some_and(|f| f.matches(&event)) {
-                    continue;
-                }
-                // A replay passes events that already have a record: the record goes on.
-                let mut record =
-                    self.settings.state.delivery(self.id(), event.sequence())?.unwrap_or_else(
-                        || Delivery {
-                            id: delivery_id(self.id(), event.sequence()),
-                            endpoint_id: self.id().to_owned(),
-                            event_id: event.id().to_owned(),
-                            sequence: event.sequence(),
-                            ..Delivery::default()
-                        },
-                    );
-                if self.running.contains(&event.sequence()) {
+                if !self.filter.as_ref().is_some_and(|f| f.matches(&event))
+                    || self.running.contains(&event.sequence())
+                {
                     continue;
                 }
                 let delay = self.settings.schedule.delay(1, random_unit()).unwrap_or_default();
                 let at = now + delay.as_millis() as i64;
-                record.status = DeliveryStatus::Pending as i32;
-                record.error.clear();
-                record.next_attempt = Some(timestamp_ms(at));
                 if at <= now {
                     free -= 1;
                 }
+                chosen.push((event, at));
+            }
+            // A replay passes events that already have a record: the record goes on.
+            let sequences: Vec<u64> = chosen.iter().map(|(e, _)| e.sequence()).collect();
+            let mut recorded = self.settings.state.deliveries_at(self.id(), &sequences).await?;
+            let mut picked = Vec::with_capacity(chosen.len());
+            for (event, at) in chosen {
+                let mut record = recorded.remove(&event.sequence()).unwrap_or_else(|| Delivery {
+                    id: delivery_id(self.id(), event.sequence()),
+                    endpoint_id: self.id().to_owned(),
+                    event_id: event.id().to_owned(),
+                    sequence: event.sequence(),
+                    ..Delivery::default()
+                });
+                record.status = DeliveryStatus::Pending as i32;
+                record.error.clear();
+                record.next_attempt = Some(timestamp_ms(at));
                 picked.push((record, event, at));
             }
             let records: Vec<Delivery> = picked.iter().map(|(r, _, _)| r.clone()).collect();
-            self.settings.state.advance(self.id(), cursor, &records)?;
+            self.settings.state.advance(self.id(), cursor, &records).await?;
             self.cursor = cursor;
             for (record, event, at) in picked {
                 if at <= now {
@@ -517,23 +706,33 @@ impl Worker {
         let format = self.record.endpoint().format;
         let secrets: Vec<String> =
             self.record.active_secrets(now_ms()).into_iter().map(str::to_owned).collect();
+        let stop = self.stop.clone();
         self.attempts.spawn(async move {
             let started = now_ms();
-            let outcome = match render(format, &event) {
-                Err(error) => Outcome {
-                    status: 0,
-                    error: format!("rendering the event: {error}"),
-                    latency: Duration::ZERO,
-                },
-                Ok((body, content_type)) => {
-                    let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
-                    match sign::headers(&refs, event.id(), started.div_euclid(1000), &body) {
-                        Err(error) => {
-                            Outcome { status: 0, error: error.to_string(), latency: Duration::ZERO }
+            let attempt = async {
+                match render(format, &event) {
+                    Err(error) => Outcome {
+                        status: 0,
+                        error: format!("rendering the event: {error}"),
+                        latency: Duration::ZERO,
+                    },
+                    Ok((body, content_type)) => {
+                        let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+                        match sign::headers(&refs, event.id(), started.div_euclid(1000), &body) {
+                            Err(error) => Outcome {
+                                status: 0,
+                                error: error.to_string(),
+                                latency: Duration::ZERO,
+                            },
+                            Ok(headers) => sender.post(&url, content_type, &headers, body).await,
                         }
-                        Ok(headers) => sender.post(&url, content_type, &headers, body).await,
                     }
                 }
+            };
+            let Some(outcome) = stop.run_until_cancelled(attempt).await else {
+                let outcome =
+                    Outcome { status: 0, error: "stopped".into(), latency: Duration::ZERO };
+                return Finished { record, outcome, cancelled: true };
             };
             let mut record = record;
             record.attempts.push(DeliveryAttempt {
@@ -542,14 +741,17 @@ impl Worker {
                 latency: prost_types::Duration::try_from(outcome.latency).ok(),
                 error: outcome.error.clone(),
             });
-            Finished { record, outcome }
+            Finished { record, outcome, cancelled: false }
         });
     }
 
     /// Records an attempt's outcome and schedules what follows.
     async fn finish(&mut self, finished: Finished) {
-        let Finished { mut record, outcome } = finished;
+        let Finished { mut record, outcome, cancelled } = finished;
         self.running.remove(&record.sequence);
+        if cancelled {
+            return;
+        }
         let now = now_ms();
         let id = self.id().to_owned();
         self.settings.metrics.webhook_attempt(&id, outcome.succeeded(), outcome.latency);
@@ -575,7 +777,7 @@ impl Worker {
                 }
             }
         }
-        if let Err(error) = self.settings.state.put_delivery(&id, &record) {
+        if let Err(error) = self.settings.state.put_delivery(&id, &record).await {
             tracing::warn!(endpoint = %id, %error, "storing a delivery's outcome failed; it will be attempted again");
         }
         self.track_failure(outcome.succeeded(), now).await;
@@ -609,36 +811,42 @@ impl Worker {
     }
 
     async fn control(&mut self, control: Control) {
-        match control {
-            Control::Update(record, reply) => {
-                let mut record = *record;
-                // The failing streak is the worker's to keep; re-enabling starts a new one.
-                let reenabled = self.record.endpoint().disabled && !record.endpoint().disabled;
-                record.failing_since_ms = if reenabled { 0 } else { self.record.failing_since_ms };
-                let result = self.settings.state.put_endpoint(&record).await;
-                if result.is_ok() {
-                    self.set_record(record.clone());
-                }
-                let _ = reply.send(result.map(|()| record));
-            }
-            Control::Replay(cursor, reply) => {
+        let Control { request, reply } = control;
+        let result = match request.op() {
+            Op::Update => match request.record {
+                Some(record) => self.update(record).await,
+                None => Err(Error::Internal("an update without the endpoint".into())),
+            },
+            Op::Replay => {
+                let cursor = request.sequence;
                 let result = self.settings.state.set_cursor(self.id(), cursor).await;
                 if result.is_ok() {
                     self.cursor = cursor;
                 }
-                let _ = reply.send(result);
+                result.map(|()| ControlReply::default())
             }
-            Control::Retry(sequence, reply) => {
-                let _ = reply.send(self.retry(sequence));
-            }
-            Control::Delete(_) => {}
-        }
+            Op::Retry => self
+                .retry(request.sequence)
+                .await
+                .map(|d| ControlReply { delivery: Some(d), record: None }),
+            Op::Delete | Op::Unknown => Err(Error::Internal("an unknown control request".into())),
+        };
+        let _ = reply.send(result);
     }
 
-    fn retry(&mut self, sequence: u64) -> Result<Delivery, Error> {
+    async fn update(&mut self, mut record: EndpointRecord) -> Result<ControlReply, Error> {
+        // The failing streak is the worker's to keep; re-enabling starts a new one.
+        let reenabled = self.record.endpoint().disabled && !record.endpoint().disabled;
+        record.failing_since_ms = if reenabled { 0 } else { self.record.failing_since_ms };
+        self.settings.state.put_endpoint(&record).await?;
+        self.set_record(record.clone());
+        Ok(ControlReply { record: Some(record), delivery: None })
+    }
+
+    async fn retry(&mut self, sequence: u64) -> Result<Delivery, Error> {
         let id = self.id().to_owned();
         let not_found = || Error::NoSuch { kind: "delivery", id: delivery_id(&id, sequence) };
-        let Some(mut record) = self.settings.state.delivery(&id, sequence)? else {
+        let Some(mut record) = self.settings.state.delivery(&id, sequence).await? else {
             return Err(not_found());
         };
         if self.running.contains(&sequence) {
@@ -648,20 +856,20 @@ impl Worker {
         record.status = DeliveryStatus::Pending as i32;
         record.error.clear();
         record.next_attempt = Some(timestamp_ms(now));
-        self.settings.state.put_delivery(&id, &record)?;
+        self.settings.state.put_delivery(&id, &record).await?;
         self.schedule(sequence, now);
         Ok(record)
     }
 
     /// Aborts every attempt and fails every pending delivery with "endpoint deleted".
-    fn delete(&mut self) -> Result<(), Error> {
+    async fn delete(&mut self) -> Result<(), Error> {
         self.attempts.abort_all();
         let id = self.id().to_owned();
-        for mut record in self.settings.state.pending(&id)? {
+        for mut record in self.settings.state.pending(&id).await? {
             record.status = DeliveryStatus::Failed as i32;
             record.next_attempt = None;
             record.error = ENDPOINT_DELETED.to_owned();
-            self.settings.state.put_delivery(&id, &record)?;
+            self.settings.state.put_delivery(&id, &record).await?;
         }
         self.due.clear();
         self.due_at.clear();

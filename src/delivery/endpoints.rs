@@ -181,9 +181,9 @@ impl Webhooks {
         self.dispatcher.settings().state.flush().await
     }
 
-    fn record(&self, field: &str, id: &str) -> Result<EndpointRecord, Error> {
+    async fn record(&self, field: &str, id: &str) -> Result<EndpointRecord, Error> {
         check_endpoint_id(field, id)?;
-        match self.dispatcher.settings().state.endpoint(id)? {
+        match self.dispatcher.settings().state.endpoint(id).await? {
             Some(record) if !record.deleted => Ok(record),
             _ => Err(Error::NoSuch { kind: "endpoint", id: id.to_owned() }),
         }
@@ -238,19 +238,20 @@ impl Webhooks {
     }
 
     /// GetEndpoint.
-    pub fn get(&self, caller: &Principal, id: &str) -> Result<Endpoint, Error> {
+    pub async fn get(&self, caller: &Principal, id: &str) -> Result<Endpoint, Error> {
         caller.require(Scope::Admin)?;
-        Ok(public(&self.record("id", id)?, false))
+        Ok(public(&self.record("id", id).await?, false))
     }
 
     /// ListEndpoints: every endpoint, oldest first.
-    pub fn list(&self, caller: &Principal) -> Result<Vec<Endpoint>, Error> {
+    pub async fn list(&self, caller: &Principal) -> Result<Vec<Endpoint>, Error> {
         caller.require(Scope::Admin)?;
         let mut endpoints: Vec<Endpoint> = self
             .dispatcher
             .settings()
             .state
-            .endpoints()?
+            .endpoints()
+            .await?
             .iter()
             .filter(|r| !r.deleted)
             .map(|r| public(r, false))
@@ -270,7 +271,7 @@ impl Webhooks {
     ) -> Result<Endpoint, Error> {
         caller.require(Scope::Admin)?;
         let given = request.endpoint.ok_or_else(|| Error::invalid("endpoint", "is required"))?;
-        let mut record = self.record("endpoint.id", &given.id)?;
+        let mut record = self.record("endpoint.id", &given.id).await?;
         let paths = match request.update_mask {
             Some(FieldMask { paths }) if !paths.is_empty() => paths,
             _ => UPDATABLE.iter().map(|p| (*p).to_owned()).collect(),
@@ -327,7 +328,7 @@ impl Webhooks {
     /// DeleteEndpoint.
     pub async fn delete(&self, caller: &Principal, id: &str) -> Result<(), Error> {
         caller.require(Scope::Admin)?;
-        self.record("id", id)?;
+        self.record("id", id).await?;
         self.dispatcher.delete(id).await?;
         tracing::info!(endpoint = id, "endpoint deleted");
         Ok(())
@@ -342,7 +343,7 @@ impl Webhooks {
         secret: &str,
     ) -> Result<Endpoint, Error> {
         caller.require(Scope::Admin)?;
-        let mut record = self.record("id", id)?;
+        let mut record = self.record("id", id).await?;
         let secret = secret_or_new("secret", secret)?;
         let now = now_ms();
         let expires = now.saturating_add(self.rotation_overlap.as_millis() as i64);
@@ -363,7 +364,7 @@ impl Webhooks {
         request: ReplayEndpointRequest,
     ) -> Result<Endpoint, Error> {
         caller.require(Scope::Admin)?;
-        let record = self.record("endpoint_id", &request.endpoint_id)?;
+        let record = self.record("endpoint_id", &request.endpoint_id).await?;
         let store = &self.dispatcher.settings().store;
         let cursor = match request.start {
             None => {
@@ -403,7 +404,8 @@ impl Webhooks {
         let settings = self.dispatcher.settings();
         let record = settings
             .state
-            .endpoint(&request.endpoint_id)?
+            .endpoint(&request.endpoint_id)
+            .await?
             .ok_or_else(|| Error::NoSuch { kind: "endpoint", id: request.endpoint_id.clone() })?;
         let status = match DeliveryStatus::try_from(request.status) {
             Ok(status) => status,
@@ -432,11 +434,11 @@ impl Webhooks {
                 .map_err(|r| Error::invalid("event_id", r))?;
             return self.delivery_of_event(&record, &filter, &request.event_id, status).await;
         }
-        let cursor = self.dispatcher.cursor(record.id())?;
+        let cursor = self.dispatcher.cursor(record.id()).await?;
         let wanted =
             |d: &Delivery| status == DeliveryStatus::Unspecified || d.status == status as i32;
         let (mut deliveries, more) =
-            settings.state.deliveries(record.id(), after, limit, wanted)?;
+            settings.state.deliveries(record.id(), after, limit, wanted).await?;
         let next = |d: &[Delivery]| d.last().map(|d| d.sequence.to_string()).unwrap_or_default();
         if more {
             let token = next(&deliveries);
@@ -491,8 +493,8 @@ impl Webhooks {
         }
         let mut deliveries = Vec::new();
         if let Some(event) = found.filter(|e| filter.matches(e)) {
-            let recorded = settings.state.delivery(record.id(), event.sequence())?;
-            let cursor = self.dispatcher.cursor(record.id())?;
+            let recorded = settings.state.delivery(record.id(), event.sequence()).await?;
+            let cursor = self.dispatcher.cursor(record.id()).await?;
             let delivery = match recorded {
                 Some(delivery) => Some(delivery),
                 None if event.sequence() > cursor && !record.deleted => {
@@ -515,8 +517,9 @@ impl Webhooks {
         let (endpoint, sequence) = parse_delivery_id("id", id)?;
         let record = self
             .record("id", &endpoint)
+            .await
             .map_err(|_| Error::NoSuch { kind: "delivery", id: id.to_owned() })?;
-        let cursor = self.dispatcher.cursor(record.id())?;
+        let cursor = self.dispatcher.cursor(record.id()).await?;
         if sequence > cursor {
             if sequence < self.dispatcher.settings().store.first_sequence() {
                 return Err(Error::NoSuch { kind: "delivery", id: id.to_owned() });

@@ -7,12 +7,20 @@
 //! - [`schedule`]: the `--delivery-retry-schedule` format and the jittered delay of each attempt;
 //! - [`sign`]: the Standard Webhooks headers of one attempt, signed with every active secret.
 //!
-//! Nothing here performs I/O or keeps state; each function is pure and never panics.
+//! Those three perform no I/O, keep no state, and never panic. The rest does:
+//! - [`state`]: endpoints, cursors and delivery records, in sled or (on JetStream) in
+//!   [`kv_state`], a KV bucket every instance shares;
+//! - [`dispatch`]: one worker per endpoint, the same for both backends;
+//! - [`sharing`]: on JetStream, the per-endpoint leases that let one instance at a time run an
+//!   endpoint's worker, and the routing of control requests to that instance;
+//! - [`client`] sends, [`endpoints`] validates and serves the API's operations.
 
 pub mod client;
 pub mod dispatch;
 pub mod endpoints;
+pub mod kv_state;
 pub mod schedule;
+pub mod sharing;
 pub mod sign;
 pub mod state;
 pub mod target;

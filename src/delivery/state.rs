@@ -1,5 +1,9 @@
-//! The durable state of outbound webhooks on the embedded store.
+//! The durable state of outbound webhooks: [`DeliveryStore`], over one of two backends with
+//! the same records — [`SledDeliveries`] on the embedded store (below) and
+//! [`KvDeliveries`](crate::delivery::kv_state::KvDeliveries) in a JetStream KV bucket beside the
+//! event stream.
 //!
+//! On the embedded store:
 //! It lives in a sled database of its own, `<data-dir>/deliveries`, beside the event log and
 //! index: `eventsd reindex` rebuilds the index and never touches it. Two trees:
 //! - `endpoints`: one [`EndpointRecord`] per endpoint (a deleted endpoint stays as a tombstone
@@ -10,13 +14,14 @@
 //! Promises:
 //! - **The publish path writes nothing here.** A record exists only once an event has been
 //!   picked for delivery; events above the cursor are simply not yet tried.
-//! - **Cursor and records move together**: [`DeliveryStore::advance`] writes the new records
+//! - **Cursor and records move together**: [`SledDeliveries::advance`] writes the new records
 //!   and the cursor that passes them in one atomic sled batch, so after any crash every event
 //!   at or below the cursor that matched has a record, and every event above it is scanned
 //!   again. A delivery may repeat after a crash; none is lost.
 //! - Endpoint changes are flushed before they are acknowledged; delivery progress is flushed
 //!   by sled in the background (losing it only repeats an attempt).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use prost::Message;
@@ -93,7 +98,7 @@ impl EndpointRecord {
 
 /// The handle on the deliveries database; cheap to clone.
 #[derive(Clone)]
-pub struct DeliveryStore {
+pub struct SledDeliveries {
     db: sled::Db,
     endpoints: sled::Tree,
     deliveries: sled::Tree,
@@ -120,7 +125,7 @@ fn sequence_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(tail))
 }
 
-impl DeliveryStore {
+impl SledDeliveries {
     /// Opens (or creates) `<data_dir>/deliveries`.
     pub fn open(data_dir: &Path) -> Result<Self, Error> {
         let db = sled::Config::new()
@@ -130,7 +135,7 @@ impl DeliveryStore {
             .map_err(Error::from_storage)?;
         let endpoints = db.open_tree("endpoints")?;
         let deliveries = db.open_tree("deliveries")?;
-        Ok(DeliveryStore { db, endpoints, deliveries, flushing: Default::default() })
+        Ok(SledDeliveries { db, endpoints, deliveries, flushing: Default::default() })
     }
 
     /// Stores an endpoint and flushes it to disk.
@@ -250,6 +255,147 @@ impl DeliveryStore {
     }
 }
 
+/// Endpoint and delivery state, on the embedded store or in JetStream; cheap to clone. Both
+/// backends keep the same records with the same promises (the publish path writes nothing;
+/// after a crash every event at or below the cursor that matched has a record).
+#[derive(Clone)]
+pub enum DeliveryStore {
+    /// `<data-dir>/deliveries`.
+    Sled(SledDeliveries),
+    /// A KV bucket beside the JetStream stream, shared by every instance.
+    Kv(crate::delivery::kv_state::KvDeliveries),
+}
+
+impl DeliveryStore {
+    /// Opens (or creates) `<data_dir>/deliveries`.
+    pub fn open(data_dir: &Path) -> Result<Self, Error> {
+        SledDeliveries::open(data_dir).map(DeliveryStore::Sled)
+    }
+
+    /// Stores an endpoint durably.
+    pub async fn put_endpoint(&self, record: &EndpointRecord) -> Result<(), Error> {
+        match self {
+            DeliveryStore::Sled(s) => s.put_endpoint(record).await,
+            DeliveryStore::Kv(k) => k.put_endpoint(record).await,
+        }
+    }
+
+    /// One endpoint, tombstones included.
+    pub async fn endpoint(&self, id: &str) -> Result<Option<EndpointRecord>, Error> {
+        match self {
+            DeliveryStore::Sled(s) => s.endpoint(id),
+            DeliveryStore::Kv(k) => k.endpoint(id).await,
+        }
+    }
+
+    /// Every endpoint, tombstones included, in id order.
+    pub async fn endpoints(&self) -> Result<Vec<EndpointRecord>, Error> {
+        match self {
+            DeliveryStore::Sled(s) => s.endpoints(),
+            DeliveryStore::Kv(k) => k.endpoints().await,
+        }
+    }
+
+    /// The endpoint's cursor: every event at or below it has been considered.
+    pub async fn cursor(&self, endpoint_id: &str) -> Result<Option<u64>, Error> {
+        match self {
+            DeliveryStore::Sled(s) => s.cursor(endpoint_id),
+            DeliveryStore::Kv(k) => k.cursor(endpoint_id).await,
+        }
+    }
+
+    /// Writes `records` and moves the cursor to `cursor`; after a crash either both are
+    /// stored, or the cursor is not (and the events are scanned again).
+    pub async fn advance(
+        &self,
+        endpoint_id: &str,
+        cursor: u64,
+        records: &[Delivery],
+    ) -> Result<(), Error> {
+        match self {
+            DeliveryStore::Sled(s) => s.advance(endpoint_id, cursor, records),
+            DeliveryStore::Kv(k) => k.advance(endpoint_id, cursor, records).await,
+        }
+    }
+
+    /// Sets the cursor durably (a replay, or a new endpoint's start).
+    pub async fn set_cursor(&self, endpoint_id: &str, cursor: u64) -> Result<(), Error> {
+        match self {
+            DeliveryStore::Sled(s) => s.set_cursor(endpoint_id, cursor).await,
+            DeliveryStore::Kv(k) => k.set_cursor(endpoint_id, cursor).await,
+        }
+    }
+
+    /// Stores one delivery record.
+    pub async fn put_delivery(&self, endpoint_id: &str, record: &Delivery) -> Result<(), Error> {
+        match self {
+            DeliveryStore::Sled(s) => s.put_delivery(endpoint_id, record),
+            DeliveryStore::Kv(k) => k.put_delivery(endpoint_id, record).await,
+        }
+    }
+
+    /// One delivery record.
+    pub async fn delivery(
+        &self,
+        endpoint_id: &str,
+        sequence: u64,
+    ) -> Result<Option<Delivery>, Error> {
+        match self {
+            DeliveryStore::Sled(s) => s.delivery(endpoint_id, sequence),
+            DeliveryStore::Kv(k) => k.delivery(endpoint_id, sequence).await,
+        }
+    }
+
+    /// The records of these sequences that exist.
+    pub async fn deliveries_at(
+        &self,
+        endpoint_id: &str,
+        sequences: &[u64],
+    ) -> Result<HashMap<u64, Delivery>, Error> {
+        match self {
+            DeliveryStore::Sled(s) => {
+                let mut found = HashMap::with_capacity(sequences.len());
+                for &sequence in sequences {
+                    if let Some(record) = s.delivery(endpoint_id, sequence)? {
+                        found.insert(sequence, record);
+                    }
+                }
+                Ok(found)
+            }
+            DeliveryStore::Kv(k) => k.deliveries_at(endpoint_id, sequences).await,
+        }
+    }
+
+    /// Records of one endpoint with a sequence above `after`, in sequence order, keeping those
+    /// `keep` accepts, at most `limit` of them; also says whether there are more.
+    pub async fn deliveries(
+        &self,
+        endpoint_id: &str,
+        after: u64,
+        limit: usize,
+        keep: impl FnMut(&Delivery) -> bool,
+    ) -> Result<(Vec<Delivery>, bool), Error> {
+        match self {
+            DeliveryStore::Sled(s) => s.deliveries(endpoint_id, after, limit, keep),
+            DeliveryStore::Kv(k) => k.deliveries(endpoint_id, after, limit, keep).await,
+        }
+    }
+
+    /// Every pending record of an endpoint (when a worker starts, to schedule them).
+    pub async fn pending(&self, endpoint_id: &str) -> Result<Vec<Delivery>, Error> {
+        let pending = DeliveryStatus::Pending as i32;
+        self.deliveries(endpoint_id, 0, usize::MAX, |d| d.status == pending).await.map(|(d, _)| d)
+    }
+
+    /// Makes everything written so far durable (JetStream acknowledged each write already).
+    pub async fn flush(&self) -> Result<(), Error> {
+        match self {
+            DeliveryStore::Sled(s) => s.flush().await,
+            DeliveryStore::Kv(_) => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,7 +407,7 @@ mod tests {
     #[tokio::test]
     async fn cursor_and_records_move_together_and_list_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DeliveryStore::open(dir.path()).unwrap();
+        let store = SledDeliveries::open(dir.path()).unwrap();
         let ep = "ep_aaaaaaaaaaaaaaaaaaaa";
         let other = "ep_bbbbbbbbbbbbbbbbbbbb";
         assert_eq!(store.cursor(ep).unwrap(), None);
@@ -284,7 +430,7 @@ mod tests {
         assert_eq!(store.pending(ep).unwrap().len(), 1);
         assert_eq!(store.pending(other).unwrap()[0].sequence, 4);
         drop(store);
-        let reopened = DeliveryStore::open(dir.path()).unwrap();
+        let reopened = SledDeliveries::open(dir.path()).unwrap();
         assert_eq!(reopened.cursor(ep).unwrap(), Some(9));
         assert_eq!(reopened.delivery(ep, 7).unwrap().unwrap().status, 2);
     }
@@ -310,7 +456,7 @@ mod concurrency {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_endpoint_writes_all_finish() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DeliveryStore::open(dir.path()).unwrap();
+        let store = SledDeliveries::open(dir.path()).unwrap();
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..32 {
             let store = store.clone();

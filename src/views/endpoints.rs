@@ -215,7 +215,7 @@ pub fn delivery_json(delivery: &Delivery) -> Value {
 
 async fn list(State(state): State<EndpointsState>, headers: HeaderMap) -> Result<Response, Error> {
     let caller = caller(&state, &headers)?;
-    let endpoints = state.webhooks.list(&caller)?;
+    let endpoints = state.webhooks.list(&caller).await?;
     Ok(Json(json!({ "endpoints": endpoints.iter().map(endpoint_json).collect::<Vec<_>>() }))
         .into_response())
 }
@@ -247,7 +247,7 @@ async fn read(
 ) -> Result<Response, Error> {
     let caller = caller(&state, &headers)?;
     path_endpoint(&id)?;
-    Ok(Json(endpoint_json(&state.webhooks.get(&caller, &id)?)).into_response())
+    Ok(Json(endpoint_json(&state.webhooks.get(&caller, &id).await?)).into_response())
 }
 
 async fn update(

@@ -436,9 +436,6 @@ async fn help_describes_every_flag() {
 
 #[tokio::test]
 async fn endpoints_and_deliveries_commands_manage_outbound_webhooks() {
-    if crate::helpers::embedded_only("outbound webhooks") {
-        return;
-    }
     let app = spawn_app_with(|c| {
         c.delivery.allow_private = true;
         c.delivery.allow_http = true;

@@ -157,6 +157,24 @@ impl TestApp {
         connect(self.peer.as_ref().map_or(self.addr, |p| p.addr)).await
     }
 
+    /// On JetStream, the second instance's gRPC address.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer.as_ref().map(|p| p.addr)
+    }
+
+    /// Every instance's HTTP address (one on the embedded store, two on JetStream).
+    pub fn all_http(&self) -> Vec<String> {
+        let mut all = vec![self.http.clone()];
+        all.extend(self.peer.as_ref().map(|p| p.http.clone()));
+        all
+    }
+
+    /// On JetStream, shuts down the first instance only (as SIGTERM would); the second goes
+    /// on serving at [`peer_addr`](Self::peer_addr).
+    pub async fn stop_first(&mut self) {
+        self.first.stop().await;
+    }
+
     /// Shuts the server (both instances on JetStream) down as SIGTERM would and waits until
     /// `run` returns.
     pub async fn stop(&mut self) {

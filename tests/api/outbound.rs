@@ -34,6 +34,9 @@ use crate::support::{event, publish, publish_batch, HANG_GUARD};
 
 type Webhooks = WebhookServiceClient<Channel>;
 
+/// `--delivery-lease` in these tests: a takeover after an instance stops takes one of these.
+const LEASE: Duration = Duration::from_secs(2);
+
 /// What a receiver answers.
 #[derive(Clone)]
 enum Behaviour {
@@ -220,6 +223,7 @@ async fn app_timing(schedule: &str, timeout: Duration) -> TestApp {
         c.delivery.allow_private = true;
         c.delivery.allow_http = true;
         c.delivery.timeout = timeout;
+        c.delivery.lease = LEASE;
         c.delivery.retry_schedule = eventsd::delivery::schedule::RetrySchedule::parse(
             "--delivery-retry-schedule",
             &schedule,
@@ -294,9 +298,6 @@ async fn wait_deliveries(
 
 #[tokio::test]
 async fn matching_events_are_delivered_signed_and_others_are_not() {
-    if embedded_only("outbound webhooks") {
-        return;
-    }
     let mut app = app("0s,20ms,20ms").await;
     let before = publish(&mut app.client, event("charge.create")).await;
     let receiver = Receiver::start(Behaviour::Ok).await;
@@ -342,9 +343,6 @@ async fn matching_events_are_delivered_signed_and_others_are_not() {
 
 #[tokio::test]
 async fn a_receiver_failing_twice_then_answering_shows_three_attempts() {
-    if embedded_only("outbound webhooks") {
-        return;
-    }
     let mut app = app("0s,10ms,10ms,10ms").await;
     let receiver = Receiver::start(Behaviour::FailFirst(2)).await;
     let mut client = webhooks(&app).await;
@@ -364,9 +362,6 @@ async fn a_receiver_failing_twice_then_answering_shows_three_attempts() {
 
 #[tokio::test]
 async fn a_hanging_receiver_times_out_and_is_retried() {
-    if embedded_only("outbound webhooks") {
-        return;
-    }
     let mut app = app("0s,10ms").await;
     let receiver = Receiver::start(Behaviour::HangFirst).await;
     let mut client = webhooks(&app).await;
@@ -384,9 +379,6 @@ async fn a_hanging_receiver_times_out_and_is_retried() {
 
 #[tokio::test]
 async fn an_exhausted_schedule_fails_the_delivery_and_retry_delivery_tries_again() {
-    if embedded_only("outbound webhooks") {
-        return;
-    }
     let mut app = app("0s,10ms").await;
     let receiver = Receiver::start(Behaviour::Status(503)).await;
     let mut client = webhooks(&app).await;
@@ -425,9 +417,6 @@ async fn an_exhausted_schedule_fails_the_delivery_and_retry_delivery_tries_again
 
 #[tokio::test]
 async fn a_hanging_and_a_failing_endpoint_never_delay_a_healthy_one() {
-    if embedded_only("outbound webhooks") {
-        return;
-    }
     // Attempts to the hanging receiver would time out only after the test.
     let mut app = app_timing("0s,1h", HANG_GUARD * 2).await;
     let release = Arc::new(Notify::new());
@@ -467,9 +456,6 @@ async fn a_hanging_and_a_failing_endpoint_never_delay_a_healthy_one() {
 
 #[tokio::test]
 async fn rotation_signs_with_both_secrets_during_the_overlap() {
-    if embedded_only("outbound webhooks") {
-        return;
-    }
     let mut app = app("0s").await;
     let receiver = Receiver::start(Behaviour::Ok).await;
     let mut client = webhooks(&app).await;
@@ -502,9 +488,6 @@ async fn rotation_signs_with_both_secrets_during_the_overlap() {
 
 #[tokio::test]
 async fn disabling_holds_deliveries_and_enabling_resumes_them() {
-    if embedded_only("outbound webhooks") {
-        return;
-    }
     let mut app = app("0s").await;
     let receiver = Receiver::start(Behaviour::Ok).await;
     let mut client = webhooks(&app).await;
@@ -557,9 +540,6 @@ async fn disabling_holds_deliveries_and_enabling_resumes_them() {
 
 #[tokio::test]
 async fn deleting_an_endpoint_fails_its_pending_deliveries() {
-    if embedded_only("outbound webhooks") {
-        return;
-    }
     let mut app = app("0s,1h").await;
     let receiver = Receiver::start(Behaviour::Status(500)).await;
     let mut client = webhooks(&app).await;
@@ -638,9 +618,6 @@ async fn an_event_removed_by_retention_before_delivery_is_expired() {
 
 #[tokio::test]
 async fn endpoint_requests_are_validated_and_need_the_admin_scope() {
-    if embedded_only("outbound webhooks") {
-        return;
-    }
     let app = spawn_app_with(|_| {}).await;
     let mut client = webhooks(&app).await;
     let refused = |url: &str| CreateEndpointRequest { url: url.into(), ..Default::default() };
@@ -693,9 +670,6 @@ async fn endpoint_requests_are_validated_and_need_the_admin_scope() {
 
 #[tokio::test]
 async fn endpoints_need_an_admin_key_and_deliver_only_the_creators_mode() {
-    if embedded_only("outbound webhooks") {
-        return;
-    }
     let dir = tempfile::tempdir().expect("temp dir");
     let keys = dir.path().join("keys.toml");
     std::fs::write(
@@ -763,9 +737,6 @@ async fn endpoints_need_an_admin_key_and_deliver_only_the_creators_mode() {
 
 #[tokio::test]
 async fn the_http_routes_manage_endpoints_and_deliveries() {
-    if embedded_only("outbound webhooks") {
-        return;
-    }
     let mut app = app("0s").await;
     let receiver = Receiver::start(Behaviour::Ok).await;
     let http = reqwest::Client::new();
@@ -856,9 +827,6 @@ async fn the_http_routes_manage_endpoints_and_deliveries() {
 
 #[tokio::test]
 async fn endpoints_and_pending_deliveries_survive_a_restart() {
-    if embedded_only("outbound webhooks") {
-        return;
-    }
     let mut app = app("0s,50ms").await;
     let receiver = Receiver::start(Behaviour::Status(503)).await;
     let mut client = webhooks(&app).await;
@@ -882,9 +850,6 @@ async fn endpoints_and_pending_deliveries_survive_a_restart() {
 
 #[tokio::test]
 async fn replay_redelivers_and_deliveries_list_by_event_and_metrics_count_them() {
-    if embedded_only("outbound webhooks") {
-        return;
-    }
     let mut app = app("0s").await;
     let receiver = Receiver::start(Behaviour::Ok).await;
     let mut client = webhooks(&app).await;
@@ -908,6 +873,11 @@ async fn replay_redelivers_and_deliveries_list_by_event_and_metrics_count_them()
         receiver.received()[3..].iter().map(|r| r.webhook_id.clone()).collect();
     let later: HashSet<String> = published[1..].iter().map(|e| e.id.clone()).collect();
     assert_eq!(again.into_iter().collect::<HashSet<_>>(), later);
+    // The receiver sees an attempt before its outcome is stored: wait for the records.
+    wait_deliveries(&mut client, &endpoint.id, "the replayed attempts recorded", |d| {
+        d.iter().filter(|d| d.attempts.len() == 2).count() == 2
+    })
+    .await;
     let one = client
         .list_deliveries(ListDeliveriesRequest {
             endpoint_id: endpoint.id.clone(),
@@ -931,21 +901,26 @@ async fn replay_redelivers_and_deliveries_list_by_event_and_metrics_count_them()
         .await
         .expect_err("beyond the newest sequence");
     assert_eq!(too_far.code(), Code::OutOfRange);
-    let metrics =
-        reqwest::get(format!("{}/metrics", app.http)).await.unwrap().text().await.unwrap();
-    let line = format!(
-        "eventsd_webhook_deliveries_total{{endpoint=\"{}\",status=\"succeeded\"}} 5",
+    // Each instance counts the deliveries it made (on JetStream, whichever held the endpoint).
+    let series = format!(
+        "eventsd_webhook_deliveries_total{{endpoint=\"{}\",status=\"succeeded\"}} ",
         endpoint.id
     );
-    assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
-    assert!(!metrics.contains(&endpoint.secret), "a secret in the metrics");
+    let mut counted = 0.0;
+    for http in app.all_http() {
+        let metrics = reqwest::get(format!("{http}/metrics")).await.unwrap().text().await.unwrap();
+        assert!(!metrics.contains(&endpoint.secret), "a secret in the metrics");
+        counted += metrics
+            .lines()
+            .filter_map(|l| l.strip_prefix(series.as_str()))
+            .map(|v| v.trim().parse::<f64>().expect("a count"))
+            .sum::<f64>();
+    }
+    assert_eq!(counted, 5.0, "{series}");
 }
 
 #[tokio::test]
 async fn an_endpoint_failing_past_disable_after_is_disabled_and_resumes_when_enabled() {
-    if embedded_only("outbound webhooks") {
-        return;
-    }
     let mut app = spawn_app_with(|c| {
         c.delivery.allow_private = true;
         c.delivery.allow_http = true;
@@ -988,4 +963,135 @@ async fn an_endpoint_failing_past_disable_after_is_disabled_and_resumes_when_ena
     receiver
         .wait_for("the delivery after enabling", |_| receiver.delivered().contains(&published.id))
         .await;
+}
+
+/// What the overlap receiver saw: requests in flight and finished per (endpoint path, event
+/// id), and every moment two were in flight at once.
+#[derive(Default)]
+struct Overlaps {
+    in_flight: std::collections::HashMap<(String, String), usize>,
+    answered: std::collections::HashMap<(String, String), usize>,
+    overlaps: Vec<(String, String)>,
+}
+
+/// Counts a request out of flight however it ends (answered, or dropped with its connection).
+struct InFlight(Arc<Mutex<Overlaps>>, (String, String));
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(n) = self.0.lock().unwrap().in_flight.get_mut(&self.1) {
+            *n -= 1;
+        }
+    }
+}
+
+/// Holds each request 20 ms (so overlaps would be seen), refuses the first request of each
+/// (endpoint, event) with 500 so retries are always due, and answers later ones with 200.
+async fn overlap_receive(
+    State(seen): State<Arc<Mutex<Overlaps>>>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> StatusCode {
+    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let key = (path, id.to_owned());
+    let first = {
+        let mut seen = seen.lock().unwrap();
+        let n = seen.in_flight.entry(key.clone()).or_default();
+        *n += 1;
+        if *n > 1 {
+            seen.overlaps.push(key.clone());
+        }
+        !seen.answered.contains_key(&key)
+    };
+    let _in_flight = InFlight(seen.clone(), key.clone());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    *seen.lock().unwrap().answered.entry(key).or_default() += 1;
+    if first {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_never_attempt_one_delivery_at_once_and_a_stopped_one_hands_over() {
+    if crate::helpers::jetstream_urls().is_none() {
+        eprintln!(
+            "two instances: needs EVENTSD_TEST_STORE (JetStream); skipped on the embedded store"
+        );
+        return;
+    }
+    let seen = Arc::new(Mutex::new(Overlaps::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+    let base = format!("http://{}/hook", listener.local_addr().unwrap());
+    let router =
+        Router::new().route("/hook/{path}", post(overlap_receive)).with_state(seen.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let mut app = app("0s,10ms,10ms,10ms,10ms,10ms").await;
+    let peer = app.peer_addr().expect("two instances on JetStream");
+    let mut here = webhooks(&app).await;
+    let mut there = WebhookServiceClient::connect(format!("http://{peer}")).await.unwrap();
+    // Six endpoints, created through both instances; whichever takes an endpoint's lease
+    // delivers it.
+    let mut endpoints = Vec::new();
+    for n in 0..6 {
+        let client = if n % 2 == 0 { &mut here } else { &mut there };
+        let request = CreateEndpointRequest {
+            url: format!("{base}/{n}"),
+            max_in_flight: 4,
+            ..Default::default()
+        };
+        endpoints.push(client.create_endpoint(request).await.expect("create").into_inner());
+    }
+    let mut wanted = HashSet::new();
+    for _ in 0..2 {
+        let events =
+            publish_batch(&mut app.client, (0..10).map(|_| event("charge.create")).collect()).await;
+        wanted.extend(events.into_iter().map(|e| e.id));
+    }
+    // Mid-way (attempts and retries under way on both instances), the first instance stops;
+    // the second takes its endpoints over and delivers everything.
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while seen.lock().unwrap().answered.len() < 20 {
+        assert!(tokio::time::Instant::now() < deadline, "no attempts began");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.stop_first().await;
+    let mut publisher = app.new_client().await;
+    for _ in 0..2 {
+        let events =
+            publish_batch(&mut publisher, (0..10).map(|_| event("charge.create")).collect()).await;
+        wanted.extend(events.into_iter().map(|e| e.id));
+    }
+    let complete = |seen: &Overlaps| {
+        (0..6).all(|n| {
+            wanted
+                .iter()
+                .all(|id| seen.answered.get(&(n.to_string(), id.clone())).is_some_and(|&k| k >= 2))
+        })
+    };
+    let deadline = tokio::time::Instant::now() + HANG_GUARD * 2;
+    while !complete(&seen.lock().unwrap()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every event reached every endpoint after the handover"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let overlaps = seen.lock().unwrap().overlaps.clone();
+    assert!(overlaps.is_empty(), "attempts of one delivery overlapped: {overlaps:?}");
+    for endpoint in &endpoints {
+        let all = wait_deliveries(&mut there, &endpoint.id, "every delivery succeeded", |d| {
+            d.len() == wanted.len()
+                && d.iter().all(|d| d.status == DeliveryStatus::Succeeded as i32)
+        })
+        .await;
+        // An attempt aborted by the stop is not recorded; the last recorded one succeeded.
+        assert!(
+            all.iter().all(|d| d.attempts.last().is_some_and(|a| a.http_status == 200)),
+            "{all:#?}"
+        );
+    }
 }

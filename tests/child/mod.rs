@@ -329,6 +329,24 @@ pub async fn connect(addr: SocketAddr) -> Client {
 
 /// Publishes `calls` PublishEvents calls of `per_call` small `charge.create` events each
 /// (`tag` goes into their data), each call under [`CALL_LIMIT`].
+/// Publishes `events` in one PublishEvents call (bounded by [`CALL_LIMIT`]) and returns the
+/// ids stored; panics on an error.
+pub async fn publish_ids(
+    client: &mut Client,
+    events: Vec<eventsd::proto::PublishEventRequest>,
+) -> Vec<String> {
+    let request = eventsd::proto::PublishEventsRequest { events };
+    tokio::time::timeout(CALL_LIMIT, client.publish_events(request))
+        .await
+        .expect("publish hung")
+        .expect("publish")
+        .into_inner()
+        .events
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
+}
+
 pub async fn publish_small(client: &mut Client, tag: usize, calls: usize, per_call: usize) {
     for call in 0..calls {
         let events = (0..per_call)

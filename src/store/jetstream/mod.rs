@@ -150,6 +150,11 @@ impl JetStreamStore {
         Ok(store)
     }
 
+    /// The NATS connection (outbound webhooks keep their shared state beside the stream).
+    pub fn client(&self) -> async_nats::Client {
+        self.0.api.client().clone()
+    }
+
     /// The secret every instance over this stream signs page tokens with.
     pub fn page_token_key(&self) -> [u8; 32] {
         self.0.page_token_key
