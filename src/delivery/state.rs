@@ -430,7 +430,18 @@ mod tests {
         assert_eq!(store.pending(ep).unwrap().len(), 1);
         assert_eq!(store.pending(other).unwrap()[0].sequence, 4);
         drop(store);
-        let reopened = SledDeliveries::open(dir.path()).unwrap();
+        // sled's background flusher lets go of the folder's lock a moment after the drop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let reopened = loop {
+            match SledDeliveries::open(dir.path()) {
+                Ok(reopened) => break reopened,
+                Err(err) if std::time::Instant::now() < deadline => {
+                    eprintln!("reopen: {err}; trying again");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(err) => panic!("reopen: {err}"),
+            }
+        };
         assert_eq!(reopened.cursor(ep).unwrap(), Some(9));
         assert_eq!(reopened.delivery(ep, 7).unwrap().unwrap().status, 2);
     }
