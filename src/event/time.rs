@@ -65,6 +65,16 @@ pub fn to_key(ts: &Timestamp) -> [u8; KEY_LEN] {
     key
 }
 
+/// The timestamp [`to_key`] encoded, if `key` is such an encoding.
+pub fn from_key(key: &[u8]) -> Option<Timestamp> {
+    let seconds: [u8; 8] = key.get(..8)?.try_into().ok()?;
+    let nanos: [u8; 4] = key.get(8..KEY_LEN)?.try_into().ok()?;
+    Some(Timestamp {
+        seconds: (u64::from_be_bytes(seconds) ^ (1 << 63)) as i64,
+        nanos: u32::from_be_bytes(nanos) as i32,
+    })
+}
+
 /// Orders two timestamps.
 pub fn cmp(a: &Timestamp, b: &Timestamp) -> std::cmp::Ordering {
     (a.seconds, a.nanos).cmp(&(b.seconds, b.nanos))

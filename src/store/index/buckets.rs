@@ -12,10 +12,14 @@
 //! (`keys::created_prefix`, `keys::type_prefix`) are self-delimiting, so one stream's buckets
 //! of one level are one contiguous key range in bucket order.
 //!
-//! Promises: the writer changes bucket counts in the same sled batch as the entries they
-//! count ([`Deltas`] aggregates a round's changes, so a round of events created in the same
-//! millisecond writes one key per level per stream), so the buckets always agree with the
-//! entries of the applied rounds.
+//! Which streams keep them: both by-time streams, and each type stream from [`MIN_EVENTS`]
+//! events on, so a type seen a few times costs no bucket keys (a listing reads its few
+//! entries instead). [`kept`] says which, from a stream's count.
+//!
+//! Promises: the index thread changes bucket counts in the same sled batch as the entries
+//! they count ([`Deltas`] aggregates a batch's changes, so events created in the same
+//! millisecond write one key per level per stream), so the buckets of every stream that keeps
+//! them always agree with the entries of the applied rounds.
 
 use std::collections::BTreeMap;
 
@@ -73,42 +77,104 @@ pub fn parse(key: &[u8]) -> Option<(usize, &[u8], u64)> {
     (level < LEVELS.len()).then_some((level, prefix, u64::from_be_bytes(bucket.try_into().ok()?)))
 }
 
-/// A round's changes to bucket counts, one delta per bucket key.
+/// A type stream keeps bucket counts once it holds this many events; below it, a listing reads
+/// its entries themselves (fewer than this many), so a rare type costs no bucket keys. The
+/// by-time streams (one per mode) always keep them.
+pub const MIN_EVENTS: u64 = 256;
+
+/// Whether the stream with this prefix keeps bucket counts when it holds `count` events.
+pub fn kept(prefix: &[u8], count: u64) -> bool {
+    prefix.first() == Some(&keys::CREATED) || count >= MIN_EVENTS
+}
+
+/// A batch's changes to bucket counts, per stream: one delta per (level, bucket).
 #[derive(Default)]
-pub struct Deltas(BTreeMap<Vec<u8>, i64>);
+pub struct Deltas(BTreeMap<Vec<u8>, BTreeMap<(usize, u64), i64>>);
 
 impl Deltas {
     /// Counts one entry of `prefix`'s stream created at `created` (`delta` +1 or -1).
     pub fn add(&mut self, prefix: &[u8], created: &Timestamp, delta: i64) {
         let t = ns(created);
+        let stream = self.0.entry(prefix.to_vec()).or_default();
         for level in 0..LEVELS.len() {
-            *self.0.entry(key(level, prefix, bucket_of(level, t))).or_default() += delta;
+            *stream.entry((level, bucket_of(level, t))).or_default() += delta;
         }
     }
 
-    /// Stages the new counts into `batch`, reading the current ones from `tree` (a bucket
-    /// whose count reaches zero is removed).
-    pub fn stage(self, tree: &sled::Tree, batch: &mut sled::Batch) -> Result<(), Error> {
-        for (key, delta) in self.0 {
-            if delta == 0 {
-                continue;
+    /// Stages the new counts into `batch`, reading the current ones from `tree`.
+    /// `counts(prefix)` gives a stream's event count before and after the batch: a stream
+    /// below [`MIN_EVENTS`] after it keeps no buckets (its keys go if it had them); one that
+    /// reaches it gets buckets for every entry it holds (`tree` still holds the entries as
+    /// they were before the batch, and the batch's own are in its deltas).
+    pub fn stage(
+        mut self,
+        tree: &sled::Tree,
+        batch: &mut sled::Batch,
+        counts: impl Fn(&[u8]) -> (u64, u64),
+    ) -> Result<(), Error> {
+        let prefixes: Vec<Vec<u8>> = self.0.keys().cloned().collect();
+        for prefix in prefixes {
+            let (before, after) = counts(&prefix);
+            match (kept(&prefix, before), kept(&prefix, after)) {
+                (true, true) => {}
+                (false, false) => {
+                    self.0.remove(&prefix);
+                }
+                (true, false) => {
+                    self.0.remove(&prefix);
+                    for level in 0..LEVELS.len() {
+                        let range = key(level, &prefix, 0)..=key(level, &prefix, u64::MAX);
+                        for entry in tree.range(range) {
+                            batch.remove(entry?.0);
+                        }
+                    }
+                }
+                (false, true) => {
+                    let end = keys::entry_ceiling(&prefix, &timestamp(u128::MAX >> 1));
+                    for entry in tree.range(prefix.clone()..end) {
+                        let (k, _) = entry?;
+                        let created = keys::created_of(&k)
+                            .ok_or_else(|| Error::Corrupt(format!("index entry {k:?}")))?;
+                        self.add(&prefix, &created, 1);
+                    }
+                }
             }
-            let current = match tree.get(&key)? {
-                Some(v) => keys::u64_value(&v)
-                    .ok_or_else(|| Error::Corrupt(format!("bucket count {key:?}")))?,
-                None => 0,
-            };
-            match current.saturating_add_signed(delta) {
-                0 => batch.remove(key),
-                n => batch.insert(key, &n.to_be_bytes()),
+        }
+        for (prefix, buckets) in self.0 {
+            for ((level, bucket), delta) in buckets {
+                if delta == 0 {
+                    continue;
+                }
+                let key = key(level, &prefix, bucket);
+                let current = match tree.get(&key)? {
+                    Some(v) => keys::u64_value(&v)
+                        .ok_or_else(|| Error::Corrupt(format!("bucket count {key:?}")))?,
+                    None => 0,
+                };
+                match current.saturating_add_signed(delta) {
+                    0 => batch.remove(key),
+                    n => batch.insert(key, &n.to_be_bytes()),
+                }
             }
         }
         Ok(())
     }
 
-    /// The expected counts (for `eventsd check`): every bucket with its total.
-    pub fn into_counts(self) -> BTreeMap<Vec<u8>, u64> {
-        self.0.into_iter().filter(|(_, n)| *n > 0).map(|(k, n)| (k, n as u64)).collect()
+    /// The expected counts (for `eventsd check`) of the streams that keep buckets, given
+    /// each stream's event count: every bucket key with its total.
+    pub fn into_counts(self, count: impl Fn(&[u8]) -> u64) -> BTreeMap<Vec<u8>, u64> {
+        let mut out = BTreeMap::new();
+        for (prefix, buckets) in self.0 {
+            if !kept(&prefix, count(&prefix)) {
+                continue;
+            }
+            for ((level, bucket), n) in buckets {
+                if n > 0 {
+                    out.insert(key(level, &prefix, bucket), n as u64);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -147,7 +213,7 @@ mod tests {
         for nanos in 0..100 {
             deltas.add(&prefix, &Timestamp { seconds: 1_765_000_000, nanos }, 1);
         }
-        let counts = deltas.into_counts();
+        let counts = deltas.into_counts(|_| 100);
         assert_eq!(counts.len(), LEVELS.len());
         assert!(counts.values().all(|n| *n == 100));
     }

@@ -30,7 +30,8 @@ pub const FIRST_KEY: [u8; 1] = [b'f'];
 pub const APPLIED_KEY: [u8; 1] = [b'a'];
 /// The single key holding the index's layout version.
 pub const VERSION_KEY: [u8; 1] = [b'v'];
-const CREATED: u8 = b'c';
+/// First byte of the by-time entries.
+pub const CREATED: u8 = b'c';
 const TYPE: u8 = b't';
 
 /// Bytes after an index prefix: created(12) seq(8).
@@ -90,6 +91,13 @@ pub fn entry_floor(prefix: &[u8], t: &Timestamp) -> Vec<u8> {
 /// The highest possible entry key of `prefix` at time `t`.
 pub fn entry_ceiling(prefix: &[u8], t: &Timestamp) -> Vec<u8> {
     entry(prefix, t, u64::MAX)
+}
+
+/// The `created` of an index entry key (the 12 bytes before its sequence).
+pub fn created_of(key: &[u8]) -> Option<Timestamp> {
+    let end = key.len().checked_sub(8)?;
+    let at = end.checked_sub(time::KEY_LEN)?;
+    time::from_key(key.get(at..end)?)
 }
 
 /// The last 8 bytes of an index entry key, as a sequence.

@@ -18,7 +18,7 @@
 pub mod buckets;
 pub mod keys;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use prost_types::Timestamp;
@@ -72,9 +72,10 @@ impl Fields {
 }
 
 /// The index's layout version, kept under [`keys::VERSION_KEY`]. Version 2 added bucket
-/// counts and the type in by-time entries; an index of another version is rebuilt from the
-/// log at open.
-pub const VERSION: u64 = 2;
+/// counts and the type in by-time entries; version 3 keeps bucket counts of type streams only
+/// from `buckets::MIN_EVENTS` events on. An index of another version is rebuilt from the log
+/// at open.
+pub const VERSION: u64 = 3;
 
 /// The index state read at open.
 #[derive(Debug, Clone)]
@@ -159,7 +160,8 @@ pub fn lookup(tree: &sled::Tree, livemode: bool, id: &str) -> Result<Option<u64>
 #[derive(Default)]
 pub struct Change {
     batch: sled::Batch,
-    touched: BTreeSet<(bool, String)>,
+    /// Each stream's count change in this batch.
+    touched: BTreeMap<(bool, String), i64>,
     buckets: buckets::Deltas,
 }
 
@@ -209,7 +211,7 @@ impl Change {
         let stream = (livemode, event_type.to_string());
         let n = counts.entry(stream.clone()).or_default();
         *n = n.saturating_add_signed(delta);
-        self.touched.insert(stream);
+        *self.touched.entry(stream).or_default() += delta;
     }
 
     /// Applies the change with the new applied and first kept sequences, atomically; writes
@@ -222,17 +224,29 @@ impl Change {
         applied: u64,
         first: u64,
     ) -> (BTreeSet<(bool, String)>, Result<(), Error>) {
-        if let Err(err) = self.buckets.stage(tree, &mut self.batch) {
-            return (self.touched, Err(err));
+        // Each type stream's count before and after, which decide whether it keeps buckets.
+        let before_after: HashMap<Vec<u8>, (u64, u64)> = self
+            .touched
+            .iter()
+            .map(|((livemode, t), delta)| {
+                let after = counts.get(&(*livemode, t.clone())).copied().unwrap_or(0);
+                (keys::type_prefix(t, *livemode), (after.saturating_add_signed(-delta), after))
+            })
+            .collect();
+        let touched: BTreeSet<(bool, String)> = self.touched.into_keys().collect();
+        let deltas = std::mem::take(&mut self.buckets);
+        let counts_of = |prefix: &[u8]| before_after.get(prefix).copied().unwrap_or((0, 0));
+        if let Err(err) = deltas.stage(tree, &mut self.batch, counts_of) {
+            return (touched, Err(err));
         }
-        for stream in &self.touched {
+        for stream in &touched {
             let n = counts.get(stream).copied().unwrap_or(0);
             self.batch.insert(keys::count(stream.0, &stream.1), &n.to_be_bytes());
         }
         self.batch.insert(&keys::APPLIED_KEY, &applied.to_be_bytes());
         self.batch.insert(&keys::FIRST_KEY, &first.to_be_bytes());
         let applied = tree.apply_batch(self.batch).map_err(Error::from);
-        (self.touched, applied)
+        (touched, applied)
     }
 }
 

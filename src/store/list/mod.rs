@@ -221,9 +221,8 @@ pub fn plan<I: Index>(index: &I, state: &DurableState, query: &ListQuery) -> Res
         (Some(resume), _) => Some(resume.total),
         (None, _) if by_source => None,
         (None, Walk::Merge(streams)) => {
-            let prefixes: Vec<Vec<u8>> = streams.iter().map(|s| s.prefix.clone()).collect();
             let forward = Direction::Chronological;
-            match span::walk(index, &prefixes, span, forward, snapshot, None)? {
+            match span::walk(index, &with_buckets(streams), span, forward, snapshot, None)? {
                 Some(Walked::Counted(n)) => Some(n),
                 _ => Some(
                     streams
@@ -242,9 +241,9 @@ pub fn plan<I: Index>(index: &I, state: &DurableState, query: &ListQuery) -> Res
     };
     let start = match (&query.resume, &walk) {
         (None, Walk::Merge(streams)) if query.offset > 0 && !by_source => {
-            let prefixes: Vec<Vec<u8>> = streams.iter().map(|s| s.prefix.clone()).collect();
             let skip = Some(query.offset as u64);
-            match span::walk(index, &prefixes, span, query.direction, snapshot, skip)? {
+            let streams = with_buckets(streams);
+            match span::walk(index, &streams, span, query.direction, snapshot, skip)? {
                 Some(Walked::At(suffix)) => Start::At(suffix),
                 Some(Walked::Counted(_)) => Start::Past,
                 None => Start::Skip(query.offset),
@@ -340,6 +339,11 @@ pub fn page<I: Index>(
 ) -> Result<SequencePage, Error> {
     let plan = plan(index, state, query)?;
     walk(index, plan, query, from_source, None)
+}
+
+/// Each stream's prefix and whether it keeps bucket counts at its count.
+fn with_buckets(streams: &[Stream]) -> Vec<(Vec<u8>, bool)> {
+    streams.iter().map(|s| (s.prefix.clone(), buckets::kept(&s.prefix, s.total))).collect()
 }
 
 /// Counts a walk's steps and ends it once its deadline has passed.
@@ -558,7 +562,7 @@ fn step<K: AsRef<[u8]>>(
 mod tests {
     use super::*;
     use crate::event::Filter;
-    use crate::store::index::{Change, Counts};
+    use crate::store::index::{Change, Counts, Fields};
 
     /// A small deterministic generator, so a failing case can be replayed.
     struct Lcg(u64);
@@ -605,7 +609,10 @@ mod tests {
                     },
                 };
                 let livemode = rng.next(3) == 0;
-                let event_type = format!("t{}.x", rng.next(types));
+                // Half the events are of one type, so some streams keep bucket counts and
+                // others (fewer than buckets::MIN_EVENTS) do not.
+                let t = if rng.next(2) == 0 { 0 } else { rng.next(types) };
+                let event_type = format!("t{t}.x");
                 change.insert(
                     &mut counts,
                     (seq, livemode, &format!("evt_{seq}"), &event_type, &created),
@@ -709,6 +716,55 @@ mod tests {
             };
             let livemode = [None, Some(false), Some(true)][rng.next(3) as usize];
             let q = query(&f, &mut rng, &types, livemode);
+            check(&f, &q);
+        }
+    }
+
+    #[test]
+    fn streams_with_and_without_buckets_and_a_trim_below_the_threshold_match_a_scan() {
+        let mut f = fixture(21, 3_000, 30);
+        let rare = f.state.counts.values().filter(|n| **n < buckets::MIN_EVENTS).count();
+        assert!(rare > 10 && f.state.counts.values().any(|n| *n >= buckets::MIN_EVENTS));
+        let mut rng = Lcg(8);
+        let types = |rng: &mut Lcg| match rng.next(3) {
+            0 => vec!["t0.x".to_string(), format!("t{}.x", rng.next(30))],
+            1 => vec![format!("t{}.*", rng.next(30)), "t0.x".to_string()],
+            _ => vec![format!("t{}.x", rng.next(30))],
+        };
+        for _ in 0..200 {
+            let wanted = types(&mut rng);
+            let q = query(&f, &mut rng, &wanted, None);
+            check(&f, &q);
+        }
+        // Retention takes the oldest 2,000: the big stream drops below the threshold, and
+        // its bucket keys go.
+        let mut change = Change::default();
+        for (seq, livemode, event_type, created) in f.events.drain(..2_000) {
+            let fields = Fields {
+                id: format!("evt_{seq}"),
+                r#type: event_type,
+                created: Some(created),
+                livemode,
+            };
+            change.remove(&f.tree, &mut f.state.counts, seq, &fields).unwrap();
+        }
+        change.apply(&f.tree, &f.state.counts, f.state.sequence, 2_001).1.unwrap();
+        f.state.first = 2_001;
+        for (&(livemode, ref t), &n) in &f.state.counts {
+            let prefix = keys::type_prefix(t, livemode);
+            let kept = f
+                .tree
+                .scan_prefix(buckets::key(0, &prefix, 0)[..2 + prefix.len()].to_vec())
+                .count();
+            assert_eq!(
+                kept > 0,
+                n >= buckets::MIN_EVENTS,
+                "{t}: {n} events, {kept} finest buckets"
+            );
+        }
+        for _ in 0..200 {
+            let wanted = types(&mut rng);
+            let q = query(&f, &mut rng, &wanted, None);
             check(&f, &q);
         }
     }

@@ -38,12 +38,14 @@ fn width(level: usize) -> u128 {
     1u128 << LEVELS[level]
 }
 
-/// Walks the entries of `prefixes` created in `[lo, hi)` (nanoseconds, see `buckets::ns`) in
+/// Walks the entries of `streams` created in `[lo, hi)` (nanoseconds, see `buckets::ns`) in
 /// `direction`: counts them all (`skip` = `None`) or finds the entry after the first `skip`.
-/// `None` when the index keeps no bucket counts.
+/// Each stream is (prefix, whether it keeps bucket counts); the entries of one that does not
+/// (fewer than `buckets::MIN_EVENTS`) are read once and counted in memory. `None` when the
+/// index keeps no bucket counts.
 pub fn walk<I: Index>(
     index: &I,
-    prefixes: &[Vec<u8>],
+    streams: &[(Vec<u8>, bool)],
     (mut lo, mut hi): (u128, u128),
     direction: Direction,
     snapshot: u64,
@@ -53,6 +55,10 @@ pub fn walk<I: Index>(
         return Ok(None);
     }
     let forward = direction == Direction::Chronological;
+    let prefixes: Vec<&[u8]> = streams.iter().map(|(p, _)| p.as_slice()).collect();
+    let bucketed: Vec<&[u8]> =
+        streams.iter().filter(|(_, kept)| *kept).map(|(p, _)| p.as_slice()).collect();
+    let loose = loose_entries(index, streams, (lo, hi), snapshot)?;
     let mut cap = LEVELS.len();
     let mut n = 0u64;
     while lo < hi {
@@ -66,7 +72,7 @@ pub fn walk<I: Index>(
             } else {
                 (lo.max((hi - 1) / w * w), hi)
             };
-            let streams = prefixes
+            let merged = prefixes
                 .iter()
                 .map(|p| {
                     let from = Bound::Included(keys::entry_floor(p, &buckets::timestamp(a)));
@@ -74,7 +80,7 @@ pub fn walk<I: Index>(
                     index.keys(from, to, direction)
                 })
                 .collect();
-            let mut merge = Merge::new(streams, direction, snapshot);
+            let mut merge = Merge::new(merged, direction, snapshot);
             while let Some(suffix) = merge.next_suffix()? {
                 if skip == Some(n) {
                     return Ok(Some(Walked::At(suffix)));
@@ -100,12 +106,16 @@ pub fn walk<I: Index>(
         };
         let shift = LEVELS[level];
         let mut sums: BTreeMap<u64, u64> = BTreeMap::new();
-        for prefix in prefixes {
+        for prefix in &bucketed {
             let range = index.buckets(level, prefix, (a >> shift) as u64, (b >> shift) as u64);
             for bucket in range {
                 let (number, count) = bucket?;
                 *sums.entry(number).or_default() += count;
             }
+        }
+        let (from, to) = (loose.partition_point(|t| *t < a), loose.partition_point(|t| *t < b));
+        for t in &loose[from..to] {
+            *sums.entry((t >> shift) as u64).or_default() += 1;
         }
         let ordered: Box<dyn Iterator<Item = (u64, u64)>> =
             if forward { Box::new(sums.into_iter()) } else { Box::new(sums.into_iter().rev()) };
@@ -129,4 +139,30 @@ pub fn walk<I: Index>(
         }
     }
     Ok(Some(Walked::Counted(n)))
+}
+
+/// The `created` times (nanoseconds, ascending) of the entries in `[lo, hi)` within the
+/// snapshot of the streams that keep no bucket counts.
+fn loose_entries<I: Index>(
+    index: &I,
+    streams: &[(Vec<u8>, bool)],
+    (lo, hi): (u128, u128),
+    snapshot: u64,
+) -> Result<Vec<u128>, Error> {
+    let mut loose = Vec::new();
+    for (prefix, _) in streams.iter().filter(|(_, kept)| !kept) {
+        let from = Bound::Included(keys::entry_floor(prefix, &buckets::timestamp(lo)));
+        let to = Bound::Excluded(keys::entry_floor(prefix, &buckets::timestamp(hi)));
+        for key in index.keys(from, to, Direction::Chronological) {
+            let key = key?;
+            let key = key.as_ref();
+            if keys::seq_of(key).is_some_and(|s| s <= snapshot) {
+                if let Some(created) = keys::created_of(key) {
+                    loose.push(buckets::ns(&created));
+                }
+            }
+        }
+    }
+    loose.sort_unstable();
+    Ok(loose)
 }
