@@ -752,10 +752,7 @@ mod tests {
         f.state.first = 2_001;
         for (&(livemode, ref t), &n) in &f.state.counts {
             let prefix = keys::type_prefix(t, livemode);
-            let kept = f
-                .tree
-                .scan_prefix(buckets::key(0, &prefix, 0)[..2 + prefix.len()].to_vec())
-                .count();
+            let kept = f.tree.scan_prefix(&buckets::key(0, &prefix, 0)[..2 + prefix.len()]).count();
             assert_eq!(
                 kept > 0,
                 n >= buckets::MIN_EVENTS,
