@@ -48,8 +48,9 @@ const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Work for the index thread, in the order the writer sends it.
 pub enum Job {
-    /// A durable round's new events, in sequence order.
-    Round(Vec<StoredEvent>),
+    /// A durable round's new events, in sequence order (what the index needs of them: the
+    /// queue holds no event bodies).
+    Round(Vec<Entry>),
     /// Retention: remove the events `from..=upto` and make `upto + 1` the first kept
     /// sequence; answered once applied and flushed.
     Trim {
@@ -78,6 +79,28 @@ pub enum Job {
     },
 }
 
+/// What the index needs of one durable event.
+pub struct Entry {
+    seq: u64,
+    livemode: bool,
+    id: String,
+    event_type: String,
+    created: prost_types::Timestamp,
+}
+
+impl Entry {
+    /// The index's part of a stored event.
+    pub fn of(event: &StoredEvent) -> Self {
+        Entry {
+            seq: event.sequence(),
+            livemode: event.livemode(),
+            id: event.id().to_string(),
+            event_type: event.event_type().to_string(),
+            created: event.created(),
+        }
+    }
+}
+
 /// Durable events the index does not hold yet, by (livemode, id).
 #[derive(Default)]
 pub struct Pending(Mutex<HashMap<(bool, String), u64>>);
@@ -103,17 +126,25 @@ impl Pending {
 
     /// Forgets the events of a round that did not become durable.
     pub fn forget(&self, events: &[StoredEvent]) {
-        self.applied(events);
-    }
-
-    /// Forgets every pending event that `events` names (as these sequences).
-    fn applied(&self, events: &[StoredEvent]) {
         let mut map = self.map();
         for event in events {
-            let key = (event.livemode(), event.id().to_string());
-            if map.get(&key) == Some(&event.sequence()) {
-                map.remove(&key);
-            }
+            Self::remove(&mut map, event.livemode(), event.id(), event.sequence());
+        }
+    }
+
+    /// Forgets the pending events the index now holds.
+    fn applied(&self, entries: &[Entry]) {
+        let mut map = self.map();
+        for entry in entries {
+            Self::remove(&mut map, entry.livemode, &entry.id, entry.seq);
+        }
+    }
+
+    /// Removes (livemode, id) if it still names `seq` (a later event may have taken the id).
+    fn remove(map: &mut HashMap<(bool, String), u64>, livemode: bool, id: &str, seq: u64) {
+        let key = (livemode, id.to_string());
+        if map.get(&key) == Some(&seq) {
+            map.remove(&key);
         }
     }
 
@@ -193,36 +224,38 @@ impl Indexer {
     }
 
     /// Applies durable events (consecutive sequences) in one batch, then moves the view.
-    fn apply(&mut self, events: &[StoredEvent]) {
-        let (Some(first), Some(last)) = (events.first(), events.last()) else { return };
+    fn apply(&mut self, events: &[Entry]) {
+        let (Some(first), Some(last)) =
+            (events.first().map(|e| e.seq), events.last().map(|e| e.seq))
+        else {
+            return;
+        };
         if self.failed {
             return;
         }
         let mut change = Change::default();
-        for event in events {
-            let created = event.created();
-            let fields =
-                (event.sequence(), event.livemode(), event.id(), event.event_type(), &created);
+        for e in events {
+            let fields = (e.seq, e.livemode, e.id.as_str(), e.event_type.as_str(), &e.created);
             change.insert(&mut self.counts, fields);
         }
         let kept_from = self.shared.state().first;
         // The batch and the view move under the state lock together, so a listing that reads
         // bucket counts under it sees exactly the events of its snapshot.
         let mut state = self.shared.state_mut();
-        let (touched, applied) = change.apply(&self.tree, &self.counts, last.sequence(), kept_from);
+        let (touched, applied) = change.apply(&self.tree, &self.counts, last, kept_from);
         if let Err(err) = applied {
             drop(state);
-            tracing::error!(error = %err, from = first.sequence(), "index write failed after the log was durable; the events stand and reads find them; refusing writes until the index catches up");
+            tracing::error!(error = %err, from = first, "index write failed after the log was durable; the events stand and reads find them; refusing writes until the index catches up");
             self.fail();
             return;
         }
-        state.sequence = last.sequence();
+        state.sequence = last;
         for stream in touched {
             let n = self.counts.get(&stream).copied().unwrap_or(0);
             state.counts.insert(stream, n);
         }
         drop(state);
-        self.shared.applied.send_replace(last.sequence());
+        self.shared.applied.send_replace(last);
         self.shared.pending.applied(events);
     }
 

@@ -32,7 +32,7 @@ use tokio::sync::{oneshot, watch};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::store::durability::{AckWriter, Durability};
-use crate::store::embedded::indexer::Job;
+use crate::store::embedded::indexer::{Entry, Job};
 use crate::store::embedded::Shared;
 use crate::store::log::SegmentSync;
 use crate::store::{Appended, StoredEvent};
@@ -192,8 +192,8 @@ impl Syncer {
             for (&(event_type, source), &n) in &per_stream {
                 self.metrics.published(event_type, source, n);
             }
-            self.shared.recent.push(fresh.clone());
-            self.send_index(Job::Round(fresh));
+            self.send_index(Job::Round(fresh.iter().map(Entry::of).collect()));
+            self.shared.recent.push(fresh);
             self.durable.send_replace(last);
             if let Err(err) = self.acks.record_ack(last) {
                 // The events are durable; only loss detection after a crash is weakened.
