@@ -16,13 +16,16 @@
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`limits`]: overload protection: one in-flight limit across all connections.
 //! - [`connections`]: accepting connections: a cap per listener, accept backoff, HTTP timeouts.
-//! - [`delivery`]: outbound webhooks: endpoint URL and address rules, retry schedule, signing.
+//! - [`delivery`]: outbound webhooks: endpoints, durable delivery state (sled, or a KV bucket
+//!   on JetStream), per-endpoint workers (shared across instances by leases), the HTTP sender,
+//!   retry schedule and signing.
 //! - [`fanout`]: SubscribeEvents streams, catch-up then live, by sequence; byte-bounded
 //!   queues and the `--max-subscribers` cap.
 //! - [`event`]: the domain: what a valid event is, ids, filters, JSON and time conversions.
 //! - [`store`]: the storage interface; the embedded backend (`store::log`, the event log;
-//!   `store::index`, the sled index derived from it; `store::embedded`, the group-commit
-//!   writer) and the JetStream backend (`store::jetstream`).
+//!   `store::index`, the sled index derived from it with its time-bucket counts;
+//!   `store::embedded`, the writer, sync and index threads); `store::list`, listing over
+//!   either backend's index; and the JetStream backend (`store::jetstream`).
 //! - [`tls`]: TLS and mutual TLS for both listeners.
 //! - [`client`]: client subcommands for the terminal (`publish`, `get`, `list`, `tail`).
 //! - [`views`]: read-only HTTP views in the Omise and KOMOJU Events API shapes, the SSE

@@ -11,9 +11,10 @@
 //!   erase an event a reader has seen or reuse its sequence.
 //!
 //! The embedded backend lives in [`embedded`]: an event log of our own ([`log`], the source
-//! of truth) beside a sled index derived from it ([`index`]), with one group-commit writer.
-//! List/count over an index is in [`list`], which the JetStream backend's in-memory index
-//! shares. For JetStream, "durable" is per instance: the last event
+//! of truth) beside a sled index derived from it ([`index`]), written by a pipeline of three
+//! threads (writer, sync, index). Listing over an index is in [`list`] (plan, exact totals
+//! and offsets from time-bucket counts, the merge, the deadline), which the JetStream
+//! backend's in-memory index shares. For JetStream, "durable" is per instance: the last event
 //! this instance has read from the stream ([`EventStore::newest`] catches up to the stream).
 
 pub mod check;
