@@ -220,6 +220,11 @@ pub fn plan<I: Index>(index: &I, state: &DurableState, query: &ListQuery) -> Res
     let total = match (&query.resume, &walk) {
         (Some(resume), _) => Some(resume.total),
         (None, _) if by_source => None,
+        (None, Walk::Merge(streams)) if covers(index, streams, query)? => {
+            // The range holds every entry of these streams (the newest page's usual case):
+            // their counts are the total, with no bucket to read.
+            Some(streams.iter().map(|s| s.total).sum())
+        }
         (None, Walk::Merge(streams)) => {
             let forward = Direction::Chronological;
             match span::walk(index, &with_buckets(streams), span, forward, snapshot, None)? {
@@ -233,10 +238,7 @@ pub fn plan<I: Index>(index: &I, state: &DurableState, query: &ListQuery) -> Res
             }
         }
         (None, Walk::ByTime(streams)) => {
-            let whole = streams.iter().try_fold(true, |all, s| {
-                Ok::<_, Error>(all && covers_stream(index, &s.prefix, query)?)
-            })?;
-            whole.then(|| streams.iter().map(|s| s.total).sum())
+            covers(index, streams, query)?.then(|| streams.iter().map(|s| s.total).sum())
         }
     };
     let start = match (&query.resume, &walk) {
@@ -481,6 +483,16 @@ fn typed_entries<'a, I: Index>(
             Err(err) => Some(Err(err)),
         }
     }))
+}
+
+/// Whether `[from, to]` holds every entry of every stream.
+fn covers<I: Index>(index: &I, streams: &[Stream], query: &ListQuery) -> Result<bool, Error> {
+    for stream in streams {
+        if !covers_stream(index, &stream.prefix, query)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Whether `[from, to]` holds every entry of a stream (so its count is the range's total).
