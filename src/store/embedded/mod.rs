@@ -330,15 +330,55 @@ impl SledStore {
     }
 }
 
+/// A page's events: recent ones from memory, older ones from the log, where each run of
+/// consecutive sequences (a page in time order is mostly one) is one read.
+fn page_events(shared: &Shared, sequences: &[u64]) -> Result<Vec<StoredEvent>, Error> {
+    let mut events = Vec::with_capacity(sequences.len());
+    let mut at = 0;
+    while at < sequences.len() {
+        let seq = sequences[at];
+        if let Some(event) = shared.recent.get(seq) {
+            events.push(event);
+            at += 1;
+            continue;
+        }
+        // The run of consecutive sequences from here, ascending or descending.
+        let step: i64 = match sequences.get(at + 1) {
+            Some(&next) if next == seq + 1 => 1,
+            Some(&next) if next + 1 == seq => -1,
+            _ => 0,
+        };
+        let mut len = 1;
+        while step != 0
+            && sequences.get(at + len).is_some_and(|&s| s as i64 == seq as i64 + step * len as i64)
+        {
+            len += 1;
+        }
+        let (first, last) = match step {
+            -1 => (seq + 1 - len as u64, seq),
+            _ => (seq, seq + len as u64 - 1),
+        };
+        let mut run = shared.log.expect_run(first, last)?;
+        if step == -1 {
+            run.reverse();
+        }
+        for (i, bytes) in run.into_iter().enumerate() {
+            let s = if step == -1 { last - i as u64 } else { first + i as u64 };
+            events.push(stored(s, bytes)?);
+        }
+        at += len;
+    }
+    Ok(events)
+}
+
 /// Decodes a stored event record.
 pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<Event, Error> {
     Event::decode(bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))
 }
 
 /// A stored event record as served (its routing fields decoded, `data` left encoded).
-pub(crate) fn stored(seq: u64, bytes: Vec<u8>) -> Result<StoredEvent, Error> {
-    StoredEvent::from_bytes(bytes::Bytes::from(bytes))
-        .map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))
+pub(crate) fn stored(seq: u64, bytes: bytes::Bytes) -> Result<StoredEvent, Error> {
+    StoredEvent::from_bytes(bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))
 }
 
 /// The index tree behind a lock, so the writer can swap in a reopened one. Readers take a
@@ -446,15 +486,7 @@ impl EventStore for SledStore {
             let from_source =
                 |seq: u64, source: &str| Ok(stored(seq, log.expect(seq)?)?.source() == source);
             let page = list::walk(&tree, plan, &query, from_source, Some(deadline))?;
-            // Recent events come from memory, older ones from the log.
-            let events = page
-                .sequences
-                .iter()
-                .map(|&seq| match shared.recent.get(seq) {
-                    Some(event) => Ok(event),
-                    None => stored(seq, log.expect(seq)?),
-                })
-                .collect::<Result<Vec<_>, Error>>()?;
+            let events = page_events(&shared, &page.sequences)?;
             Ok(page.with_events(events))
         })
         .await

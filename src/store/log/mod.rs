@@ -30,6 +30,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use bytes::Bytes;
+
 use crate::error::Error;
 use segment::{ReadError, Segment};
 
@@ -86,33 +88,60 @@ fn corrupt(dir: &Path, what: String) -> Error {
 impl LogReader {
     /// The stored bytes of `sequence`. `Ok(None)` if the log holds no such record (below the
     /// first segment, or beyond the last appended).
-    pub fn read(&self, sequence: u64) -> Result<Option<Vec<u8>>, Error> {
-        let segment = {
-            let segments = locked(&self.segments);
-            match segments.range(..=sequence).next_back() {
-                Some((_, segment)) => segment.clone(),
-                None => return Ok(None),
-            }
-        };
+    pub fn read(&self, sequence: u64) -> Result<Option<Bytes>, Error> {
+        let Some(segment) = self.segment_of(sequence) else { return Ok(None) };
         match segment.read(sequence) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(ReadError::Missing) => Ok(None),
-            Err(ReadError::Damaged) => Err(corrupt(
+            Err(err) => Err(self.read_error(&segment, sequence, err)),
+        }
+    }
+
+    /// The stored bytes of `sequence`, which the caller knows must be there.
+    pub fn expect(&self, sequence: u64) -> Result<Bytes, Error> {
+        self.read(sequence)?.ok_or_else(|| self.absent(sequence))
+    }
+
+    /// The stored bytes of the records `first..=last`, which the caller knows must be there:
+    /// one read per segment the run spans instead of one per record.
+    pub fn expect_run(&self, first: u64, last: u64) -> Result<Vec<Bytes>, Error> {
+        let mut out = Vec::with_capacity(last.saturating_sub(first) as usize + 1);
+        let mut seq = first;
+        while seq <= last {
+            let segment = self.segment_of(seq).ok_or_else(|| self.absent(seq))?;
+            let upto = match locked(&self.segments).range(seq + 1..).next() {
+                Some((&next, _)) => last.min(next - 1),
+                None => last,
+            };
+            match segment.read_run(seq, (upto - seq + 1) as usize) {
+                Ok(run) => out.extend(run),
+                Err(ReadError::Missing) => return Err(self.absent(seq)),
+                Err(err) => return Err(self.read_error(&segment, seq, err)),
+            }
+            seq = upto + 1;
+        }
+        Ok(out)
+    }
+
+    fn segment_of(&self, sequence: u64) -> Option<Arc<Segment>> {
+        locked(&self.segments).range(..=sequence).next_back().map(|(_, s)| s.clone())
+    }
+
+    fn absent(&self, sequence: u64) -> Error {
+        corrupt(&self.dir, format!("the log has no record of sequence {sequence}"))
+    }
+
+    fn read_error(&self, segment: &Segment, sequence: u64, err: ReadError) -> Error {
+        match err {
+            ReadError::Io(e) => Error::Io(e),
+            _ => corrupt(
                 &self.dir,
                 format!(
                     "segment {}: the record of sequence {sequence} is unreadable",
                     segment.path.display()
                 ),
-            )),
-            Err(ReadError::Io(e)) => Err(Error::Io(e)),
+            ),
         }
-    }
-
-    /// The stored bytes of `sequence`, which the caller knows must be there.
-    pub fn expect(&self, sequence: u64) -> Result<Vec<u8>, Error> {
-        self.read(sequence)?.ok_or_else(|| {
-            corrupt(&self.dir, format!("the log has no record of sequence {sequence}"))
-        })
     }
 
     /// The first sequences of the segments, in order.
@@ -461,6 +490,14 @@ mod tests {
             assert_eq!(reader.read(s).unwrap().unwrap(), format!("event {s}").into_bytes());
         }
         assert_eq!(reader.read(501).unwrap(), None);
+        // Runs read in one go per segment, across segment boundaries too.
+        for (first, last) in [(1, 500), (7, 7), (95, 321), (499, 500)] {
+            let run = reader.expect_run(first, last).unwrap();
+            let expected: Vec<Vec<u8>> =
+                (first..=last).map(|s| format!("event {s}").into_bytes()).collect();
+            assert_eq!(run.iter().map(|b| b.to_vec()).collect::<Vec<_>>(), expected);
+        }
+        assert!(reader.expect_run(499, 501).is_err(), "501 was never written");
         drop(writer);
         let (writer, opened) = open(dir.path(), 500, 4096).unwrap();
         assert_eq!((opened.first, opened.last, writer.next()), (1, 500, 501));

@@ -7,6 +7,7 @@
 //! data, never synced on the acknowledgement path, and rebuilt from the data file whenever it
 //! does not match (after a crash, or if it is lost).
 
+use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -178,32 +179,58 @@ impl Segment {
     }
 
     /// The stored bytes of `sequence`, checked against their frame.
-    pub fn read(&self, sequence: u64) -> Result<Vec<u8>, ReadError> {
-        let index = sequence.checked_sub(self.first).ok_or(ReadError::Missing)?;
-        let mut entry = [0u8; ENTRY as usize];
-        self.offsets.read_exact_at(&mut entry, index * ENTRY).map_err(|e| match e.kind() {
+    pub fn read(&self, sequence: u64) -> Result<Bytes, ReadError> {
+        let mut run = self.read_run(sequence, 1)?;
+        run.pop().ok_or(ReadError::Missing)
+    }
+
+    /// The stored bytes of `count` consecutive records from `first`, each checked against its
+    /// frame: one read of their offset entries and one of their frames, which follow each
+    /// other in the file.
+    pub fn read_run(&self, first: u64, count: usize) -> Result<Vec<Bytes>, ReadError> {
+        let index = first.checked_sub(self.first).ok_or(ReadError::Missing)?;
+        let mut entries = vec![0u8; count * ENTRY as usize];
+        self.offsets.read_exact_at(&mut entries, index * ENTRY).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => ReadError::Missing,
             _ => ReadError::Io(e),
         })?;
-        let offset = u32::from_le_bytes(entry[..4].try_into().unwrap_or_default());
-        let len = u32::from_le_bytes(entry[4..].try_into().unwrap_or_default()) as usize;
-        if len < record::HEADER {
+        let spans: Vec<(u64, usize)> = entries
+            .chunks_exact(ENTRY as usize)
+            .map(|entry| {
+                let offset = u32::from_le_bytes(entry[..4].try_into().unwrap_or_default());
+                let len = u32::from_le_bytes(entry[4..].try_into().unwrap_or_default());
+                (u64::from(offset), len as usize)
+            })
+            .collect();
+        let (Some(&(start, _)), Some(&(last, last_len))) = (spans.first(), spans.last()) else {
+            return Ok(Vec::new());
+        };
+        let contiguous = spans.windows(2).all(|w| w[0].0 + w[0].1 as u64 == w[1].0);
+        if !contiguous || spans.iter().any(|&(_, len)| len < record::HEADER) {
             return Err(ReadError::Damaged);
         }
-        let mut frame = vec![0u8; len];
-        self.data.read_exact_at(&mut frame, u64::from(offset)).map_err(|e| match e.kind() {
+        let mut frames = vec![0u8; (last - start) as usize + last_len];
+        self.data.read_exact_at(&mut frames, start).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => ReadError::Damaged,
             _ => ReadError::Io(e),
         })?;
-        let whole = matches!(
-            record::parse(&frame),
-            Frame::Whole { sequence: found, len: framed, .. } if found == sequence && framed == len
-        );
-        if !whole {
-            return Err(ReadError::Damaged);
+        let frames = Bytes::from(frames);
+        let mut out = Vec::with_capacity(count);
+        for (i, &(offset, len)) in spans.iter().enumerate() {
+            let at = (offset - start) as usize;
+            let frame = frames.slice(at..at + len);
+            let whole = matches!(
+                record::parse(&frame),
+                Frame::Whole { sequence: found, len: framed, .. }
+                    if found == first + i as u64 && framed == len
+            );
+            if !whole {
+                return Err(ReadError::Damaged);
+            }
+            // The payload, sharing the one buffer read.
+            out.push(frame.slice(record::HEADER..));
         }
-        frame.drain(..record::HEADER);
-        Ok(frame)
+        Ok(out)
     }
 }
 
