@@ -8,8 +8,31 @@ use eventsd::{run, shutdown_signal, Listeners};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    limit_malloc_arenas();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(serve_or_run_command()),
+        Err(e) => {
+            eprintln!("eventsd: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// glibc gives every thread that allocates an arena of its own (up to 8 per core) and hands
+/// little of it back, so after a burst of publishes across the runtime's, the writer's, the
+/// sync and index threads and sled's, the server held about twice the memory it used (RSS right
+/// after filling 200,000 events: 861 MiB with the default, 486 MiB with two arenas). Two
+/// arenas keep that waste small; the threads rarely allocate at the same moment.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets a tunable of the allocator, and runs before any other thread
+    // exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+async fn serve_or_run_command() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
