@@ -15,7 +15,9 @@
 //!   and credentials in the URL, a wrong password or an unknown CA is refused at start, and
 //!   the password never appears in the log. A node that also verifies client certificates:
 //!   eventsd connects with `--nats-tls-cert`/`--nats-tls-key` (and a bare second URL entry),
-//!   and is refused at start without them.
+//!   and is refused at start without them. A node in operator mode (JWTs signed here with
+//!   the nkeys crate, no nsc): eventsd connects with `--nats-creds`, and a seed the user JWT
+//!   does not name is refused at start.
 //!
 //! They need nats-server 2.15.1 (installed from PyPI by `scripts/nats-server.sh`) and run only
 //! with `EVENTSD_NATS_TESTS=1`; otherwise each prints that it was skipped. Figures (acked
@@ -504,23 +506,38 @@ impl SecureNode {
              authorization {{ user: eventsd, password: s3cret-pass }}\n",
             dir.path().join("js").display().to_string(),
         );
-        let conf = write("node.conf", &config);
-        let log = std::fs::File::create(dir.path().join("node.log")).expect("log file");
-        let child = std::process::Command::new(cluster::nats_server_bin())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start nats-server");
-        // Bounded wait for the port (the server is another process: poll, do not sleep blindly).
-        let deadline = Instant::now() + PHASE_LIMIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_node(dir.path(), &config, port);
         SecureNode { child, port, ca, client, _dir: dir }
     }
+}
+
+/// Starts nats-server with this config (written to `dir/node.conf`, its log `dir/node.log`)
+/// and waits, bounded, until it listens on `port`; panics with the log's tail if it does not.
+fn spawn_node(dir: &Path, config: &str, port: u16) -> std::process::Child {
+    let conf = dir.join("node.conf");
+    std::fs::write(&conf, config).expect("write node.conf");
+    let log = std::fs::File::create(dir.join("node.log")).expect("log file");
+    let mut child = std::process::Command::new(cluster::nats_server_bin())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start nats-server");
+    // Bounded wait for the port (the server is another process: poll, do not sleep blindly).
+    let deadline = Instant::now() + PHASE_LIMIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!("nats-server did not listen on {port}:\n{}", tail.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 impl Drop for SecureNode {
@@ -622,6 +639,120 @@ async fn a_client_certificate_reaches_a_node_that_verifies_clients() {
     println!("without a client certificate: {}", why.lines().last().unwrap_or(""));
     assert!(why.contains("Certificate"), "{why}");
     assert!(!why.contains("s3cret-pass"), "the password reached the log: {why}");
+}
+
+/// A NATS JWT: the claims (with `iss` the issuer's public key and `iat` now) signed by the
+/// issuer, as nats-server decodes them (header `ed25519-nkey`, base64url without padding).
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let iat = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({
+        "jti": format!("{name}{iat}"), "iat": iat, "iss": issuer.public_key(), "sub": subject,
+        "name": name, "nats": nats,
+    });
+    let signed = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+    let signature = issuer.sign(signed.as_bytes()).expect("sign the JWT");
+    format!("{signed}.{}", b64(&signature))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_credentials_file_reaches_a_node_in_operator_mode() {
+    if !enabled("a_credentials_file_reaches_a_node_in_operator_mode") {
+        return;
+    }
+    use serde_json::json;
+    // Operator, account and user, as nsc would make them (nsc is not needed: the JWTs are
+    // signed here with the nkeys crate).
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "test-operator",
+        json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+    });
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "EVENTSD",
+        json!({"type": "account", "version": 2, "limits": unlimited}),
+    );
+    // A system account too: without one, nats-server 2.15.1 in operator mode was seen not to
+    // start listening.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        json!({"type": "account", "version": 2, "limits": {
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1}}),
+    );
+    let user_jwt = nats_jwt(
+        &account,
+        &user.public_key(),
+        "eventsd",
+        json!({"type": "user", "version": 2, "pub": {}, "sub": {},
+               "subs": -1, "data": -1, "payload": -1}),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write a file");
+        path
+    };
+    let creds = |seed: &str| {
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        )
+    };
+    let good = write("eventsd.creds", &creds(&user.seed().expect("seed")));
+    let stranger = write("stranger.creds", &creds(&nkeys::KeyPair::new_user().seed().unwrap()));
+    let port = child::free_addr().port();
+    let config = format!(
+        "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n\
+         operator: {operator_jwt:?}\nsystem_account: {}\nresolver: MEMORY\n\
+         resolver_preload: {{ {}: {account_jwt:?}, {}: {system_jwt:?} }}\n",
+        dir.path().join("js").display().to_string(),
+        system.public_key(),
+        account.public_key(),
+        system.public_key(),
+    );
+    let mut node = spawn_node(dir.path(), &config, port);
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _kill = Kill(&mut node);
+    let args = |creds: &Path| {
+        ["--store", &format!("nats://127.0.0.1:{port}"), "--nats-replicas", "1", "--nats-creds"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([creds.display().to_string()])
+            .collect::<Vec<_>>()
+    };
+    round_trip(dir.path(), "creds", &args(&good), "creds.1").await;
+
+    // A user the account did not sign: refused at start.
+    let log = dir.path().join("stranger.log");
+    let why = Server::start_with(&dir.path().join("stranger-data"), &log, &args(&stranger))
+        .await
+        .err()
+        .expect("refused with a key the JWT does not name");
+    println!("a stranger's key: {}", why.lines().last().unwrap_or(""));
+    assert!(why.to_lowercase().contains("author"), "{why}");
 }
 
 /// What the outbound receiver of the kill test saw per event id.
