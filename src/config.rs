@@ -284,7 +284,9 @@ pub struct ServeConfig {
 
     /// Where events live: `sled`, the embedded store in --data-dir (the default), or
     /// `nats://h1:4222,h2:4222,h3:4222`, a NATS JetStream cluster (2.12 or newer) that several
-    /// stateless eventsd instances share.
+    /// stateless eventsd instances share. Entries after the first may be bare HOST:PORT and
+    /// then take the first URL's scheme (`nats://`, or `tls://` to require TLS) and
+    /// credentials (`nats://user:password@h1:4222,h2:4222`).
     // The value may carry NATS credentials: hidden in --help, never echoed when invalid.
     #[arg(long, env = "EVENTSD_STORE", default_value = "sled", value_parser = StoreParser,
           hide_env_values = true)]
@@ -295,11 +297,37 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTSD_NATS_STREAM", default_value = "EVENTSD", value_parser = parse_stream_name)]
     pub nats_stream: String,
 
-    /// JetStream only: connect to NATS over TLS, trusting this CA (PEM). Credentials go in the
-    /// URLs, `nats://user:password@host:4222`; prefer EVENTSD_STORE to keep them out of
-    /// process listings (they are never logged).
+    /// JetStream only: connect to NATS over TLS, trusting this CA (PEM). A user and password
+    /// go in the URLs, `nats://user:password@host:4222`; prefer EVENTSD_STORE to keep them out
+    /// of process listings (they are never logged). See also --nats-creds.
     #[arg(long, env = "EVENTSD_NATS_TLS_CA", value_name = "FILE")]
     pub nats_tls_ca: Option<PathBuf>,
+
+    /// JetStream only: present this client certificate (PEM chain) to NATS, for servers that
+    /// verify clients (mutual TLS); with --nats-tls-key. Requires TLS.
+    #[arg(
+        long,
+        env = "EVENTSD_NATS_TLS_CERT",
+        value_name = "FILE",
+        requires = "nats_tls_key",
+        hide_env_values = true
+    )]
+    pub nats_tls_cert: Option<PathBuf>,
+
+    /// JetStream only: the private key (PEM) of --nats-tls-cert.
+    #[arg(
+        long,
+        env = "EVENTSD_NATS_TLS_KEY",
+        value_name = "FILE",
+        requires = "nats_tls_cert",
+        hide_env_values = true
+    )]
+    pub nats_tls_key: Option<PathBuf>,
+
+    /// JetStream only: a NATS credentials file (user JWT and NKey seed, as `nsc` writes them)
+    /// to authenticate with, instead of credentials in the URLs.
+    #[arg(long, env = "EVENTSD_NATS_CREDS", value_name = "FILE", hide_env_values = true)]
+    pub nats_creds: Option<PathBuf>,
 
     /// JetStream only: replicas of the stream when eventsd creates it (1, 3 or 5).
     #[arg(long, env = "EVENTSD_NATS_REPLICAS", default_value_t = 3, value_parser = parse_replicas)]
@@ -606,12 +634,15 @@ pub fn validate_source_name(source: &str) -> Result<(), String> {
 pub enum StoreKind {
     /// The embedded sled store in `--data-dir`.
     Embedded,
-    /// A NATS JetStream cluster at these comma-separated `nats://` URLs.
+    /// A NATS JetStream cluster at these comma-separated URLs, each in full form
+    /// (`nats://[user:password@]host:port`; bare entries given on the command line have taken
+    /// the first URL's scheme and credentials).
     JetStream(String),
 }
 
-/// Parses `--store` like [`parse_store`], but its error never repeats the value: clap's own
-/// "invalid value '…'" would print NATS credentials to the terminal and to logs.
+/// Parses `--store` like [`parse_store`], but its error never repeats the value (clap's own
+/// "invalid value '…'" would print NATS credentials to the terminal and to logs): it names
+/// only the entry at fault, with any credentials shown as `***`.
 #[derive(Clone)]
 struct StoreParser;
 
@@ -627,13 +658,11 @@ impl clap::builder::TypedValueParser for StoreParser {
         let text = value.to_str().ok_or_else(|| {
             clap::Error::raw(clap::error::ErrorKind::InvalidUtf8, "--store: not valid UTF-8\n")
         })?;
-        // Not even a redacted form: a malformed value may hide a password anywhere.
+        // Only the entry at fault, redacted (`normalize` never shows a password).
         parse_store(text).map_err(|reason| {
             clap::Error::raw(
                 clap::error::ErrorKind::InvalidValue,
-                format!(
-                    "invalid value for --store (not shown: it may hold credentials): {reason}\n"
-                ),
+                format!("invalid value for --store: {reason}\n"),
             )
         })
     }
@@ -643,11 +672,7 @@ fn parse_store(text: &str) -> Result<StoreKind, String> {
     if text == "sled" {
         return Ok(StoreKind::Embedded);
     }
-    let urls: Vec<&str> = text.split(',').map(str::trim).collect();
-    if urls.iter().all(|u| u.starts_with("nats://") && u.len() > "nats://".len()) {
-        return Ok(StoreKind::JetStream(urls.join(",")));
-    }
-    Err("expected `sled` or nats://HOST:PORT[,nats://HOST:PORT…]".into())
+    crate::store::jetstream::urls::normalize(text).map(StoreKind::JetStream)
 }
 
 fn parse_stream_name(text: &str) -> Result<String, String> {
@@ -793,4 +818,37 @@ pub fn parse_time(text: &str) -> Result<prost_types::Timestamp, String> {
     let t = chrono::DateTime::parse_from_rfc3339(text)
         .map_err(|e| format!("{e} (expected RFC 3339, such as 2017-02-03T13:52:54Z)"))?;
     Ok(crate::event::time::from_chrono(t.to_utc()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn nats_client_certificate_flags_go_together_and_hide_their_env_values() {
+        for (given, missing) in
+            [("--nats-tls-cert", "--nats-tls-key"), ("--nats-tls-key", "--nats-tls-cert")]
+        {
+            let err = Cli::try_parse_from(["eventsd", given, "f.pem"]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+            assert!(err.to_string().contains(missing), "{err}");
+        }
+        let command = Cli::command();
+        for id in ["store", "nats_tls_cert", "nats_tls_key", "nats_creds"] {
+            let arg = command.get_arguments().find(|a| a.get_id() == id).expect(id);
+            assert!(arg.is_hide_env_values_set(), "{id} shows its env value in --help");
+        }
+    }
+
+    #[test]
+    fn a_store_value_keeps_its_entries_in_full_form() {
+        assert_eq!(parse_store("sled"), Ok(StoreKind::Embedded));
+        assert_eq!(
+            parse_store("nats://u:p@h1:4222,h2:4222"),
+            Ok(StoreKind::JetStream("nats://u:p@h1:4222,nats://u:p@h2:4222".into()))
+        );
+        let err = parse_store("nats://u:hunter2@h1:4222,,h2:4222").unwrap_err();
+        assert!(err.contains("entry 2 is empty") && !err.contains("hunter2"), "{err}");
+    }
 }

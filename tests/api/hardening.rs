@@ -634,10 +634,19 @@ async fn a_test_key_is_never_told_global_positions() {
 #[test]
 fn help_and_a_bad_store_value_print_no_secret() {
     let binary = env!("CARGO_BIN_EXE_eventsd");
-    let secrets = ["hunter2natspass", "whsec_c2VjcmV0aHVudGVy"];
+    let secrets = [
+        "hunter2natspass",
+        "whsec_c2VjcmV0aHVudGVy",
+        "natscert-path",
+        "natskey-path",
+        "natscreds-path",
+    ];
     let help = std::process::Command::new(binary)
         .arg("--help")
         .env("EVENTSD_STORE", "nats://eventsd:hunter2natspass@127.0.0.1:4222")
+        .env("EVENTSD_NATS_TLS_CERT", "/run/secrets/natscert-path.pem")
+        .env("EVENTSD_NATS_TLS_KEY", "/run/secrets/natskey-path.pem")
+        .env("EVENTSD_NATS_CREDS", "/run/secrets/natscreds-path.creds")
         .env("EVENTSD_WEBHOOK_SECRET", "stripe=whsec_c2VjcmV0aHVudGVy")
         .output()
         .expect("run --help");

@@ -30,6 +30,7 @@ pub(crate) mod follow;
 pub(crate) mod index;
 pub(crate) mod setup;
 pub(crate) mod subject;
+pub(crate) mod urls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
