@@ -219,14 +219,15 @@ impl SledStore {
         let (to_sync, written) = std::sync::mpsc::sync_channel(syncer::QUEUE_ROUNDS);
         let indexer = Indexer::new(shared.clone(), tree, counts, config.clone());
         let nudge = jobs.clone();
-        let syncer = Syncer::new(
-            shared.clone(),
-            jobs,
-            config.durability,
+        let syncer = Syncer {
+            shared: shared.clone(),
+            index: jobs,
+            durability: config.durability,
             acks,
-            durable_tx,
-            config.metrics.clone(),
-        );
+            durable: durable_tx,
+            metrics: config.metrics.clone(),
+            failed: false,
+        };
         let writer = Writer::new(shared.clone(), log, to_sync)?;
         // The three threads outside any tracker: the group-commit writer (it owns the log
         // file), the sync thread (fdatasync, durable point, answers) and the index thread

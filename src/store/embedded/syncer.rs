@@ -69,29 +69,23 @@ pub enum ToSync {
 
 /// The sync thread's state.
 pub struct Syncer {
-    shared: Arc<Shared>,
-    index: SyncSender<Job>,
-    durability: Durability,
-    acks: AckWriter,
-    durable: watch::Sender<u64>,
-    metrics: Metrics,
+    /// What the writer and the readers share.
+    pub shared: Arc<Shared>,
+    /// The index thread's queue.
+    pub index: SyncSender<Job>,
+    /// Whether rounds are fdatasynced (`power-loss`) or left to the OS.
+    pub durability: Durability,
+    /// The ack record, moved after every durable round.
+    pub acks: AckWriter,
+    /// The durable point readers watch.
+    pub durable: watch::Sender<u64>,
+    /// Where commit and publish figures go.
+    pub metrics: Metrics,
     /// Set after a failed sync: nothing written later is acknowledged.
-    failed: bool,
+    pub failed: bool,
 }
 
 impl Syncer {
-    /// The sync thread, acknowledging through `durable` and feeding `index`.
-    pub fn new(
-        shared: Arc<Shared>,
-        index: SyncSender<Job>,
-        durability: Durability,
-        acks: AckWriter,
-        durable: watch::Sender<u64>,
-        metrics: Metrics,
-    ) -> Self {
-        Syncer { shared, index, durability, acks, durable, metrics, failed: false }
-    }
-
     /// The thread's loop; returns on [`ToSync::Close`] or when the writer is gone.
     pub fn run(mut self, work: Receiver<ToSync>) {
         let mut next = None;
