@@ -7,9 +7,14 @@
 //! stream's) and only insists that they follow each other with no gap.
 //!
 //! Promises:
-//! - One `write` per append and, with [`LogWriter::sync`], one `fdatasync`: after it returns,
-//!   the records survive a power loss. A new segment's name is made durable (folder fsync)
-//!   before any record in it is acknowledged.
+//! - One `write` per append (plus 4 bytes: the first record's checksum, written last) and,
+//!   with [`LogWriter::sync`], one `fdatasync`: after it returns, the records survive a power
+//!   loss. A new segment's name is made durable (folder fsync) before any record in it is
+//!   acknowledged.
+//! - An append is whole or absent after a process crash: until its last byte is written its
+//!   first record fails its checksum, so recovery cuts the whole append, never part of it.
+//!   (After a power loss before the sync, pages may reach the disk in any order, so an
+//!   unacknowledged append can survive in part; an acknowledged one is always whole.)
 //! - At open, only the last segment is scanned (a start costs one segment, not the history).
 //!   A torn tail is cut back to the last whole record, but never below the acknowledged
 //!   sequence the caller passes: a damaged or missing record that was acknowledged makes the
@@ -417,7 +422,17 @@ impl LogWriter {
             }
         }
         let index = self.next - self.active.first;
-        if let Err(err) = self.active.append(self.end, &self.frames, index, &self.entries) {
+        // The first record's checksum is written last, on its own: until the whole round is in
+        // the file, its first record does not check out, so a kill in the middle of the round's
+        // write (the kernel may stop a write between pages) leaves no whole record of it, and
+        // recovery cuts the round entirely instead of keeping part of a batch.
+        let checksum: [u8; 4] = self.frames[4..8].try_into().unwrap_or_default();
+        self.frames[4..8].copy_from_slice(&(!u32::from_le_bytes(checksum)).to_le_bytes());
+        let written = self
+            .active
+            .append(self.end, &self.frames, index, &self.entries)
+            .and_then(|()| self.active.patch(self.end + 4, &checksum));
+        if let Err(err) = written {
             if let Err(cut) = self.active.cut(self.end, index) {
                 tracing::error!(error = %cut, "cannot cut a failed append back out of the log");
             }
@@ -468,6 +483,7 @@ impl LogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
 
     fn append(writer: &mut LogWriter, seqs: std::ops::RangeInclusive<u64>) {
         let payloads: Vec<(u64, Vec<u8>)> =
@@ -520,6 +536,28 @@ mod tests {
         );
         let (writer, opened) = open(dir.path(), 2, DEFAULT_SEGMENT_BYTES).unwrap();
         assert_eq!((opened.last, writer.next()), (2, 3));
+    }
+
+    #[test]
+    fn an_append_cut_before_its_checksum_is_written_is_cut_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, _) = open(dir.path(), 0, DEFAULT_SEGMENT_BYTES).unwrap();
+        append(&mut writer, 1..=3);
+        let at = writer.end;
+        append(&mut writer, 4..=8);
+        let path = writer.active.path.clone();
+        drop(writer);
+        // As a kill between the round's write and its first checksum leaves it: records 5–8
+        // whole, record 4's checksum not yet written.
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let mut crc = [0u8; 4];
+        file.read_exact_at(&mut crc, at + 4).unwrap();
+        file.write_all_at(&(!u32::from_le_bytes(crc)).to_le_bytes(), at + 4).unwrap();
+        let (writer, opened) = open(dir.path(), 3, DEFAULT_SEGMENT_BYTES).unwrap();
+        assert_eq!((opened.last, writer.next()), (3, 4), "the whole round is cut, not 5–8 kept");
+        let reader = writer.reader();
+        assert_eq!(reader.read(4).unwrap(), None);
+        assert_eq!(reader.read(3).unwrap().unwrap(), b"event 3".to_vec());
     }
 
     #[test]

@@ -161,6 +161,11 @@ impl Segment {
         self.offsets.write_all_at(entries, index * ENTRY)
     }
 
+    /// Overwrites `bytes` at `at` in the data file (a record's held-back checksum).
+    pub fn patch(&self, at: u64, bytes: &[u8]) -> io::Result<()> {
+        self.data.write_all_at(bytes, at)
+    }
+
     /// Undoes a failed append: the data file back to `len` bytes, the offsets to `index`.
     pub fn cut(&self, len: u64, index: u64) -> io::Result<()> {
         self.data.set_len(len)?;
