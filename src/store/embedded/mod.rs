@@ -178,7 +178,17 @@ pub(crate) fn open_parts(
     std::fs::create_dir_all(dir)?;
     let acked = acked(dir)?;
     let (log, range) = log::open(dir, acked, segment_bytes)?;
-    let tree = index::open_tree(dir, cache_bytes)?;
+    let tree = match index::open_tree(dir, cache_bytes) {
+        Ok(tree) => tree,
+        // sled's files can be left unreadable by a crash (a torn snapshot was seen after
+        // kill -9). The index is derived from the log, so it is rebuilt rather than refused.
+        Err(Error::Corrupt(why)) => {
+            tracing::warn!(%why, "the index cannot be opened; rebuilding it from the log");
+            std::fs::remove_dir_all(dir.join(index::DIR))?;
+            index::open_tree(dir, cache_bytes)?
+        }
+        Err(other) => return Err(other),
+    };
     let loaded = index::load(&tree)?;
     let counts = index::catch_up(&tree, &log.reader(), loaded, (range.first, range.last))?;
     let counted: u64 = counts.values().sum();
