@@ -205,7 +205,7 @@ async function endpointSteps(browser, problems) {
   try {
     const page = await signIn(browser, base, ADMIN, problems);
     await page.click('#nav-endpoints');
-    await page.waitForFunction(() => document.getElementById('endpoint-total').textContent === '0 endpoints');
+    await page.waitForFunction(() => document.getElementById('endpoint-total')?.textContent === '0 endpoints');
 
     // The API's error is shown as text; then a good endpoint shows its secret once.
     await page.fill('#endpoint-url', 'ftp://127.0.0.1/hook');
@@ -219,7 +219,7 @@ async function endpointSteps(browser, problems) {
     const secret = await (await page.waitForSelector('#endpoint-secret')).textContent();
     check(secret.startsWith('whsec_'), 'the new secret is shown: ' + secret);
     const id = await page.textContent('#endpoint-created a');
-    await page.waitForFunction(() => document.getElementById('endpoint-total').textContent === '1 endpoint');
+    await page.waitForFunction(() => document.getElementById('endpoint-total')?.textContent === '1 endpoint');
     const row = (name) => page.textContent(`#endpoints li .${name}`);
     check((await row('endpoint-url')) === receiver.url, 'the list shows the url');
     check((await row('type')) === 'order.*', 'the list shows the types');
@@ -280,9 +280,9 @@ async function endpointSteps(browser, problems) {
 
     // Disable, then enable again.
     await page.click('#endpoint-toggle');
-    await page.waitForFunction(() => document.querySelector('#endpoint-fields dd[data-field="disabled"]').textContent === 'true');
+    await page.waitForFunction(() => document.querySelector('#endpoint-fields dd[data-field="disabled"]')?.textContent === 'true');
     await page.click('#endpoint-toggle');
-    await page.waitForFunction(() => document.querySelector('#endpoint-fields dd[data-field="disabled"]').textContent === 'false');
+    await page.waitForFunction(() => document.querySelector('#endpoint-fields dd[data-field="disabled"]')?.textContent === 'false');
     step('disables and enables the endpoint');
 
     // 360 px (attempts open) and the Tab order of the endpoint's page.
@@ -353,7 +353,7 @@ async function run() {
     step('loaded, signed in');
 
     // 2. The stored events with their exact total, newest first.
-    await page.waitForFunction((n) => document.getElementById('total').textContent === n + ' events', stored);
+    await page.waitForFunction((n) => document.getElementById('total')?.textContent === n + ' events', stored);
     const firstId = await page.textContent('#events li:first-child .event-id');
     check(firstId === 'evt_xss', 'newest first: expected evt_xss on top, got ' + firstId);
     check((await page.locator('#events li').count()) === stored, 'every stored event is on the first page');
@@ -363,32 +363,32 @@ async function run() {
     // 3. Filter by type (wildcard), then by source.
     await page.fill('#type', 'charge.*');
     await page.click('#apply');
-    await page.waitForFunction(() => document.getElementById('total').textContent === '6 events');
+    await page.waitForFunction(() => document.getElementById('total')?.textContent === '6 events');
     const types = await page.locator('#events .type').allTextContents();
     check(types.length === 6 && types.every((t) => t === 'charge.create'), 'type filter: ' + types);
     await page.fill('#type', '');
     await page.fill('#source', 'komoju');
     await page.click('#apply');
-    await page.waitForFunction(() => document.getElementById('total').textContent === '4 events');
+    await page.waitForFunction(() => document.getElementById('total')?.textContent === '4 events');
     const sources = await page.locator('#events .source').allTextContents();
     check(sources.length === 4 && sources.every((s) => s === 'komoju'), 'source filter: ' + sources);
     await page.goto(base + '/console#/webhooks?source=omise');
-    await page.waitForFunction(() => document.getElementById('total').textContent === '6 deliveries');
+    await page.waitForFunction(() => document.getElementById('total')?.textContent === '6 deliveries');
     check((await page.textContent('#events li:first-child time')).startsWith('received '), 'webhooks show the received time');
     step('filters by type and by source');
 
     // 4. Live: publish over gRPC, see it appear at the top.
     await page.goto(base + '/console#/events');
-    await page.waitForFunction((n) => document.getElementById('total').textContent === n + ' events', stored);
+    await page.waitForFunction((n) => document.getElementById('total')?.textContent === n + ' events', stored);
     // One event commits after the page loaded and before it goes live: it must not be missed.
     await postEvent(base, { id: 'evt_between', type: 'charge.create', source: 'omise', data: { amount: 7 } });
     await page.click('#live');
-    await page.waitForFunction(() => document.getElementById('live-status').textContent.startsWith('Live'));
+    await page.waitForFunction(() => document.getElementById('live-status')?.textContent.startsWith('Live'));
     await page.waitForSelector('#events li.new .event-id:text-is("evt_between")');
     await publishOverGrpc(grpc, 'evt_live_grpc');
     await page.waitForSelector('#events li.new .event-id:text-is("evt_live_grpc")');
     check((await page.textContent('#events li:first-child .event-id')) === 'evt_live_grpc', 'the live event is on top');
-    await page.waitForFunction((n) => document.getElementById('total').textContent === n + ' events', stored + 2);
+    await page.waitForFunction((n) => document.getElementById('total')?.textContent === n + ' events', stored + 2);
     step('a gRPC publish appears live');
 
     // 5. Its detail page: every field, data formatted, copy.
@@ -402,7 +402,7 @@ async function run() {
     const data = await page.textContent('#data');
     check(data === JSON.stringify({ amount: 4200, object: 'charge' }, null, 2), 'formatted data: ' + data);
     await page.click('#copy');
-    await page.waitForFunction(() => document.getElementById('copied').textContent === 'Copied.');
+    await page.waitForFunction(() => document.getElementById('copied')?.textContent === 'Copied.');
     check((await page.evaluate(() => navigator.clipboard.readText())) === data, 'the copy holds the data');
     step('opens the detail page and copies the data');
 
@@ -437,7 +437,7 @@ async function run() {
     check(!(await watcher.isVisible('#nav-publish')), 'a key without publish sees the publish form');
     check(!(await watcher.isVisible('#nav-endpoints')), 'a key without admin sees the endpoints');
     await watcher.goto(base + '/console#/endpoints');
-    await watcher.waitForFunction((n) => document.querySelector('main h1').textContent === 'Events'
+    await watcher.waitForFunction((n) => document.querySelector('main h1')?.textContent === 'Events'
       && document.getElementById('total').textContent === n + ' events', stored + 2);
     await watcher.context().close();
     step('the publish form and the endpoints are hidden from a key without the scopes');
