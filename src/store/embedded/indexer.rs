@@ -101,12 +101,16 @@ impl Entry {
     }
 }
 
-/// Durable events the index does not hold yet, by (livemode, id).
+/// Durable events the index does not hold yet: one id → sequence map per mode (test, live),
+/// so a lookup by `&str` builds no key.
 #[derive(Default)]
-pub struct Pending(Mutex<HashMap<(bool, String), u64>>);
+pub struct Pending(Mutex<[HashMap<String, u64>; 2]>);
+
+/// A pending-id map per mode.
+type ByMode = [HashMap<String, u64>; 2];
 
 impl Pending {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(bool, String), u64>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, ByMode> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -114,14 +118,13 @@ impl Pending {
     pub fn add(&self, events: &[StoredEvent]) {
         let mut map = self.map();
         for event in events {
-            map.insert((event.livemode(), event.id().to_string()), event.sequence());
+            map[usize::from(event.livemode())].insert(event.id().to_string(), event.sequence());
         }
     }
 
     /// The sequence of a pending event.
     pub fn get(&self, livemode: bool, id: &str) -> Option<u64> {
-        // The key is built only on a lookup; the map is small (a few rounds at most).
-        self.map().get(&(livemode, id.to_string())).copied()
+        self.map()[usize::from(livemode)].get(id).copied()
     }
 
     /// Forgets the events of a round that did not become durable.
@@ -141,16 +144,18 @@ impl Pending {
     }
 
     /// Removes (livemode, id) if it still names `seq` (a later event may have taken the id).
-    fn remove(map: &mut HashMap<(bool, String), u64>, livemode: bool, id: &str, seq: u64) {
-        let key = (livemode, id.to_string());
-        if map.get(&key) == Some(&seq) {
-            map.remove(&key);
+    fn remove(map: &mut ByMode, livemode: bool, id: &str, seq: u64) {
+        let ids = &mut map[usize::from(livemode)];
+        if ids.get(id) == Some(&seq) {
+            ids.remove(id);
         }
     }
 
     /// Forgets everything at or below `last` (after a replay from the log).
     fn applied_through(&self, last: u64) {
-        self.map().retain(|_, seq| *seq > last);
+        for ids in self.map().iter_mut() {
+            ids.retain(|_, seq| *seq > last);
+        }
     }
 }
 
@@ -250,10 +255,7 @@ impl Indexer {
             return;
         }
         state.sequence = last;
-        for stream in touched {
-            let n = self.counts.get(&stream).copied().unwrap_or(0);
-            state.counts.insert(stream, n);
-        }
+        copy_counts(&self.counts, touched, &mut state);
         drop(state);
         self.shared.applied.send_replace(last);
         self.shared.pending.applied(events);
@@ -281,10 +283,7 @@ impl Indexer {
             let mut state = self.shared.state_mut();
             let (touched, removed) = change.apply(&self.tree, &self.counts, state.sequence, first);
             state.first = first;
-            for stream in touched {
-                let n = self.counts.get(&stream).copied().unwrap_or(0);
-                state.counts.insert(stream, n);
-            }
+            copy_counts(&self.counts, touched, &mut state);
             removed
         };
         if let Err(err) = removed.and_then(|()| self.tree.flush().map(drop).map_err(Error::from)) {
@@ -314,5 +313,17 @@ impl Indexer {
         self.failed = false;
         self.shared.index_failed.store(false, Ordering::Release);
         Ok(())
+    }
+}
+
+/// Copies the counts of the streams a batch touched into the listing view.
+fn copy_counts(
+    counts: &Counts,
+    touched: std::collections::BTreeSet<(bool, String)>,
+    state: &mut crate::store::index::DurableState,
+) {
+    for stream in touched {
+        let n = counts.get(&stream).copied().unwrap_or(0);
+        state.counts.insert(stream, n);
     }
 }
