@@ -1,9 +1,11 @@
 //! Compiles `proto/` with protox (pure Rust, no protoc needed) and hands the descriptors to
 //! tonic-prost-build, twice (see `src/proto.rs` for why):
 //! - the **plain** set in OUT_DIR: every message as prost generates it, and the client;
-//! - the **wire** set in OUT_DIR/wire: the server, and the responses that carry events, with
-//!   `events.v1.Event` mapped to `crate::proto::wire::WireEvent` (stored bytes written as they
-//!   are) and every other message mapped to the plain set.
+//! - the **wire** set in OUT_DIR/wire: the server, the publish requests and the responses that
+//!   carry events, with `events.v1.Event` mapped to `crate::proto::wire::WireEvent` (stored
+//!   bytes written as they are), `google.protobuf.Struct` to `crate::proto::WireStruct` (a
+//!   publish's `data` kept as the bytes that arrived) and every other message mapped to the
+//!   plain set.
 //!
 //! The encoded descriptor set is also written to OUT_DIR for the gRPC reflection service, with
 //! imports and source info so `grpcurl describe` shows comments. It describes the real
@@ -11,11 +13,9 @@
 
 use std::{env, fs, path::PathBuf};
 
-/// Messages of `events.v1` the wire set takes from the plain set: everything but `Event` and
-/// the responses that hold it.
+/// Messages of `events.v1` the wire set takes from the plain set: everything but `Event`, the
+/// responses that hold it and the publish requests (whose `data` the server reads as bytes).
 const PLAIN: &[&str] = &[
-    "PublishEventRequest",
-    "PublishEventsRequest",
     "GetEventRequest",
     "ListEventsRequest",
     "SubscribeEventsRequest",
@@ -66,6 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .out_dir(&wire_dir)
         .extern_path(".events.v1.Event", "crate::proto::wire::WireEvent")
+        .extern_path(".google.protobuf.Struct", "crate::proto::WireStruct")
         .extern_path(".io.cloudevents.v1", "crate::proto::io::cloudevents::v1");
     for name in PLAIN {
         wire = wire.extern_path(format!(".events.v1.{name}"), format!("crate::proto::{name}"));

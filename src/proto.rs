@@ -7,17 +7,21 @@
 //! - **plain** (`events::v1`, re-exported here): every message as prost generates it, with
 //!   `Event` as a full struct, and the client. Requests, the CLI, the JSON paths and the tests
 //!   use it; decoding a response into it is what every other client does too.
-//! - **wire** ([`wire`]): what the server sends. `Event` is [`wire::WireEvent`], the stored
-//!   encoding written as it is (its `encoded_len` is the bytes' length), so GetEvent,
+//! - **wire** ([`wire`]): what the server reads and sends. `Event` is [`wire::WireEvent`], the
+//!   stored encoding written as it is (its `encoded_len` is the bytes' length), so GetEvent,
 //!   ListEvents, SubscribeEvents and the publish responses carry the bytes the store holds,
-//!   never a decode and re-encode. Only the responses holding an `Event`
-//!   (`PublishEventsResponse`, `ListEventsResponse`, `SubscribeEventsResponse`) and the
-//!   service trait are generated here; every other message is the plain set's type.
+//!   never a decode and re-encode. A publish's `data` is a [`WireStruct`], the bytes that
+//!   arrived, so a publish builds no `Struct` either. Only the publish requests, the responses
+//!   holding an `Event` (`PublishEventsResponse`, `ListEventsResponse`,
+//!   `SubscribeEventsResponse`) and the service trait are generated here; every other message
+//!   is the plain set's type.
 //!
 //! A message embedded in another is a length-delimited field, so a response carrying the stored
 //! bytes is byte-identical to one carrying a re-encoded `Event`: reflection serves the one real
 //! descriptor set, and grpcurl and every client decode responses unchanged. Two sets keep the
 //! full `Event` struct under its own name for decoding, rather than a second, renamed message.
+
+use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{self, decode_varint, encode_key, encode_varint, skip_field};
@@ -55,44 +59,61 @@ pub mod wire {
     pub use super::WireEvent;
 }
 
-/// An `events.v1.Event` as encoded bytes: written to the wire as they are, with no decode or
-/// re-encode. Built from a stored event (a reference count, not a copy). Decoded from a
-/// response (tests), it keeps each field's bytes in order, and [`WireEvent::decode`] gives the
-/// full message.
-#[derive(Clone, Default, PartialEq)]
-pub struct WireEvent(Bytes);
+/// A message of type `M` as encoded bytes: written to the wire as they are, with no decode or
+/// re-encode. Decoded from a message that holds it, it keeps each field's bytes in order (see
+/// [`append_field`]), so it never builds an `M`.
+pub struct Encoded<M> {
+    bytes: Bytes,
+    message: PhantomData<fn() -> M>,
+}
 
-impl WireEvent {
-    /// The `Event` encoding this carries.
+impl<M> Encoded<M> {
+    fn new(bytes: Bytes) -> Self {
+        Encoded { bytes, message: PhantomData }
+    }
+
+    /// The encoding this carries.
     pub fn bytes(&self) -> &Bytes {
-        &self.0
+        &self.bytes
     }
 
-    /// The full event.
-    pub fn decode(&self) -> Result<Event, DecodeError> {
-        prost::Message::decode(self.0.clone())
-    }
-}
-
-impl From<&crate::store::StoredEvent> for WireEvent {
-    fn from(event: &crate::store::StoredEvent) -> Self {
-        WireEvent(event.bytes().clone())
+    /// The encoding, as arrived or built.
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
     }
 }
 
-impl std::fmt::Debug for WireEvent {
+impl<M> Default for Encoded<M> {
+    fn default() -> Self {
+        Encoded::new(Bytes::new())
+    }
+}
+
+impl<M> Clone for Encoded<M> {
+    fn clone(&self) -> Self {
+        Encoded::new(self.bytes.clone())
+    }
+}
+
+impl<M> PartialEq for Encoded<M> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl<M> std::fmt::Debug for Encoded<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "WireEvent({} bytes)", self.0.len())
+        let name = std::any::type_name::<M>().rsplit("::").next().unwrap_or_default();
+        write!(f, "Encoded<{name}>({} bytes)", self.bytes.len())
     }
 }
 
-impl prost::Message for WireEvent {
+impl<M> prost::Message for Encoded<M> {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.0);
+        buf.put_slice(&self.bytes);
     }
 
-    /// Appends the field as it came: its key, then its value's bytes. Groups (proto2, never
-    /// part of an `Event`) are skipped, as prost skips any field it does not know.
+    /// Appends the field as it came (see [`append_field`]).
     fn merge_field(
         &mut self,
         tag: u32,
@@ -100,40 +121,101 @@ impl prost::Message for WireEvent {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        if matches!(wire_type, WireType::StartGroup | WireType::EndGroup) {
-            return skip_field(wire_type, tag, buf, ctx);
-        }
-        let mut out = Vec::from(std::mem::take(&mut self.0));
-        encode_key(tag, wire_type, &mut out);
-        match wire_type {
-            WireType::Varint => encode_varint(decode_varint(buf)?, &mut out),
-            WireType::ThirtyTwoBit => {
-                let mut value = 0;
-                encoding::fixed32::merge(wire_type, &mut value, buf, ctx)?;
-                out.put_u32_le(value);
-            }
-            WireType::SixtyFourBit => {
-                let mut value = 0;
-                encoding::fixed64::merge(wire_type, &mut value, buf, ctx)?;
-                out.put_u64_le(value);
-            }
-            _ => {
-                let mut value = Bytes::new();
-                encoding::bytes::merge(wire_type, &mut value, buf, ctx)?;
-                encode_varint(value.len() as u64, &mut out);
-                out.extend_from_slice(&value);
-            }
-        }
-        self.0 = Bytes::from(out);
+        let mut out = Vec::from(std::mem::take(&mut self.bytes));
+        append_field(&mut out, tag, wire_type, buf, ctx)?;
+        self.bytes = Bytes::from(out);
         Ok(())
     }
 
     fn encoded_len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
     }
 
     fn clear(&mut self) {
-        self.0 = Bytes::new();
+        self.bytes = Bytes::new();
+    }
+}
+
+/// Appends one field of a message being decoded to `out` as it came: its key, then its
+/// value's bytes, so `out` is an encoding of the message without it being built. Groups
+/// (proto2, never part of these messages) are skipped, as prost skips any field it does not
+/// know.
+fn append_field(
+    out: &mut Vec<u8>,
+    tag: u32,
+    wire_type: WireType,
+    buf: &mut impl Buf,
+    ctx: DecodeContext,
+) -> Result<(), DecodeError> {
+    if matches!(wire_type, WireType::StartGroup | WireType::EndGroup) {
+        return skip_field(wire_type, tag, buf, ctx);
+    }
+    encode_key(tag, wire_type, out);
+    match wire_type {
+        WireType::Varint => encode_varint(decode_varint(buf)?, out),
+        WireType::ThirtyTwoBit => {
+            let mut value = 0;
+            encoding::fixed32::merge(wire_type, &mut value, buf, ctx)?;
+            out.put_u32_le(value);
+        }
+        WireType::SixtyFourBit => {
+            let mut value = 0;
+            encoding::fixed64::merge(wire_type, &mut value, buf, ctx)?;
+            out.put_u64_le(value);
+        }
+        _ => {
+            let mut value = Bytes::new();
+            encoding::bytes::merge(wire_type, &mut value, buf, ctx)?;
+            encode_varint(value.len() as u64, out);
+            out.extend_from_slice(&value);
+        }
+    }
+    Ok(())
+}
+
+/// An `events.v1.Event` as encoded bytes: what the server sends. Built from a stored event (a
+/// reference count, not a copy). Decoded from a response (tests), [`WireEvent::decode`] gives
+/// the full message.
+pub type WireEvent = Encoded<Event>;
+
+impl WireEvent {
+    /// The full event.
+    pub fn decode(&self) -> Result<Event, DecodeError> {
+        prost::Message::decode(self.bytes.clone())
+    }
+}
+
+impl From<&crate::store::StoredEvent> for WireEvent {
+    fn from(event: &crate::store::StoredEvent) -> Self {
+        Encoded::new(event.bytes().clone())
+    }
+}
+
+/// A `google.protobuf.Struct` as the bytes that arrived: a publish's `data`, read by the
+/// server without building a `prost_types::Struct` (a tree of maps and strings, the bulk of a
+/// publish's CPU). `event::data` checks the bytes and keeps them when they are already the
+/// encoding eventsd stores; anything else is decoded and re-encoded there.
+pub type WireStruct = Encoded<prost_types::Struct>;
+
+impl WireStruct {
+    /// The encoding of a Struct.
+    pub fn from_struct(data: &prost_types::Struct) -> Self {
+        Encoded::new(Bytes::from(prost::Message::encode_to_vec(data)))
+    }
+}
+
+/// A plain request (built from JSON by the HTTP paths) as the server's request type.
+impl From<PublishEventRequest> for wire::PublishEventRequest {
+    fn from(req: PublishEventRequest) -> Self {
+        wire::PublishEventRequest {
+            id: req.id,
+            r#type: req.r#type,
+            data: req.data.as_ref().map(WireStruct::from_struct),
+            created: req.created,
+            livemode: req.livemode,
+            api_version: req.api_version,
+            source: req.source,
+        }
     }
 }
 

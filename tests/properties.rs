@@ -70,7 +70,7 @@ proptest! {
     #[test]
     fn publish_validation_never_panics_and_names_a_field(req in any_publish()) {
         let limits = EventLimits { max_data_bytes: 4096 };
-        if let Err(err) = NewEvent::from_request(req, &limits, "") {
+        if let Err(err) = NewEvent::from_request(req.into(), &limits, "") {
             let field = invalid_field(&err);
             prop_assert!(field.is_some_and(|f| !f.is_empty()), "{err:?}");
         }
@@ -79,7 +79,7 @@ proptest! {
     #[test]
     fn batch_validation_names_the_entry(reqs in prop::collection::vec(any_publish(), 0..5)) {
         let limits = EventLimits { max_data_bytes: 4096 };
-        if let Err(err) = NewEvent::batch_from_requests(reqs, &limits) {
+        if let Err(err) = NewEvent::batch_from_requests(reqs.into_iter().map(Into::into).collect(), &limits) {
             let field = invalid_field(&err).unwrap_or_default().to_string();
             prop_assert!(field.starts_with("events"), "{err:?}");
         }

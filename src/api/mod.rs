@@ -21,11 +21,8 @@ use crate::event::EventLimits;
 use crate::fanout::{Fanout, SubscribeEventsStream};
 use crate::metrics::Metrics;
 use crate::proto::event_service_server::EventService;
-use crate::proto::wire::{ListEventsResponse, PublishEventsResponse};
-use crate::proto::{
-    GetEventRequest, ListEventsRequest, PublishEventRequest, PublishEventsRequest,
-    SubscribeEventsRequest, WireEvent,
-};
+use crate::proto::wire::{self, ListEventsResponse, PublishEventsResponse};
+use crate::proto::{GetEventRequest, ListEventsRequest, SubscribeEventsRequest, WireEvent};
 use crate::service::list::{Listing, PageTokens};
 use crate::service::{self, IdIn, Publish};
 use crate::store::{EventStore, StoredEvent};
@@ -109,7 +106,7 @@ pub(crate) fn principal<T>(request: &Request<T>) -> Result<Principal, Error> {
 impl EventService for EventsApi {
     async fn publish_event(
         &self,
-        request: Request<PublishEventRequest>,
+        request: Request<wire::PublishEventRequest>,
     ) -> Result<Response<WireEvent>, Status> {
         let mut stored = self.publish(request, Publish::One).await?;
         let appended =
@@ -119,7 +116,7 @@ impl EventService for EventsApi {
 
     async fn publish_events(
         &self,
-        request: Request<PublishEventsRequest>,
+        request: Request<wire::PublishEventsRequest>,
     ) -> Result<Response<PublishEventsResponse>, Status> {
         let stored = self.publish(request, |r| Publish::Batch(r.events)).await?;
         let events = stored.iter().map(WireEvent::from).collect();

@@ -28,7 +28,7 @@ pub struct JsonError {
 }
 
 impl JsonError {
-    fn new(reason: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: impl Into<String>) -> Self {
         JsonError { at: String::new(), reason: reason.into() }
     }
 

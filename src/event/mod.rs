@@ -3,10 +3,12 @@
 //! Requests are validated once, here, at the boundary ([`NewEvent::from_request`] and
 //! [`NewEvent::batch_from_requests`]); the store only ever sees [`NewEvent`]s, so every rule
 //! about ids, types, sizes and timestamps lives in this module and nowhere else. The stored
-//! form is the public `events.v1.Event` message itself: encoding it once at commit time means
-//! GetEvent, ListEvents and SubscribeEvents serve the same bytes the writer made durable.
+//! form is the public `events.v1.Event` message itself: encoding it once at commit time
+//! ([`NewEvent::encode`]) means GetEvent, ListEvents and SubscribeEvents serve the same bytes
+//! the writer made durable. `data` stays encoded from the request to the log ([`data`]).
 
 pub mod cloudevent;
+pub(crate) mod data;
 pub(crate) mod filter;
 pub(crate) mod id;
 pub mod json;
@@ -15,11 +17,14 @@ pub(crate) mod wire_json;
 
 use std::collections::HashSet;
 
+use bytes::Bytes;
+use prost::encoding::{encode_key, encode_varint, WireType};
 use prost::Message;
 use prost_types::{Struct, Timestamp};
 
 use crate::error::Error;
-use crate::proto::{Event, PublishEventRequest};
+use crate::proto::wire::PublishEventRequest;
+use crate::store::StoredEvent;
 
 pub use filter::Filter;
 
@@ -45,8 +50,9 @@ pub struct NewEvent {
     pub id: Option<String>,
     /// The event key, such as `charge.create`.
     pub event_type: String,
-    /// The object snapshot.
-    pub data: Struct,
+    /// The object snapshot: the encoding of a valid `google.protobuf.Struct`, as eventsd
+    /// stores it ([`data::stored`]).
+    pub data: Bytes,
     /// When the event happened, if the caller said.
     pub created: Option<Timestamp>,
     /// Live (true) or test (false).
@@ -85,9 +91,9 @@ impl NewEvent {
         let Some(data) = req.data else {
             return Err(Error::invalid(name("data"), "is required (a JSON object)"));
         };
-        json::validate_struct(&data)
+        let data = data::stored(data.into_bytes())
             .map_err(|e| Error::invalid(name(&e.path("data")), e.reason))?;
-        let size = data.encoded_len();
+        let size = data.len();
         if size > limits.max_data_bytes {
             return Err(Error::invalid(
                 name("data"),
@@ -141,45 +147,77 @@ impl NewEvent {
         Ok(events)
     }
 
-    /// Builds the stored event. `id` is the caller's or a generated one; `sequence` and
-    /// `received` are assigned by the committer.
-    pub fn into_event(self, id: String, sequence: u64, received: Timestamp) -> Event {
-        Event {
-            location: format!("/events/{id}"),
-            id,
-            r#type: self.event_type,
-            created: Some(self.created.unwrap_or(received)),
-            received: Some(received),
-            livemode: self.livemode,
-            data: Some(self.data),
-            api_version: self.api_version,
-            sequence,
-            source: self.source,
+    /// The stored encoding of the event: an `events.v1.Event` exactly as prost encodes it,
+    /// with `data` written as it is. `id` is the caller's or a generated one; `sequence` and
+    /// `received` are assigned by the committer (a sequence of 0 is left out, as a replicated
+    /// stream stores an event before it assigns the sequence).
+    pub fn encode(&self, id: &str, sequence: u64, received: Timestamp) -> Vec<u8> {
+        use prost::encoding::{bool, message, string, uint64};
+        let id = id.to_string();
+        let location = format!("/events/{id}");
+        let created = self.created.unwrap_or(received);
+        let labels = self.event_type.len() + self.api_version.len() + self.source.len();
+        let mut out = Vec::with_capacity(self.data.len() + 2 * id.len() + labels + 64);
+        if !id.is_empty() {
+            string::encode(1, &id, &mut out);
         }
+        if !self.event_type.is_empty() {
+            string::encode(2, &self.event_type, &mut out);
+        }
+        message::encode(3, &created, &mut out);
+        message::encode(4, &received, &mut out);
+        if self.livemode {
+            bool::encode(5, &self.livemode, &mut out);
+        }
+        encode_key(6, WireType::LengthDelimited, &mut out);
+        encode_varint(self.data.len() as u64, &mut out);
+        out.extend_from_slice(&self.data);
+        if !self.api_version.is_empty() {
+            string::encode(7, &self.api_version, &mut out);
+        }
+        string::encode(8, &location, &mut out);
+        if sequence != 0 {
+            uint64::encode(9, &sequence, &mut out);
+        }
+        if !self.source.is_empty() {
+            string::encode(10, &self.source, &mut out);
+        }
+        out
     }
 
     /// The first field in which this request differs from the stored event, or `None` when
     /// the request is an exact repeat (fields the caller left out are not compared).
-    pub fn differs_from(&self, stored: &Event) -> Option<&'static str> {
-        if self.event_type != stored.r#type {
-            return Some("type");
+    pub fn differs_from(&self, stored: &StoredEvent) -> Result<Option<&'static str>, Error> {
+        if self.event_type != stored.event_type() {
+            return Ok(Some("type"));
         }
-        if Some(&self.data) != stored.data.as_ref() {
-            return Some("data");
+        if !self.same_data(stored)? {
+            return Ok(Some("data"));
         }
-        if self.livemode != stored.livemode {
-            return Some("livemode");
+        if self.livemode != stored.livemode() {
+            return Ok(Some("livemode"));
         }
-        if self.api_version != stored.api_version {
-            return Some("api_version");
+        if self.api_version != stored.api_version() {
+            return Ok(Some("api_version"));
         }
-        if self.source != stored.source {
-            return Some("source");
+        if self.source != stored.source() {
+            return Ok(Some("source"));
         }
-        if self.created.is_some() && self.created != stored.created {
-            return Some("created");
+        if self.created.is_some_and(|created| created != stored.created()) {
+            return Ok(Some("created"));
         }
-        None
+        Ok(None)
+    }
+
+    /// Whether `data` equals the stored event's: the same bytes, or else the same Struct
+    /// (two encodings of one Struct, such as 0.0 and -0.0, which compare equal).
+    fn same_data(&self, stored: &StoredEvent) -> Result<bool, Error> {
+        if stored.data_bytes()? == Some(&self.data[..]) {
+            return Ok(true);
+        }
+        let mine = Struct::decode(&self.data[..])
+            .map_err(|e| Error::Internal(format!("validated data does not decode: {e}")))?;
+        Ok(stored.decode()?.data.as_ref() == Some(&mine))
     }
 }
 

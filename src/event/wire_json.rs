@@ -99,6 +99,20 @@ pub fn data_json(event: &[u8]) -> Result<Option<Vec<u8>>, Error> {
     Ok(Some(out))
 }
 
+/// The bytes of an encoded event's `data` field when it holds exactly one.
+pub fn data_field(event: &[u8]) -> Result<Option<&[u8]>, Error> {
+    let mut found = None;
+    for field in fields(event) {
+        if let (EVENT_DATA, field) = field? {
+            let Field::Bytes(data) = field else { return Err(corrupt("data is not a message")) };
+            if found.replace(data).is_some() {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// The value of the top-level string field `key` of an encoded event's `data`, if any.
 pub fn data_string(event: &[u8], key: &str) -> Result<Option<String>, Error> {
     let mut entries = Vec::new();

@@ -128,9 +128,10 @@ async fn receive_webhook(
     let request = webhook_request(delivery, livemode, &source_name)
         .map_err(|e| as_sent_by(source.provider, e))?;
     let sender = Principal::webhook(&source_name);
-    let stored = service::publish(&*state.store, &state.limits, &sender, Publish::One(request))
-        .await
-        .map_err(|e| as_sent_by(source.provider, e))?;
+    let stored =
+        service::publish(&*state.store, &state.limits, &sender, Publish::One(request.into()))
+            .await
+            .map_err(|e| as_sent_by(source.provider, e))?;
     created(stored)
 }
 
@@ -157,7 +158,8 @@ async fn receive_publish(
     let json = parse_json(&body)?;
     let request = publish_request(&json)?;
     let stored =
-        service::publish(&*state.store, &state.limits, &caller, Publish::One(request)).await?;
+        service::publish(&*state.store, &state.limits, &caller, Publish::One(request.into()))
+            .await?;
     created(stored)
 }
 

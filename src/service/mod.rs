@@ -24,7 +24,8 @@ use crate::error::Error;
 use crate::event::{id, EventLimits, Filter, NewEvent};
 use crate::fanout::{Fanout, Start, SubscribeEventsStream};
 use crate::proto::subscribe_events_request::Start as StartProto;
-use crate::proto::{Format, PublishEventRequest, SubscribeEventsRequest};
+use crate::proto::wire::PublishEventRequest;
+use crate::proto::{Format, SubscribeEventsRequest};
 use crate::store::{Appended, EventStore, StoredEvent};
 use list::{Listing, PageTokens};
 

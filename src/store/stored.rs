@@ -20,7 +20,7 @@ use prost::Message;
 use prost_types::Timestamp;
 
 use crate::error::Error;
-use crate::event::wire_json;
+use crate::event::{wire_json, NewEvent};
 use crate::proto::Event;
 
 /// One stored event: its `events.v1.Event` encoding, written once at publish, and the few
@@ -105,6 +105,24 @@ impl StoredEvent {
         StoredEvent(Inner::new(Bytes::from(event.encode_to_vec()), routing))
     }
 
+    /// Encodes a new event once ([`NewEvent::encode`]), with the id and the sequence the
+    /// committer assigned.
+    pub fn from_new(new: &NewEvent, id: String, sequence: u64, received: Timestamp) -> Self {
+        let bytes = Bytes::from(new.encode(&id, sequence, received));
+        let routing = Routing {
+            location: format!("/events/{id}"),
+            id,
+            r#type: new.event_type.clone(),
+            created: Some(new.created.unwrap_or(received)),
+            received: Some(received),
+            livemode: new.livemode,
+            api_version: new.api_version.clone(),
+            sequence,
+            source: new.source.clone(),
+        };
+        StoredEvent(Inner::new(bytes, routing))
+    }
+
     /// From an event encoded without its sequence (sequence 0, so the field is absent), as a
     /// replicated stream stores it before the stream assigns the sequence: the sequence field
     /// is appended. Protobuf reads a repeated scalar field as its last value, so the result is
@@ -163,6 +181,12 @@ impl StoredEvent {
         &self.0.routing.location
     }
 
+    /// The encoded `data` Struct as stored, or `None` when the event has no `data` field or
+    /// (never written by eventsd) has it more than once.
+    pub fn data_bytes(&self) -> Result<Option<&[u8]>, Error> {
+        wire_json::data_field(&self.0.bytes)
+    }
+
     /// The JSON text of `data` (`None` if the event has none), transcoded from the stored
     /// bytes once and shared by every reader of this event.
     pub fn data_json(&self) -> Result<Option<&Bytes>, Error> {
@@ -213,6 +237,7 @@ impl PartialEq for StoredEvent {
 mod tests {
     use super::*;
     use crate::event::json::object_to_struct;
+    use prost_types::Struct;
 
     fn sample(sequence: u64) -> Event {
         let data = serde_json::json!({"object": "charge", "amount": 100});
@@ -256,5 +281,77 @@ mod tests {
     fn bytes_that_are_not_an_event_are_corrupt() {
         let err = StoredEvent::from_bytes(Bytes::from_static(&[0x0a, 0xff])).unwrap_err();
         assert!(matches!(err, Error::Corrupt(_)), "{err}");
+    }
+
+    /// A new event as a publish request carries it: the fields of `event` the caller gives.
+    fn new_event(event: &Event, given_created: bool) -> NewEvent {
+        NewEvent {
+            id: Some(event.id.clone()),
+            event_type: event.r#type.clone(),
+            data: Bytes::from(event.data.as_ref().unwrap().encode_to_vec()),
+            created: if given_created { event.created } else { None },
+            livemode: event.livemode,
+            api_version: event.api_version.clone(),
+            source: event.source.clone(),
+        }
+    }
+
+    #[test]
+    fn a_new_event_is_encoded_exactly_as_prost_encodes_the_event() {
+        for sequence in [0, 1, 42, u64::MAX] {
+            for (livemode, labels, given_created) in
+                [(true, true, true), (false, false, false), (true, false, false)]
+            {
+                let mut event = sample(sequence);
+                event.livemode = livemode;
+                if !labels {
+                    event.api_version.clear();
+                    event.source.clear();
+                }
+                let received = event.received.unwrap();
+                if !given_created {
+                    event.created = Some(received);
+                }
+                let new = new_event(&event, given_created);
+                let stored = StoredEvent::from_new(&new, event.id.clone(), sequence, received);
+                assert_eq!(stored.bytes()[..], event.encode_to_vec()[..], "{sequence} {livemode}");
+                // The routing fields agree with the ones decoded from the bytes.
+                let decoded = StoredEvent::from_bytes(stored.bytes().clone()).unwrap();
+                assert_eq!(stored.0.routing, decoded.0.routing);
+                assert_eq!(stored.data_bytes().unwrap(), Some(&new.data[..]));
+                assert_eq!(new.differs_from(&stored).unwrap(), None);
+            }
+        }
+    }
+
+    #[test]
+    fn a_repeat_differs_in_the_first_field_it_changes() {
+        let event = sample(3);
+        let stored = StoredEvent::from_event(&event);
+        let mut new = new_event(&event, true);
+        assert_eq!(new.differs_from(&stored).unwrap(), None);
+        // Another encoding of the same data is the same data.
+        let mut zero = event.clone();
+        let negative =
+            prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(-0.0)) };
+        zero.data.as_mut().unwrap().fields.insert("zero".into(), negative);
+        let stored_zero = StoredEvent::from_event(&zero);
+        let mut positive = zero.data.clone().unwrap();
+        positive.fields.insert(
+            "zero".into(),
+            prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(0.0)) },
+        );
+        new.data = Bytes::from(positive.encode_to_vec());
+        assert_ne!(stored_zero.data_bytes().unwrap(), Some(&new.data[..]));
+        assert_eq!(new.differs_from(&stored_zero).unwrap(), None);
+        new.data = Bytes::from(Struct::default().encode_to_vec());
+        assert_eq!(new.differs_from(&stored).unwrap(), Some("data"));
+        let mut new = new_event(&event, true);
+        new.created = Some(Timestamp { seconds: 1, nanos: 0 });
+        assert_eq!(new.differs_from(&stored).unwrap(), Some("created"));
+        new.source = "komoju".into();
+        assert_eq!(new.differs_from(&stored).unwrap(), Some("source"));
+        new.event_type = "charge.update".into();
+        assert_eq!(new.differs_from(&stored).unwrap(), Some("type"));
     }
 }

@@ -222,8 +222,7 @@ impl Writer {
                     self.last_seq += 1;
                     // Encoded once, here: these bytes are what the log holds and every
                     // reader sends.
-                    let event =
-                        StoredEvent::from_event(&new.into_event(id, self.last_seq, received));
+                    let event = StoredEvent::from_new(&new, id, self.last_seq, received);
                     round
                         .staged
                         .insert((event.livemode(), event.id().to_string()), round.fresh.len());
@@ -257,7 +256,7 @@ impl Writer {
             let id = given.clone();
             return Ok(Resolved::New(event, id));
         };
-        match event.differs_from(&existing.decode()?) {
+        match event.differs_from(&existing)? {
             None => Ok(Resolved::Existing(existing)),
             Some(field) => Err(Error::AlreadyExists { id: given.clone(), field }),
         }

@@ -38,8 +38,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use prost::Message;
 use prost_types::Timestamp;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +46,6 @@ use tokio_util::task::TaskTracker;
 use crate::error::Error;
 use crate::event::{id, time, NewEvent};
 use crate::metrics::Metrics;
-use crate::proto::Event;
 use crate::store::jetstream::api::{Api, Failure};
 use crate::store::jetstream::follow::read_index;
 use crate::store::jetstream::index::{MemIndex, SharedIndex};
@@ -96,9 +93,9 @@ struct Inner {
 
 /// How one event of an append resolves.
 enum Slot {
-    /// To be published (an id not seen stored yet): the event and its payload, encoded once
-    /// (without a sequence, which the stream assigns).
-    Pending(Box<Event>, Bytes),
+    /// To be published (an id not seen stored yet): the event encoded once, without a
+    /// sequence (which the stream assigns); its bytes are the message's payload.
+    Pending(StoredEvent),
     /// Stored before this call, or by an earlier attempt of this call.
     Stored(StoredEvent),
     /// Stored by this call.
@@ -261,18 +258,16 @@ impl JetStreamStore {
         for (i, new) in events.iter().enumerate() {
             let given = new.id.clone();
             if let Some(&first) = given.as_ref().and_then(|id| positions.get(id)) {
-                let Slot::Pending(earlier, _) = &slots[first] else { unreachable_slot()? };
-                if let Some(field) = new.differs_from(earlier) {
-                    return Err(Error::AlreadyExists { id: earlier.id.clone(), field });
+                let Slot::Pending(earlier) = &slots[first] else { unreachable_slot()? };
+                if let Some(field) = new.differs_from(earlier)? {
+                    return Err(Error::AlreadyExists { id: earlier.id().to_string(), field });
                 }
                 slots.push(Slot::RepeatOf(first));
                 continue;
             }
             let id = given.unwrap_or_else(|| id::generate(new.livemode, millis));
             positions.insert(id.clone(), i);
-            let event = new.clone().into_event(id, 0, received);
-            let payload = Bytes::from(event.encode_to_vec());
-            slots.push(Slot::Pending(Box::new(event), payload));
+            slots.push(Slot::Pending(StoredEvent::from_new(new, id, 0, received)));
         }
         let mut conflicts = 0;
         loop {
@@ -284,8 +279,8 @@ impl JetStreamStore {
             match self.publish(&slots, &pending).await {
                 Ok(first_seq) => {
                     for (n, &i) in pending.iter().enumerate() {
-                        if let Slot::Pending(_, payload) = &slots[i] {
-                            let event = api::decode(first_seq + n as u64, payload)?;
+                        if let Slot::Pending(pending) = &slots[i] {
+                            let event = api::decode(first_seq + n as u64, pending.bytes())?;
                             slots[i] = Slot::Published(event);
                         }
                     }
@@ -299,9 +294,9 @@ impl JetStreamStore {
                         ));
                     }
                     for &i in &pending {
-                        let Slot::Pending(event, _) = &slots[i] else { continue };
-                        if let Some(stored) = self.stored(event.livemode, &event.id).await? {
-                            if let Some(field) = events[i].differs_from(&stored.decode()?) {
+                        let Slot::Pending(event) = &slots[i] else { continue };
+                        if let Some(stored) = self.stored(event.livemode(), event.id()).await? {
+                            if let Some(field) = events[i].differs_from(&stored)? {
                                 let id = stored.id().to_string();
                                 return Err(Error::AlreadyExists { id, field });
                             }
@@ -359,11 +354,11 @@ impl JetStreamStore {
         let stream = self.0.api.stream();
         let mut messages = Vec::with_capacity(pending.len());
         for &i in pending {
-            let Slot::Pending(event, payload) = &slots[i] else { continue };
+            let Slot::Pending(event) = &slots[i] else { continue };
             messages.push((
-                subject::event(stream, &event.id, event.livemode, &event.r#type),
-                subject::id_filter(stream, &event.id, event.livemode),
-                payload.clone(),
+                subject::event(stream, event.id(), event.livemode(), event.event_type()),
+                subject::id_filter(stream, event.id(), event.livemode()),
+                event.bytes().clone(),
             ));
         }
         if messages.len() == 1 {
