@@ -21,7 +21,7 @@ const EVENT_DATA: u32 = 6;
 const MAX_DEPTH: usize = 100;
 
 /// One field of an encoded message.
-enum Field<'a> {
+pub(crate) enum Field<'a> {
     Varint(u64),
     Fixed64(u64),
     Fixed32,
@@ -33,7 +33,7 @@ fn corrupt(what: &str) -> Error {
 }
 
 /// The fields of an encoded message, in wire order.
-fn fields(mut buf: &[u8]) -> impl Iterator<Item = Result<(u32, Field<'_>), Error>> {
+pub(crate) fn fields(mut buf: &[u8]) -> impl Iterator<Item = Result<(u32, Field<'_>), Error>> {
     std::iter::from_fn(move || {
         if buf.is_empty() {
             return None;

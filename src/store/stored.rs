@@ -6,12 +6,14 @@
 //!   pages and every subscriber send these, never a re-encoding.
 //! - **Cheap to share**: a clone is one reference count, so the recent-events cache, a list
 //!   page and a thousand subscribers hold one copy of each event between them.
-//! - **Routing without `data`**: type, mode, times, labels and sequence are decoded once from
-//!   the bytes, skipping `data` (the bulk of an event), so filters and indexes never pay for it.
+//! - **Routing without `data`, and without copies**: type, mode, times, labels and sequence
+//!   are read once from the bytes, skipping `data` (the bulk of an event); strings stay in
+//!   the bytes (a range each), so reading an event from the log allocates nothing beyond its
+//!   one shared handle, and filters and indexes never pay for `data`.
 //! - **JSON once**: [`StoredEvent::data_json`] transcodes `data` from the bytes the first time a
 //!   JSON reader asks, and every later reader of the event shares that text.
 //!   [`StoredEvent::decode`] gives the whole message to the few paths that need `data` as a
-//!   `Struct` (idempotency comparison, the CLI).
+//!   `Struct` (an idempotent repeat whose `data` bytes differ, the CLI).
 
 use std::sync::{Arc, OnceLock};
 
@@ -20,7 +22,8 @@ use prost::Message;
 use prost_types::Timestamp;
 
 use crate::error::Error;
-use crate::event::{wire_json, NewEvent};
+use crate::event::wire_json::{self, Field};
+use crate::event::NewEvent;
 use crate::proto::Event;
 
 /// One stored event: its `events.v1.Event` encoding, written once at publish, and the few
@@ -43,38 +46,69 @@ impl Inner {
     }
 }
 
-/// Every field of `events.v1.Event` but `data`, under the same field numbers. prost skips
-/// the field this message does not declare, so decoding it reads past `data` without
-/// building a `Struct`.
-#[derive(Clone, PartialEq, prost::Message)]
+/// Every field of `events.v1.Event` but `data`, read from the bytes in one pass with no
+/// allocation: strings are ranges of the bytes (checked to be UTF-8 once, here), the rest
+/// values. Like a protobuf decoder it skips unknown fields and keeps the last of a repeated
+/// one, and refuses what a decoder refuses (a known field of the wrong wire type, a string
+/// that is not UTF-8, a truncated field).
+#[derive(Debug, Clone, Default, PartialEq)]
 struct Routing {
-    /// `Event.id`.
-    #[prost(string, tag = "1")]
-    id: String,
-    /// `Event.type`.
-    #[prost(string, tag = "2")]
-    r#type: String,
-    /// `Event.created`.
-    #[prost(message, optional, tag = "3")]
+    id: Span,
+    r#type: Span,
     created: Option<Timestamp>,
-    /// `Event.received`.
-    #[prost(message, optional, tag = "4")]
     received: Option<Timestamp>,
-    /// `Event.livemode`.
-    #[prost(bool, tag = "5")]
     livemode: bool,
-    /// `Event.api_version`.
-    #[prost(string, tag = "7")]
-    api_version: String,
-    /// `Event.location`.
-    #[prost(string, tag = "8")]
-    location: String,
-    /// `Event.sequence`.
-    #[prost(uint64, tag = "9")]
+    api_version: Span,
+    location: Span,
     sequence: u64,
-    /// `Event.source`.
-    #[prost(string, tag = "10")]
-    source: String,
+    source: Span,
+}
+
+/// Where a string field lies in the event's bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Routing {
+    fn parse(bytes: &[u8]) -> Result<Routing, String> {
+        let mut routing = Routing::default();
+        let base = bytes.as_ptr() as usize;
+        for field in wire_json::fields(bytes) {
+            let (tag, field) = field.map_err(|e| e.to_string())?;
+            match (tag, field) {
+                (1 | 2 | 7 | 8 | 10, Field::Bytes(text)) => {
+                    std::str::from_utf8(text).map_err(|_| format!("field {tag} is not UTF-8"))?;
+                    let span = Span {
+                        start: (text.as_ptr() as usize - base) as u32,
+                        len: text.len() as u32,
+                    };
+                    match tag {
+                        1 => routing.id = span,
+                        2 => routing.r#type = span,
+                        7 => routing.api_version = span,
+                        8 => routing.location = span,
+                        _ => routing.source = span,
+                    }
+                }
+                (3 | 4, Field::Bytes(message)) => {
+                    let time = Timestamp::decode(message).map_err(|e| e.to_string())?;
+                    if tag == 3 {
+                        routing.created = Some(time);
+                    } else {
+                        routing.received = Some(time);
+                    }
+                }
+                (5, Field::Varint(flag)) => routing.livemode = flag != 0,
+                (9, Field::Varint(sequence)) => routing.sequence = sequence,
+                (6, Field::Bytes(_)) => {}
+                (1..=10, _) => return Err(format!("field {tag} has the wrong wire type")),
+                _ => {}
+            }
+        }
+        Ok(routing)
+    }
 }
 
 /// The field number of `Event.sequence`, for [`StoredEvent::from_unsequenced`].
@@ -84,43 +118,26 @@ impl StoredEvent {
     /// From an encoded `Event` (as read from the store); decodes only the routing fields.
     /// Bytes that do not decode are [`Error::Corrupt`].
     pub fn from_bytes(bytes: Bytes) -> Result<Self, Error> {
-        let routing = Routing::decode(bytes.clone())
+        let routing = Routing::parse(&bytes)
             .map_err(|e| Error::Corrupt(format!("a stored event does not decode: {e}")))?;
         Ok(StoredEvent(Inner::new(bytes, routing)))
     }
 
-    /// Encodes an event once.
+    /// Encodes an event (tests build events this way).
+    #[cfg(test)]
     pub fn from_event(event: &Event) -> Self {
-        let routing = Routing {
-            id: event.id.clone(),
-            r#type: event.r#type.clone(),
-            created: event.created,
-            received: event.received,
-            livemode: event.livemode,
-            api_version: event.api_version.clone(),
-            location: event.location.clone(),
-            sequence: event.sequence,
-            source: event.source.clone(),
-        };
-        StoredEvent(Inner::new(Bytes::from(event.encode_to_vec()), routing))
+        Self::from_bytes(Bytes::from(event.encode_to_vec())).expect("an encoded Event parses")
     }
 
     /// Encodes a new event once ([`NewEvent::encode`]), with the id and the sequence the
     /// committer assigned.
-    pub fn from_new(new: &NewEvent, id: String, sequence: u64, received: Timestamp) -> Self {
-        let bytes = Bytes::from(new.encode(&id, sequence, received));
-        let routing = Routing {
-            location: format!("/events/{id}"),
-            id,
-            r#type: new.event_type.clone(),
-            created: Some(new.created.unwrap_or(received)),
-            received: Some(received),
-            livemode: new.livemode,
-            api_version: new.api_version.clone(),
-            sequence,
-            source: new.source.clone(),
-        };
-        StoredEvent(Inner::new(bytes, routing))
+    pub fn from_new(
+        new: &NewEvent,
+        id: String,
+        sequence: u64,
+        received: Timestamp,
+    ) -> Result<Self, Error> {
+        Self::from_bytes(Bytes::from(new.encode(&id, sequence, received)))
     }
 
     /// From an event encoded without its sequence (sequence 0, so the field is absent), as a
@@ -135,6 +152,14 @@ impl StoredEvent {
         Self::from_bytes(Bytes::from(bytes))
     }
 
+    /// A string field of the event.
+    fn text(&self, span: Span) -> &str {
+        let bytes = &self.0.bytes[span.start as usize..][..span.len as usize];
+        // SAFETY: `Routing::parse` checked that every span it records is UTF-8, and the
+        // bytes never change after it.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
+
     /// The stored encoding of the `events.v1.Event`.
     pub fn bytes(&self) -> &Bytes {
         &self.0.bytes
@@ -147,17 +172,17 @@ impl StoredEvent {
 
     /// The event id (unique per mode).
     pub fn id(&self) -> &str {
-        &self.0.routing.id
+        self.text(self.0.routing.id)
     }
 
     /// The event type, such as `charge.create`.
     pub fn event_type(&self) -> &str {
-        &self.0.routing.r#type
+        self.text(self.0.routing.r#type)
     }
 
     /// The producer name (empty if not given).
     pub fn source(&self) -> &str {
-        &self.0.routing.source
+        self.text(self.0.routing.source)
     }
 
     /// Live (true) or test (false).
@@ -173,12 +198,12 @@ impl StoredEvent {
 
     /// Schema version of `data` (empty if not given).
     pub fn api_version(&self) -> &str {
-        &self.0.routing.api_version
+        self.text(self.0.routing.api_version)
     }
 
     /// The event's path on the HTTP listener.
     pub fn location(&self) -> &str {
-        &self.0.routing.location
+        self.text(self.0.routing.location)
     }
 
     /// The encoded `data` Struct as stored, or `None` when the event has no `data` field or
@@ -279,8 +304,19 @@ mod tests {
 
     #[test]
     fn bytes_that_are_not_an_event_are_corrupt() {
-        let err = StoredEvent::from_bytes(Bytes::from_static(&[0x0a, 0xff])).unwrap_err();
-        assert!(matches!(err, Error::Corrupt(_)), "{err}");
+        // Truncated; an id that is not UTF-8; livemode as a string; sequence as a string.
+        let bad: [&[u8]; 4] = [&[0x0a, 0xff], &[0x0a, 1, 0xff], &[0x2a, 1, b'x'], &[0x4a, 0]];
+        for bytes in bad {
+            let err = StoredEvent::from_bytes(Bytes::from_static(bytes)).unwrap_err();
+            assert!(matches!(err, Error::Corrupt(_)), "{bytes:?}: {err}");
+            assert!(Event::decode(bytes).is_err(), "a decoder refuses {bytes:?} too");
+        }
+        // Unknown fields are skipped, as a decoder skips them.
+        let mut bytes = sample(5).encode_to_vec();
+        bytes.extend([0x98, 0x06, 1]); // field 99, varint 1
+        let stored = StoredEvent::from_bytes(Bytes::from(bytes)).unwrap();
+        assert_eq!(stored.sequence(), 5);
+        assert_eq!(stored.id(), "evnt_test_1");
     }
 
     /// A new event as a publish request carries it: the fields of `event` the caller gives.
@@ -313,7 +349,8 @@ mod tests {
                     event.created = Some(received);
                 }
                 let new = new_event(&event, given_created);
-                let stored = StoredEvent::from_new(&new, event.id.clone(), sequence, received);
+                let stored =
+                    StoredEvent::from_new(&new, event.id.clone(), sequence, received).unwrap();
                 assert_eq!(stored.bytes()[..], event.encode_to_vec()[..], "{sequence} {livemode}");
                 // The routing fields agree with the ones decoded from the bytes.
                 let decoded = StoredEvent::from_bytes(stored.bytes().clone()).unwrap();

@@ -215,21 +215,26 @@ impl Writer {
             .collect::<Result<Vec<_>, _>>()?;
         let received = *round.received.get_or_insert_with(time::now);
         let mut out = Vec::with_capacity(resolved.len());
+        let mut next = self.last_seq;
+        let mut fresh = Vec::new();
         for r in resolved {
             match r {
                 Resolved::Existing(event) => out.push(Appended { event, new: false }),
                 Resolved::New(new, id) => {
-                    self.last_seq += 1;
+                    next += 1;
                     // Encoded once, here: these bytes are what the log holds and every
                     // reader sends.
-                    let event = StoredEvent::from_new(&new, id, self.last_seq, received);
-                    round
-                        .staged
-                        .insert((event.livemode(), event.id().to_string()), round.fresh.len());
-                    round.fresh.push(event.clone());
+                    let event = StoredEvent::from_new(&new, id, next, received)?;
+                    fresh.push(event.clone());
                     out.push(Appended { event, new: true });
                 }
             }
+        }
+        // Nothing is staged until every event of the request is encoded.
+        self.last_seq = next;
+        for event in fresh {
+            round.staged.insert((event.livemode(), event.id().to_string()), round.fresh.len());
+            round.fresh.push(event);
         }
         Ok(out)
     }
