@@ -37,27 +37,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use child::{dump, fingerprint, Client, Server};
-use cluster::Cluster;
+use cluster::{enabled, Cluster};
 use eventsd::proto::subscribe_events_request::Start;
 use eventsd::proto::subscribe_events_response::Item;
 use eventsd::proto::{
     Event, GetEventRequest, ListEventsRequest, PublishEventsRequest, SubscribeEventsRequest,
 };
 use publishers::{
-    check_contiguous, lost_or_doubled, publisher, request, until_acked, Acked, PHASE_LIMIT,
+    check_contiguous, events_per_publisher, lost_or_doubled, request, until_acked, Acked,
+    PHASE_LIMIT,
 };
 use tonic::Code;
 
 /// The stream every instance of a test shares.
 const STREAM: &str = "EVENTSD";
-
-fn enabled(test: &str) -> bool {
-    let on = std::env::var("EVENTSD_NATS_TESTS").is_ok_and(|v| v == "1");
-    if !on {
-        eprintln!("{test}: skipped (set EVENTSD_NATS_TESTS=1 to run the JetStream tests)");
-    }
-    on
-}
 
 /// A cluster; `EVENTSD_NATS_SYNC_ALWAYS=1` makes its nodes fsync before every ack.
 fn start_cluster() -> Cluster {
@@ -194,18 +187,13 @@ async fn a_node_killed_during_publishing_loses_no_acknowledged_event() {
     if !enabled("a_node_killed_during_publishing_loses_no_acknowledged_event") {
         return;
     }
-    let per_task: usize =
-        std::env::var("EVENTSD_NATS_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let per_task = events_per_publisher(300);
     let cluster = start_cluster();
     let dir = tempfile::tempdir().expect("temp dir");
     let a = instance(&cluster, dir.path(), "a", &[]).await;
     let b = instance(&cluster, dir.path(), "b", &[]).await;
     let acked = Arc::new(Acked::default());
-    let mut tasks = Vec::new();
-    for task in 0..8 {
-        let client = if task % 2 == 0 { a.client().await } else { b.client().await };
-        tasks.push(tokio::spawn(publisher(client, task, per_task, acked.clone())));
-    }
+    let tasks = publishers::spawn(&[a.grpc, b.grpc], 8, per_task, &acked).await;
     let total = 8 * per_task as u64;
 
     // Kill the stream leader a quarter of the way in, then a follower at half way.
@@ -221,9 +209,7 @@ async fn a_node_killed_during_publishing_loses_no_acknowledged_event() {
     println!("killed follower node {follower} at {} acked", acked.count.load(Ordering::Relaxed));
     until_acked(&acked, total * 3 / 4).await;
     cluster.restart(follower);
-    for task in tasks {
-        tokio::time::timeout(PHASE_LIMIT, task).await.expect("publisher hang guard").unwrap();
-    }
+    publishers::join(tasks).await;
 
     // Every acknowledged event is stored once, byte for byte, in a gapless sequence.
     let acked_events = acked.events.lock().unwrap().clone();
@@ -254,10 +240,7 @@ async fn subscribers_of_a_killed_instance_resume_on_the_other_with_nothing_lost(
     let b = instance(&cluster, dir.path(), "b", &[]).await;
     let acked = Arc::new(Acked::default());
     let per_task = 250;
-    let mut tasks = Vec::new();
-    for task in 0..4 {
-        tasks.push(tokio::spawn(publisher(b.client().await, task, per_task, acked.clone())));
-    }
+    let tasks = publishers::spawn(&[b.grpc], 4, per_task, &acked).await;
     let total = 4 * per_task as u64;
 
     // A subscriber on A, from the beginning; A is killed once it has received a third.
@@ -294,9 +277,7 @@ async fn subscribers_of_a_killed_instance_resume_on_the_other_with_nothing_lost(
             None => panic!("the stream ended"),
         }
     }
-    for task in tasks {
-        tokio::time::timeout(PHASE_LIMIT, task).await.expect("publisher hang guard").unwrap();
-    }
+    publishers::join(tasks).await;
     let (last, took) = resumed_after.expect("instance a was killed");
     println!(
         "instance a killed after sequence {last}; resumed on b in {took:?}; {} received",

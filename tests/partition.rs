@@ -4,9 +4,11 @@
 //! partition, instead of being reset as after a kill.
 //!
 //! - **A node cut off while publishing**: eight publishers publish through two instances,
-//!   each retrying a failed call with the same ids; the stream leader is cut off, healed, then
-//!   a follower. Afterwards the stream holds sequences exactly 1..=N, every acknowledged event
-//!   byte for byte, and no id twice, on both instances.
+//!   each retrying a failed call with the same ids; the node instance A is connected to, made
+//!   the stream leader, is cut off and healed, then the node instance B is connected to.
+//!   Publishing must go on during each cut (a new leader, a new connection), and afterwards
+//!   the stream holds sequences exactly 1..=N, every acknowledged event byte for byte, and no
+//!   id twice, on both instances.
 //! - **An instance cut off from the majority**: instance A runs on node n1's host, connected to
 //!   n1 alone, and n1 leads the stream; the host is cut off from n2 and n3 while publishers
 //!   publish through A and through instance B (on the majority's side). For the length of the
@@ -34,13 +36,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::task::JoinHandle;
+
 use child::{dump, Client, Server};
 use cluster::net::{Host, Net};
-use cluster::Cluster;
+use cluster::{enabled, Cluster};
 use eventsd::proto::subscribe_events_request::Start;
 use eventsd::proto::subscribe_events_response::Item;
 use eventsd::proto::{GetEventRequest, ListEventsRequest, SubscribeEventsRequest};
-use publishers::{lost_or_doubled, publisher, request, until_acked, Acked, PHASE_LIMIT};
+use publishers::{lost_or_doubled, request, until_acked, Acked, PHASE_LIMIT};
 use tonic::Code;
 
 /// The stream every instance of a test shares.
@@ -62,16 +66,11 @@ const PROBE_PAUSE: Duration = Duration::from_millis(200);
 /// Most probes of one kind during a cut.
 const MOST_PROBES: usize = 200;
 
-/// Most events one publisher of the cut-instance test publishes (it stops when told first).
+/// Most events one publisher publishes (it stops when told first).
 const MOST_EVENTS: usize = 20_000;
 
-fn enabled(test: &str) -> bool {
-    let on = std::env::var("EVENTSD_NATS_TESTS").is_ok_and(|v| v == "1");
-    if !on {
-        eprintln!("{test}: skipped (set EVENTSD_NATS_TESTS=1 to run the partition tests)");
-    }
-    on
-}
+/// Events acknowledged during each cut of the node test, and after the last.
+const STEP: u64 = 400;
 
 /// The hosts, or a failure: with `EVENTSD_NATS_TESTS=1` a partition test never skips.
 fn network(names: &[&str]) -> Net {
@@ -113,14 +112,35 @@ async fn instance(host: &Host, dir: &Path, name: &str, urls: &str) -> Server {
     }
 }
 
-/// Reads the whole stream back on every instance; they must agree, and hold every
-/// acknowledged event once. Returns the stored count.
-async fn check_stored(acked: &Acked, instances: &[&Server]) -> usize {
+/// The whole stream read on `server`, once it serves it: right after a heal or an election the
+/// stream's leader may not have heard from a quorum yet, and the instance says UNAVAILABLE.
+async fn read_back(server: &Server) -> (Vec<eventsd::proto::Event>, u64) {
+    let started = Instant::now();
+    let mut client = server.client().await;
+    loop {
+        match dump(&mut client).await {
+            Ok(read) => {
+                println!("read back on {} after {:?}", server.grpc, started.elapsed());
+                return read;
+            }
+            Err(status) if status.code() == Code::Unavailable => {
+                assert!(started.elapsed() < PHASE_LIMIT, "{} unavailable: {status}", server.grpc);
+                tokio::time::sleep(PROBE_PAUSE).await;
+            }
+            Err(status) => panic!("read back on {}: {status}", server.grpc),
+        }
+    }
+}
+
+/// Waits for the publishers, then reads the whole stream back on every instance; they must
+/// agree, and hold every acknowledged event once. Returns the stored count.
+async fn finish(tasks: Vec<JoinHandle<()>>, acked: &Acked, instances: &[&Server]) -> usize {
+    publishers::join(tasks).await;
     let acked_events = acked.events.lock().unwrap().clone();
     let published = acked.count.load(Ordering::Relaxed);
     let mut first: Option<Vec<eventsd::proto::Event>> = None;
     for server in instances {
-        let (all, caught_up) = dump(&mut server.client().await).await.expect("read back");
+        let (all, caught_up) = read_back(server).await;
         assert_eq!(caught_up, all.len() as u64, "caught_up on {}", server.grpc);
         assert_eq!(lost_or_doubled(&acked_events, &all, published), Vec::<String>::new());
         match &first {
@@ -136,49 +156,35 @@ async fn a_node_cut_off_during_publishing_loses_no_acknowledged_event() {
     if !enabled("a_node_cut_off_during_publishing_loses_no_acknowledged_event") {
         return;
     }
-    let per_task: usize =
-        std::env::var("EVENTSD_NATS_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(150);
     let net = network(&["n1", "n2", "n3", "a", "b"]);
     let cluster = Cluster::start_in(&node_hosts(&net), false);
     let dir = tempfile::tempdir().expect("temp dir");
     let a = instance(net.host("a"), dir.path(), "a", &cluster.url()).await;
     let b = instance(net.host("b"), dir.path(), "b", &cluster.url()).await;
-    let acked = Arc::new(Acked::default());
-    let mut tasks = Vec::new();
-    for task in 0..8 {
-        let client = if task % 2 == 0 { a.client().await } else { b.client().await };
-        tasks.push(tokio::spawn(publisher(client, task, per_task, acked.clone())));
-    }
-    let total = 8 * per_task as u64;
-
-    // A quarter of the way in, cut off the node instance A is connected to, made the stream's
-    // leader: the cluster must elect another, and A must find another node. Heal it at half
-    // way; then cut off the node B is connected to until three quarters.
     let a_node = connected_node(&cluster, net.host("a"));
     lead_from(&cluster, a_node);
-    until_acked(&acked, total / 4).await;
-    let cut = Cluster::node_name(a_node);
-    net.cut(&cut);
-    println!(
-        "cut off {cut} (A's node, the stream leader) at {} acked",
-        acked.count.load(Ordering::Relaxed)
-    );
-    let took = until_acked(&acked, total / 2).await;
-    println!("publishing went on to half way {took:?} after the cut");
-    net.heal(&cut);
-    cluster.wait_ready();
-    let cut = Cluster::node_name(connected_node(&cluster, net.host("b")));
-    net.cut(&cut);
-    println!("cut off {cut} (B's node) at {} acked", acked.count.load(Ordering::Relaxed));
-    let took = until_acked(&acked, total * 3 / 4).await;
-    println!("publishing went on to three quarters {took:?} after the cut");
-    net.heal(&cut);
-    cluster.wait_ready();
-    for task in tasks {
-        tokio::time::timeout(PHASE_LIMIT, task).await.expect("publisher hang guard").unwrap();
-    }
+    let acked = Arc::new(Acked::default());
+    let tasks = publishers::spawn(&[a.grpc, b.grpc], 8, MOST_EVENTS, &acked).await;
 
-    let stored = check_stored(&acked, &[&a, &b]).await;
+    // Cut off the node instance A is connected to, made the stream's leader: the cluster must
+    // elect another, and A must find another node. Then the node B is connected to. Each cut
+    // lasts until [`STEP`] more events are acknowledged.
+    until_acked(&acked, STEP).await;
+    for (instance, role) in [("a", "A's node, the stream leader"), ("b", "B's node")] {
+        let cut = Cluster::node_name(connected_node(&cluster, net.host(instance)));
+        net.cut(&cut);
+        let at = acked.count.load(Ordering::Relaxed);
+        println!("cut off {cut} ({role}) at {at} acknowledged");
+        let took = until_acked(&acked, at + STEP).await;
+        println!("  {STEP} more acknowledged {took:?} after the cut");
+        net.heal(&cut);
+        cluster.wait_ready();
+    }
+    // And publishing goes on once both are back.
+    until_acked(&acked, acked.count.load(Ordering::Relaxed) + STEP).await;
+    acked.stop();
+
+    let stored = finish(tasks, &acked, &[&a, &b]).await;
     println!(
         "node cut off: {} acknowledged, {stored} stored on both instances, {} failed calls retried, longest time without an acknowledgement {:?}",
         acked.count.load(Ordering::Relaxed),
@@ -380,11 +386,7 @@ async fn an_instance_cut_off_from_the_majority_answers_unavailable_in_time() {
     println!("n1 leads the stream");
 
     let acked = Arc::new(Acked::default());
-    let mut tasks = Vec::new();
-    for task in 0..4 {
-        let client = if task < 2 { a.client().await } else { b.client().await };
-        tasks.push(tokio::spawn(publisher(client, task, MOST_EVENTS, acked.clone())));
-    }
+    let tasks = publishers::spawn(&[a.grpc, b.grpc], 4, MOST_EVENTS, &acked).await;
     until_acked(&acked, 200).await;
 
     // The cut: n1 and A on one side, n2, n3 and B on the other. Probe A meanwhile.
@@ -424,10 +426,7 @@ async fn an_instance_cut_off_from_the_majority_answers_unavailable_in_time() {
     let resumed = acked.count.load(Ordering::Relaxed);
     until_acked(&acked, resumed + 200).await;
     acked.stop();
-    for task in tasks {
-        tokio::time::timeout(PHASE_LIMIT, task).await.expect("publisher hang guard").unwrap();
-    }
-    let stored = check_stored(&acked, &[&a, &b]).await;
+    let stored = finish(tasks, &acked, &[&a, &b]).await;
 
     // The figures, then the verdicts.
     println!(

@@ -2,7 +2,9 @@
 //! tests (each is its own test binary and includes this module with `mod child;`).
 //!
 //! [`Server::start`] spawns the binary on free loopback ports with its stderr in a file and
-//! polls gRPC health until the service is SERVING — never a sleep "to let it start". A
+//! polls gRPC health until the service is SERVING — never a sleep "to let it start";
+//! [`Server::start_at`] does the same on given addresses, with a hook that adjusts the command
+//! (the partition tests start instances inside network namespaces with it). A
 //! [`Server`] can be killed with SIGKILL (what a crash looks like to the store) or stopped with
 //! SIGTERM (a clean shutdown), and is killed on drop so a failing test leaves no process
 //! behind. [`run_check`] runs `eventsd check`; [`dump`] and [`list_all`] read a whole store

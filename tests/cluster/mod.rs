@@ -26,6 +26,9 @@
 //! the standard ports of its host's address, so a test can cut a node off the network; the
 //! monitoring endpoints and [`Cluster::request`] then go over the hosts' control links.
 //!
+//! [`enabled`] is the switch every NATS test checks first: `EVENTSD_NATS_TESTS=1`, or a skip
+//! line and a pass.
+//!
 //! Every wait is a bounded polling loop ([`READY_LIMIT`]); there is no sleep "to let it start".
 //! All methods block (plain `std` networking and polling): from async tests call them through
 //! `tokio::task::spawn_blocking`, or at least from a multi-threaded runtime, when other tasks
@@ -70,6 +73,16 @@ const PORT_RETRIES: usize = 3;
 
 /// The cluster name in every config.
 const CLUSTER_NAME: &str = "eventsd-test";
+
+/// Whether the NATS tests run (`EVENTSD_NATS_TESTS=1`: they install and start nats-server);
+/// if not, prints that `test` was skipped.
+pub fn enabled(test: &str) -> bool {
+    let on = std::env::var("EVENTSD_NATS_TESTS").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("{test}: skipped (set EVENTSD_NATS_TESTS=1 to run the NATS cluster tests)");
+    }
+    on
+}
 
 /// The `nats-server` binary: the path `scripts/nats-server.sh` prints (installing it first if
 /// needed), found once per test process.

@@ -69,6 +69,9 @@ pub struct Net {
     hosts: Vec<Host>,
     /// Namespaces made so far (deleted on drop, even if creation failed half-way).
     made: Vec<String>,
+    /// Our ends of the control links made so far (deleted on drop, at once: a deleted
+    /// namespace's links go some time later, and the next test may want these names).
+    links: Vec<String>,
 }
 
 impl Net {
@@ -89,7 +92,8 @@ impl Net {
                 control_ip: Ipv4Addr::new(10, 78, slot, 10 + i as u8),
             })
             .collect();
-        let mut net = Net { hub: hub.clone(), hosts: hosts.clone(), made: Vec::new() };
+        let mut net =
+            Net { hub: hub.clone(), hosts: hosts.clone(), made: Vec::new(), links: Vec::new() };
         ip(&["netns", "add", &hub])?;
         net.made.push(hub.clone());
         ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
@@ -113,6 +117,7 @@ impl Net {
             // The control link: point to point between this namespace and the host.
             let root_end = format!("{PREFIX}{pid}c{i}");
             ip(&["link", "add", &root_end, "type", "veth", "peer", "name", "ctl", "netns", ns])?;
+            net.links.push(root_end.clone());
             let theirs = host.control_ip.to_string();
             ip(&["addr", "add", &ours, "peer", &format!("{theirs}/32"), "dev", &root_end])?;
             ip(&["link", "set", &root_end, "up"])?;
@@ -144,7 +149,12 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        // Hosts first: deleting a namespace deletes the veths in it, our control ends too.
+        for link in &self.links {
+            if let Err(why) = ip(&["link", "delete", link]) {
+                eprintln!("cleanup: {why}");
+            }
+        }
+        // Deleting a namespace deletes the veths in it, the hub's ends too.
         for ns in self.made.iter().rev() {
             delete_netns(ns);
         }
@@ -178,22 +188,39 @@ fn delete_netns(ns: &str) {
     }
 }
 
-/// Deletes the namespaces of test processes that no longer run.
+/// Deletes the namespaces and control links of test processes that no longer run.
 fn sweep_stale() {
-    let Ok(list) = ip(&["netns", "list"]) else { return };
-    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(pid) = owner(name) else { continue };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            eprintln!("deleting namespace {name}, left by process {pid}, which no longer runs");
-            delete_netns(name);
+    let dead = |name: &str, end: char| {
+        let pid = owner(name, end)?;
+        (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+    };
+    if let Ok(list) = ip(&["netns", "list"]) {
+        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if let Some(pid) = dead(name, '-') {
+                eprintln!("deleting namespace {name}, left by process {pid}, which no longer runs");
+                delete_netns(name);
+            }
+        }
+    }
+    // `ip -o link` lines read `<index>: <name>@<peer>: …`.
+    if let Ok(list) = ip(&["-o", "link", "show"]) {
+        for line in list.lines() {
+            let Some(name) = line.split(": ").nth(1).and_then(|n| n.split('@').next()) else {
+                continue;
+            };
+            if let Some(pid) = dead(name, 'c') {
+                eprintln!("deleting link {name}, left by process {pid}, which no longer runs");
+                let _ = ip(&["link", "delete", name]);
+            }
         }
     }
 }
 
-/// The pid in one of our names (`evp<pid>-…`).
-fn owner(name: &str) -> Option<u32> {
+/// The pid in one of our names: `evp<pid>` followed by `end` (`-` for a namespace, `c` for
+/// a control link).
+fn owner(name: &str, end: char) -> Option<u32> {
     let rest = name.strip_prefix(PREFIX)?;
-    let (pid, _) = rest.split_once('-')?;
+    let (pid, _) = rest.split_once(end)?;
     pid.parse().ok()
 }
 

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use eventsd::proto::{Event, PublishEventRequest, PublishEventsRequest};
 use prost::Message;
 use prost_types::value::Kind;
 use prost_types::{Struct, Value};
+use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 /// Most time any one phase of a test may take.
@@ -148,6 +150,37 @@ pub async fn publisher(
         }
         n += size;
     }
+}
+
+/// Spawns `tasks` publishers of `count` events each; task `t` publishes through its own
+/// connection to `addrs[t % addrs.len()]`.
+pub async fn spawn(
+    addrs: &[SocketAddr],
+    tasks: usize,
+    count: usize,
+    acked: &Arc<Acked>,
+) -> Vec<JoinHandle<()>> {
+    let mut spawned = Vec::with_capacity(tasks);
+    for task in 0..tasks {
+        let addr = addrs[task % addrs.len()];
+        let client = EventServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap_or_else(|e| panic!("connect to eventsd at {addr}: {e}"));
+        spawned.push(tokio::spawn(publisher(client, task, count, acked.clone())));
+    }
+    spawned
+}
+
+/// Waits for every publisher to finish (each within [`PHASE_LIMIT`]).
+pub async fn join(tasks: Vec<JoinHandle<()>>) {
+    for task in tasks {
+        tokio::time::timeout(PHASE_LIMIT, task).await.expect("publisher hang guard").unwrap();
+    }
+}
+
+/// Events per publisher of a fault test: `EVENTSD_NATS_EVENTS`, else `default`.
+pub fn events_per_publisher(default: usize) -> usize {
+    std::env::var("EVENTSD_NATS_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// Waits until `acked` reaches `target`; returns how long that took.
