@@ -26,11 +26,11 @@
 //! instance reaches subscribers of every instance.
 //!
 //! **Partitions**: where the stream stands is taken only from a leader that heard from a
-//! quorum of its replicas within [`QUORUM_FRESH`], under the servers' election timeout, so no
+//! quorum of its replicas within `QUORUM_FRESH` (2 s), under the servers' election timeout, so no
 //! other leader can have acknowledged anything meanwhile. A first page, a subscription's start
 //! and a GetEvent that finds nothing need that answer; an instance that cannot get it (cut off
 //! from the majority, or with it a leader that is) answers UNAVAILABLE instead of serving what
-//! it holds as current. Every call that waits on JetStream answers within [`Inner::budget`],
+//! it holds as current. Every call that waits on JetStream answers within its budget,
 //! a little under `--request-timeout`, so the caller hears UNAVAILABLE from the store rather
 //! than CANCELLED from the transport; an append given up on this way goes on in its task
 //! until its own deadline, and a retry with the same ids finds what it stored.
