@@ -28,38 +28,29 @@
 
 mod child;
 mod cluster;
+mod publishers;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use child::{dump, fingerprint, Client, Server};
-use cluster::Cluster;
+use cluster::{enabled, Cluster};
 use eventsd::proto::subscribe_events_request::Start;
 use eventsd::proto::subscribe_events_response::Item;
 use eventsd::proto::{
-    Event, GetEventRequest, ListEventsRequest, PublishEventRequest, PublishEventsRequest,
-    SubscribeEventsRequest,
+    Event, GetEventRequest, ListEventsRequest, PublishEventsRequest, SubscribeEventsRequest,
 };
-use prost_types::value::Kind;
-use prost_types::{Struct, Value};
+use publishers::{
+    check_contiguous, events_per_publisher, lost_or_doubled, request, until_acked, Acked,
+    PHASE_LIMIT,
+};
 use tonic::Code;
 
 /// The stream every instance of a test shares.
 const STREAM: &str = "EVENTSD";
-
-/// Most time any one phase of a test may take.
-const PHASE_LIMIT: Duration = Duration::from_secs(120);
-
-fn enabled(test: &str) -> bool {
-    let on = std::env::var("EVENTSD_NATS_TESTS").is_ok_and(|v| v == "1");
-    if !on {
-        eprintln!("{test}: skipped (set EVENTSD_NATS_TESTS=1 to run the JetStream tests)");
-    }
-    on
-}
 
 /// A cluster; `EVENTSD_NATS_SYNC_ALWAYS=1` makes its nodes fsync before every ack.
 fn start_cluster() -> Cluster {
@@ -83,26 +74,6 @@ async fn instance(cluster: &Cluster, dir: &Path, name: &str, extra: &[&str]) -> 
     }
 }
 
-fn string(s: &str) -> Value {
-    Value { kind: Some(Kind::StringValue(s.into())) }
-}
-
-fn request(id: &str, marker: &str) -> PublishEventRequest {
-    PublishEventRequest {
-        id: id.into(),
-        r#type: "charge.create".into(),
-        livemode: true,
-        source: "scale-out-test".into(),
-        data: Some(Struct {
-            fields: [("object", string("charge")), ("marker", string(marker))]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-        }),
-        ..Default::default()
-    }
-}
-
 /// A subscription of everything from `start`.
 async fn subscribe(
     client: &mut Client,
@@ -117,24 +88,6 @@ async fn get(client: &mut Client, id: &str) -> Result<Event, tonic::Status> {
         .get_event(GetEventRequest { id: id.into(), livemode: None })
         .await
         .map(|r| r.into_inner())
-}
-
-/// Checks a whole stream read back in sequence order: sequences exactly 1..=N, ids once each.
-fn check_contiguous(events: &[Event]) -> Vec<String> {
-    let mut problems = Vec::new();
-    for (i, event) in events.iter().enumerate() {
-        if event.sequence != i as u64 + 1 {
-            problems.push(format!("position {i} holds sequence {}", event.sequence));
-            break;
-        }
-    }
-    let mut ids = HashSet::new();
-    for event in events {
-        if !ids.insert(event.id.as_str()) {
-            problems.push(format!("id {} stored twice", event.id));
-        }
-    }
-    problems
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -229,111 +182,18 @@ async fn two_instances_serve_one_stream_with_the_same_guarantees() {
     assert!(why.contains("num_replicas"), "{why}");
 }
 
-/// What the publishers of the fault test share.
-struct Acked {
-    events: Mutex<Vec<Event>>,
-    count: AtomicU64,
-    failures: AtomicU64,
-    /// Distinct messages of failed calls, with their counts.
-    failure_kinds: Mutex<HashMap<String, u64>>,
-    /// When the last acknowledgement came, and the longest time without one.
-    last_ack: Mutex<(Instant, Duration)>,
-}
-
-impl Default for Acked {
-    fn default() -> Self {
-        Acked {
-            events: Mutex::default(),
-            count: AtomicU64::default(),
-            failures: AtomicU64::default(),
-            failure_kinds: Mutex::default(),
-            last_ack: Mutex::new((Instant::now(), Duration::ZERO)),
-        }
-    }
-}
-
-impl Acked {
-    fn record(&self, events: Vec<Event>) {
-        let mut last = self.last_ack.lock().unwrap();
-        let now = Instant::now();
-        last.1 = last.1.max(now - last.0);
-        last.0 = now;
-        self.count.fetch_add(events.len() as u64, Ordering::Relaxed);
-        self.events.lock().unwrap().extend(events);
-    }
-
-    fn longest_pause(&self) -> Duration {
-        self.last_ack.lock().unwrap().1
-    }
-}
-
-/// Publishes `count` events (ids `p<task>.<n>`, singles and batches of 5), retrying a failed
-/// call with the same ids until it is answered. Returns early when `deadline` passes.
-async fn publisher(mut client: Client, task: usize, count: usize, acked: Arc<Acked>) {
-    let deadline = Instant::now() + PHASE_LIMIT;
-    let mut n = 0;
-    while n < count && Instant::now() < deadline {
-        let size = if n % 3 == 0 { 5.min(count - n) } else { 1 };
-        let requests: Vec<_> = (n..n + size)
-            .map(|i| request(&format!("p{task}.{i}"), &format!("{task}/{i}")))
-            .collect();
-        loop {
-            let answer = if size == 1 {
-                client.publish_event(requests[0].clone()).await.map(|r| vec![r.into_inner()])
-            } else {
-                let batch = PublishEventsRequest { events: requests.clone() };
-                client.publish_events(batch).await.map(|r| r.into_inner().events)
-            };
-            match answer {
-                Ok(events) => {
-                    acked.record(events);
-                    break;
-                }
-                Err(status) if Instant::now() < deadline => {
-                    acked.failures.fetch_add(1, Ordering::Relaxed);
-                    let kind = format!("{:?}: {}", status.code(), status.message());
-                    *acked.failure_kinds.lock().unwrap().entry(kind).or_default() += 1;
-                    // A retry, not a wait for a start: the same call again a moment later.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(status) => panic!("publisher {task} gave up: {status}"),
-            }
-        }
-        n += size;
-    }
-}
-
-/// Waits until `acked` reaches `target`; returns how long that took.
-async fn until_acked(acked: &Acked, target: u64) -> Duration {
-    let started = Instant::now();
-    while acked.count.load(Ordering::Relaxed) < target {
-        assert!(
-            started.elapsed() < PHASE_LIMIT,
-            "publishing stalled at {acked:?}",
-            acked = acked.count
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    started.elapsed()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_killed_during_publishing_loses_no_acknowledged_event() {
     if !enabled("a_node_killed_during_publishing_loses_no_acknowledged_event") {
         return;
     }
-    let per_task: usize =
-        std::env::var("EVENTSD_NATS_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let per_task = events_per_publisher(300);
     let cluster = start_cluster();
     let dir = tempfile::tempdir().expect("temp dir");
     let a = instance(&cluster, dir.path(), "a", &[]).await;
     let b = instance(&cluster, dir.path(), "b", &[]).await;
     let acked = Arc::new(Acked::default());
-    let mut tasks = Vec::new();
-    for task in 0..8 {
-        let client = if task % 2 == 0 { a.client().await } else { b.client().await };
-        tasks.push(tokio::spawn(publisher(client, task, per_task, acked.clone())));
-    }
+    let tasks = publishers::spawn(&[a.grpc, b.grpc], 8, per_task, &acked).await;
     let total = 8 * per_task as u64;
 
     // Kill the stream leader a quarter of the way in, then a follower at half way.
@@ -349,25 +209,14 @@ async fn a_node_killed_during_publishing_loses_no_acknowledged_event() {
     println!("killed follower node {follower} at {} acked", acked.count.load(Ordering::Relaxed));
     until_acked(&acked, total * 3 / 4).await;
     cluster.restart(follower);
-    for task in tasks {
-        tokio::time::timeout(PHASE_LIMIT, task).await.expect("publisher hang guard").unwrap();
-    }
+    publishers::join(tasks).await;
 
     // Every acknowledged event is stored once, byte for byte, in a gapless sequence.
     let acked_events = acked.events.lock().unwrap().clone();
     let (all, caught_up) = dump(&mut b.client().await).await.expect("read back");
-    let mut problems = check_contiguous(&all);
-    let stored: HashMap<&str, u64> = all.iter().map(|e| (e.id.as_str(), fingerprint(e))).collect();
-    for event in &acked_events {
-        if stored.get(event.id.as_str()) != Some(&fingerprint(event)) {
-            problems.push(format!(
-                "acknowledged {} (seq {}) missing or changed",
-                event.id, event.sequence
-            ));
-        }
-    }
-    if caught_up != all.len() as u64 || all.len() as u64 != total {
-        problems.push(format!("{} stored, caught_up {caught_up}, {total} published", all.len()));
+    let mut problems = lost_or_doubled(&acked_events, &all, total);
+    if caught_up != all.len() as u64 {
+        problems.push(format!("{} stored, caught_up {caught_up}", all.len()));
     }
     println!(
         "node faults: {} acknowledged, {} stored, {} failed calls retried, longest time without an acknowledgement {:?}",
@@ -376,9 +225,7 @@ async fn a_node_killed_during_publishing_loses_no_acknowledged_event() {
         acked.failures.load(Ordering::Relaxed),
         acked.longest_pause(),
     );
-    for (kind, n) in acked.failure_kinds.lock().unwrap().iter() {
-        println!("  failed call ×{n}: {kind}");
-    }
+    acked.print_failures();
     assert_eq!(problems, Vec::<String>::new());
 }
 
@@ -393,10 +240,7 @@ async fn subscribers_of_a_killed_instance_resume_on_the_other_with_nothing_lost(
     let b = instance(&cluster, dir.path(), "b", &[]).await;
     let acked = Arc::new(Acked::default());
     let per_task = 250;
-    let mut tasks = Vec::new();
-    for task in 0..4 {
-        tasks.push(tokio::spawn(publisher(b.client().await, task, per_task, acked.clone())));
-    }
+    let tasks = publishers::spawn(&[b.grpc], 4, per_task, &acked).await;
     let total = 4 * per_task as u64;
 
     // A subscriber on A, from the beginning; A is killed once it has received a third.
@@ -433,9 +277,7 @@ async fn subscribers_of_a_killed_instance_resume_on_the_other_with_nothing_lost(
             None => panic!("the stream ended"),
         }
     }
-    for task in tasks {
-        tokio::time::timeout(PHASE_LIMIT, task).await.expect("publisher hang guard").unwrap();
-    }
+    publishers::join(tasks).await;
     let (last, took) = resumed_after.expect("instance a was killed");
     println!(
         "instance a killed after sequence {last}; resumed on b in {took:?}; {} received",

@@ -2,7 +2,9 @@
 //! tests (each is its own test binary and includes this module with `mod child;`).
 //!
 //! [`Server::start`] spawns the binary on free loopback ports with its stderr in a file and
-//! polls gRPC health until the service is SERVING — never a sleep "to let it start". A
+//! polls gRPC health until the service is SERVING — never a sleep "to let it start";
+//! [`Server::start_at`] does the same on given addresses, with a hook that adjusts the command
+//! (the partition tests start instances inside network namespaces with it). A
 //! [`Server`] can be killed with SIGKILL (what a crash looks like to the store) or stopped with
 //! SIGTERM (a clean shutdown), and is killed on drop so a failing test leaves no process
 //! behind. [`run_check`] runs `eventsd check`; [`dump`] and [`list_all`] read a whole store
@@ -151,10 +153,22 @@ impl Server {
 
     /// [`Server::spawn`] with extra `serve` flags (such as `--store nats://…`).
     pub fn spawn_with(data_dir: &Path, log: &Path, extra: &[String]) -> Server {
-        let grpc = free_addr();
-        let http = free_addr();
+        Server::spawn_at(data_dir, log, extra, (free_addr(), free_addr()), |_| {})
+    }
+
+    /// [`Server::spawn_with`] on the given gRPC and HTTP listen addresses, with `place`
+    /// adjusting the command first (such as making it start in a network namespace).
+    pub fn spawn_at(
+        data_dir: &Path,
+        log: &Path,
+        extra: &[String],
+        (grpc, http): (SocketAddr, SocketAddr),
+        place: impl FnOnce(&mut Command),
+    ) -> Server {
         let stderr = File::options().create(true).append(true).open(log).expect("open the log");
-        let child = Command::new(BINARY)
+        let mut command = Command::new(BINARY);
+        place(&mut command);
+        let child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
@@ -194,21 +208,39 @@ impl Server {
         for _ in 0..PORT_RETRIES {
             let mut server = Server::spawn_with(data_dir, log, extra);
             match server.wait_ready(READY_LIMIT).await {
-                Startup::Ready(took) => return Ok((server, took)),
                 Startup::Exited(_) if server.lost_a_port_race() => continue,
-                Startup::Exited(status) => {
-                    return Err(format!("eventsd exited with {status}\n{}", server.stderr_tail()))
-                }
-                Startup::TimedOut => {
-                    server.kill9();
-                    return Err(format!(
-                        "eventsd was not ready within {READY_LIMIT:?}\n{}",
-                        server.stderr_tail()
-                    ));
-                }
+                startup => return server.started(startup),
             }
         }
         Err(format!("no free ports after {PORT_RETRIES} attempts"))
+    }
+
+    /// [`Server::spawn_at`], then waits until it serves, as [`Server::start`] does (once: the
+    /// addresses are the caller's, so a port race is not retried).
+    pub async fn start_at(
+        data_dir: &Path,
+        log: &Path,
+        extra: &[String],
+        addrs: (SocketAddr, SocketAddr),
+        place: impl FnOnce(&mut Command),
+    ) -> Result<(Server, Duration), String> {
+        let mut server = Server::spawn_at(data_dir, log, extra, addrs, place);
+        let startup = server.wait_ready(READY_LIMIT).await;
+        server.started(startup)
+    }
+
+    /// The server and its start time if `startup` is ready, else why not with its stderr.
+    fn started(mut self, startup: Startup) -> Result<(Server, Duration), String> {
+        match startup {
+            Startup::Ready(took) => Ok((self, took)),
+            Startup::Exited(status) => {
+                Err(format!("eventsd exited with {status}\n{}", self.stderr_tail()))
+            }
+            Startup::TimedOut => {
+                self.kill9();
+                Err(format!("eventsd was not ready within {READY_LIMIT:?}\n{}", self.stderr_tail()))
+            }
+        }
     }
 
     /// Polls gRPC health until SERVING, the process exits, or `limit` passes.

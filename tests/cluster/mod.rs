@@ -22,6 +22,13 @@
 //! spawned from one long-lived thread of this module, never from a test's own thread: a
 //! cluster may be shared between tests (say, in a `static`) and restarted from any thread.
 //!
+//! [`Cluster::start_in`] runs each node in a network namespace of its own instead ([`net`]), on
+//! the standard ports of its host's address, so a test can cut a node off the network; the
+//! monitoring endpoints and [`Cluster::request`] then go over the hosts' control links.
+//!
+//! [`enabled`] is the switch every NATS test checks first: `EVENTSD_NATS_TESTS=1`, or a skip
+//! line and a pass.
+//!
 //! Every wait is a bounded polling loop ([`READY_LIMIT`]); there is no sleep "to let it start".
 //! All methods block (plain `std` networking and polling): from async tests call them through
 //! `tokio::task::spawn_blocking`, or at least from a multi-threaded runtime, when other tasks
@@ -30,6 +37,8 @@
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
+
+pub mod net;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -65,6 +74,16 @@ const PORT_RETRIES: usize = 3;
 /// The cluster name in every config.
 const CLUSTER_NAME: &str = "eventsd-test";
 
+/// Whether the NATS tests run (`EVENTSD_NATS_TESTS=1`: they install and start nats-server);
+/// if not, prints that `test` was skipped.
+pub fn enabled(test: &str) -> bool {
+    let on = std::env::var("EVENTSD_NATS_TESTS").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("{test}: skipped (set EVENTSD_NATS_TESTS=1 to run the NATS cluster tests)");
+    }
+    on
+}
+
 /// The `nats-server` binary: the path `scripts/nats-server.sh` prints (installing it first if
 /// needed), found once per test process.
 pub fn nats_server_bin() -> &'static Path {
@@ -84,11 +103,19 @@ pub fn nats_server_bin() -> &'static Path {
     })
 }
 
-/// One node: its ports and, while it runs, its process.
+/// One node: where it listens and, while it runs, its process.
 struct Node {
     client: u16,
     route: u16,
     monitor: u16,
+    /// The address its listeners bind.
+    bind: Ipv4Addr,
+    /// The address its peers and eventsd instances reach it at.
+    ip: Ipv4Addr,
+    /// The address this test process reaches it at.
+    test_ip: Ipv4Addr,
+    /// The namespace it runs in (none: this process's).
+    host: Option<net::Host>,
     child: Mutex<Option<Child>>,
 }
 
@@ -104,7 +131,7 @@ impl Cluster {
     /// within [`READY_LIMIT`]). With `sync_always`, every node fsyncs before each ack.
     pub fn start(sync_always: bool) -> Cluster {
         for attempt in 1..=PORT_RETRIES {
-            let cluster = Cluster::spawn(sync_always);
+            let cluster = Cluster::spawn(sync_always, None);
             match cluster.poll_ready(READY_LIMIT) {
                 Ok(()) => return cluster,
                 Err(_) if attempt < PORT_RETRIES && cluster.lost_a_port_race() => continue,
@@ -114,18 +141,53 @@ impl Cluster {
         unreachable!("the last attempt returns or panics")
     }
 
-    /// Writes the configs and spawns the three nodes on fresh ports; waits for nothing.
-    fn spawn(sync_always: bool) -> Cluster {
+    /// Starts a cluster whose node `i` runs in `hosts[i]`'s network namespace, on the
+    /// standard ports (client 4222, route 6222, monitoring 8222) of its address, and waits
+    /// until it is ready (panics with the nodes' logs if it is not within [`READY_LIMIT`]).
+    pub fn start_in(hosts: &[net::Host], sync_always: bool) -> Cluster {
+        assert_eq!(hosts.len(), NODES, "one host per node");
+        let cluster = Cluster::spawn(sync_always, Some(hosts));
+        if let Err(why) = cluster.poll_ready(READY_LIMIT) {
+            panic!("the NATS cluster did not start: {why}\n{}", cluster.logs());
+        }
+        cluster
+    }
+
+    /// Writes the configs and spawns the three nodes, on fresh loopback ports or in `hosts`;
+    /// waits for nothing.
+    fn spawn(sync_always: bool, hosts: Option<&[net::Host]>) -> Cluster {
         let dir = tempfile::Builder::new().prefix("eventsd-nats-").tempdir().expect("a temp dir");
-        let ports = free_ports(3 * NODES);
-        let nodes = (0..NODES)
-            .map(|i| Node {
-                client: ports[i],
-                route: ports[NODES + i],
-                monitor: ports[2 * NODES + i],
-                child: Mutex::new(None),
-            })
-            .collect();
+        let nodes = match hosts {
+            None => {
+                let ports = free_ports(3 * NODES);
+                let loopback = Ipv4Addr::LOCALHOST;
+                (0..NODES)
+                    .map(|i| Node {
+                        client: ports[i],
+                        route: ports[NODES + i],
+                        monitor: ports[2 * NODES + i],
+                        bind: loopback,
+                        ip: loopback,
+                        test_ip: loopback,
+                        host: None,
+                        child: Mutex::new(None),
+                    })
+                    .collect()
+            }
+            Some(hosts) => hosts
+                .iter()
+                .map(|host| Node {
+                    client: 4222,
+                    route: 6222,
+                    monitor: 8222,
+                    bind: Ipv4Addr::UNSPECIFIED,
+                    ip: host.ip,
+                    test_ip: host.control_ip,
+                    host: Some(host.clone()),
+                    child: Mutex::new(None),
+                })
+                .collect(),
+        };
         let cluster = Cluster { dir: Some(dir), nodes, sync_always };
         for i in 0..NODES {
             cluster.write_config(i);
@@ -142,19 +204,20 @@ impl Cluster {
     }
 
     /// The client URLs of all nodes, comma-separated:
-    /// `nats://127.0.0.1:p1,nats://127.0.0.1:p2,nats://127.0.0.1:p3`.
+    /// `nats://127.0.0.1:p1,nats://127.0.0.1:p2,nats://127.0.0.1:p3` (in namespaces, the
+    /// hosts' addresses on their shared network).
     pub fn url(&self) -> String {
         (0..NODES).map(|i| self.client_url(i)).collect::<Vec<_>>().join(",")
     }
 
     /// The client URL of node `i` alone.
     pub fn client_url(&self, i: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.nodes[i].client)
+        format!("nats://{}:{}", self.nodes[i].ip, self.nodes[i].client)
     }
 
-    /// The monitoring (HTTP) address of node `i`.
+    /// The monitoring (HTTP) address of node `i`, as this process reaches it.
     pub fn monitor_addr(&self, i: usize) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.nodes[i].monitor))
+        SocketAddr::from((self.nodes[i].test_ip, self.nodes[i].monitor))
     }
 
     /// The server name of node `i` (`n1`, `n2`, `n3`), as leaders are reported.
@@ -286,7 +349,7 @@ impl Cluster {
     /// `$JS.API.STREAM.INFO.<name>`, …) from a synchronous test. `Err` on a time-out
     /// ([`HTTP_TIMEOUT`] per read) or a protocol error, such as no responders.
     pub fn request(&self, i: usize, subject: &str, payload: &[u8]) -> Result<Value, String> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.nodes[i].client));
+        let addr = SocketAddr::from((self.nodes[i].test_ip, self.nodes[i].client));
         let reply = nats_request(addr, subject, payload)
             .map_err(|e| format!("request {subject} to node {i}: {e}"))?;
         serde_json::from_slice(&reply).map_err(|e| {
@@ -392,16 +455,20 @@ impl Cluster {
         let routes: String = self
             .nodes
             .iter()
-            .map(|n| format!("        nats-route://127.0.0.1:{}\n", n.route))
+            .map(|n| format!("        nats-route://{}:{}\n", n.ip, n.route))
             .collect();
         let sync = if self.sync_always { "    sync_interval: always\n" } else { "" };
+        // Clients learn the address on the shared network, never a control link's.
         let config = format!(
             "server_name: {name}\n\
-             listen: 127.0.0.1:{client}\n\
-             http: 127.0.0.1:{monitor}\n\
+             listen: {bind}:{client}\n\
+             client_advertise: \"{ip}:{client}\"\n\
+             http: {bind}:{monitor}\n\
              jetstream {{\n    store_dir: {store:?}\n{sync}}}\n\
-             cluster {{\n    name: {CLUSTER_NAME}\n    listen: 127.0.0.1:{route}\n    routes: [\n{routes}    ]\n}}\n",
+             cluster {{\n    name: {CLUSTER_NAME}\n    listen: {ip}:{route}\n    routes: [\n{routes}    ]\n}}\n",
             name = Cluster::node_name(i),
+            bind = node.bind,
+            ip = node.ip,
             client = node.client,
             monitor = node.monitor,
             store = self.store_dir(i).display().to_string(),
@@ -428,6 +495,9 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log);
+        if let Some(host) = &self.nodes[i].host {
+            host.enter(&mut command);
+        }
         let child = spawn_tied_to_process(command)
             .unwrap_or_else(|e| panic!("spawn {}: {e}", nats_server_bin().display()));
         *self.nodes[i].child.lock().unwrap() = Some(child);

@@ -100,12 +100,49 @@ pub struct StreamState {
     pub last_seq: u64,
 }
 
-/// Which server leads a stream.
+/// Which server leads a stream, and when it last heard from each other replica.
 #[derive(Debug, Deserialize)]
 pub struct ClusterInfo {
     /// The leader's server name, when one is elected.
     #[serde(default)]
     pub leader: Option<String>,
+    /// The other replicas, as the leader sees them.
+    #[serde(default)]
+    pub replicas: Vec<PeerInfo>,
+}
+
+/// One replica of a stream, as its leader reports it.
+#[derive(Debug, Deserialize)]
+pub struct PeerInfo {
+    /// The server is known to be down.
+    #[serde(default)]
+    pub offline: bool,
+    /// Nanoseconds since the leader last heard from it (0: never, or unknown).
+    #[serde(default)]
+    pub active: u64,
+}
+
+impl StreamInfo {
+    /// Whether the server that answered leads the stream and has heard from a quorum of its
+    /// replicas (itself counted) within `fresh`. A leader cut off from the majority answers as
+    /// leader until it notices it lost its quorum (up to 20 s in nats-server), while the
+    /// majority may elect another leader and move on: its answer is current only while its
+    /// followers' contact is fresher than their election timeout. A stream on one server
+    /// (no cluster, or one replica) always passes.
+    pub fn led_by_quorum(&self, fresh: Duration) -> bool {
+        let Some(cluster) = &self.cluster else { return true };
+        if cluster.leader.is_none() {
+            return false;
+        }
+        let limit = u64::try_from(fresh.as_nanos()).unwrap_or(u64::MAX);
+        let heard = cluster
+            .replicas
+            .iter()
+            .filter(|r| !r.offline && r.active > 0 && r.active < limit)
+            .count();
+        let replicas = cluster.replicas.len() + 1;
+        1 + heard > replicas / 2
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -356,4 +393,54 @@ fn batch_id() -> String {
     let mut bytes = [0u8; 16];
     let _ = getrandom::fill(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(cluster: serde_json::Value) -> StreamInfo {
+        let mut info = serde_json::json!({
+            "config": {}, "state": { "first_seq": 1, "last_seq": 0 }
+        });
+        if !cluster.is_null() {
+            info["cluster"] = cluster;
+        }
+        serde_json::from_value(info).expect("stream info")
+    }
+
+    const FRESH: Duration = Duration::from_secs(2);
+    const RECENT: u64 = 300_000_000;
+    const LONG_AGO: u64 = 5_000_000_000;
+
+    #[test]
+    fn a_leader_that_heard_from_one_of_two_replicas_recently_has_a_quorum() {
+        let replicas = [("n2", RECENT), ("n3", LONG_AGO)]
+            .map(|(name, active)| serde_json::json!({ "name": name, "active": active }));
+        let cluster = serde_json::json!({ "leader": "n1", "replicas": replicas });
+        assert!(info(cluster).led_by_quorum(FRESH));
+    }
+
+    #[test]
+    fn a_leader_cut_off_from_both_replicas_or_without_a_leader_has_none() {
+        let stale = [("n2", LONG_AGO), ("n3", LONG_AGO)]
+            .map(|(name, active)| serde_json::json!({ "name": name, "active": active }));
+        assert!(
+            !info(serde_json::json!({ "leader": "n1", "replicas": stale })).led_by_quorum(FRESH)
+        );
+        let offline_or_unseen = [
+            serde_json::json!({ "name": "n2", "active": RECENT, "offline": true }),
+            serde_json::json!({ "name": "n3", "active": 0 }),
+        ];
+        let cluster = serde_json::json!({ "leader": "n1", "replicas": offline_or_unseen });
+        assert!(!info(cluster).led_by_quorum(FRESH));
+        let fresh = [serde_json::json!({ "name": "n2", "active": RECENT })];
+        assert!(!info(serde_json::json!({ "replicas": fresh })).led_by_quorum(FRESH));
+    }
+
+    #[test]
+    fn a_stream_on_one_server_needs_no_replica() {
+        assert!(info(serde_json::Value::Null).led_by_quorum(FRESH));
+        assert!(info(serde_json::json!({ "leader": "n1" })).led_by_quorum(FRESH));
+    }
 }

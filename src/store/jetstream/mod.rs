@@ -24,6 +24,16 @@
 //! includes every event acknowledged before it was asked for; subscriptions run on the same
 //! fan-out as the embedded store, fed by the follower, so an event published through one
 //! instance reaches subscribers of every instance.
+//!
+//! **Partitions**: where the stream stands is taken only from a leader that heard from a
+//! quorum of its replicas within `QUORUM_FRESH` (2 s), under the servers' election timeout, so no
+//! other leader can have acknowledged anything meanwhile. A first page, a subscription's start
+//! and a GetEvent that finds nothing need that answer; an instance that cannot get it (cut off
+//! from the majority, or with it a leader that is) answers UNAVAILABLE instead of serving what
+//! it holds as current. Every call that waits on JetStream answers within its budget,
+//! a little under `--request-timeout`, so the caller hears UNAVAILABLE from the store rather
+//! than CANCELLED from the transport; an append given up on this way goes on in its task
+//! until its own deadline, and a retry with the same ids finds what it stored.
 
 pub(crate) mod api;
 pub(crate) mod follow;
@@ -68,6 +78,12 @@ const OWN_WRITE_WAIT: Duration = Duration::from_secs(5);
 /// How often the health task asks for the stream leader.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How recently the stream leader must have heard from a quorum of replicas for its answer
+/// to count as current: above nats-server's heartbeat interval (1 s), so an idle healthy
+/// cluster passes, and under its shortest election timeout (4 s), so no follower that was in
+/// contact this recently can have elected another leader yet.
+const QUORUM_FRESH: Duration = Duration::from_secs(2);
+
 /// A cheap-to-clone handle on the JetStream backend.
 #[derive(Clone)]
 pub struct JetStreamStore(Arc<Inner>);
@@ -81,6 +97,9 @@ struct Inner {
     healthy: Arc<AtomicBool>,
     /// How long a call may wait for JetStream (retries of unknown outcomes included).
     deadline: Duration,
+    /// How long a caller waits for an answer: a tenth under `deadline` (the server's request
+    /// timeout), so the store's UNAVAILABLE arrives before the transport gives up.
+    budget: Duration,
     metrics: Metrics,
     stop: CancellationToken,
     /// The store's own tasks (following the stream, health, appends). They outlive the
@@ -132,6 +151,7 @@ impl JetStreamStore {
             durable,
             healthy,
             deadline: config.request_timeout,
+            budget: config.request_timeout * 9 / 10,
             metrics: config.metrics.clone(),
             stop,
             tasks,
@@ -158,6 +178,20 @@ impl JetStreamStore {
         self.0.page_token_key
     }
 
+    /// Runs the JetStream part of a caller's request within [`Inner::budget`]; past it the
+    /// caller gets UNAVAILABLE.
+    async fn in_time<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let budget = self.0.budget;
+        tokio::time::timeout(budget, call).await.unwrap_or_else(|_| {
+            Err(Error::Unavailable(format!(
+                "no answer from the JetStream cluster within {budget:?}"
+            )))
+        })
+    }
+
     /// Waits until this instance has applied `target` (bounded by the call deadline).
     async fn caught_up(&self, target: u64) -> Result<(), Error> {
         self.caught_up_within(target, self.0.deadline).await
@@ -178,10 +212,15 @@ impl JetStreamStore {
         }
     }
 
-    /// The stream's last sequence, from its leader.
+    /// The stream's last sequence, from a leader in touch with a quorum of its replicas.
     async fn last_sequence(&self) -> Result<u64, Error> {
         let info = self.0.api.info().await?;
         let info = info.ok_or_else(|| Error::Unavailable("the stream is missing".into()))?;
+        if !info.led_by_quorum(QUORUM_FRESH) {
+            return Err(Error::Unavailable(format!(
+                "the stream's leader has not heard from a quorum of its replicas within {QUORUM_FRESH:?}"
+            )));
+        }
         Ok(info.state.last_seq)
     }
 
@@ -335,9 +374,11 @@ impl JetStreamStore {
         }
         // Read-your-writes on this instance: answer once the follower has applied the events,
         // so a list, a poll or a subscription right after sees them. They are durable either
-        // way; past the deadline the answer goes out regardless.
+        // way; past the wait (which leaves the caller's budget room to hear the answer) it
+        // goes out regardless.
         if let Some(last) = out.iter().map(|a| a.event.sequence()).max() {
-            if self.caught_up_within(last, OWN_WRITE_WAIT).await.is_err() {
+            let left = self.0.budget.saturating_sub(started.elapsed() + RETRY_PAUSE);
+            if self.caught_up_within(last, OWN_WRITE_WAIT.min(left)).await.is_err() {
                 tracing::warn!(
                     sequence = last,
                     "answering before this instance read its own write"
@@ -375,12 +416,13 @@ fn unreachable_slot<T>() -> Result<T, Error> {
     Err(Error::Corrupt("append bookkeeping went wrong".into()))
 }
 
-/// Marks the store unhealthy while the stream has no known leader or the connection is down.
+/// Marks the store unhealthy while the connection is down or the stream has no leader in touch
+/// with a quorum of its replicas.
 async fn watch_health(api: Api, healthy: Arc<AtomicBool>, stop: CancellationToken) {
     loop {
         let connected = api.client().connection_state() == async_nats::connection::State::Connected;
         let led = match api.info().await {
-            Ok(Some(info)) => info.cluster.is_none_or(|c| c.leader.is_some()),
+            Ok(Some(info)) => info.led_by_quorum(QUORUM_FRESH),
             _ => false,
         };
         let now = connected && led;
@@ -400,13 +442,14 @@ impl EventStore for JetStreamStore {
         if self.0.stop.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        // Its own task: a caller that hangs up does not cut a batch or a retry short.
+        // Its own task: neither a caller that hangs up nor the budget cuts a batch or a retry
+        // short.
         let store = self.clone();
-        self.0
-            .tasks
-            .spawn(async move { store.append_all(events).await })
-            .await
-            .map_err(|e| Error::Internal(format!("append task: {e}")))?
+        let task = self.0.tasks.spawn(async move { store.append_all(events).await });
+        self.in_time(async {
+            task.await.map_err(|e| Error::Internal(format!("append task: {e}")))?
+        })
+        .await
     }
 
     fn writable(&self) -> bool {
@@ -414,14 +457,22 @@ impl EventStore for JetStreamStore {
     }
 
     async fn get(&self, livemode: bool, id: &str) -> Result<Option<StoredEvent>, Error> {
-        Ok(self.stored(livemode, id).await?)
+        self.in_time(async {
+            let found = self.stored(livemode, id).await?;
+            if found.is_none() {
+                // "No such event" is news only from a leader in touch with the majority.
+                self.last_sequence().await?;
+            }
+            Ok(found)
+        })
+        .await
     }
 
     async fn list(&self, query: ListQuery) -> Result<ListPage, Error> {
         // A first page includes everything acknowledged before it was asked for; a later one
         // needs this instance to hold its view's snapshot.
         match &query.resume {
-            Some(resume) => self.caught_up(resume.snapshot).await?,
+            Some(resume) => self.in_time(self.caught_up(resume.snapshot)).await?,
             None => {
                 self.newest().await?;
             }
@@ -435,7 +486,7 @@ impl EventStore for JetStreamStore {
         })
         .await
         .map_err(|e| Error::Internal(format!("list task: {e}")))??;
-        let events = self.events_at(&page.sequences).await?;
+        let events = self.in_time(self.events_at(&page.sequences)).await?;
         Ok(page.with_events(events))
     }
 
@@ -466,9 +517,12 @@ impl EventStore for JetStreamStore {
     }
 
     async fn newest(&self) -> Result<u64, Error> {
-        let target = self.last_sequence().await?;
-        self.caught_up(target).await?;
-        Ok(*self.0.durable.borrow())
+        self.in_time(async {
+            let target = self.last_sequence().await?;
+            self.caught_up(target).await?;
+            Ok(*self.0.durable.borrow())
+        })
+        .await
     }
 
     async fn first_sequence_created_from(&self, created: Timestamp) -> Result<Option<u64>, Error> {
