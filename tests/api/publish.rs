@@ -69,6 +69,44 @@ async fn generated_ids_start_with_evnt_for_live_and_evnt_test_for_test_events() 
 }
 
 #[tokio::test]
+async fn ids_shaped_like_generated_ones_are_found_whichever_event_they_name() {
+    // Generated ids end with their event's sequence, so the index keeps no entry for them;
+    // a caller's id of the same shape must still be found, and never mistaken for another.
+    let mut app = spawn_app().await;
+    let generated = publish(&mut app.client, event("charge.create")).await;
+    assert_eq!(generated.sequence, 1);
+    let rest = generated.id.strip_prefix("evnt_test_").expect("a test id");
+    assert!(rest.ends_with('1'), "the id ends with its sequence: {}", generated.id);
+    // Names sequence 1 with other random digits: the caller's event 2.
+    let other_random = format!("evnt_test_{}{}1", &rest[..9], "0".repeat(10));
+    // Names sequence 3, which it gets: found by its id alone.
+    let own = format!("evnt_test_{}{}3", &rest[..9], "1".repeat(10));
+    let second = PublishEventRequest { id: other_random.clone(), ..event("charge.update") };
+    let third = PublishEventRequest { id: own.clone(), ..event("charge.capture") };
+    assert_eq!(publish(&mut app.client, second.clone()).await.sequence, 2);
+    assert_eq!(publish(&mut app.client, third.clone()).await.sequence, 3);
+    for (id, sequence, event_type) in [
+        (&generated.id, 1, "charge.create"),
+        (&other_random, 2, "charge.update"),
+        (&own, 3, "charge.capture"),
+    ] {
+        let got = app
+            .client
+            .get_event(GetEventRequest { id: id.clone(), livemode: None })
+            .await
+            .expect("get")
+            .into_inner();
+        assert_eq!((got.sequence, got.r#type.as_str()), (sequence, event_type), "{id}");
+    }
+    // Repeats are recognised either way, and the live namespace holds none of them.
+    assert_eq!(publish(&mut app.client, second).await.sequence, 2);
+    assert_eq!(publish(&mut app.client, third).await.sequence, 3);
+    assert_eq!(stored_total(&mut app.client).await, 3);
+    let live = app.client.get_event(GetEventRequest { id: own, livemode: Some(true) }).await;
+    assert_eq!(live.expect_err("no live event").code(), Code::NotFound);
+}
+
+#[tokio::test]
 async fn provider_ids_are_accepted_and_kept_as_given() {
     // Arrange
     let mut app = spawn_app().await;

@@ -110,6 +110,48 @@ impl Shared {
     fn state_mut(&self) -> std::sync::RwLockWriteGuard<'_, DurableState> {
         self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// The event with this id in this mode, among the sequences up to `upto`: a pending id
+    /// (written, not yet indexed), an id that names its own sequence (`id::generate_at`; the
+    /// event there must have exactly this id and mode), or the index's id entry. Ids are one
+    /// namespace per mode, so only that mode's events are ever found.
+    fn locate(
+        &self,
+        tree: &sled::Tree,
+        livemode: bool,
+        id: &str,
+        upto: u64,
+    ) -> Result<Option<StoredEvent>, Error> {
+        if let Some(seq) = self.pending.get(livemode, id) {
+            return if seq <= upto { self.event(seq) } else { Ok(None) };
+        }
+        if let Some(seq) = crate::event::id::sequence_of(id).filter(|&s| s <= upto) {
+            if let Some(event) = self.event(seq)? {
+                if event.id() == id && event.livemode() == livemode {
+                    return Ok(Some(event));
+                }
+            }
+        }
+        match index::lookup(tree, livemode, id)? {
+            Some(seq) if seq <= upto => self.event(seq),
+            _ => Ok(None),
+        }
+    }
+
+    /// The event at `seq`, from memory if recent; `None` below the first kept sequence
+    /// (retention may not have cut it from the cache or the log yet).
+    fn event(&self, seq: u64) -> Result<Option<StoredEvent>, Error> {
+        if seq < self.state().first {
+            return Ok(None);
+        }
+        if let Some(event) = self.recent.get(seq) {
+            return Ok(Some(event));
+        }
+        match self.log.read(seq)? {
+            Some(bytes) => stored(seq, bytes).map(Some),
+            None => Ok(None),
+        }
+    }
 }
 
 /// A cheap-to-clone handle on the embedded store.
@@ -307,16 +349,6 @@ impl SledStore {
         Ok(through)
     }
 
-    fn event_at(&self, seq: u64) -> Result<Option<StoredEvent>, Error> {
-        if let Some(event) = self.shared.recent.get(seq) {
-            return Ok(Some(event));
-        }
-        match self.shared.log.read(seq)? {
-            Some(bytes) => stored(seq, bytes).map(Some),
-            None => Ok(None),
-        }
-    }
-
     /// Waits until the index holds every event durable now (a round at most while the index
     /// thread keeps up), so a listing includes every publish acknowledged before it began.
     async fn caught_up(&self) -> Result<(), Error> {
@@ -465,18 +497,10 @@ impl EventStore for SledStore {
         Ok(appended)
     }
 
-    /// The index keys ids per mode, so this is one lookup in that mode's namespace (after the
-    /// pending ids, which the index does not hold yet).
+    /// One lookup in the mode's namespace, among durable events (see `Shared::locate`).
     async fn get(&self, livemode: bool, id: &str) -> Result<Option<StoredEvent>, Error> {
         let durable = *self.durable.borrow();
-        let seq = match self.shared.pending.get(livemode, id) {
-            Some(seq) => Some(seq),
-            None => index::lookup(&self.shared.index.get()?, livemode, id)?,
-        };
-        match seq {
-            Some(seq) if seq <= durable => self.event_at(seq),
-            _ => Ok(None),
-        }
+        self.shared.locate(&self.shared.index.get()?, livemode, id, durable)
     }
 
     /// The plan (streams, total, where an offset lands) is made under the state lock, where

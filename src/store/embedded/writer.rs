@@ -29,7 +29,7 @@
 //! - Retention trims run as rounds of their own, oldest first, at most [`MAX_TRIM`] events
 //!   each, so publishes queued meanwhile wait for one bounded round at most.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
@@ -40,7 +40,7 @@ use crate::error::Error;
 use crate::event::{id, time, NewEvent};
 use crate::store::embedded::indexer::Job;
 use crate::store::embedded::syncer::{Reply, ToSync, Written};
-use crate::store::embedded::{stored, Shared};
+use crate::store::embedded::Shared;
 use crate::store::index;
 use crate::store::log::{LogWriter, SegmentSync};
 use crate::store::{Appended, StoredEvent};
@@ -112,7 +112,8 @@ struct Round {
 /// How one event of a request resolves.
 enum Resolved {
     Existing(StoredEvent),
-    New(NewEvent, String),
+    /// New, with the caller's id or `None` for one generated at its sequence.
+    New(NewEvent, Option<String>),
 }
 
 impl Writer {
@@ -214,17 +215,32 @@ impl Writer {
             .map(|e| self.resolve(&tree, e, round))
             .collect::<Result<Vec<_>, _>>()?;
         let received = *round.received.get_or_insert_with(time::now);
+        // A generated id must not equal an id this request gives (by a one-in-2^50 guess).
+        let mut given = HashSet::new();
+        if resolved.iter().any(|r| matches!(r, Resolved::New(_, None))) {
+            for r in &resolved {
+                if let Resolved::New(new, Some(id)) = r {
+                    given.insert((new.livemode, id.as_str()));
+                }
+            }
+        }
         let mut out = Vec::with_capacity(resolved.len());
         let mut next = self.last_seq;
         let mut fresh = Vec::new();
-        for r in resolved {
+        for r in &resolved {
             match r {
-                Resolved::Existing(event) => out.push(Appended { event, new: false }),
+                Resolved::Existing(event) => {
+                    out.push(Appended { event: event.clone(), new: false })
+                }
                 Resolved::New(new, id) => {
                     next += 1;
+                    let id = match id {
+                        Some(id) => id.clone(),
+                        None => self.fresh_id(&tree, new.livemode, round, &given, next)?,
+                    };
                     // Encoded once, here: these bytes are what the log holds and every
                     // reader sends.
-                    let event = StoredEvent::from_new(&new, id, next, received)?;
+                    let event = StoredEvent::from_new(new, id, next, received)?;
                     fresh.push(event.clone());
                     out.push(Appended { event, new: true });
                 }
@@ -239,9 +255,10 @@ impl Writer {
         Ok(out)
     }
 
-    /// Decides whether an event is new or a repeat, reading the round and the store. Ids are
-    /// one namespace per mode: only an event of the same mode can be a repeat or a conflict,
-    /// so nothing of the other mode's events is ever compared, named or blocked.
+    /// Decides whether an event is new (with the caller's id, or `None` to generate one at
+    /// its sequence) or a repeat, reading the round and the store. Ids are one namespace per
+    /// mode: only an event of the same mode can be a repeat or a conflict, so nothing of the
+    /// other mode's events is ever compared, named or blocked.
     fn resolve(
         &self,
         tree: &sled::Tree,
@@ -249,17 +266,17 @@ impl Writer {
         round: &Round,
     ) -> Result<Resolved, Error> {
         let Some(given) = &event.id else {
-            let id = self.fresh_id(tree, event.livemode, round)?;
-            return Ok(Resolved::New(event, id));
+            return Ok(Resolved::New(event, None));
         };
         let mode = event.livemode;
         let existing = match round.staged.get(&(mode, given.clone())) {
             Some(&at) => Some(round.fresh[at].clone()),
-            None => self.stored(tree, mode, given)?,
+            // Every sequence up to the writer's last is in the log (durable or not yet).
+            None => self.shared.locate(tree, mode, given, self.last_seq)?,
         };
         let Some(existing) = existing else {
             let id = given.clone();
-            return Ok(Resolved::New(event, id));
+            return Ok(Resolved::New(event, Some(id)));
         };
         match event.differs_from(&existing)? {
             None => Ok(Resolved::Existing(existing)),
@@ -267,29 +284,21 @@ impl Writer {
         }
     }
 
-    /// The stored event with this id in this mode: pending (durable, not yet indexed) or in
-    /// the index.
-    fn stored(
+    /// A new id for the event at `seq` (`id::generate_at`, so the id names its sequence and
+    /// the index keeps no entry for it), checked against every id a caller gave.
+    fn fresh_id(
         &self,
         tree: &sled::Tree,
         livemode: bool,
-        id: &str,
-    ) -> Result<Option<StoredEvent>, Error> {
-        let seq = match self.shared.pending.get(livemode, id) {
-            Some(seq) => seq,
-            None => match index::lookup(tree, livemode, id)? {
-                Some(seq) => seq,
-                None => return Ok(None),
-            },
-        };
-        stored(seq, self.shared.log.expect(seq)?).map(Some)
-    }
-
-    fn fresh_id(&self, tree: &sled::Tree, livemode: bool, round: &Round) -> Result<String, Error> {
+        round: &Round,
+        given: &HashSet<(bool, &str)>,
+        seq: u64,
+    ) -> Result<String, Error> {
         let millis = chrono::Utc::now().timestamp_millis().max(0) as u64;
         loop {
-            let id = id::generate(livemode, millis);
-            let taken = round.staged.contains_key(&(livemode, id.clone()))
+            let id = id::generate_at(livemode, millis, seq);
+            let taken = given.contains(&(livemode, id.as_str()))
+                || round.staged.contains_key(&(livemode, id.clone()))
                 || self.shared.pending.get(livemode, &id).is_some()
                 || index::lookup(tree, livemode, &id)?.is_some();
             if !taken {

@@ -1,5 +1,6 @@
 //! The index: everything derived from the log that reads need, in one sled tree
-//! (`DATA_DIR/index/`, key layout in [`keys`]): (mode, id) → sequence, the by-time and
+//! (`DATA_DIR/index/`, key layout in [`keys`]): (mode, id) → sequence (except for ids that
+//! name their own sequence, see [`names_itself`]), the by-time and
 //! by-type-time entries that listings walk, per-stream counts, the first kept sequence and
 //! the last sequence applied.
 //!
@@ -73,9 +74,14 @@ impl Fields {
 
 /// The index's layout version, kept under [`keys::VERSION_KEY`]. Version 2 added bucket
 /// counts and the type in by-time entries; version 3 keeps bucket counts of type streams only
-/// from `buckets::MIN_EVENTS` events on. An index of another version is rebuilt from the log
-/// at open.
-pub const VERSION: u64 = 3;
+/// from `buckets::MIN_EVENTS` events on; version 4 writes no id entry for an id that names its
+/// own sequence ([`names_itself`]). An index of another version is rebuilt from the log at
+/// open, so a release that predates version 4 rebuilds, rather than misses, those ids.
+pub const VERSION: u64 = 4;
+
+/// Older versions whose entries are all valid in [`VERSION`]: marked as it at open, with no
+/// rebuild (a version 3 index holds no id that names its own sequence).
+const UPGRADED_IN_PLACE: &[u64] = &[3];
 
 /// The index state read at open.
 #[derive(Debug, Clone)]
@@ -118,7 +124,11 @@ pub fn open_tree(data_dir: &Path, cache_bytes: u64) -> Result<sled::Tree, Error>
 /// Reads the applied sequence, first kept sequence and counts. An index of an older layout
 /// (or none) is emptied first and comes back as empty, so the log is replayed into it whole.
 pub fn load(tree: &sled::Tree) -> Result<Loaded, Error> {
-    let version = tree.get(keys::VERSION_KEY)?.and_then(|v| keys::u64_value(&v));
+    let mut version = tree.get(keys::VERSION_KEY)?.and_then(|v| keys::u64_value(&v));
+    if version.is_some_and(|v| UPGRADED_IN_PLACE.contains(&v)) {
+        tree.insert(keys::VERSION_KEY, &VERSION.to_be_bytes())?;
+        version = Some(VERSION);
+    }
     if version != Some(VERSION) {
         if !tree.is_empty() {
             tracing::warn!(
@@ -150,7 +160,13 @@ pub fn load(tree: &sled::Tree) -> Result<Loaded, Error> {
     Ok(Loaded { applied, first, counts })
 }
 
-/// The sequence of the event with this id in this mode, if indexed.
+/// Whether the id names the event's own sequence (`id::generate_at`): such an event is found
+/// by its id without an id entry, which is then never written.
+pub fn names_itself(id: &str, seq: u64) -> bool {
+    crate::event::id::sequence_of(id) == Some(seq)
+}
+
+/// The sequence of the event with this id in this mode, if it has an id entry.
 pub fn lookup(tree: &sled::Tree, livemode: bool, id: &str) -> Result<Option<u64>, Error> {
     let Some(value) = tree.get(keys::id(livemode, id))? else { return Ok(None) };
     keys::u64_value(&value).map(Some).ok_or_else(|| Error::Corrupt(format!("id index of {id:?}")))
@@ -174,7 +190,9 @@ impl Change {
     ) {
         let by_time = keys::created_prefix(livemode);
         let by_type = keys::type_prefix(event_type, livemode);
-        self.batch.insert(keys::id(livemode, id), &seq.to_be_bytes());
+        if !names_itself(id, seq) {
+            self.batch.insert(keys::id(livemode, id), &seq.to_be_bytes());
+        }
         // The by-time entry names its type, so a listing that matches many types can walk
         // time order once and filter, instead of merging a stream per type.
         self.batch.insert(keys::entry(&by_time, created, seq), event_type.as_bytes());
