@@ -158,6 +158,9 @@ impl Op for Filler {
     }
 }
 
+/// Longest the bench waits for the index to hold the whole fill before it gives up.
+const INDEX_CATCH_UP_LIMIT: Duration = Duration::from_secs(1800);
+
 /// Prints the fill's progress every [`PROGRESS_EVERY`] until `done` fires.
 async fn print_progress(
     tally: Arc<FillTally>,
@@ -242,6 +245,27 @@ async fn fill(
     // Read first, before anything else touches the server.
     let rss = store.target.rss().ok();
     figure.set("batches", outcome.calls);
+    // The index is applied behind the log; the read figures are of a store whose index holds
+    // the whole fill, so wait for a listing to answer (it waits for the index itself, then
+    // says UNAVAILABLE) and report how long the index took to catch up.
+    let fill_ended = Instant::now();
+    let mut client = pool.client(0);
+    let newest = ListEventsRequest { limit: 1, ..Default::default() };
+    loop {
+        match client.list_events(newest.clone()).await {
+            Ok(_) => break,
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                if fill_ended.elapsed() > INDEX_CATCH_UP_LIMIT {
+                    return Err(format!(
+                        "the index did not catch up with the fill within {INDEX_CATCH_UP_LIMIT:?}"
+                    )
+                    .into());
+                }
+            }
+            Err(status) => return Err(status_text(&status).into()),
+        }
+    }
+    figure.set("index_caught_up_s", (fill_ended.elapsed().as_secs_f64() * 10.0).round() / 10.0);
     if let Some(rss) = rss {
         rss.apply(&mut figure);
     }

@@ -31,7 +31,7 @@ pub use migrate::{migrate, reindex, MigrateReport, STEPS as MIGRATE_STEPS};
 pub use writer::{MAX_ROUND_EVENTS, MAX_TRIM};
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -100,6 +100,9 @@ pub(crate) struct Shared {
     pub recent: Recent,
     /// Set by the writer after a storage error or on close.
     pub read_only: AtomicBool,
+    /// The first kept sequence as the writer last set it (before the index has removed the
+    /// events below it), for reads by id that take no lock.
+    pub first_kept: AtomicU64,
 }
 
 impl Shared {
@@ -141,7 +144,7 @@ impl Shared {
     /// The event at `seq`, from memory if recent; `None` below the first kept sequence
     /// (retention may not have cut it from the cache or the log yet).
     fn event(&self, seq: u64) -> Result<Option<StoredEvent>, Error> {
-        if seq < self.state().first {
+        if seq < self.first_kept.load(Ordering::Acquire) {
             return Ok(None);
         }
         if let Some(event) = self.recent.get(seq) {
@@ -264,6 +267,7 @@ impl SledStore {
             log_failed: AtomicBool::new(false),
             recent: Recent::new(recent::capacity_from(config.cache_bytes)),
             read_only: AtomicBool::new(false),
+            first_kept: AtomicU64::new(first),
         });
         let (durable_tx, durable) = watch::channel(last);
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);

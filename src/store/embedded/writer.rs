@@ -426,6 +426,7 @@ impl Writer {
         let first = upto + 1;
         let log = self.shared.log.clone();
         log.set_first(first)?;
+        self.shared.first_kept.store(first, Ordering::Release);
         // Through the index thread, after every round written before it.
         let from = self.first_seq;
         self.first_seq = first;
