@@ -1,7 +1,7 @@
 //! PublishEvent, PublishEvents and GetEvent: round trips, generated and provider ids,
 //! idempotent repeats and conflicts, atomic ordered batches, provider payloads unchanged.
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{jetstream_urls, spawn_app, spawn_app_with};
 use crate::support::{
     assert_rejected, at, event, fixture, ids, json_struct, publish, publish_batch, rfc3339,
     sequences, stored_total, struct_json, T0,
@@ -76,7 +76,11 @@ async fn ids_shaped_like_generated_ones_are_found_whichever_event_they_name() {
     let generated = publish(&mut app.client, event("charge.create")).await;
     assert_eq!(generated.sequence, 1);
     let rest = generated.id.strip_prefix("evnt_test_").expect("a test id");
-    assert!(rest.ends_with('1'), "the id ends with its sequence: {}", generated.id);
+    if jetstream_urls().is_none() {
+        // The embedded store's ids name their sequence (JetStream's are made before the
+        // stream assigns one); either way the ids below must resolve alike.
+        assert!(rest.ends_with('1'), "the id ends with its sequence: {}", generated.id);
+    }
     // Names sequence 1 with other random digits: the caller's event 2.
     let other_random = format!("evnt_test_{}{}1", &rest[..9], "0".repeat(10));
     // Names sequence 3, which it gets: found by its id alone.
