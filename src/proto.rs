@@ -24,7 +24,7 @@
 use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, Bytes};
-use prost::encoding::{self, decode_varint, encode_key, encode_varint, skip_field};
+use prost::encoding::{self, decode_varint, encode_key, encode_varint};
 use prost::encoding::{DecodeContext, WireType};
 use prost::DecodeError;
 
@@ -137,9 +137,9 @@ impl<M> prost::Message for Encoded<M> {
 }
 
 /// Appends one field of a message being decoded to `out` as it came: its key, then its
-/// value's bytes, so `out` is an encoding of the message without it being built. Groups
-/// (proto2, never part of these messages) are skipped, as prost skips any field it does not
-/// know.
+/// value's bytes, so `out` is an encoding of the message without it being built. A group
+/// (proto2; no field of `Event` or `Struct` is one) is refused as a wire-type error, so nothing
+/// a decoder would refuse is kept.
 fn append_field(
     out: &mut Vec<u8>,
     tag: u32,
@@ -148,7 +148,7 @@ fn append_field(
     ctx: DecodeContext,
 ) -> Result<(), DecodeError> {
     if matches!(wire_type, WireType::StartGroup | WireType::EndGroup) {
-        return skip_field(wire_type, tag, buf, ctx);
+        encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
     }
     encode_key(tag, wire_type, out);
     match wire_type {

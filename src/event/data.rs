@@ -218,6 +218,11 @@ mod tests {
         assert_eq!(err.path("data"), "data.x");
         let err = stored(Bytes::from_static(&[ENTRY, 5, 0xFF])).unwrap_err();
         assert!(err.reason.contains("not a valid google.protobuf.Struct"), "{err:?}");
+        // A group where the map should be: a decoder refuses it, and so does the request.
+        let group = [0x0B, 0x0C];
+        assert!(Struct::decode(&group[..]).is_err());
+        let request = [0x1A, 2, 0x0B, 0x0C]; // PublishEventRequest.data holding the group
+        assert!(crate::proto::wire::PublishEventRequest::decode(&request[..]).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! record that does not parse is [`Error::Corrupt`]; nesting deeper than protobuf decoders
 //! accept (100) is refused rather than recursed into.
 
-use prost::encoding::{decode_key, decode_varint, WireType};
+use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
 
 use crate::error::Error;
 use crate::event::json::number_to_json;
@@ -26,6 +26,8 @@ pub(crate) enum Field<'a> {
     Fixed64(u64),
     Fixed32,
     Bytes(&'a [u8]),
+    /// A group, skipped: no field eventsd reads is one.
+    Group,
 }
 
 fn corrupt(what: &str) -> Error {
@@ -57,7 +59,13 @@ fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Field<'a>), Error> {
             let len = usize::try_from(varint(buf)?).map_err(|_| corrupt("a huge length"))?;
             Field::Bytes(take(buf, len)?)
         }
-        WireType::StartGroup | WireType::EndGroup => return Err(corrupt("a group field")),
+        // A group (proto2) is skipped whole, as decoders skip a field they do not know.
+        WireType::StartGroup => {
+            skip_field(wire_type, tag, buf, DecodeContext::default())
+                .map_err(|e| corrupt(&e.to_string()))?;
+            Field::Group
+        }
+        WireType::EndGroup => return Err(corrupt("an end of group with no start")),
     };
     Ok((tag, field))
 }

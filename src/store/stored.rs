@@ -48,8 +48,8 @@ impl Inner {
 
 /// Every field of `events.v1.Event` but `data`, read from the bytes in one pass with no
 /// allocation: strings are ranges of the bytes (checked to be UTF-8 once, here), the rest
-/// values. Like a protobuf decoder it skips unknown fields and keeps the last of a repeated
-/// one, and refuses what a decoder refuses (a known field of the wrong wire type, a string
+/// values. Like a protobuf decoder it skips unknown fields (groups too), keeps the last of a
+/// repeated scalar, merges a repeated message, and refuses what a decoder refuses (a known field of the wrong wire type, a string
 /// that is not UTF-8, a truncated field).
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Routing {
@@ -93,12 +93,11 @@ impl Routing {
                     }
                 }
                 (3 | 4, Field::Bytes(message)) => {
-                    let time = Timestamp::decode(message).map_err(|e| e.to_string())?;
-                    if tag == 3 {
-                        routing.created = Some(time);
-                    } else {
-                        routing.received = Some(time);
-                    }
+                    // A message field given twice is merged, as a decoder merges it.
+                    let time = if tag == 3 { &mut routing.created } else { &mut routing.received };
+                    time.get_or_insert_with(Timestamp::default)
+                        .merge(message)
+                        .map_err(|e| e.to_string())?;
                 }
                 (5, Field::Varint(flag)) => routing.livemode = flag != 0,
                 (9, Field::Varint(sequence)) => routing.sequence = sequence,
@@ -311,12 +310,18 @@ mod tests {
             assert!(matches!(err, Error::Corrupt(_)), "{bytes:?}: {err}");
             assert!(Event::decode(bytes).is_err(), "a decoder refuses {bytes:?} too");
         }
-        // Unknown fields are skipped, as a decoder skips them.
+        // Unknown fields are skipped, as a decoder skips them, and a repeated timestamp is
+        // merged as a decoder merges it.
         let mut bytes = sample(5).encode_to_vec();
         bytes.extend([0x98, 0x06, 1]); // field 99, varint 1
+        bytes.extend([0x9b, 0x06, 0x08, 1, 0x9c, 0x06]); // field 99, a group holding a varint
+        bytes.extend([0x1a, 0x02, 0x08, 0x09]); // created again: seconds 9, nanos kept
+        let decoded = Event::decode(&bytes[..]).unwrap();
         let stored = StoredEvent::from_bytes(Bytes::from(bytes)).unwrap();
         assert_eq!(stored.sequence(), 5);
         assert_eq!(stored.id(), "evnt_test_1");
+        assert_eq!(Some(stored.created()), decoded.created);
+        assert_eq!(stored.created().seconds, 9);
     }
 
     /// A new event as a publish request carries it: the fields of `event` the caller gives.

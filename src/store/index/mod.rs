@@ -80,7 +80,8 @@ impl Fields {
 pub const VERSION: u64 = 4;
 
 /// Older versions whose entries are all valid in [`VERSION`]: marked as it at open, with no
-/// rebuild (a version 3 index holds no id that names its own sequence).
+/// rebuild. A version 3 index may hold an id entry for an id that names its own sequence (a
+/// release before version 4 rebuilt it); such an entry is redundant, never wrong.
 const UPGRADED_IN_PLACE: &[u64] = &[3];
 
 /// The index state read at open.
