@@ -328,9 +328,14 @@ impl JetStreamStore {
                     // Some id is stored: read each back and compare, then publish the rest.
                     conflicts += 1;
                     if conflicts > MAX_CONFLICTS {
-                        return Err(Error::Unavailable(
-                            "ids kept colliding with concurrent publishes".into(),
-                        ));
+                        // Either other publishes keep taking these ids, or the stream holds an
+                        // earlier attempt of this one that it has not committed (a leader cut
+                        // off from its replicas); a retry with the same ids is safe either way.
+                        return Err(Error::Unavailable(format!(
+                            "the stream refused these ids {MAX_CONFLICTS} times without showing \
+                             a stored event for them (concurrent publishes of the same ids, or \
+                             an earlier attempt not yet committed); retry with the same ids"
+                        )));
                     }
                     for &i in &pending {
                         let Slot::Pending(event) = &slots[i] else { continue };
