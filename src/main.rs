@@ -11,7 +11,14 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     limit_malloc_arenas();
     match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(serve_or_run_command()),
+        Ok(runtime) => {
+            let code = runtime.block_on(serve_or_run_command());
+            // `run` stops everything it started before it returns; what may still run is an
+            // open of the store that a shutdown during start-up left behind, which is as safe
+            // to cut short as a crash.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            code
+        }
         Err(e) => {
             eprintln!("eventsd: cannot start the runtime: {e}");
             ExitCode::FAILURE
@@ -67,13 +74,15 @@ async fn serve_or_run_command() -> ExitCode {
 }
 
 async fn serve(config: eventsd::ServeConfig) -> Result<(), String> {
+    // Signals first: once the ports accept connections, a SIGTERM is a clean shutdown.
+    let shutdown = shutdown_signal();
     let grpc = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let http = TcpListener::bind(config.http_listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.http_listen))?;
-    run(config, Listeners { grpc, http }, shutdown_signal()).await.map_err(|e| e.to_string())
+    run(config, Listeners { grpc, http }, shutdown).await.map_err(|e| e.to_string())
 }
 
 fn check(dir: &std::path::Path) -> Result<(), String> {

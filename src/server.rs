@@ -71,7 +71,6 @@ pub async fn run(
     let webhooks = WebhookConfig::from_config(&config)?;
     let metrics = Metrics::with_max_types(config.metrics_max_types);
     let retention = Retention { max_age: config.retention, max_events: config.max_events };
-    let (store, retention_store, tokens, nats) = open_store(&config, &retention, &metrics).await?;
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn({
@@ -81,6 +80,30 @@ pub async fn run(
             token.cancel();
         }
     });
+    // A shutdown while the store opens ends the start: nothing is served yet. A JetStream
+    // catch-up (an in-memory index) is dropped at once; an embedded open (a replay into the
+    // index) is let finish within the shutdown grace and closed, so its files are released
+    // cleanly; past the grace it is left to the process's exit, which the store survives as
+    // it survives a crash.
+    let opening = open_store(&config, &retention, &metrics);
+    tokio::pin!(opening);
+    let opened = tokio::select! {
+        opened = &mut opening => opened?,
+        () = token.cancelled() => {
+            tracing::info!("shutdown during start-up; the store was still opening");
+            if matches!(config.store, StoreKind::Embedded) {
+                match tokio::time::timeout(config.shutdown_grace, &mut opening).await {
+                    Ok(Ok((store, ..))) => store.close().await,
+                    Ok(Err(err)) => tracing::warn!(error = %err, "the store's open failed during shutdown"),
+                    Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "the store was still opening after the shutdown grace; exiting without it"),
+                }
+            }
+            tasks.close();
+            tasks.wait().await;
+            return Ok(());
+        }
+    };
+    let (store, retention_store, tokens, nats) = opened;
     let outbound = start_webhooks(&config, &store, nats, &metrics, &tasks, &token).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<EventServiceServer<EventsApi>>().await;
@@ -328,14 +351,18 @@ async fn open_store(
 {
     match &config.store {
         StoreKind::Embedded => {
-            let store = SledStore::open(&StoreConfig {
+            let store_config = StoreConfig {
                 path: config.data_dir.clone(),
                 cache_bytes: config.cache_bytes,
                 durability: config.durability,
                 metrics: metrics.clone(),
                 segment_bytes: config.segment_bytes,
                 list_deadline: config.list_deadline,
-            })?;
+            };
+            // On a blocking thread, so a shutdown during a long open need not wait for it.
+            let store = tokio::task::spawn_blocking(move || SledStore::open(&store_config))
+                .await
+                .map_err(|e| Error::Startup(format!("the store's open stopped: {e}")))??;
             let retained = retention.is_enabled().then(|| store.clone());
             let tokens = PageTokens::in_dir(&config.data_dir)?;
             Ok((Arc::new(store), retained, tokens, None))
@@ -470,31 +497,33 @@ async fn reload_keys_on_sighup(
     }
 }
 
-/// Completes on SIGINT (ctrl-c) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %err, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
+/// Completes on SIGINT (ctrl-c) or SIGTERM. The handlers are installed when this is called,
+/// not when the future is first polled, so a signal that arrives while the store opens (a
+/// replay, a JetStream catch-up) is caught and ends the start cleanly instead of killing the
+/// process by the signal's default action.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listen = |kind: SignalKind, name: &'static str| {
+        let installed = signal(kind);
+        async move {
+            match installed {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot listen for {name}");
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+    let interrupt = listen(SignalKind::interrupt(), "SIGINT");
+    let terminate = listen(SignalKind::terminate(), "SIGTERM");
+    async move {
+        tokio::select! {
+            () = interrupt => {}
+            () = terminate => {}
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
 }

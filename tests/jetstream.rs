@@ -90,6 +90,55 @@ async fn get(client: &mut Client, id: &str) -> Result<Event, tonic::Status> {
         .map(|r| r.into_inner())
 }
 
+/// Events in the stream when the second instance starts: enough that reading them takes far
+/// longer than the test takes to see the instance connected and send SIGTERM.
+const CATCH_UP_EVENTS: usize = 60_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_while_an_instance_catches_up_exits_0_within_the_shutdown_grace() {
+    if !enabled("sigterm_while_an_instance_catches_up_exits_0_within_the_shutdown_grace") {
+        return;
+    }
+    let cluster = start_cluster();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = instance(&cluster, dir.path(), "a", &[]).await;
+    let mut on_a = a.client().await;
+    child::publish_small(&mut on_a, 0, CATCH_UP_EVENTS / 1_000, 1_000).await;
+
+    // B reads the whole stream before it serves; SIGTERM it as soon as it is connected.
+    let args = ["--store".to_string(), cluster.url(), "--nats-stream".into(), STREAM.into()];
+    let log = dir.path().join("b.log");
+    let mut b = Server::spawn_with(&dir.path().join("b-unused-data"), &log, &args);
+    let deadline = Instant::now() + PHASE_LIMIT;
+    while !b.stderr().contains("2.12 or newer") {
+        assert!(b.exited().is_none(), "b exited before connecting:\n{}", b.stderr_tail());
+        assert!(Instant::now() < deadline, "b never connected:\n{}", b.stderr_tail());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let sent = Instant::now();
+    // The default grace is 10 s; a start cut short has no connections to wait for.
+    let status = b.terminate(Duration::from_secs(10)).await.expect("an exit within the grace");
+    let took = sent.elapsed();
+    let stderr = b.stderr();
+    println!("SIGTERM during catch-up of {CATCH_UP_EVENTS} events: exit {status} after {took:?}");
+    assert!(status.success(), "exit 0 expected, got {status}:\n{stderr}");
+    assert!(
+        stderr.contains("shutdown during start-up")
+            && !stderr.contains("index built from the stream"),
+        "the signal came during the catch-up:\n{stderr}"
+    );
+    // A's stream is untouched, and a new instance still starts over it.
+    let c = instance(&cluster, dir.path(), "c", &[]).await;
+    let page = c
+        .client()
+        .await
+        .list_events(ListEventsRequest { limit: 1, ..Default::default() })
+        .await
+        .expect("list on c")
+        .into_inner();
+    assert_eq!(page.total, CATCH_UP_EVENTS as i64);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_serve_one_stream_with_the_same_guarantees() {
     if !enabled("two_instances_serve_one_stream_with_the_same_guarantees") {
