@@ -58,10 +58,14 @@ fn start_cluster() -> Cluster {
     Cluster::start(sync_always)
 }
 
+/// The flags of an instance over the cluster's stream.
+fn store_args(cluster: &Cluster) -> Vec<String> {
+    vec!["--store".to_string(), cluster.url(), "--nats-stream".into(), STREAM.into()]
+}
+
 /// An eventsd instance over the cluster, with its own log in `dir`.
 async fn instance(cluster: &Cluster, dir: &Path, name: &str, extra: &[&str]) -> Server {
-    let mut args =
-        vec!["--store".to_string(), cluster.url(), "--nats-stream".into(), STREAM.into()];
+    let mut args = store_args(cluster);
     args.extend(extra.iter().map(|s| s.to_string()));
     let data = dir.join(format!("{name}-unused-data"));
     let log = dir.join(format!("{name}.log"));
@@ -106,7 +110,7 @@ async fn sigterm_while_an_instance_catches_up_exits_0_within_the_shutdown_grace(
     child::publish_small(&mut on_a, 0, CATCH_UP_EVENTS / 1_000, 1_000).await;
 
     // B reads the whole stream before it serves; SIGTERM it as soon as it is connected.
-    let args = ["--store".to_string(), cluster.url(), "--nats-stream".into(), STREAM.into()];
+    let args = store_args(&cluster);
     let log = dir.path().join("b.log");
     let mut b = Server::spawn_with(&dir.path().join("b-unused-data"), &log, &args);
     let deadline = Instant::now() + PHASE_LIMIT;

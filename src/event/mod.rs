@@ -152,36 +152,36 @@ impl NewEvent {
     /// `received` are assigned by the committer (a sequence of 0 is left out, as a replicated
     /// stream stores an event before it assigns the sequence).
     pub fn encode(&self, id: &str, sequence: u64, received: Timestamp) -> Vec<u8> {
-        use prost::encoding::{bool, message, string, uint64};
-        let id = id.to_string();
+        use prost::encoding::{bool, message, uint64};
+        /// A string field, left out when empty (as prost leaves out a default).
+        fn text(tag: u32, value: &str, out: &mut Vec<u8>) {
+            if !value.is_empty() {
+                bytes(tag, value.as_bytes(), out);
+            }
+        }
+        fn bytes(tag: u32, value: &[u8], out: &mut Vec<u8>) {
+            encode_key(tag, WireType::LengthDelimited, out);
+            encode_varint(value.len() as u64, out);
+            out.extend_from_slice(value);
+        }
         let location = format!("/events/{id}");
         let created = self.created.unwrap_or(received);
         let labels = self.event_type.len() + self.api_version.len() + self.source.len();
         let mut out = Vec::with_capacity(self.data.len() + 2 * id.len() + labels + 64);
-        if !id.is_empty() {
-            string::encode(1, &id, &mut out);
-        }
-        if !self.event_type.is_empty() {
-            string::encode(2, &self.event_type, &mut out);
-        }
+        text(1, id, &mut out);
+        text(2, &self.event_type, &mut out);
         message::encode(3, &created, &mut out);
         message::encode(4, &received, &mut out);
         if self.livemode {
             bool::encode(5, &self.livemode, &mut out);
         }
-        encode_key(6, WireType::LengthDelimited, &mut out);
-        encode_varint(self.data.len() as u64, &mut out);
-        out.extend_from_slice(&self.data);
-        if !self.api_version.is_empty() {
-            string::encode(7, &self.api_version, &mut out);
-        }
-        string::encode(8, &location, &mut out);
+        bytes(6, &self.data, &mut out);
+        text(7, &self.api_version, &mut out);
+        text(8, &location, &mut out);
         if sequence != 0 {
             uint64::encode(9, &sequence, &mut out);
         }
-        if !self.source.is_empty() {
-            string::encode(10, &self.source, &mut out);
-        }
+        text(10, &self.source, &mut out);
         out
     }
 

@@ -49,8 +49,8 @@ impl Inner {
 /// Every field of `events.v1.Event` but `data`, read from the bytes in one pass with no
 /// allocation: strings are ranges of the bytes (checked to be UTF-8 once, here), the rest
 /// values. Like a protobuf decoder it skips unknown fields (groups too), keeps the last of a
-/// repeated scalar, merges a repeated message, and refuses what a decoder refuses (a known field of the wrong wire type, a string
-/// that is not UTF-8, a truncated field).
+/// repeated scalar, merges a repeated message, and refuses what a decoder refuses (a known
+/// field of the wrong wire type, a string that is not UTF-8, a truncated field).
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Routing {
     id: Span,
@@ -132,11 +132,11 @@ impl StoredEvent {
     /// committer assigned.
     pub fn from_new(
         new: &NewEvent,
-        id: String,
+        id: &str,
         sequence: u64,
         received: Timestamp,
     ) -> Result<Self, Error> {
-        Self::from_bytes(Bytes::from(new.encode(&id, sequence, received)))
+        Self::from_bytes(Bytes::from(new.encode(id, sequence, received)))
     }
 
     /// From an event encoded without its sequence (sequence 0, so the field is absent), as a
@@ -354,8 +354,7 @@ mod tests {
                     event.created = Some(received);
                 }
                 let new = new_event(&event, given_created);
-                let stored =
-                    StoredEvent::from_new(&new, event.id.clone(), sequence, received).unwrap();
+                let stored = StoredEvent::from_new(&new, &event.id, sequence, received).unwrap();
                 assert_eq!(stored.bytes()[..], event.encode_to_vec()[..], "{sequence} {livemode}");
                 // The routing fields agree with the ones decoded from the bytes.
                 let decoded = StoredEvent::from_bytes(stored.bytes().clone()).unwrap();

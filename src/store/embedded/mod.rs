@@ -101,7 +101,8 @@ pub(crate) struct Shared {
     /// Set by the writer after a storage error or on close.
     pub read_only: AtomicBool,
     /// The first kept sequence as the writer last set it (before the index has removed the
-    /// events below it), for reads by id that take no lock.
+    /// events below it): the writer's own record of it, and what reads by id check, with no
+    /// lock.
     pub first_kept: AtomicU64,
 }
 

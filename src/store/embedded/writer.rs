@@ -92,7 +92,6 @@ pub struct Writer {
     log: LogWriter,
     sync: SyncSender<ToSync>,
     last_seq: u64,
-    first_seq: u64,
     failed: Failed,
     last_recovery: Option<std::time::Instant>,
 }
@@ -123,19 +122,8 @@ impl Writer {
         log: LogWriter,
         sync: SyncSender<ToSync>,
     ) -> Result<Self, Error> {
-        let (first_seq, last_seq) = {
-            let state = shared.state();
-            (state.first, state.sequence)
-        };
-        Ok(Writer {
-            shared,
-            log,
-            sync,
-            last_seq,
-            first_seq,
-            failed: Failed::No,
-            last_recovery: None,
-        })
+        let last_seq = shared.state().sequence;
+        Ok(Writer { shared, log, sync, last_seq, failed: Failed::No, last_recovery: None })
     }
 
     /// The writer loop; returns when closed or when every sender is gone.
@@ -234,9 +222,13 @@ impl Writer {
                 }
                 Resolved::New(new, id) => {
                     next += 1;
+                    let generated;
                     let id = match id {
-                        Some(id) => id.clone(),
-                        None => self.fresh_id(&tree, new.livemode, round, &given, next)?,
+                        Some(id) => id.as_str(),
+                        None => {
+                            generated = self.fresh_id(&tree, new.livemode, round, &given, next)?;
+                            generated.as_str()
+                        }
                     };
                     // Encoded once, here: these bytes are what the log holds and every
                     // reader sends.
@@ -406,10 +398,15 @@ impl Writer {
         }
         self.log.sync()?;
         if self.shared.index_failed.load(Ordering::Acquire) {
-            let (last, first) = (self.last_seq, self.first_seq);
+            let (last, first) = (self.last_seq, self.first_seq());
             self.index_job(|done| Job::Recover { last, first, done })?;
         }
         Ok(())
+    }
+
+    /// The first kept sequence: the writer is the only one that moves it.
+    fn first_seq(&self) -> u64 {
+        self.shared.first_kept.load(Ordering::Acquire)
     }
 
     /// Removes the oldest events through `through` (at most [`MAX_TRIM`] per call), in
@@ -419,17 +416,16 @@ impl Writer {
         if self.failed != Failed::No || self.shared.index_failed.load(Ordering::Acquire) {
             return Err(Error::WritesDisabled);
         }
-        let upto = through.min(self.last_seq).min(self.first_seq.saturating_add(MAX_TRIM - 1));
-        if upto < self.first_seq {
-            return Ok(self.first_seq);
+        let from = self.first_seq();
+        let upto = through.min(self.last_seq).min(from.saturating_add(MAX_TRIM - 1));
+        if upto < from {
+            return Ok(from);
         }
         let first = upto + 1;
         let log = self.shared.log.clone();
         log.set_first(first)?;
         self.shared.first_kept.store(first, Ordering::Release);
         // Through the index thread, after every round written before it.
-        let from = self.first_seq;
-        self.first_seq = first;
         self.index_job(|done| Job::Trim { from, upto, done })?;
         self.shared.recent.prune_before(first);
         // Only once the index no longer points into them may whole segments go.

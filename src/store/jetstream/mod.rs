@@ -306,7 +306,7 @@ impl JetStreamStore {
             }
             let id = given.unwrap_or_else(|| id::generate(new.livemode, millis));
             positions.insert(id.clone(), i);
-            slots.push(Slot::Pending(StoredEvent::from_new(new, id, 0, received)?));
+            slots.push(Slot::Pending(StoredEvent::from_new(new, &id, 0, received)?));
         }
         let mut conflicts = 0;
         loop {
