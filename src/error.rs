@@ -94,7 +94,9 @@ pub enum Error {
         max: usize,
     },
     /// The disk is full; the write was not acknowledged.
-    #[error("the disk is full; the write was not stored")]
+    #[error(
+        "the disk is full (eventsd keeps 64 MiB free for its index); the write was not stored"
+    )]
     DiskFull,
     /// The store failed; the write was not acknowledged. Made from a `sled::Error` only
     /// through [`Error::from_storage`] (also what `?` uses), so a full disk is never this.

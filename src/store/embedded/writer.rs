@@ -330,6 +330,9 @@ impl Writer {
         if fresh.is_empty() {
             return Ok(None);
         }
+        // A refusal for want of headroom writes nothing, so the store stays writable.
+        let bytes = fresh.iter().map(|e| e.bytes().len() as u64 + 64).sum();
+        self.log.room_for(bytes)?;
         let appended = self.log.append(fresh.iter().map(|e| (e.sequence(), e.bytes().as_ref())));
         if let Err(err) = appended {
             tracing::error!(error = %err, "log write failed; nothing of the round was acknowledged; refusing writes until recovered");

@@ -51,6 +51,27 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Offsets inside a segment are 32-bit.
 const MAX_SEGMENT_BYTES: u64 = 1 << 31;
 
+/// The free space the log leaves on its file system for the index: 64 MiB, or a quarter of
+/// a file system smaller than 256 MiB.
+pub fn headroom(file_system_bytes: u64) -> u64 {
+    (64 << 20).min(file_system_bytes / 4)
+}
+
+/// (Bytes free to an unprivileged writer, total bytes) of the file system holding `dir`.
+fn free_space(dir: &Path) -> Result<(u64, u64), Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| Error::Internal(format!("a NUL in the data folder {}", dir.display())))?;
+    // SAFETY: statvfs is plain old data, for which all zero bytes are a valid value.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `stat` a writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(Error::Io(std::io::Error::last_os_error()));
+    }
+    let unit = stat.f_frsize as u64;
+    Ok((stat.f_bavail as u64 * unit, stat.f_blocks as u64 * unit))
+}
+
 /// The segments, shared by the writer and every reader.
 #[derive(Clone, Debug)]
 pub struct LogReader {
@@ -379,6 +400,18 @@ impl LogWriter {
     /// The next sequence the log expects.
     pub fn next(&self) -> u64 {
         self.next
+    }
+
+    /// Refuses (with [`Error::DiskFull`]) an append of about `bytes` that would leave the
+    /// log's file system less free space than [`headroom`] keeps for what is derived from the
+    /// log (the index, which is written after the log and must not meet a full disk the log
+    /// made). Nothing is written either way.
+    pub fn room_for(&self, bytes: u64) -> Result<(), Error> {
+        let (free, size) = free_space(&self.reader.dir)?;
+        if free < bytes.saturating_add(headroom(size)) {
+            return Err(Error::DiskFull);
+        }
+        Ok(())
     }
 
     /// Appends records of consecutive sequences starting at [`LogWriter::next`], in one write.
