@@ -4,9 +4,15 @@
 //!
 //! Time is counted in nanoseconds since 0001-01-01T00:00:00Z (the earliest valid `created`),
 //! so every valid timestamp is a non-negative integer. A bucket of level `l` covers
-//! `[b << LEVELS[l], (b + 1) << LEVELS[l])`: the widths grow 256-fold from about a millisecond
-//! (2^20 ns) to about 36 years (2^60 ns). A range is then the sum of at most 255 buckets per
-//! level on each side, plus the entries of at most one partial millisecond on each side.
+//! `[b << LEVELS[l], (b + 1) << LEVELS[l])`: the widths grow 16-fold from about a millisecond
+//! (2^20 ns) to about 36 years (2^60 ns).
+//!
+//! Which buckets are stored: every non-empty bucket of the top level, and below it only the
+//! children of a bucket that holds at least [`SPLIT`] entries. The count of entries created
+//! before a time is then one walk down from the top, reading at most 15 buckets per level,
+//! that stops at the first bucket holding fewer than [`SPLIT`] and reads its entries
+//! (`store/list/span.rs`). Events that are sparse in time cost no bucket key at the fine
+//! levels; dense ones share each key among many events.
 //!
 //! Key: `b` level(1) stream-prefix bucket(8, big-endian) → count(8). Stream prefixes
 //! (`keys::created_prefix`, `keys::type_prefix`) are self-delimiting, so one stream's buckets
@@ -21,15 +27,25 @@
 //! millisecond write one key per level per stream), so the buckets of every stream that keeps
 //! them always agree with the entries of the applied rounds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use prost_types::Timestamp;
 
 use crate::error::Error;
 use crate::store::index::keys;
 
-/// Shift (log2 of the width in nanoseconds) of each level's buckets, finest first.
-pub const LEVELS: [u32; 6] = [20, 28, 36, 44, 52, 60];
+/// Shift (log2 of the width in nanoseconds) of each level's buckets, finest first: each level
+/// is 16 times as wide as the one below it.
+pub const LEVELS: [u32; 11] = [20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60];
+
+/// The widest level; its buckets are always stored.
+pub const TOP: usize = LEVELS.len() - 1;
+
+/// A bucket's 16 buckets one level finer are stored only once it holds this many entries; a
+/// reader meets fewer than this many entries in a bucket whose children are not stored, and
+/// reads them instead. So a stream of sparse events (one per second, say) keeps no bucket at
+/// the millisecond levels, and a dense one keeps them where it is dense.
+pub const SPLIT: u64 = 32;
 
 /// First byte of every bucket key.
 pub const BUCKET: u8 = b'b';
@@ -89,16 +105,94 @@ pub fn kept(prefix: &[u8], count: u64) -> bool {
 
 /// A batch's changes to bucket counts, per stream: one delta per (level, bucket).
 #[derive(Default)]
-pub struct Deltas(BTreeMap<Vec<u8>, BTreeMap<(usize, u64), i64>>);
+pub struct Deltas(BTreeMap<Vec<u8>, Levels>);
+
+/// One stream's counts (or count changes) per (level, bucket number).
+type Levels = BTreeMap<(usize, u64), i64>;
+
+/// The bucket one level up that holds bucket `bucket` of `level`.
+fn parent(level: usize, bucket: u64) -> u64 {
+    bucket >> (LEVELS[level + 1] - LEVELS[level])
+}
+
+/// Bucket numbers at `level` of the `[lo, hi)` span of bucket `bucket` of level `above`.
+fn children(above: usize, bucket: u64, level: usize) -> (u64, u64) {
+    let shift = LEVELS[above] - LEVELS[level];
+    (bucket << shift, (bucket + 1) << shift)
+}
+
+/// The buckets a stream stores, from its exact counts at every level: every non-empty bucket
+/// of the top level, and every non-empty bucket whose parent holds at least [`SPLIT`].
+fn stored(counts: &Levels) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
+    counts.iter().filter_map(|(&(level, bucket), &n)| {
+        let split = level == TOP
+            || counts.get(&(level + 1, parent(level, bucket))).is_some_and(|&p| p >= SPLIT as i64);
+        (n > 0 && split).then_some((level, bucket, n as u64))
+    })
+}
+
+/// Adds one entry created at `t` (nanoseconds) to a stream's counts at every level.
+fn count_at(levels: &mut Levels, t: u128, delta: i64) {
+    for level in 0..LEVELS.len() {
+        *levels.entry((level, bucket_of(level, t))).or_default() += delta;
+    }
+}
+
+/// A stored bucket count, 0 when the key is absent.
+fn read(tree: &sled::Tree, key: &[u8]) -> Result<u64, Error> {
+    match tree.get(key)? {
+        Some(v) => {
+            keys::u64_value(&v).ok_or_else(|| Error::Corrupt(format!("bucket count {key:?}")))
+        }
+        None => Ok(0),
+    }
+}
+
+/// Stages the removal of every bucket key of `prefix`'s stream at the levels below `above`
+/// inside its bucket `bucket` (all of them, for `above` = `LEVELS.len()`).
+fn remove_below(
+    tree: &sled::Tree,
+    batch: &mut sled::Batch,
+    prefix: &[u8],
+    (above, bucket): (usize, u64),
+) -> Result<(), Error> {
+    for level in 0..above {
+        let range = if above == LEVELS.len() {
+            key(level, prefix, 0)..=key(level, prefix, u64::MAX)
+        } else {
+            let (lo, hi) = children(above, bucket, level);
+            key(level, prefix, lo)..=key(level, prefix, hi - 1)
+        };
+        for entry in tree.range(range) {
+            batch.remove(entry?.0);
+        }
+    }
+    Ok(())
+}
+
+/// The `created` times (nanoseconds) of `prefix`'s entries in the index in `[lo, hi)`.
+fn entry_times(
+    tree: &sled::Tree,
+    prefix: &[u8],
+    (lo, hi): (u128, u128),
+) -> Result<Vec<u128>, Error> {
+    let from = keys::entry_floor(prefix, &timestamp(lo));
+    let to = keys::entry_floor(prefix, &timestamp(hi));
+    let mut times = Vec::new();
+    for entry in tree.range(from..to) {
+        let (k, _) = entry?;
+        let created =
+            keys::created_of(&k).ok_or_else(|| Error::Corrupt(format!("index entry {k:?}")))?;
+        times.push(ns(&created));
+    }
+    Ok(times)
+}
 
 impl Deltas {
     /// Counts one entry of `prefix`'s stream created at `created` (`delta` +1 or -1).
     pub fn add(&mut self, prefix: &[u8], created: &Timestamp, delta: i64) {
-        let t = ns(created);
         let stream = self.0.entry(prefix.to_vec()).or_default();
-        for level in 0..LEVELS.len() {
-            *stream.entry((level, bucket_of(level, t))).or_default() += delta;
-        }
+        count_at(stream, ns(created), delta);
     }
 
     /// Stages the new counts into `batch`, reading the current ones from `tree`.
@@ -107,53 +201,24 @@ impl Deltas {
     /// reaches it gets buckets for every entry it holds (`tree` still holds the entries as
     /// they were before the batch, and the batch's own are in its deltas).
     pub fn stage(
-        mut self,
+        self,
         tree: &sled::Tree,
         batch: &mut sled::Batch,
         counts: impl Fn(&[u8]) -> (u64, u64),
     ) -> Result<(), Error> {
-        let prefixes: Vec<Vec<u8>> = self.0.keys().cloned().collect();
-        for prefix in prefixes {
+        for (prefix, mut deltas) in self.0 {
             let (before, after) = counts(&prefix);
             match (kept(&prefix, before), kept(&prefix, after)) {
-                (true, true) => {}
-                (false, false) => {
-                    self.0.remove(&prefix);
-                }
-                (true, false) => {
-                    self.0.remove(&prefix);
-                    for level in 0..LEVELS.len() {
-                        let range = key(level, &prefix, 0)..=key(level, &prefix, u64::MAX);
-                        for entry in tree.range(range) {
-                            batch.remove(entry?.0);
-                        }
-                    }
-                }
+                (true, true) => stage_stream(tree, batch, &prefix, &deltas)?,
+                (false, false) => {}
+                (true, false) => remove_below(tree, batch, &prefix, (LEVELS.len(), 0))?,
                 (false, true) => {
-                    let end = keys::entry_ceiling(&prefix, &timestamp(u128::MAX >> 1));
-                    for entry in tree.range(prefix.clone()..end) {
-                        let (k, _) = entry?;
-                        let created = keys::created_of(&k)
-                            .ok_or_else(|| Error::Corrupt(format!("index entry {k:?}")))?;
-                        self.add(&prefix, &created, 1);
+                    for t in entry_times(tree, &prefix, (0, u128::MAX >> 1))? {
+                        count_at(&mut deltas, t, 1);
                     }
-                }
-            }
-        }
-        for (prefix, buckets) in self.0 {
-            for ((level, bucket), delta) in buckets {
-                if delta == 0 {
-                    continue;
-                }
-                let key = key(level, &prefix, bucket);
-                let current = match tree.get(&key)? {
-                    Some(v) => keys::u64_value(&v)
-                        .ok_or_else(|| Error::Corrupt(format!("bucket count {key:?}")))?,
-                    None => 0,
-                };
-                match current.saturating_add_signed(delta) {
-                    0 => batch.remove(key),
-                    n => batch.insert(key, &n.to_be_bytes()),
+                    for (level, bucket, n) in stored(&deltas) {
+                        batch.insert(key(level, &prefix, bucket), &n.to_be_bytes());
+                    }
                 }
             }
         }
@@ -164,18 +229,116 @@ impl Deltas {
     /// each stream's event count: every bucket key with its total.
     pub fn into_counts(self, count: impl Fn(&[u8]) -> u64) -> BTreeMap<Vec<u8>, u64> {
         let mut out = BTreeMap::new();
-        for (prefix, buckets) in self.0 {
+        for (prefix, levels) in self.0 {
             if !kept(&prefix, count(&prefix)) {
                 continue;
             }
-            for ((level, bucket), n) in buckets {
-                if n > 0 {
-                    out.insert(key(level, &prefix, bucket), n as u64);
-                }
+            for (level, bucket, n) in stored(&levels) {
+                out.insert(key(level, &prefix, bucket), n);
             }
         }
         out
     }
+}
+
+/// What a batch does to one bucket of a stream that keeps buckets.
+#[derive(Clone, Copy)]
+enum Staged {
+    /// Stored before and after: its count before and after the batch.
+    Counted(u64, u64),
+    /// Not stored after the batch, or written whole with its parent's subtree.
+    Settled,
+}
+
+/// Stages one stream's deltas, level by level from the top: a bucket whose parent holds at
+/// least [`SPLIT`] before and after takes its delta; a parent that reaches [`SPLIT`] gets
+/// its whole subtree written from its entries; one that drops below it loses its subtree.
+fn stage_stream(
+    tree: &sled::Tree,
+    batch: &mut sled::Batch,
+    prefix: &[u8],
+    deltas: &Levels,
+) -> Result<(), Error> {
+    let split = SPLIT;
+    let mut staged: HashMap<(usize, u64), Staged> = HashMap::new();
+    for level in (0..LEVELS.len()).rev() {
+        let range = (level, 0)..=(level, u64::MAX);
+        for (&(_, bucket), &delta) in deltas.range(range) {
+            let state = if level == TOP {
+                None
+            } else {
+                Some(
+                    staged
+                        .get(&(level + 1, parent(level, bucket)))
+                        .copied()
+                        .unwrap_or(Staged::Settled),
+                )
+            };
+            let counted = match state {
+                None => true,
+                Some(Staged::Settled) => false,
+                Some(Staged::Counted(before, after)) => match (before >= split, after >= split) {
+                    (true, true) => true,
+                    (false, false) => false,
+                    (false, true) => {
+                        let up = (level + 1, parent(level, bucket));
+                        write_subtree(tree, batch, prefix, deltas, up)?;
+                        staged.insert(up, Staged::Settled);
+                        false
+                    }
+                    (true, false) => {
+                        let up = (level + 1, parent(level, bucket));
+                        remove_below(tree, batch, prefix, up)?;
+                        staged.insert(up, Staged::Settled);
+                        false
+                    }
+                },
+            };
+            if !counted {
+                staged.insert((level, bucket), Staged::Settled);
+                continue;
+            }
+            let key = key(level, prefix, bucket);
+            let before = read(tree, &key)?;
+            let after = before.saturating_add_signed(delta);
+            if delta != 0 {
+                match after {
+                    0 => batch.remove(key),
+                    n => batch.insert(key, &n.to_be_bytes()),
+                }
+            }
+            staged.insert((level, bucket), Staged::Counted(before, after));
+        }
+    }
+    Ok(())
+}
+
+/// Writes every bucket below bucket `bucket` of level `above` (which has just reached
+/// [`SPLIT`]) from its entries: those `tree` holds (fewer than [`SPLIT`]) and the batch's own.
+fn write_subtree(
+    tree: &sled::Tree,
+    batch: &mut sled::Batch,
+    prefix: &[u8],
+    deltas: &Levels,
+    (above, bucket): (usize, u64),
+) -> Result<(), Error> {
+    let shift = LEVELS[above];
+    let span = (u128::from(bucket) << shift, u128::from(bucket + 1) << shift);
+    let mut levels = Levels::new();
+    for t in entry_times(tree, prefix, span)? {
+        count_at(&mut levels, t, 1);
+    }
+    let (lo, hi) = children(above, bucket, 0);
+    for (&(_, ms), &delta) in deltas.range((0, lo)..(0, hi)) {
+        let t = u128::from(ms) << LEVELS[0];
+        count_at(&mut levels, t, delta);
+    }
+    for (level, b, n) in stored(&levels) {
+        if level < above {
+            batch.insert(key(level, prefix, b), &n.to_be_bytes());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

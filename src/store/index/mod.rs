@@ -75,14 +75,16 @@ impl Fields {
 /// The index's layout version, kept under [`keys::VERSION_KEY`]. Version 2 added bucket
 /// counts and the type in by-time entries; version 3 keeps bucket counts of type streams only
 /// from `buckets::MIN_EVENTS` events on; version 4 writes no id entry for an id that names its
-/// own sequence ([`names_itself`]). An index of another version is rebuilt from the log at
-/// open, so a release that predates version 4 rebuilds, rather than misses, those ids.
-pub const VERSION: u64 = 4;
+/// own sequence ([`names_itself`]); version 5 has 16-fold bucket levels and stores a bucket's
+/// children only once it holds `buckets::SPLIT` entries. An index of another version is
+/// rebuilt from the log at open, so a release that predates version 4 rebuilds, rather than
+/// misses, those ids.
+pub const VERSION: u64 = 5;
 
 /// Older versions whose entries are all valid in [`VERSION`]: marked as it at open, with no
-/// rebuild. A version 3 index may hold an id entry for an id that names its own sequence (a
-/// release before version 4 rebuilt it); such an entry is redundant, never wrong.
-const UPGRADED_IN_PLACE: &[u64] = &[3];
+/// rebuild. None today: version 5 lays bucket counts out anew, so versions 3 and 4 (whose
+/// entries are otherwise valid) are rebuilt.
+const UPGRADED_IN_PLACE: &[u64] = &[];
 
 /// The index state read at open.
 #[derive(Debug, Clone)]

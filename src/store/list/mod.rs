@@ -706,6 +706,27 @@ mod tests {
         (total, rest.into_iter().take(q.limit).collect(), has_more)
     }
 
+    /// The bucket keys the index holds are exactly those a count of its entries gives.
+    fn assert_buckets_match_the_entries(f: &Fixture) {
+        let mut expected = buckets::Deltas::default();
+        let mut per_stream = std::collections::BTreeMap::<Vec<u8>, u64>::new();
+        for (_, livemode, event_type, created) in &f.events {
+            expected.add(&keys::created_prefix(*livemode), created, 1);
+            let by_type = keys::type_prefix(event_type, *livemode);
+            expected.add(&by_type, created, 1);
+            *per_stream.entry(by_type).or_default() += 1;
+        }
+        let expected = expected.into_counts(|p| per_stream.get(p).copied().unwrap_or(0));
+        let found: std::collections::BTreeMap<Vec<u8>, u64> = f
+            .tree
+            .scan_prefix([buckets::BUCKET])
+            .map(|e| e.unwrap())
+            .map(|(k, v)| (k.to_vec(), keys::u64_value(&v).unwrap()))
+            .collect();
+        assert!(expected.keys().any(|k| k[1] == 0), "some finest buckets are stored");
+        assert_eq!(found, expected);
+    }
+
     fn check(f: &Fixture, q: &ListQuery) {
         let page = page(&f.tree, &f.state, q, |_, _| Ok(true)).unwrap();
         let (total, sequences, has_more) = expected(f, q);
@@ -743,6 +764,7 @@ mod tests {
             1 => vec![format!("t{}.*", rng.next(30)), "t0.x".to_string()],
             _ => vec![format!("t{}.x", rng.next(30))],
         };
+        assert_buckets_match_the_entries(&f);
         for _ in 0..200 {
             let wanted = types(&mut rng);
             let q = query(&f, &mut rng, &wanted, None);
@@ -762,14 +784,12 @@ mod tests {
         }
         change.apply(&f.tree, &f.state.counts, f.state.sequence, 2_001).1.unwrap();
         f.state.first = 2_001;
+        assert_buckets_match_the_entries(&f);
         for (&(livemode, ref t), &n) in &f.state.counts {
             let prefix = keys::type_prefix(t, livemode);
-            let kept = f.tree.scan_prefix(&buckets::key(0, &prefix, 0)[..2 + prefix.len()]).count();
-            assert_eq!(
-                kept > 0,
-                n >= buckets::MIN_EVENTS,
-                "{t}: {n} events, {kept} finest buckets"
-            );
+            let top = buckets::key(buckets::TOP, &prefix, 0);
+            let kept = f.tree.scan_prefix(&top[..2 + prefix.len()]).count();
+            assert_eq!(kept > 0, n >= buckets::MIN_EVENTS, "{t}: {n} events, {kept} top buckets");
         }
         for _ in 0..200 {
             let wanted = types(&mut rng);

@@ -2,26 +2,26 @@
 //! entries a set of streams holds in a span of `created` time, or the entry that comes after
 //! skipping a given number of them, in a bounded number of reads whatever the span holds.
 //!
-//! The walk starts at one edge of the span (the `from` side going forward, the `to` side going
-//! backward) and moves it towards the other:
-//! - while the edge is not on a finest-bucket boundary it reads the entries up to the next one
-//!   (less than a millisecond of events);
-//! - otherwise it adds up whole buckets of the widest level the edge is aligned to that still
-//!   fits in the span, up to the next boundary of the level above;
-//! - when skipping, a bucket that holds the entry sought becomes the span, and the walk goes on
-//!   inside it one level finer.
+//! Both rest on ranks, the number of entries created before a time:
+//! - [`below`] walks one stream down from the top level: at each level it adds the buckets
+//!   before the time inside the bucket it is in (at most 15), and goes down into the bucket
+//!   that holds the time, until that bucket holds fewer than `buckets::SPLIT` entries (its
+//!   children are not stored) or is a finest one; then it counts that bucket's entries before
+//!   the time. A span's count is the rank of its end minus the rank of its start.
+//! - [`select`] finds the entry of a given rank among several streams the same way: at each
+//!   level it sums the streams' buckets inside the bucket it is in and goes down into the one
+//!   that holds the rank, reading the entries of each stream whose bucket there holds fewer
+//!   than `buckets::SPLIT`.
 //!
-//! So a count reads at most 255 buckets per level per side and the entries of two partial
-//! milliseconds; a seek reads about twice that. Bucket counts include every applied entry, so
-//! the caller holds the view in which the applied sequence is the snapshot (the embedded
-//! store's state lock); entries met one by one are still checked against the snapshot.
+//! Streams that keep no bucket counts (fewer than `buckets::MIN_EVENTS` entries) are read
+//! whole, once. Bucket counts include every applied entry, so the caller holds the view in
+//! which the applied sequence is the snapshot (the embedded store's state lock); entries read
+//! one by one are still checked against the snapshot.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use crate::error::Error;
-use crate::store::index::buckets::{self, LEVELS};
-use crate::store::list::merge::Merge;
+use crate::store::index::buckets::{self, LEVELS, SPLIT};
 use crate::store::list::Index;
 use crate::store::{keys, Direction};
 
@@ -34,19 +34,17 @@ pub enum Walked {
     At(Vec<u8>),
 }
 
-fn width(level: usize) -> u128 {
-    1u128 << LEVELS[level]
-}
+/// An entry read one by one: its `created` (nanoseconds) and its (created, sequence) suffix.
+type Entry = (u128, Vec<u8>);
 
-/// Walks the entries of `streams` created in `[lo, hi)` (nanoseconds, see `buckets::ns`) in
-/// `direction`: counts them all (`skip` = `None`) or finds the entry after the first `skip`.
-/// Each stream is (prefix, whether it keeps bucket counts); the entries of one that does not
-/// (fewer than `buckets::MIN_EVENTS`) are read once and counted in memory. `None` when the
-/// index keeps no bucket counts.
+/// Counts the entries of `streams` created in `[lo, hi)` (nanoseconds, see `buckets::ns`)
+/// (`skip` = `None`), or finds the entry after the first `skip` of them in `direction`.
+/// Each stream is (prefix, whether it keeps bucket counts). `None` when the index keeps no
+/// bucket counts.
 pub fn walk<I: Index>(
     index: &I,
     streams: &[(Vec<u8>, bool)],
-    (mut lo, mut hi): (u128, u128),
+    (lo, hi): (u128, u128),
     direction: Direction,
     snapshot: u64,
     skip: Option<u64>,
@@ -54,115 +52,150 @@ pub fn walk<I: Index>(
     if !index.keeps_buckets() {
         return Ok(None);
     }
-    let forward = direction == Direction::Chronological;
-    let prefixes: Vec<&[u8]> = streams.iter().map(|(p, _)| p.as_slice()).collect();
     let bucketed: Vec<&[u8]> =
         streams.iter().filter(|(_, kept)| *kept).map(|(p, _)| p.as_slice()).collect();
-    let loose = loose_entries(index, streams, (lo, hi), snapshot)?;
-    let mut cap = LEVELS.len();
-    let mut n = 0u64;
-    while lo < hi {
-        let edge = if forward { lo } else { hi };
-        let level = (0..cap).rev().find(|&l| edge % width(l) == 0 && hi - lo >= width(l));
-        let Some(level) = level else {
-            // Less than a finest bucket to the next boundary: read the entries themselves.
-            let w = width(0);
-            let (a, b) = if forward {
-                (lo, hi.min((lo / w + 1) * w))
-            } else {
-                (lo.max((hi - 1) / w * w), hi)
-            };
-            let merged = prefixes
-                .iter()
-                .map(|p| {
-                    let from = Bound::Included(keys::entry_floor(p, &buckets::timestamp(a)));
-                    let to = Bound::Excluded(keys::entry_floor(p, &buckets::timestamp(b)));
-                    index.keys(from, to, direction)
-                })
-                .collect();
-            let mut merge = Merge::new(merged, direction, snapshot);
-            while let Some(suffix) = merge.next_suffix()? {
-                if skip == Some(n) {
-                    return Ok(Some(Walked::At(suffix)));
-                }
-                n += 1;
-            }
-            if forward {
-                lo = b;
-            } else {
-                hi = a;
-            }
-            continue;
-        };
-        // Whole buckets of this level, up to where the level above takes over or the span ends.
-        let w = width(level);
-        let above = (level + 1 < cap).then(|| width(level + 1));
-        let (a, b) = if forward {
-            let end = hi / w * w;
-            (lo, above.map_or(end, |up| end.min((lo / up + 1) * up)))
-        } else {
-            let start = lo.div_ceil(w) * w;
-            (above.map_or(start, |up| start.max((hi - 1) / up * up)), hi)
-        };
-        let shift = LEVELS[level];
-        let mut sums: BTreeMap<u64, u64> = BTreeMap::new();
-        for prefix in &bucketed {
-            let range = index.buckets(level, prefix, (a >> shift) as u64, (b >> shift) as u64);
-            for bucket in range {
-                let (number, count) = bucket?;
-                *sums.entry(number).or_default() += count;
-            }
-        }
-        let (from, to) = (loose.partition_point(|t| *t < a), loose.partition_point(|t| *t < b));
-        for t in &loose[from..to] {
-            *sums.entry((t >> shift) as u64).or_default() += 1;
-        }
-        let ordered: Box<dyn Iterator<Item = (u64, u64)>> =
-            if forward { Box::new(sums.into_iter()) } else { Box::new(sums.into_iter().rev()) };
-        let mut inside = None;
-        for (number, count) in ordered {
-            if skip.is_some_and(|k| n + count > k) {
-                inside = Some(number);
-                break;
-            }
-            n += count;
-        }
-        match inside {
-            Some(number) => {
-                // The entry sought is in this bucket: walk inside it, one level finer.
-                lo = u128::from(number) << shift;
-                hi = lo + w;
-                cap = level;
-            }
-            None if forward => lo = b,
-            None => hi = a,
-        }
-    }
-    Ok(Some(Walked::Counted(n)))
-}
-
-/// The `created` times (nanoseconds, ascending) of the entries in `[lo, hi)` within the
-/// snapshot of the streams that keep no bucket counts.
-fn loose_entries<I: Index>(
-    index: &I,
-    streams: &[(Vec<u8>, bool)],
-    (lo, hi): (u128, u128),
-    snapshot: u64,
-) -> Result<Vec<u128>, Error> {
     let mut loose = Vec::new();
     for (prefix, _) in streams.iter().filter(|(_, kept)| !kept) {
-        let from = Bound::Included(keys::entry_floor(prefix, &buckets::timestamp(lo)));
-        let to = Bound::Excluded(keys::entry_floor(prefix, &buckets::timestamp(hi)));
-        for key in index.keys(from, to, Direction::Chronological) {
-            let key = key?;
-            let key = key.as_ref();
-            if keys::seq_of(key).is_some_and(|s| s <= snapshot) {
-                if let Some(created) = keys::created_of(key) {
-                    loose.push(buckets::ns(&created));
-                }
+        loose.extend(entries(index, prefix, (0, u128::MAX), snapshot)?);
+    }
+    loose.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+    let rank = |t: u128| -> Result<u64, Error> {
+        let mut n = loose.partition_point(|(created, _)| *created < t) as u64;
+        for prefix in &bucketed {
+            n += below(index, prefix, t, snapshot)?;
+        }
+        Ok(n)
+    };
+    let (start, end) = (rank(lo)?, rank(hi.max(lo))?);
+    let n = end.saturating_sub(start);
+    let Some(k) = skip.filter(|k| *k < n) else { return Ok(Some(Walked::Counted(n))) };
+    let wanted = match direction {
+        Direction::Chronological => start + k,
+        Direction::ReverseChronological => end - 1 - k,
+    };
+    select(index, &bucketed, loose, wanted, snapshot).map(|suffix| Some(Walked::At(suffix)))
+}
+
+/// The number of `prefix`'s entries created before `t` (a stream that keeps bucket counts).
+fn below<I: Index>(index: &I, prefix: &[u8], t: u128, snapshot: u64) -> Result<u64, Error> {
+    let mut n = 0;
+    // The start of the bucket the walk is in (everything, at the top).
+    let mut start = 0u128;
+    for level in (0..LEVELS.len()).rev() {
+        let shift = LEVELS[level];
+        let at = number(t >> shift);
+        let mut holding = 0;
+        for bucket in index.buckets(level, prefix, number(start >> shift), at.saturating_add(1)) {
+            let (b, count) = bucket?;
+            if b < at {
+                n += count;
+            } else {
+                holding = count;
             }
         }
+        let bucket_start = u128::from(at) << shift;
+        if holding == 0 || bucket_start == t {
+            return Ok(n);
+        }
+        if level == 0 || holding < SPLIT {
+            let inside = entries(index, prefix, (bucket_start, t), snapshot)?;
+            return Ok(n + inside.len() as u64);
+        }
+        start = bucket_start;
     }
-    loose.sort_unstable();
-    Ok(loose)
+    Ok(n)
+}
+
+/// The suffix of the entry of rank `wanted` (0 is the oldest) among the bucketed streams and
+/// the `loose` entries (sorted).
+fn select<I: Index>(
+    index: &I,
+    bucketed: &[&[u8]],
+    mut loose: Vec<Entry>,
+    mut wanted: u64,
+    snapshot: u64,
+) -> Result<Vec<u8>, Error> {
+    let mut active: Vec<&[u8]> = bucketed.to_vec();
+    // The span the walk is in, as [lo, hi) nanoseconds.
+    let (mut lo, mut hi) = (0u128, u128::MAX);
+    for level in (0..LEVELS.len()).rev() {
+        if active.is_empty() {
+            break;
+        }
+        let shift = LEVELS[level];
+        let (first, last) = (number(lo >> shift), number((hi - 1) >> shift).saturating_add(1));
+        let mut sums = std::collections::BTreeMap::<u64, u64>::new();
+        let mut per_stream = Vec::with_capacity(active.len());
+        for prefix in &active {
+            let mut counts = Vec::new();
+            for bucket in index.buckets(level, prefix, first, last) {
+                let (b, count) = bucket?;
+                *sums.entry(b).or_default() += count;
+                counts.push((b, count));
+            }
+            per_stream.push(counts);
+        }
+        for (created, _) in &loose {
+            *sums.entry(number(created >> shift)).or_default() += 1;
+        }
+        let mut chosen = None;
+        for (b, count) in sums {
+            if wanted < count {
+                chosen = Some(b);
+                break;
+            }
+            wanted -= count;
+        }
+        let chosen = chosen.ok_or_else(|| {
+            Error::Corrupt("bucket counts disagree with the index entries".into())
+        })?;
+        (lo, hi) = (u128::from(chosen) << shift, u128::from(chosen + 1) << shift);
+        loose.retain(|(created, _)| (lo..hi).contains(created));
+        let mut still = Vec::with_capacity(active.len());
+        for (prefix, counts) in active.iter().zip(per_stream) {
+            match counts.iter().find(|(b, _)| *b == chosen).map(|(_, n)| *n) {
+                None => {}
+                Some(n) if level > 0 && n >= SPLIT => still.push(*prefix),
+                Some(_) => loose.extend(entries(index, prefix, (lo, hi), snapshot)?),
+            }
+        }
+        active = still;
+    }
+    loose.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+    loose
+        .into_iter()
+        .nth(wanted as usize)
+        .map(|(_, suffix)| suffix)
+        .ok_or_else(|| Error::Corrupt("bucket counts disagree with the index entries".into()))
+}
+
+/// A bucket number from a shifted time, saturating past the last one.
+fn number(shifted: u128) -> u64 {
+    u64::try_from(shifted).unwrap_or(u64::MAX)
+}
+
+/// `prefix`'s entries created in `[lo, hi)` within the snapshot, ascending.
+fn entries<I: Index>(
+    index: &I,
+    prefix: &[u8],
+    (lo, hi): (u128, u128),
+    snapshot: u64,
+) -> Result<Vec<Entry>, Error> {
+    let floor = |t: u128| keys::entry_floor(prefix, &buckets::timestamp(t.min(u128::MAX >> 1)));
+    let (from, to) = (Bound::Included(floor(lo)), Bound::Excluded(floor(hi)));
+    let mut out = Vec::new();
+    for key in index.keys(from, to, Direction::Chronological) {
+        let key = key?;
+        let key = key.as_ref();
+        if keys::seq_of(key).is_none_or(|s| s > snapshot) {
+            continue;
+        }
+        let (Some(created), Some(suffix)) =
+            (keys::created_of(key), key.get(key.len().saturating_sub(keys::SUFFIX_LEN)..))
+        else {
+            return Err(Error::Corrupt(format!("index entry {key:?}")));
+        };
+        out.push((buckets::ns(&created), suffix.to_vec()));
+    }
+    Ok(out)
 }
