@@ -46,6 +46,9 @@ pub const QUEUE_ROUNDS: usize = 64;
 /// 450–480 MiB with 2,048 (512 was no better), at the same publish rate.
 const MAX_BATCH_EVENTS: usize = 2_048;
 
+/// How often the id table is made durable (`fdatasync`) behind the applied sequence.
+const IDS_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a batch gathers rounds before it is applied, unless a reader nudges it.
 const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
@@ -170,12 +173,21 @@ pub struct Indexer {
     config: StoreConfig,
     /// Set after a failed write: rounds are not applied until a [`Job::Recover`].
     failed: bool,
+    /// When the id table was last made durable.
+    ids_synced: std::time::Instant,
 }
 
 impl Indexer {
     /// The index thread over the opened tree, whose counts are `counts`.
     pub fn new(shared: Arc<Shared>, tree: sled::Tree, counts: Counts, config: StoreConfig) -> Self {
-        Indexer { shared, tree, counts, config, failed: false }
+        Indexer {
+            shared,
+            tree,
+            counts,
+            config,
+            failed: false,
+            ids_synced: std::time::Instant::now(),
+        }
     }
 
     /// The thread's loop; returns on [`Job::Close`] or when the writer is gone.
@@ -226,6 +238,10 @@ impl Indexer {
     }
 
     fn flush(&self) {
+        let applied = *self.shared.applied.borrow();
+        if let Err(err) = self.shared.ids.sync(applied) {
+            tracing::error!(error = %err, "cannot sync the id table at close (the next start replays it)");
+        }
         if let Err(err) = self.tree.flush() {
             tracing::error!(error = %err, "cannot flush the index at close (the next start replays it)");
         }
@@ -243,14 +259,22 @@ impl Indexer {
         }
         let mut change = Change::default();
         for e in events {
-            let fields = (e.seq, e.livemode, e.id.as_str(), e.event_type.as_str(), &e.created);
+            let fields = (e.seq, e.livemode, e.event_type.as_str(), &e.created);
             change.insert(&mut self.counts, fields);
         }
         let kept_from = self.shared.state().first;
+        // The ids first (before their pending entries go, below); an id the table holds for
+        // an event the index does not hold yet is found the same way as a pending one.
+        let ids = events.iter().filter(|e| !index::names_itself(&e.id, e.seq));
+        let ids = ids.map(|e| (e.livemode, e.id.as_str(), e.seq)).collect::<Vec<_>>();
+        let added = self.shared.ids.add(ids.into_iter(), kept_from).and_then(|()| self.sync_ids());
         // The batch and the view move under the state lock together, so a listing that reads
         // bucket counts under it sees exactly the events of its snapshot.
         let mut state = self.shared.state_mut();
-        let (touched, applied) = change.apply(&self.tree, &self.counts, last, kept_from);
+        let (touched, applied) = match added {
+            Ok(()) => change.apply(&self.tree, &self.counts, last, kept_from),
+            Err(err) => (Default::default(), Err(err)),
+        };
         if let Err(err) = applied {
             drop(state);
             tracing::error!(error = %err, from = first, "index write failed after the log was durable; the events stand and reads find them; refusing writes until the index catches up");
@@ -262,6 +286,16 @@ impl Indexer {
         drop(state);
         self.shared.applied.send_replace(last);
         self.shared.pending.applied(events);
+    }
+
+    /// Makes the id table durable through the applied sequence at most once per
+    /// [`IDS_SYNC_EVERY`] (the open adds again the ids of the records after its durable point).
+    fn sync_ids(&mut self) -> Result<(), Error> {
+        if self.ids_synced.elapsed() < IDS_SYNC_EVERY {
+            return Ok(());
+        }
+        self.ids_synced = std::time::Instant::now();
+        self.shared.ids.sync(*self.shared.applied.borrow())
     }
 
     fn fail(&mut self) {
@@ -279,7 +313,7 @@ impl Indexer {
         let mut change = Change::default();
         for seq in from..=upto {
             let fields = Fields::decode(seq, &log.expect(seq)?)?;
-            change.remove(&self.tree, &mut self.counts, seq, &fields)?;
+            change.remove(&mut self.counts, seq, &fields);
         }
         let first = upto + 1;
         let removed = {
@@ -304,6 +338,8 @@ impl Indexer {
         self.shared.index.reopen(&mut self.tree, &self.config)?;
         let loaded = index::load(&self.tree)?;
         let counts = index::catch_up(&self.tree, &self.shared.log, loaded, (first, last))?;
+        let synced = self.shared.ids.synced();
+        index::add_ids(&self.shared.ids, &self.shared.log, synced, (first, last))?;
         self.counts = counts.clone();
         {
             let mut state = self.shared.state_mut();

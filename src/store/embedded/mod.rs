@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! DATA_DIR/log/       segments of framed records: the events as stored, the source of truth
-//! DATA_DIR/index/     sled: (mode, id) → sequence, by-time and by-type entries, counts
+//! DATA_DIR/index/     sled: by-time and by-type entries, counts; `ids`: (mode, id) → sequence
 //! DATA_DIR/eventsd.ack  the newest acknowledged sequence (durability.rs)
 //! ```
 //!
@@ -11,8 +11,8 @@
 //! and writes them to the log; the sync thread (`syncer.rs`) fdatasyncs them, moves the
 //! durable point and answers; the index thread (`indexer.rs`) applies durable rounds to sled
 //! behind them. Ids the index does not hold yet are *pending*, in memory.
-//! - GetEvent looks the id up among the pending ids, then in the index, then reads the record
-//!   from the log.
+//! - GetEvent looks the id up among the pending ids, then at the sequence it names (generated
+//!   ids), then in the id table, and reads the record from the log.
 //! - ListEvents waits until the index reaches the durable point it saw, plans the page under
 //!   the state lock (`store/list/`) and reads each record of the page from the log.
 //! - SubscribeEvents reads the log forward from a sequence (the recent-events cache first).
@@ -45,6 +45,7 @@ use crate::event::{time, NewEvent};
 use crate::metrics::Metrics;
 use crate::proto::Event;
 use crate::store::durability::{read_ack, AckRecord, AckWriter, Durability, ACK_FILE};
+use crate::store::index::ids::IdTable;
 use crate::store::index::{self, DurableState};
 use crate::store::log::{self, LogReader};
 use crate::store::recent::{self, Recent};
@@ -92,6 +93,8 @@ pub(crate) struct Shared {
     pub applied: watch::Sender<u64>,
     /// Durable events the index does not hold yet, found by id.
     pub pending: Pending,
+    /// (mode, id) → sequence for the ids that do not name their own sequence.
+    pub ids: IdTable,
     /// Set by the index thread after a failed write, until it recovers.
     pub index_failed: AtomicBool,
     /// Set by the sync thread after a failed sync; writes stay refused.
@@ -117,15 +120,10 @@ impl Shared {
 
     /// The event with this id in this mode, among the sequences up to `upto`: a pending id
     /// (written, not yet indexed), an id that names its own sequence (`id::generate_at`; the
-    /// event there must have exactly this id and mode), or the index's id entry. Ids are one
-    /// namespace per mode, so only that mode's events are ever found.
-    fn locate(
-        &self,
-        tree: &sled::Tree,
-        livemode: bool,
-        id: &str,
-        upto: u64,
-    ) -> Result<Option<StoredEvent>, Error> {
+    /// event there must have exactly this id and mode), or one the id table names (the event
+    /// there, kept, must have exactly this id and mode). Ids are one namespace per mode, so
+    /// only that mode's events are ever found.
+    fn locate(&self, livemode: bool, id: &str, upto: u64) -> Result<Option<StoredEvent>, Error> {
         if let Some(seq) = self.pending.get(livemode, id) {
             return if seq <= upto { self.event(seq) } else { Ok(None) };
         }
@@ -142,10 +140,18 @@ impl Shared {
                 }
             }
         }
-        match index::lookup(tree, livemode, id)? {
-            Some(seq) if seq <= upto => self.event(seq),
-            _ => Ok(None),
+        for seq in self.ids.candidates(livemode, id)? {
+            if seq > upto {
+                continue;
+            }
+            match self.event(seq)? {
+                Some(event) if event.id() == id && event.livemode() == livemode => {
+                    return Ok(Some(event));
+                }
+                _ => {}
+            }
         }
+        Ok(None)
     }
 
     /// The event at `seq`, from memory if recent; `None` below the first kept sequence
@@ -215,6 +221,7 @@ pub(crate) fn acked(dir: &Path) -> Result<u64, Error> {
 pub(crate) struct Opened {
     pub log: log::LogWriter,
     pub tree: sled::Tree,
+    pub ids: IdTable,
     pub first: u64,
     pub last: u64,
     pub counts: index::Counts,
@@ -243,6 +250,8 @@ pub(crate) fn open_parts(
     };
     let loaded = index::load(&tree)?;
     let counts = index::catch_up(&tree, &log.reader(), loaded, (range.first, range.last))?;
+    let (ids, synced) = IdTable::open(&dir.join(index::DIR))?;
+    index::add_ids(&ids, &log.reader(), synced, (range.first, range.last))?;
     let counted: u64 = counts.values().sum();
     let kept = range.last + 1 - range.first;
     if counted != kept {
@@ -254,14 +263,14 @@ pub(crate) fn open_parts(
             dir.display()
         )));
     }
-    Ok(Opened { log, tree, first: range.first, last: range.last, counts })
+    Ok(Opened { log, tree, ids, first: range.first, last: range.last, counts })
 }
 
 impl SledStore {
     /// Opens (or creates) the store and starts its writer thread.
     pub fn open(config: &StoreConfig) -> Result<Self, Error> {
         refuse_old_layout(&config.path)?;
-        let Opened { log, tree, first, last, counts } =
+        let Opened { log, tree, ids, first, last, counts } =
             open_parts(&config.path, config.cache_bytes, config.segment_bytes)?;
         let acks = AckWriter::open(&config.path)?;
         let shared = Arc::new(Shared {
@@ -270,6 +279,7 @@ impl SledStore {
             state: RwLock::new(DurableState { sequence: last, first, counts: counts.clone() }),
             applied: watch::channel(last).0,
             pending: Pending::default(),
+            ids,
             index_failed: AtomicBool::new(false),
             log_failed: AtomicBool::new(false),
             recent: Recent::new(recent::capacity_from(config.cache_bytes)),
@@ -511,7 +521,7 @@ impl EventStore for SledStore {
     /// One lookup in the mode's namespace, among durable events (see `Shared::locate`).
     async fn get(&self, livemode: bool, id: &str) -> Result<Option<StoredEvent>, Error> {
         let durable = *self.durable.borrow();
-        self.shared.locate(&self.shared.index.get()?, livemode, id, durable)
+        self.shared.locate(livemode, id, durable)
     }
 
     /// The plan (streams, total, where an offset lands) is made under the state lock, where

@@ -41,7 +41,6 @@ use crate::event::{id, time, NewEvent};
 use crate::store::embedded::indexer::Job;
 use crate::store::embedded::syncer::{Reply, ToSync, Written};
 use crate::store::embedded::Shared;
-use crate::store::index;
 use crate::store::log::{LogWriter, SegmentSync};
 use crate::store::{Appended, StoredEvent};
 
@@ -197,11 +196,8 @@ impl Writer {
         if self.failed != Failed::No || self.shared.index_failed.load(Ordering::Acquire) {
             self.recover()?;
         }
-        let tree = self.shared.index.get()?;
-        let resolved = events
-            .into_iter()
-            .map(|e| self.resolve(&tree, e, round))
-            .collect::<Result<Vec<_>, _>>()?;
+        let resolved =
+            events.into_iter().map(|e| self.resolve(e, round)).collect::<Result<Vec<_>, _>>()?;
         let received = *round.received.get_or_insert_with(time::now);
         // A generated id must not equal an id this request gives (by a one-in-2^50 guess).
         let mut given = HashSet::new();
@@ -226,7 +222,7 @@ impl Writer {
                     let id = match id {
                         Some(id) => id.as_str(),
                         None => {
-                            generated = self.fresh_id(&tree, new.livemode, round, &given, next)?;
+                            generated = self.fresh_id(new.livemode, round, &given, next)?;
                             generated.as_str()
                         }
                     };
@@ -251,12 +247,7 @@ impl Writer {
     /// its sequence) or a repeat, reading the round and the store. Ids are one namespace per
     /// mode: only an event of the same mode can be a repeat or a conflict, so nothing of the
     /// other mode's events is ever compared, named or blocked.
-    fn resolve(
-        &self,
-        tree: &sled::Tree,
-        event: NewEvent,
-        round: &Round,
-    ) -> Result<Resolved, Error> {
+    fn resolve(&self, event: NewEvent, round: &Round) -> Result<Resolved, Error> {
         let Some(given) = &event.id else {
             return Ok(Resolved::New(event, None));
         };
@@ -264,7 +255,7 @@ impl Writer {
         let existing = match round.staged.get(&(mode, given.clone())) {
             Some(&at) => Some(round.fresh[at].clone()),
             // Every sequence up to the writer's last is in the log (durable or not yet).
-            None => self.shared.locate(tree, mode, given, self.last_seq)?,
+            None => self.shared.locate(mode, given, self.last_seq)?,
         };
         let Some(existing) = existing else {
             let id = given.clone();
@@ -280,7 +271,6 @@ impl Writer {
     /// the index keeps no entry for it), checked against every id a caller gave.
     fn fresh_id(
         &self,
-        tree: &sled::Tree,
         livemode: bool,
         round: &Round,
         given: &HashSet<(bool, &str)>,
@@ -292,7 +282,7 @@ impl Writer {
             let taken = given.contains(&(livemode, id.as_str()))
                 || round.staged.contains_key(&(livemode, id.clone()))
                 || self.shared.pending.get(livemode, &id).is_some()
-                || index::lookup(tree, livemode, &id)?.is_some();
+                || !self.shared.ids.candidates(livemode, &id)?.is_empty();
             if !taken {
                 return Ok(id);
             }

@@ -5,7 +5,6 @@
 //!
 //! | prefix | key                                         | value                      |
 //! |--------|---------------------------------------------|----------------------------|
-//! | `i`    | `i` mode(1) id                              | seq(8)                     |
 //! | `c`    | `c` mode(1) created(12) seq(8)              | type: by-time index        |
 //! | `t`    | `t` type 0x00 mode(1) created(12) seq(8)    | empty: by-type-time index  |
 //! | `n`    | `n` mode(1) type                            | count(8) of that stream    |
@@ -14,7 +13,7 @@
 //! | `v`    | `v`                                         | layout version(8)          |
 //! | `b`    | `b` level(1) stream-prefix bucket(8)        | count(8): see `buckets.rs` |
 //!
-//! Modes are separate id namespaces: the id key starts with the mode.
+//! Ids are not in this tree: the id table (`ids.rs`) holds them, one namespace per mode.
 //!
 //! Types never contain 0x00 (validated), so one type's prefix never covers another's.
 
@@ -22,6 +21,7 @@ use prost_types::Timestamp;
 
 use crate::event::time;
 
+/// First byte of the id entries of index layouts before 6 (the id table holds ids now).
 pub const ID: u8 = b'i';
 pub const COUNT: u8 = b'n';
 /// The single key holding the first kept sequence (absent: 1).
@@ -36,14 +36,6 @@ const TYPE: u8 = b't';
 
 /// Bytes after an index prefix: created(12) seq(8).
 pub const SUFFIX_LEN: usize = time::KEY_LEN + 8;
-
-pub fn id(livemode: bool, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + id.len());
-    k.push(ID);
-    k.push(livemode as u8);
-    k.extend_from_slice(id.as_bytes());
-    k
-}
 
 pub fn created_prefix(livemode: bool) -> Vec<u8> {
     vec![CREATED, livemode as u8]

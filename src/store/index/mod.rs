@@ -1,8 +1,8 @@
-//! The index: everything derived from the log that reads need, in one sled tree
-//! (`DATA_DIR/index/`, key layout in [`keys`]): (mode, id) → sequence (except for ids that
-//! name their own sequence, see [`names_itself`]), the by-time and
-//! by-type-time entries that listings walk, per-stream counts, the first kept sequence and
-//! the last sequence applied.
+//! The index: everything derived from the log that reads need. In one sled tree
+//! (`DATA_DIR/index/`, key layout in [`keys`]): the by-time and by-type-time entries that
+//! listings walk, bucket counts ([`buckets`]), per-stream counts, the first kept sequence and
+//! the last sequence applied. Beside it, the id table (`DATA_DIR/index/ids`, [`ids`]): (mode,
+//! id) → sequence, except for ids that name their own sequence ([`names_itself`]).
 //!
 //! Promises:
 //! - The index never leads the log: a round is applied after its records are durable in the
@@ -17,6 +17,7 @@
 //!   by the caller.
 
 pub mod buckets;
+pub mod ids;
 pub mod keys;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -76,14 +77,15 @@ impl Fields {
 /// counts and the type in by-time entries; version 3 keeps bucket counts of type streams only
 /// from `buckets::MIN_EVENTS` events on; version 4 writes no id entry for an id that names its
 /// own sequence ([`names_itself`]); version 5 has 16-fold bucket levels and stores a bucket's
-/// children only once it holds `buckets::SPLIT` entries. An index of another version is
+/// children only once it holds `buckets::SPLIT` entries; version 6 keeps no id entries (the
+/// id table, [`ids`], holds them). An index of another version is
 /// rebuilt from the log at open, so a release that predates version 4 rebuilds, rather than
 /// misses, those ids.
-pub const VERSION: u64 = 5;
+pub const VERSION: u64 = 6;
 
 /// Older versions whose entries are all valid in [`VERSION`]: marked as it at open, with no
-/// rebuild. None today: version 5 lays bucket counts out anew, so versions 3 and 4 (whose
-/// entries are otherwise valid) are rebuilt.
+/// rebuild. None today: version 5 laid bucket counts out anew, and version 6 moved the id
+/// entries out of sled.
 const UPGRADED_IN_PLACE: &[u64] = &[];
 
 /// The index state read at open.
@@ -169,12 +171,6 @@ pub fn names_itself(id: &str, seq: u64) -> bool {
     crate::event::id::sequence_of(id) == Some(seq)
 }
 
-/// The sequence of the event with this id in this mode, if it has an id entry.
-pub fn lookup(tree: &sled::Tree, livemode: bool, id: &str) -> Result<Option<u64>, Error> {
-    let Some(value) = tree.get(keys::id(livemode, id))? else { return Ok(None) };
-    keys::u64_value(&value).map(Some).ok_or_else(|| Error::Corrupt(format!("id index of {id:?}")))
-}
-
 /// One atomic change of the index, staged entry by entry.
 #[derive(Default)]
 pub struct Change {
@@ -189,13 +185,10 @@ impl Change {
     pub fn insert(
         &mut self,
         counts: &mut Counts,
-        (seq, livemode, id, event_type, created): (u64, bool, &str, &str, &Timestamp),
+        (seq, livemode, event_type, created): (u64, bool, &str, &Timestamp),
     ) {
         let by_time = keys::created_prefix(livemode);
         let by_type = keys::type_prefix(event_type, livemode);
-        if !names_itself(id, seq) {
-            self.batch.insert(keys::id(livemode, id), &seq.to_be_bytes());
-        }
         // The by-time entry names its type, so a listing that matches many types can walk
         // time order once and filter, instead of merging a stream per type.
         self.batch.insert(keys::entry(&by_time, created, seq), event_type.as_bytes());
@@ -205,19 +198,10 @@ impl Change {
         self.count(counts, livemode, event_type, 1);
     }
 
-    /// Removes an event (retention). `tree` tells whether its id still names it: an id
-    /// removed earlier and published again belongs to the newer event.
-    pub fn remove(
-        &mut self,
-        tree: &sled::Tree,
-        counts: &mut Counts,
-        seq: u64,
-        fields: &Fields,
-    ) -> Result<(), Error> {
+    /// Removes an event (retention). Its id entry stays in the id table, where a lookup
+    /// finds it below the first kept sequence and passes over it, until the table next grows.
+    pub fn remove(&mut self, counts: &mut Counts, seq: u64, fields: &Fields) {
         let created = fields.created.unwrap_or_default();
-        if lookup(tree, fields.livemode, &fields.id)? == Some(seq) {
-            self.batch.remove(keys::id(fields.livemode, &fields.id));
-        }
         let by_time = keys::created_prefix(fields.livemode);
         let by_type = keys::type_prefix(&fields.r#type, fields.livemode);
         self.batch.remove(keys::entry(&by_time, &created, seq));
@@ -225,7 +209,6 @@ impl Change {
         self.buckets.add(&by_time, &created, -1);
         self.buckets.add(&by_type, &created, -1);
         self.count(counts, fields.livemode, &fields.r#type, -1);
-        Ok(())
     }
 
     fn count(&mut self, counts: &mut Counts, livemode: bool, event_type: &str, delta: i64) {
@@ -298,7 +281,7 @@ pub fn catch_up(
         let mut change = Change::default();
         for s in seq..=upto {
             let fields = Fields::decode(s, &log.expect(s)?)?;
-            change.remove(tree, &mut counts, s, &fields)?;
+            change.remove(&mut counts, s, &fields);
         }
         change.apply(tree, &counts, applied, upto + 1).1?;
         seq = upto + 1;
@@ -311,7 +294,7 @@ pub fn catch_up(
         for s in seq..=upto {
             let fields = Fields::decode(s, &log.expect(s)?)?;
             let created = fields.created.unwrap_or_default();
-            change.insert(&mut counts, (s, fields.livemode, &fields.id, &fields.r#type, &created));
+            change.insert(&mut counts, (s, fields.livemode, &fields.r#type, &created));
         }
         change.apply(tree, &counts, upto, first).1?;
         seq = upto + 1;
@@ -320,4 +303,35 @@ pub fn catch_up(
         tracing::info!(replayed, took = ?started.elapsed(), "index caught up with the log");
     }
     Ok(counts)
+}
+
+/// Adds to the id table the ids of the log's records after `synced` (the table's durable
+/// point) through `last`, then makes the table durable through `last`: at open this is the
+/// tail a crash may have taken from the table (an id already there is not added twice).
+pub fn add_ids(
+    ids: &ids::IdTable,
+    log: &LogReader,
+    synced: u64,
+    (first, last): (u64, u64),
+) -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    let mut seq = (synced + 1).max(first);
+    let replayed = last.saturating_sub(seq - 1);
+    while seq <= last {
+        let upto = (seq + REPLAY_BATCH - 1).min(last);
+        let mut batch = Vec::new();
+        for s in seq..=upto {
+            let fields = Fields::decode(s, &log.expect(s)?)?;
+            if !names_itself(&fields.id, s) {
+                batch.push((fields.livemode, fields.id, s));
+            }
+        }
+        ids.add(batch.iter().map(|(mode, id, s)| (*mode, id.as_str(), *s)), first)?;
+        seq = upto + 1;
+    }
+    if replayed > 0 {
+        ids.sync(last)?;
+        tracing::info!(replayed, took = ?started.elapsed(), "id table caught up with the log");
+    }
+    Ok(())
 }
