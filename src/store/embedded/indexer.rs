@@ -49,9 +49,6 @@ const MAX_BATCH_EVENTS: usize = 2_048;
 /// How often the id table is made durable (`fdatasync`) behind the applied sequence.
 const IDS_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// How often the index thread returns the heap's free pages to the OS.
-const HEAP_TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// How long a batch gathers rounds before it is applied, unless a reader nudges it.
 const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
@@ -178,8 +175,6 @@ pub struct Indexer {
     failed: bool,
     /// When the id table was last made durable.
     ids_synced: std::time::Instant,
-    /// When the heap was last trimmed.
-    heap_trimmed: std::time::Instant,
 }
 
 impl Indexer {
@@ -192,7 +187,6 @@ impl Indexer {
             config,
             failed: false,
             ids_synced: std::time::Instant::now(),
-            heap_trimmed: std::time::Instant::now(),
         }
     }
 
@@ -226,7 +220,6 @@ impl Indexer {
                         }
                     }
                     self.apply(&events);
-                    self.trim_heap();
                 }
                 Job::Nudge => {}
                 Job::Trim { from, upto, done } => {
@@ -303,21 +296,6 @@ impl Indexer {
         }
         self.ids_synced = std::time::Instant::now();
         self.shared.ids.sync(*self.shared.applied.borrow())
-    }
-
-    /// Hands the heap's free pages back to the OS at most once per [`HEAP_TRIM_EVERY`]. sled
-    /// copies a leaf on every change and frees the old copies in bulk once no reader can see
-    /// them; glibc keeps what is freed in its arenas, so without this the process holds the
-    /// index's write-time garbage long after sled let it go.
-    fn trim_heap(&mut self) {
-        if self.heap_trimmed.elapsed() < HEAP_TRIM_EVERY {
-            return;
-        }
-        self.heap_trimmed = std::time::Instant::now();
-        // SAFETY: malloc_trim only walks and releases glibc's own free lists.
-        unsafe {
-            libc::malloc_trim(0);
-        }
     }
 
     fn fail(&mut self) {
