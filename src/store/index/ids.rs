@@ -44,6 +44,9 @@ const SLOT: u64 = 16;
 const INITIAL_SLOTS: u64 = 1 << 16;
 /// Slots read per positioned read while probing.
 const PROBE_READ: u64 = 4;
+/// A new entry this many slots or more past its home slot makes the table double (at half
+/// load, linear probing goes a few slots on average, and a run of 256 is vanishingly rare).
+const LONG_PROBE: u64 = 256;
 /// Slots per read or write when a doubling copies the table (1 MiB).
 const WRITE_SLOTS: u64 = 1 << 16;
 
@@ -129,11 +132,15 @@ impl Table {
         Ok(())
     }
 
-    /// Adds (tag, seq) unless the chain holds it already; returns whether it added it.
-    fn add(&self, tag: u64, seq: u64) -> Result<bool, Error> {
+    /// Adds (tag, seq) unless the chain holds it already; returns how far from its home slot
+    /// it went, or `None` if it was there.
+    fn add(&self, tag: u64, seq: u64) -> Result<Option<u64>, Error> {
         match self.probe(tag, |s| s == seq)? {
-            Some(empty) => self.write_slot(empty, tag, seq).map(|()| true),
-            None => Ok(false),
+            Some(empty) => {
+                self.write_slot(empty, tag, seq)?;
+                Ok(Some(empty.wrapping_sub(tag) & (self.slots - 1)))
+            }
+            None => Ok(None),
         }
     }
 
@@ -234,11 +241,22 @@ impl IdTable {
             self.grow(&table, wanted, first_kept)?;
             table = self.current();
         }
-        let mut added = 0;
+        let (mut added, mut longest) = (0, 0);
         for (livemode, id, seq) in ids {
-            added += u64::from(table.add(table.tag(livemode, id), seq)?);
+            if let Some(distance) = table.add(table.tag(livemode, id), seq)? {
+                added += 1;
+                longest = longest.max(distance);
+            }
         }
-        self.used.fetch_add(added, Relaxed);
+        let used = self.used.fetch_add(added, Relaxed) + added;
+        // The count goes to the header with every batch (page cache; durable with the next
+        // sync), so a restart after a kill does not undercount and put off the doubling.
+        table.file.write_all_at(&table.header(self.synced(), used), 0)?;
+        // A chain this long means the count fell behind the slots (after a power loss, say):
+        // double now rather than let lookups slow down.
+        if longest > LONG_PROBE {
+            self.grow(&table, used, first_kept)?;
+        }
         Ok(())
     }
 
