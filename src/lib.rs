@@ -23,8 +23,8 @@
 //!   queues and the `--max-subscribers` cap.
 //! - [`event`]: the domain: what a valid event is, ids, filters, JSON and time conversions.
 //! - [`store`]: the storage interface; the embedded backend (`store::log`, the event log;
-//!   `store::index`, the index derived from it: sled entries with time-bucket counts, and
-//!   the id table;
+//!   `store::index`, the index derived from it: entries in sorted runs of our own, sled
+//!   counts and time-bucket counts, and the id table;
 //!   `store::embedded`, the writer, sync and index threads); `store::list`, listing over
 //!   either backend's index; and the JetStream backend (`store::jetstream`).
 //! - [`tls`]: TLS and mutual TLS for both listeners.

@@ -5,9 +5,10 @@
 //! with no gap and start at or before the first kept sequence; each offset file must match its
 //! segment (the last segment's may lag: it is rebuilt at open); a tail of bytes after the last
 //! whole record is reported (the next start cuts it if nothing acknowledged lies there).
-//! The index: its applied sequence is within the log; every applied event has its id key, its
-//! by-time (naming its type) and by-type entries, and is counted, in its stream's count and
-//! in its time buckets at every level; nothing else is indexed. The ack record must
+//! The index: its applied sequence is within the log; every applied event has its id in the
+//! id table, its by-time (naming its type) and by-type entries in the entries' runs, and is
+//! counted, in its stream's count and in its time buckets at every level; nothing else is
+//! indexed. The ack record must
 //! not be ahead of the log. It opens the index itself, so it refuses to run while a server
 //! holds it (sled's lock).
 
@@ -17,6 +18,7 @@ use std::path::Path;
 use crate::error::Error;
 use crate::store::durability::{read_ack, AckRecord};
 use crate::store::embedded::decode;
+use crate::store::index::entries::Entries;
 use crate::store::index::ids::IdTable;
 use crate::store::index::{self, buckets, keys, Counts};
 use crate::store::log::{self, record, segment};
@@ -218,45 +220,21 @@ fn check_index(dir: &Path, first: u64, kept: &[Kept], report: &mut Report) -> Re
         .collect();
     check_ids(dir, first, kept, report)?;
     let mut tallies = Counts::new();
-    for &(seq, k) in &applied {
-        for prefix in
-            [keys::created_prefix(k.livemode), keys::type_prefix(&k.event_type, k.livemode)]
-        {
-            if !tree.contains_key(keys::entry(&prefix, &k.created, seq))? {
-                report.problem(format!(
-                    "event {seq} is missing from an index ({:?})",
-                    prefix[0] as char
-                ));
-            }
-        }
+    for &(_, k) in &applied {
         *tallies.entry((k.livemode, k.event_type.clone())).or_default() += 1;
     }
-    let by_seq: BTreeMap<u64, &Kept> = applied.iter().copied().collect();
+    check_entries(dir, first, kept, report)?;
     if tree.scan_prefix([keys::ID]).next().is_some() {
         report.problem(
             "the index holds id entries (an older layout); rebuild it with `eventsd reindex`"
                 .into(),
         );
     }
-    let mut entries = 0usize;
-    for family in [b'c', b't'] {
-        for entry in tree.scan_prefix([family]) {
-            let (key, value) = entry?;
-            entries += 1;
-            let seq = keys::seq_of(&key).unwrap_or(0);
-            match by_seq.get(&seq) {
-                None => report.problem(format!(
-                    "an index entry points to {seq}, which is not an indexed event"
-                )),
-                Some(k) if family == b'c' && value.as_ref() != k.event_type.as_bytes() => {
-                    report.problem(format!("the by-time entry of {seq} does not name its type"))
-                }
-                Some(_) => {}
-            }
-        }
-    }
-    if entries != 2 * applied.len() {
-        report.problem(format!("indexes hold {entries} entries for {} events", applied.len()));
+    if tree.scan_prefix([keys::CREATED]).next().is_some() {
+        report.problem(
+            "the sled index holds entries (an older layout); rebuild it with `eventsd reindex`"
+                .into(),
+        );
     }
     check_buckets(&tree, &applied, report)?;
     let counters: Counts = loaded.counts.into_iter().filter(|(_, n)| *n > 0).collect();
@@ -264,6 +242,69 @@ fn check_index(dir: &Path, first: u64, kept: &[Kept], report: &mut Report) -> Re
         report.problem(format!("counters {counters:?} disagree with the events {tallies:?}"));
     }
     Ok(())
+}
+
+/// The entries on disk must be exactly the two of each kept event up to their `through`
+/// (the next start inserts those after it), the by-time one naming its type.
+fn check_entries(dir: &Path, first: u64, kept: &[Kept], report: &mut Report) -> Result<(), Error> {
+    let (entries, through) = Entries::open(&dir.join(index::DIR), Default::default(), first)?;
+    let last = first + kept.len() as u64 - 1;
+    if through > last {
+        report.problem(format!(
+            "the index entries are on disk through {through} but the log ends at {last}: rebuild the index with `eventsd reindex`"
+        ));
+    }
+    if through < last {
+        report.notes.push(format!(
+            "the index entries are on disk through {through} of {last}; the next start adds the rest"
+        ));
+    }
+    let mut expected: Vec<Box<[u8]>> = (first..)
+        .zip(kept)
+        .take_while(|(seq, _)| *seq <= through)
+        .flat_map(|(seq, k)| index::entries_of((seq, k.livemode, &k.event_type, &k.created)))
+        .collect();
+    expected.sort_unstable();
+    let view = entries.snapshot();
+    let all = view.range(
+        (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+        crate::store::Direction::Chronological,
+        (first, through),
+    );
+    let mut expected = expected.into_iter().peekable();
+    let (mut missing, mut extra) = (0u64, 0u64);
+    for found in all {
+        let found = match found {
+            Ok(found) => found,
+            Err(err) => {
+                report.problem(err.to_string());
+                break;
+            }
+        };
+        loop {
+            match expected.peek() {
+                Some(e) if e[..] < found[..] => {
+                    missing += 1;
+                    expected.next();
+                }
+                Some(e) if e[..] == found[..] => {
+                    expected.next();
+                    break;
+                }
+                _ => {
+                    extra += 1;
+                    break;
+                }
+            }
+        }
+    }
+    missing += expected.count() as u64;
+    if missing > 0 || extra > 0 {
+        report.problem(format!(
+            "the index entries miss {missing} and hold {extra} not matching a kept event (an entry names its event's mode, type, created and sequence): rebuild the index with `eventsd reindex`"
+        ));
+    }
+    entries.close()
 }
 
 /// Every kept event whose id does not name its sequence must be found in the id table, up to

@@ -1,5 +1,5 @@
-//! Storage: the narrow interface every backend implements, the embedded backend (log + sled
-//! index), and the JetStream backend for several instances ([`jetstream`]).
+//! Storage: the narrow interface every backend implements, the embedded backend (log + index),
+//! and the JetStream backend for several instances ([`jetstream`]).
 //!
 //! The interface is five operations: append a batch, get by (mode, id), list a range, read
 //! from a sequence, and watch the durable point. Reads hand out [`StoredEvent`]s: the bytes
@@ -11,7 +11,8 @@
 //!   erase an event a reader has seen or reuse its sequence.
 //!
 //! The embedded backend lives in [`embedded`]: an event log of our own ([`log`], the source
-//! of truth) beside a sled index derived from it ([`index`]), written by a pipeline of three
+//! of truth) beside an index derived from it ([`index`]: entries in sorted runs of our own,
+//! counts in sled, an id table), written by a pipeline of three
 //! threads (writer, sync, index). Listing over an index is in [`list`] (plan, exact totals
 //! and offsets from time-bucket counts, the merge, the deadline), which the JetStream
 //! backend's in-memory index shares. For JetStream, "durable" is per instance: the last event
@@ -155,4 +156,19 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Finishes queued writes, flushes, and stops accepting new ones.
     async fn close(&self);
+}
+
+/// A small deterministic generator for the store's randomized tests, so a failing case can be
+/// replayed.
+#[cfg(test)]
+pub(crate) struct Lcg(pub u64);
+
+#[cfg(test)]
+impl Lcg {
+    /// The next number below `n`.
+    pub fn next(&mut self, n: u64) -> u64 {
+        self.0 =
+            self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
 }

@@ -242,6 +242,9 @@ impl Indexer {
         if let Err(err) = self.shared.ids.sync(applied) {
             tracing::error!(error = %err, "cannot sync the id table at close (the next start replays it)");
         }
+        if let Err(err) = self.shared.entries.close() {
+            tracing::error!(error = %err, "cannot write the index entries at close (the next start replays them)");
+        }
         if let Err(err) = self.tree.flush() {
             tracing::error!(error = %err, "cannot flush the index at close (the next start replays it)");
         }
@@ -272,7 +275,9 @@ impl Indexer {
         // bucket counts under it sees exactly the events of its snapshot.
         let mut state = self.shared.state_mut();
         let (touched, applied) = match added {
-            Ok(()) => change.apply(&self.tree, &self.counts, last, kept_from),
+            Ok(()) => {
+                change.apply((&self.tree, &self.shared.entries), &self.counts, last, kept_from)
+            }
             Err(err) => (Default::default(), Err(err)),
         };
         if let Err(err) = applied {
@@ -318,7 +323,8 @@ impl Indexer {
         let first = upto + 1;
         let removed = {
             let mut state = self.shared.state_mut();
-            let (touched, removed) = change.apply(&self.tree, &self.counts, state.sequence, first);
+            let index = (&self.tree, &self.shared.entries);
+            let (touched, removed) = change.apply(index, &self.counts, state.sequence, first);
             state.first = first;
             copy_counts(&self.counts, touched, &mut state);
             removed
@@ -337,7 +343,8 @@ impl Indexer {
     fn recover(&mut self, first: u64, last: u64) -> Result<(), Error> {
         self.shared.index.reopen(&mut self.tree, &self.config)?;
         let loaded = index::load(&self.tree)?;
-        let counts = index::catch_up(&self.tree, &self.shared.log, loaded, (first, last))?;
+        let index = (&self.tree, &self.shared.entries);
+        let counts = index::catch_up(index, &self.shared.log, loaded, (first, last))?;
         let synced = self.shared.ids.synced();
         index::add_ids(&self.shared.ids, &self.shared.log, synced, (first, last))?;
         self.counts = counts.clone();

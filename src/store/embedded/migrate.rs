@@ -24,6 +24,7 @@ use std::path::Path;
 
 use crate::error::Error;
 use crate::store::embedded::{acked, open_parts, refuse_old_layout};
+use crate::store::index::entries::Entries;
 use crate::store::index::{self, Fields};
 use crate::store::log;
 
@@ -161,12 +162,14 @@ fn build(
     std::fs::remove_dir_all(&copy)?;
     let tree = index::open_tree(work, cache_bytes)?;
     let loaded = index::load(&tree)?;
+    let (entries, _) = Entries::open(&work.join(index::DIR), Default::default(), first)?;
     index::catch_up(
-        &tree,
+        (&tree, &entries),
         &log::open(work, last, segment_bytes)?.0.reader(),
         loaded,
         (first, last),
     )?;
+    entries.close()?;
     tree.flush()?;
     drop(tree);
     sync_tree(work)?;
@@ -227,6 +230,7 @@ pub fn reindex(dir: &Path, cache_bytes: u64, segment_bytes: u64) -> Result<Migra
         sync_dir(dir)?;
     }
     let opened = open_parts(dir, cache_bytes, segment_bytes)?;
+    opened.entries.close()?;
     opened.tree.flush()?;
     Ok(MigrateReport {
         events: opened.last + 1 - opened.first,

@@ -3,14 +3,15 @@
 //!
 //! ```text
 //! DATA_DIR/log/       segments of framed records: the events as stored, the source of truth
-//! DATA_DIR/index/     sled: by-time and by-type entries, counts; `ids`: (mode, id) → sequence
+//! DATA_DIR/index/     sled: counts; `entries/`: by-time and by-type entries (sorted runs);
+//!                     `ids`: (mode, id) → sequence
 //! DATA_DIR/eventsd.ack  the newest acknowledged sequence (durability.rs)
 //! ```
 //!
 //! Three threads write, in a pipeline: the group-commit writer (`writer.rs`) stages rounds
 //! and writes them to the log; the sync thread (`syncer.rs`) fdatasyncs them, moves the
-//! durable point and answers; the index thread (`indexer.rs`) applies durable rounds to sled
-//! behind them. Ids the index does not hold yet are *pending*, in memory.
+//! durable point and answers; the index thread (`indexer.rs`) applies durable rounds to the
+//! index behind them. Ids the index does not hold yet are *pending*, in memory.
 //! - GetEvent looks the id up among the pending ids, then at the sequence it names (generated
 //!   ids), then in the id table, and reads the record from the log.
 //! - ListEvents waits until the index reaches the durable point it saw, plans the page under
@@ -45,6 +46,7 @@ use crate::event::{time, NewEvent};
 use crate::metrics::Metrics;
 use crate::proto::Event;
 use crate::store::durability::{read_ack, AckRecord, AckWriter, Durability, ACK_FILE};
+use crate::store::index::entries::{self, Entries};
 use crate::store::index::ids::IdTable;
 use crate::store::index::{self, DurableState};
 use crate::store::log::{self, LogReader};
@@ -83,6 +85,8 @@ pub struct StoreConfig {
 pub(crate) struct Shared {
     /// The index tree, replaced when the writer reopens it after a storage error.
     pub index: SharedTree,
+    /// The index's by-time and by-type entries.
+    pub entries: Entries,
     /// The log's segments.
     pub log: LogReader,
     /// What listings read: the index's applied sequence, first kept sequence and per-stream
@@ -221,6 +225,7 @@ pub(crate) fn acked(dir: &Path) -> Result<u64, Error> {
 pub(crate) struct Opened {
     pub log: log::LogWriter,
     pub tree: sled::Tree,
+    pub entries: Entries,
     pub ids: IdTable,
     pub first: u64,
     pub last: u64,
@@ -237,19 +242,34 @@ pub(crate) fn open_parts(
     std::fs::create_dir_all(dir)?;
     let acked = acked(dir)?;
     let (log, range) = log::open(dir, acked, segment_bytes)?;
-    let tree = match index::open_tree(dir, cache_bytes) {
-        Ok(tree) => tree,
+    let open_index = || -> Result<_, Error> {
+        let tree = index::open_tree(dir, cache_bytes)?;
+        let loaded = index::load(&tree)?;
+        let index_dir = dir.join(index::DIR);
+        if loaded.applied == 0 && loaded.counts.is_empty() {
+            // A new or emptied (older layout) sled part: the entries start over with it.
+            let stale = index_dir.join(entries::DIR);
+            if stale.exists() {
+                std::fs::remove_dir_all(stale)?;
+            }
+        }
+        let (entries, _) = Entries::open(&index_dir, entries::Config::default(), range.first)?;
+        Ok((tree, entries, loaded))
+    };
+    let (tree, entries, loaded) = match open_index() {
+        Ok(opened) => opened,
         // sled's files can be left unreadable by a crash (a torn snapshot was seen after
-        // kill -9). The index is derived from the log, so it is rebuilt rather than refused.
+        // kill -9), and a run or the entries' manifest can be damaged. The index is derived
+        // from the log, so it is rebuilt rather than refused.
         Err(Error::Corrupt(why)) => {
             tracing::warn!(%why, "the index cannot be opened; rebuilding it from the log");
             std::fs::remove_dir_all(dir.join(index::DIR))?;
-            index::open_tree(dir, cache_bytes)?
+            open_index()?
         }
         Err(other) => return Err(other),
     };
-    let loaded = index::load(&tree)?;
-    let counts = index::catch_up(&tree, &log.reader(), loaded, (range.first, range.last))?;
+    let counts =
+        index::catch_up((&tree, &entries), &log.reader(), loaded, (range.first, range.last))?;
     let (ids, synced) = IdTable::open(&dir.join(index::DIR))?;
     index::add_ids(&ids, &log.reader(), synced, (range.first, range.last))?;
     let counted: u64 = counts.values().sum();
@@ -263,18 +283,19 @@ pub(crate) fn open_parts(
             dir.display()
         )));
     }
-    Ok(Opened { log, tree, ids, first: range.first, last: range.last, counts })
+    Ok(Opened { log, tree, entries, ids, first: range.first, last: range.last, counts })
 }
 
 impl SledStore {
     /// Opens (or creates) the store and starts its writer thread.
     pub fn open(config: &StoreConfig) -> Result<Self, Error> {
         refuse_old_layout(&config.path)?;
-        let Opened { log, tree, ids, first, last, counts } =
+        let Opened { log, tree, entries, ids, first, last, counts } =
             open_parts(&config.path, config.cache_bytes, config.segment_bytes)?;
         let acks = AckWriter::open(&config.path)?;
         let shared = Arc::new(Shared {
             index: SharedTree::new(tree.clone()),
+            entries,
             log: log.reader(),
             state: RwLock::new(DurableState { sequence: last, first, counts: counts.clone() }),
             applied: watch::channel(last).0,
@@ -533,15 +554,17 @@ impl EventStore for SledStore {
         let shared = self.shared.clone();
         let deadline = std::time::Instant::now() + self.list_deadline;
         blocking("list", move || {
-            let plan = {
+            let (view, plan) = {
                 let state = shared.state();
-                list::plan(&tree, &state, &query)?
+                let view = index::View::new(tree, &shared.entries, state.first);
+                let plan = list::plan(&view, &state, &query)?;
+                (view, plan)
             };
             // The index has no by-source entries: a source filter reads each candidate.
             let log = &shared.log;
             let from_source =
                 |seq: u64, source: &str| Ok(stored(seq, log.expect(seq)?)?.source() == source);
-            let page = list::walk(&tree, plan, &query, from_source, Some(deadline))?;
+            let page = list::walk(&view, plan, &query, from_source, Some(deadline))?;
             let events = page_events(&shared, &page.sequences)?;
             Ok(page.with_events(events))
         })
@@ -570,9 +593,10 @@ impl EventStore for SledStore {
 
     async fn first_sequence_created_from(&self, created: Timestamp) -> Result<Option<u64>, Error> {
         self.caught_up().await?;
-        let tree = self.shared.index.get()?;
+        let view =
+            index::View::new(self.shared.index.get()?, &self.shared.entries, self.first_sequence());
         let durable = *self.durable.borrow();
-        blocking("scan", move || list::first_created_from(&tree, &created, durable)).await
+        blocking("scan", move || list::first_created_from(&view, &created, durable)).await
     }
 
     fn first_sequence(&self) -> u64 {

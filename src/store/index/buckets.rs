@@ -32,7 +32,8 @@ use std::collections::{BTreeMap, HashMap};
 use prost_types::Timestamp;
 
 use crate::error::Error;
-use crate::store::index::keys;
+use crate::store::index::{keys, View};
+use crate::store::Direction;
 
 /// Shift (log2 of the width in nanoseconds) of each level's buckets, finest first: each level
 /// is 16 times as wide as the one below it.
@@ -171,18 +172,17 @@ fn remove_below(
 }
 
 /// The `created` times (nanoseconds) of `prefix`'s entries in the index in `[lo, hi)`.
-fn entry_times(
-    tree: &sled::Tree,
-    prefix: &[u8],
-    (lo, hi): (u128, u128),
-) -> Result<Vec<u128>, Error> {
-    let from = keys::entry_floor(prefix, &timestamp(lo));
-    let to = keys::entry_floor(prefix, &timestamp(hi));
+fn entry_times(view: &View, prefix: &[u8], (lo, hi): (u128, u128)) -> Result<Vec<u128>, Error> {
+    use std::ops::Bound;
+    let from = Bound::Included(keys::entry_floor(prefix, &timestamp(lo)));
+    let to = Bound::Excluded(keys::entry_floor(prefix, &timestamp(hi)));
     let mut times = Vec::new();
-    for entry in tree.range(from..to) {
-        let (k, _) = entry?;
-        let created =
-            keys::created_of(&k).ok_or_else(|| Error::Corrupt(format!("index entry {k:?}")))?;
+    for entry in view.range((from, to), Direction::Chronological) {
+        let entry = entry?;
+        let key = keys::entry_key_len(&entry).and_then(|len| entry.get(..len));
+        let created = key
+            .and_then(keys::created_of)
+            .ok_or_else(|| Error::Corrupt(format!("index entry {entry:?}")))?;
         times.push(ns(&created));
     }
     Ok(times)
@@ -195,25 +195,25 @@ impl Deltas {
         count_at(stream, ns(created), delta);
     }
 
-    /// Stages the new counts into `batch`, reading the current ones from `tree`.
+    /// Stages the new counts into `batch`, reading the current ones from the view's tree.
     /// `counts(prefix)` gives a stream's event count before and after the batch: a stream
     /// below [`MIN_EVENTS`] after it keeps no buckets (its keys go if it had them); one that
-    /// reaches it gets buckets for every entry it holds (`tree` still holds the entries as
-    /// they were before the batch, and the batch's own are in its deltas).
+    /// reaches it gets buckets for every entry it holds (the view holds the entries as they
+    /// were before the batch, and the batch's own are in its deltas).
     pub fn stage(
         self,
-        tree: &sled::Tree,
+        view: &View,
         batch: &mut sled::Batch,
         counts: impl Fn(&[u8]) -> (u64, u64),
     ) -> Result<(), Error> {
         for (prefix, mut deltas) in self.0 {
             let (before, after) = counts(&prefix);
             match (kept(&prefix, before), kept(&prefix, after)) {
-                (true, true) => stage_stream(tree, batch, &prefix, &deltas)?,
+                (true, true) => stage_stream(view, batch, &prefix, &deltas)?,
                 (false, false) => {}
-                (true, false) => remove_below(tree, batch, &prefix, (LEVELS.len(), 0))?,
+                (true, false) => remove_below(&view.tree, batch, &prefix, (LEVELS.len(), 0))?,
                 (false, true) => {
-                    for t in entry_times(tree, &prefix, (0, u128::MAX >> 1))? {
+                    for t in entry_times(view, &prefix, (0, u128::MAX >> 1))? {
                         count_at(&mut deltas, t, 1);
                     }
                     for (level, bucket, n) in stored(&deltas) {
@@ -254,7 +254,7 @@ enum Staged {
 /// least [`SPLIT`] before and after takes its delta; a parent that reaches [`SPLIT`] gets
 /// its whole subtree written from its entries; one that drops below it loses its subtree.
 fn stage_stream(
-    tree: &sled::Tree,
+    view: &View,
     batch: &mut sled::Batch,
     prefix: &[u8],
     deltas: &Levels,
@@ -282,13 +282,13 @@ fn stage_stream(
                     (false, false) => false,
                     (false, true) => {
                         let up = (level + 1, parent(level, bucket));
-                        write_subtree(tree, batch, prefix, deltas, up)?;
+                        write_subtree(view, batch, prefix, deltas, up)?;
                         staged.insert(up, Staged::Settled);
                         false
                     }
                     (true, false) => {
                         let up = (level + 1, parent(level, bucket));
-                        remove_below(tree, batch, prefix, up)?;
+                        remove_below(&view.tree, batch, prefix, up)?;
                         staged.insert(up, Staged::Settled);
                         false
                     }
@@ -299,7 +299,7 @@ fn stage_stream(
                 continue;
             }
             let key = key(level, prefix, bucket);
-            let before = read(tree, &key)?;
+            let before = read(&view.tree, &key)?;
             let after = before.saturating_add_signed(delta);
             if delta != 0 {
                 match after {
@@ -314,9 +314,10 @@ fn stage_stream(
 }
 
 /// Writes every bucket below bucket `bucket` of level `above` (which has just reached
-/// [`SPLIT`]) from its entries: those `tree` holds (fewer than [`SPLIT`]) and the batch's own.
+/// [`SPLIT`]) from its entries: those the view holds (fewer than [`SPLIT`]) and the batch's
+/// own.
 fn write_subtree(
-    tree: &sled::Tree,
+    view: &View,
     batch: &mut sled::Batch,
     prefix: &[u8],
     deltas: &Levels,
@@ -325,7 +326,7 @@ fn write_subtree(
     let shift = LEVELS[above];
     let span = (u128::from(bucket) << shift, u128::from(bucket + 1) << shift);
     let mut levels = Levels::new();
-    for t in entry_times(tree, prefix, span)? {
+    for t in entry_times(view, prefix, span)? {
         count_at(&mut levels, t, 1);
     }
     let (lo, hi) = children(above, bucket, 0);

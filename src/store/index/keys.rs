@@ -1,12 +1,13 @@
-//! Key layout of the index's single sled tree (the events themselves are in the log). One
-//! tree keeps every write of a round in one atomic `apply_batch`, so the index is always the
+//! Key layout of the index. The entries (`c`, `t`) live in the entries structure
+//! (`entries/`), each stored as its key followed by its value; the rest lives in one sled
+//! tree, which keeps every write of a round in one atomic `apply_batch`, so it is always the
 //! state after some whole round. Integers are big-endian so byte order is numeric order;
 //! times use [`crate::event::time::to_key`] (12 bytes, order-preserving).
 //!
 //! | prefix | key                                         | value                      |
 //! |--------|---------------------------------------------|----------------------------|
-//! | `c`    | `c` mode(1) created(12) seq(8)              | type: by-time index        |
-//! | `t`    | `t` type 0x00 mode(1) created(12) seq(8)    | empty: by-type-time index  |
+//! | `c`    | `c` mode(1) created(12) seq(8)              | type: by-time entries      |
+//! | `t`    | `t` type 0x00 mode(1) created(12) seq(8)    | empty: by-type-time entries|
 //! | `n`    | `n` mode(1) type                            | count(8) of that stream    |
 //! | `f`    | `f`                                         | first kept seq(8)          |
 //! | `a`    | `a`                                         | last applied seq(8)        |
@@ -73,6 +74,24 @@ pub fn entry(prefix: &[u8], created: &Timestamp, seq: u64) -> Vec<u8> {
     k.extend_from_slice(&time::to_key(created));
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// An entry as the entries structure stores it: its key, then its value.
+pub fn entry_with_value(prefix: &[u8], created: &Timestamp, seq: u64, value: &[u8]) -> Box<[u8]> {
+    let mut k = entry(prefix, created, seq);
+    k.extend_from_slice(value);
+    k.into_boxed_slice()
+}
+
+/// The length of the key at the start of a stored entry (key then value): by-time keys have
+/// a fixed length, by-type keys end 22 bytes after the 0x00 that closes their type.
+pub fn entry_key_len(entry: &[u8]) -> Option<usize> {
+    let len = match *entry.first()? {
+        CREATED => 2 + SUFFIX_LEN,
+        TYPE => 1 + entry.get(1..)?.iter().position(|b| *b == 0)? + 2 + SUFFIX_LEN,
+        _ => return None,
+    };
+    (len <= entry.len()).then_some(len)
 }
 
 /// The lowest possible entry key of `prefix` at time `t`.

@@ -1,32 +1,40 @@
-//! The index: everything derived from the log that reads need. In one sled tree
-//! (`DATA_DIR/index/`, key layout in [`keys`]): the by-time and by-type-time entries that
-//! listings walk, bucket counts ([`buckets`]), per-stream counts, the first kept sequence and
-//! the last sequence applied. Beside it, the id table (`DATA_DIR/index/ids`, [`ids`]): (mode,
-//! id) → sequence, except for ids that name their own sequence ([`names_itself`]).
+//! The index: everything derived from the log that reads need (key layout in [`keys`]):
+//! - the by-time and by-type-time entries that listings walk, in a structure of eventsd's own
+//!   (`DATA_DIR/index/entries/`, [`entries`]: memtables and sorted runs);
+//! - in one sled tree (`DATA_DIR/index/`): bucket counts ([`buckets`]), per-stream counts, the
+//!   first kept sequence and the last sequence applied;
+//! - the id table (`DATA_DIR/index/ids`, [`ids`]): (mode, id) → sequence, except for ids that
+//!   name their own sequence ([`names_itself`]).
 //!
 //! Promises:
 //! - The index never leads the log: a round is applied after its records are durable in the
 //!   log, in one atomic sled batch that also moves the applied sequence, so after any crash the
-//!   index is the state after some whole round.
-//! - It is not flushed on the acknowledgement path (sled flushes in the background); what a
-//!   crash takes from it is replayed from the log at open ([`catch_up`]), so a start costs the
-//!   records after the applied sequence, not the history.
+//!   sled part is the state after some whole round. The entries of a round go into the
+//!   memtable right after that batch.
+//! - Nothing is flushed on the acknowledgement path (sled flushes in the background, runs are
+//!   written by their own thread); what a crash takes is replayed from the log at open
+//!   ([`catch_up`]): the sled part from its applied sequence, the entries from theirs, so a
+//!   start costs the tail, not the history.
 //! - Per-round work depends on the round's events only (counts are written for the streams a
 //!   round touches), never on how many distinct types exist.
 //! - Backend-neutral: entries are built from an event's routing fields and a sequence given
 //!   by the caller.
 
 pub mod buckets;
+pub mod entries;
 pub mod ids;
 pub mod keys;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::path::Path;
 
 use prost_types::Timestamp;
 
 use crate::error::Error;
 use crate::store::log::LogReader;
+use crate::store::Direction;
+use entries::Entries;
 
 /// The index's folder inside the data folder.
 pub const DIR: &str = "index";
@@ -44,6 +52,36 @@ pub struct DurableState {
     pub first: u64,
     /// Counts of durable events per (livemode, type).
     pub counts: Counts,
+}
+
+/// The index as one reader sees it: the sled tree (counts) and a snapshot of the entries,
+/// whose sequences outside `floor..=ceiling` are skipped.
+#[derive(Clone)]
+pub struct View {
+    /// The sled tree.
+    pub tree: sled::Tree,
+    /// The entries of one moment.
+    pub entries: entries::Snapshot,
+    /// The first kept sequence: entries below it are dead.
+    pub floor: u64,
+    /// Entries above this are not part of the view.
+    pub ceiling: u64,
+}
+
+impl View {
+    /// The view of a reader: every kept entry (a listing bounds it by its own snapshot).
+    pub fn new(tree: sled::Tree, entries: &Entries, floor: u64) -> Self {
+        View { tree, entries: entries.snapshot(), floor, ceiling: u64::MAX }
+    }
+
+    /// The entries (key then value) whose keys lie within the bounds, in `direction`.
+    pub fn range(
+        &self,
+        bounds: (Bound<Vec<u8>>, Bound<Vec<u8>>),
+        direction: Direction,
+    ) -> entries::Range {
+        self.entries.range(bounds, direction, (self.floor, self.ceiling))
+    }
 }
 
 /// The fields of a stored `Event` the index needs, decoded alone (same field numbers as
@@ -78,14 +116,15 @@ impl Fields {
 /// from `buckets::MIN_EVENTS` events on; version 4 writes no id entry for an id that names its
 /// own sequence ([`names_itself`]); version 5 has 16-fold bucket levels and stores a bucket's
 /// children only once it holds `buckets::SPLIT` entries; version 6 keeps no id entries (the
-/// id table, [`ids`], holds them). An index of another version is
+/// id table, [`ids`], holds them); version 7 keeps the entries out of sled ([`entries`]). An
+/// index of another version is
 /// rebuilt from the log at open, so a release that predates version 4 rebuilds, rather than
 /// misses, those ids.
-pub const VERSION: u64 = 6;
+pub const VERSION: u64 = 7;
 
 /// Older versions whose entries are all valid in [`VERSION`]: marked as it at open, with no
-/// rebuild. None today: version 5 laid bucket counts out anew, and version 6 moved the id
-/// entries out of sled.
+/// rebuild. None today: version 5 laid bucket counts out anew, version 6 moved the id
+/// entries out of sled, and version 7 the by-time and by-type entries.
 const UPGRADED_IN_PLACE: &[u64] = &[];
 
 /// The index state read at open.
@@ -175,9 +214,27 @@ pub fn names_itself(id: &str, seq: u64) -> bool {
 #[derive(Default)]
 pub struct Change {
     batch: sled::Batch,
+    /// The new entries (key then value).
+    entries: Vec<Box<[u8]>>,
+    /// The lowest sequence inserted.
+    lowest: Option<u64>,
     /// Each stream's count change in this batch.
     touched: BTreeMap<(bool, String), i64>,
     buckets: buckets::Deltas,
+}
+
+/// The two entries of an event: by time (naming its type) and by type and time.
+pub fn entries_of(
+    (seq, livemode, event_type, created): (u64, bool, &str, &Timestamp),
+) -> [Box<[u8]>; 2] {
+    // The by-time entry names its type, so a listing that matches many types can walk time
+    // order once and filter, instead of merging a stream per type.
+    let by_time = keys::created_prefix(livemode);
+    let by_type = keys::type_prefix(event_type, livemode);
+    [
+        keys::entry_with_value(&by_time, created, seq, event_type.as_bytes()),
+        keys::entry_with_value(&by_type, created, seq, &[]),
+    ]
 }
 
 impl Change {
@@ -189,23 +246,21 @@ impl Change {
     ) {
         let by_time = keys::created_prefix(livemode);
         let by_type = keys::type_prefix(event_type, livemode);
-        // The by-time entry names its type, so a listing that matches many types can walk
-        // time order once and filter, instead of merging a stream per type.
-        self.batch.insert(keys::entry(&by_time, created, seq), event_type.as_bytes());
-        self.batch.insert(keys::entry(&by_type, created, seq), &[]);
+        self.entries.extend(entries_of((seq, livemode, event_type, created)));
+        self.lowest = Some(self.lowest.map_or(seq, |l| l.min(seq)));
         self.buckets.add(&by_time, created, 1);
         self.buckets.add(&by_type, created, 1);
         self.count(counts, livemode, event_type, 1);
     }
 
-    /// Removes an event (retention). Its id entry stays in the id table, where a lookup
-    /// finds it below the first kept sequence and passes over it, until the table next grows.
-    pub fn remove(&mut self, counts: &mut Counts, seq: u64, fields: &Fields) {
+    /// Removes an event (retention) from the counts. Its entries stay where they are, dead
+    /// below the first kept sequence, until the entries' worker next rewrites them; its id
+    /// entry stays in the id table, where a lookup finds it below the first kept sequence and
+    /// passes over it, until the table next grows.
+    pub fn remove(&mut self, counts: &mut Counts, _seq: u64, fields: &Fields) {
         let created = fields.created.unwrap_or_default();
         let by_time = keys::created_prefix(fields.livemode);
         let by_type = keys::type_prefix(&fields.r#type, fields.livemode);
-        self.batch.remove(keys::entry(&by_time, &created, seq));
-        self.batch.remove(keys::entry(&by_type, &created, seq));
         self.buckets.add(&by_time, &created, -1);
         self.buckets.add(&by_type, &created, -1);
         self.count(counts, fields.livemode, &fields.r#type, -1);
@@ -218,12 +273,19 @@ impl Change {
         *self.touched.entry(stream).or_default() += delta;
     }
 
-    /// Applies the change with the new applied and first kept sequences, atomically; writes
-    /// the count of each stream it touched. Returns those streams whatever the outcome (the
-    /// writer publishes their counts once the log has the round, index or not).
+    /// Keeps only the new entries of sequences after `through` (the entries already hold the
+    /// others: a replay after a crash that took the sled part further back than them).
+    pub fn keep_entries_after(&mut self, through: u64) {
+        self.entries.retain(|e| entries::seq_of(e) > through);
+    }
+
+    /// Applies the change with the new applied and first kept sequences: the sled part
+    /// atomically (writing the count of each stream it touched), then the new entries.
+    /// Returns those streams whatever the outcome (the writer publishes their counts once the
+    /// log has the round, index or not).
     pub fn apply(
         mut self,
-        tree: &sled::Tree,
+        (tree, entries): (&sled::Tree, &Entries),
         counts: &Counts,
         applied: u64,
         first: u64,
@@ -240,7 +302,12 @@ impl Change {
         let touched: BTreeSet<(bool, String)> = self.touched.into_keys().collect();
         let deltas = std::mem::take(&mut self.buckets);
         let counts_of = |prefix: &[u8]| before_after.get(prefix).copied().unwrap_or((0, 0));
-        if let Err(err) = deltas.stage(tree, &mut self.batch, counts_of) {
+        // The entries as they were before the batch: a replay may find the batch's own there
+        // already (written as a run before a crash took the sled part back).
+        let before = self.lowest.map_or(applied, |l| l - 1);
+        let view =
+            View { tree: tree.clone(), entries: entries.snapshot(), floor: first, ceiling: before };
+        if let Err(err) = deltas.stage(&view, &mut self.batch, counts_of) {
             return (touched, Err(err));
         }
         for stream in &touched {
@@ -249,27 +316,36 @@ impl Change {
         }
         self.batch.insert(&keys::APPLIED_KEY, &applied.to_be_bytes());
         self.batch.insert(&keys::FIRST_KEY, &first.to_be_bytes());
-        let applied = tree.apply_batch(self.batch).map_err(Error::from);
-        (touched, applied)
+        if let Err(err) = tree.apply_batch(self.batch) {
+            return (touched, Err(err.into()));
+        }
+        entries.set_floor(first);
+        if !self.entries.is_empty() {
+            entries.insert(self.entries, applied);
+        }
+        (touched, Ok(()))
     }
 }
 
 /// Records replayed per sled batch.
 const REPLAY_BATCH: u64 = 4_096;
 
-/// Brings the index up to the log: removes entries below the log's first kept sequence that
-/// retention had not yet removed from the index, then applies the records after the index's
-/// applied sequence, through `last`. Returns the counts after it.
+/// Brings the index up to the log: removes from the counts the events below the log's first
+/// kept sequence that retention had not yet removed from them, then applies the records after
+/// the sled part's applied sequence through `last`, and inserts the entries of the records
+/// after the entries' own `through`. Returns the counts after it.
 pub fn catch_up(
-    tree: &sled::Tree,
+    (tree, entries): (&sled::Tree, &Entries),
     log: &LogReader,
     loaded: Loaded,
     (first, last): (u64, u64),
 ) -> Result<Counts, Error> {
     let Loaded { applied, first: indexed_first, mut counts } = loaded;
-    if applied > last {
+    let through = entries.through();
+    if applied > last || through > last {
         return Err(Error::Corrupt(format!(
-            "the index has applied sequence {applied} but the log ends at {last}; rebuild it with `eventsd reindex`"
+            "the index has applied sequence {} but the log ends at {last}; rebuild it with `eventsd reindex`",
+            applied.max(through)
         )));
     }
     let started = std::time::Instant::now();
@@ -283,7 +359,21 @@ pub fn catch_up(
             let fields = Fields::decode(s, &log.expect(s)?)?;
             change.remove(&mut counts, s, &fields);
         }
-        change.apply(tree, &counts, applied, upto + 1).1?;
+        change.apply((tree, entries), &counts, applied, upto + 1).1?;
+        seq = upto + 1;
+    }
+    entries.set_floor(first);
+    // Entries a crash took while the sled part kept them (written as a run less recently).
+    let mut seq = (through + 1).max(first);
+    while seq <= applied {
+        let upto = (seq + REPLAY_BATCH - 1).min(applied);
+        let mut batch = Vec::new();
+        for s in seq..=upto {
+            let fields = Fields::decode(s, &log.expect(s)?)?;
+            let created = fields.created.unwrap_or_default();
+            batch.extend(entries_of((s, fields.livemode, &fields.r#type, &created)));
+        }
+        entries.insert(batch, upto);
         seq = upto + 1;
     }
     let mut seq = (applied + 1).max(first);
@@ -296,7 +386,8 @@ pub fn catch_up(
             let created = fields.created.unwrap_or_default();
             change.insert(&mut counts, (s, fields.livemode, &fields.r#type, &created));
         }
-        change.apply(tree, &counts, upto, first).1?;
+        change.keep_entries_after(through);
+        change.apply((tree, entries), &counts, upto, first).1?;
         seq = upto + 1;
     }
     if replayed > 0 {

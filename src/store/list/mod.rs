@@ -1,6 +1,7 @@
 //! ListEvents over an index of (created, sequence) entries: stream selection, the merge in
 //! either direction, exact totals and offsets. Shared by both backends: the embedded store's
-//! sled tree and the JetStream backend's in-memory index hold the same keys (`keys.rs`), and
+//! index (entries in runs, bucket counts in sled: [`View`]) and the JetStream backend's
+//! in-memory index hold the same keys (`keys.rs`), and
 //! each backend turns the sequences of a page into events its own way.
 //!
 //! A page is read in two steps:
@@ -31,9 +32,10 @@ use prost_types::Timestamp;
 
 use crate::error::Error;
 use crate::event::time;
-use crate::store::index::{buckets, DurableState};
+use crate::store::index::{buckets, DurableState, View};
 use crate::store::StoredEvent;
 use crate::store::{keys, Direction, ListPage, ListQuery};
+use bytes::Bytes;
 use merge::Merge;
 use span::Walked;
 
@@ -81,21 +83,22 @@ pub trait Index {
     }
 }
 
-impl Index for sled::Tree {
-    type Key = sled::IVec;
+/// The embedded store's index: entries from the entries structure, bucket counts from sled.
+impl Index for View {
+    type Key = Bytes;
 
     fn keys(
         &self,
         lo: Bound<Vec<u8>>,
         hi: Bound<Vec<u8>>,
         direction: Direction,
-    ) -> Keys<'_, sled::IVec> {
-        let range = self.range::<Vec<u8>, _>((lo, hi));
-        let range = range.map(|entry| entry.map(|(key, _)| key).map_err(Error::Storage));
-        match direction {
-            Direction::Chronological => Box::new(range),
-            Direction::ReverseChronological => Box::new(range.rev()),
-        }
+    ) -> Keys<'_, Bytes> {
+        Box::new(self.range((lo, hi), direction).map(|entry| {
+            let entry = entry?;
+            let len = keys::entry_key_len(&entry)
+                .ok_or_else(|| Error::Corrupt(format!("index entry {entry:?}")))?;
+            Ok(entry.slice(..len))
+        }))
     }
 
     fn keeps_types(&self) -> bool {
@@ -107,12 +110,13 @@ impl Index for sled::Tree {
         lo: Bound<Vec<u8>>,
         hi: Bound<Vec<u8>>,
         direction: Direction,
-    ) -> Option<Keys<'_, (sled::IVec, sled::IVec)>> {
-        let range = self.range::<Vec<u8>, _>((lo, hi)).map(|entry| entry.map_err(Error::Storage));
-        Some(match direction {
-            Direction::Chronological => Box::new(range),
-            Direction::ReverseChronological => Box::new(range.rev()),
-        })
+    ) -> Option<Keys<'_, (Bytes, Bytes)>> {
+        Some(Box::new(self.range((lo, hi), direction).map(|entry| {
+            let entry = entry?;
+            let len = keys::entry_key_len(&entry)
+                .ok_or_else(|| Error::Corrupt(format!("index entry {entry:?}")))?;
+            Ok((entry.slice(..len), entry.slice(len..)))
+        })))
     }
 
     fn keeps_buckets(&self) -> bool {
@@ -125,7 +129,7 @@ impl Index for sled::Tree {
         }
         let from = buckets::key(level, prefix, lo);
         let to = buckets::key(level, prefix, hi);
-        Box::new(self.range(from..to).map(|entry| {
+        Box::new(self.tree.range(from..to).map(|entry| {
             let (key, value) = entry.map_err(Error::Storage)?;
             let parsed = buckets::parse(&key).map(|(_, _, number)| number);
             match (parsed, keys::u64_value(&value)) {
@@ -576,21 +580,12 @@ mod tests {
     use crate::event::Filter;
     use crate::store::index::{Change, Counts, Fields};
 
-    /// A small deterministic generator, so a failing case can be replayed.
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn next(&mut self, n: u64) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (self.0 >> 33) % n
-        }
-    }
+    use crate::store::Lcg;
 
     struct Fixture {
         tree: sled::Tree,
+        entries: crate::store::index::entries::Entries,
+        _dir: tempfile::TempDir,
         state: DurableState,
         /// (seq, livemode, type, created)
         events: Vec<(u64, bool, String, Timestamp)>,
@@ -600,6 +595,11 @@ mod tests {
     /// `types` distinct types; applied in rounds as the writer does.
     fn fixture(seed: u64, n: u64, types: u64) -> Fixture {
         let tree = sled::Config::new().temporary(true).open().unwrap().open_tree("index").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // Small memtables, so the entries are spread over memtables and runs, merged or not.
+        let config = crate::store::index::entries::Config { freeze_entries: 300 };
+        let (entries, _) =
+            crate::store::index::entries::Entries::open(dir.path(), config, 1).unwrap();
         let mut rng = Lcg(seed);
         let mut counts = Counts::new();
         let mut events = Vec::new();
@@ -628,10 +628,16 @@ mod tests {
                 change.insert(&mut counts, (seq, livemode, &event_type, &created));
                 events.push((seq, livemode, event_type, created));
             }
-            change.apply(&tree, &counts, seq, 1).1.unwrap();
+            change.apply((&tree, &entries), &counts, seq, 1).1.unwrap();
         }
         let state = DurableState { sequence: seq, first: 1, counts };
-        Fixture { tree, state, events }
+        Fixture { tree, entries, _dir: dir, state, events }
+    }
+
+    impl Fixture {
+        fn view(&self) -> View {
+            View::new(self.tree.clone(), &self.entries, self.state.first)
+        }
     }
 
     fn query(f: &Fixture, rng: &mut Lcg, types: &[String], livemode: Option<bool>) -> ListQuery {
@@ -725,7 +731,7 @@ mod tests {
     }
 
     fn check(f: &Fixture, q: &ListQuery) {
-        let page = page(&f.tree, &f.state, q, |_, _| Ok(true)).unwrap();
+        let page = page(&f.view(), &f.state, q, |_, _| Ok(true)).unwrap();
         let (total, sequences, has_more) = expected(f, q);
         assert_eq!(
             (page.total, &page.sequences, page.has_more),
@@ -779,7 +785,7 @@ mod tests {
             };
             change.remove(&mut f.state.counts, seq, &fields);
         }
-        change.apply(&f.tree, &f.state.counts, f.state.sequence, 2_001).1.unwrap();
+        change.apply((&f.tree, &f.entries), &f.state.counts, f.state.sequence, 2_001).1.unwrap();
         f.state.first = 2_001;
         assert_buckets_match_the_entries(&f);
         for (&(livemode, ref t), &n) in &f.state.counts {
@@ -804,7 +810,7 @@ mod tests {
             let types = vec!["t1*".to_string()];
             let livemode = [None, Some(false), Some(true)][rng.next(3) as usize];
             let q = query(&f, &mut rng, &types, livemode);
-            assert!(matches!(select_streams(&f.tree, &f.state, &q), Walk::ByTime(_)));
+            assert!(matches!(select_streams(&f.view(), &f.state, &q), Walk::ByTime(_)));
             check(&f, &q);
         }
     }
@@ -815,7 +821,7 @@ mod tests {
         // buckets, so the walk reads at most a partial millisecond one entry at a time.
         let f = fixture(9, 20_000, 1);
         let q = ListQuery { offset: 15_000, ..everything(Filter::new(&[], None).unwrap()) };
-        let plan = plan(&f.tree, &f.state, &q).unwrap();
+        let plan = plan(&f.view(), &f.state, &q).unwrap();
         assert!(matches!(plan.start, Start::At(_)), "the offset is found through the buckets");
         check(&f, &q);
     }
@@ -824,9 +830,10 @@ mod tests {
     fn a_walk_past_its_deadline_stops() {
         let f = fixture(1, 2_000, 1);
         let q = everything(Filter::new(&[], None).unwrap().with_source("nobody").unwrap());
-        let plan = plan(&f.tree, &f.state, &q).unwrap();
+        let view = f.view();
+        let plan = plan(&view, &f.state, &q).unwrap();
         let past = Some(Instant::now());
-        let walked = walk(&f.tree, plan, &q, |_, _| Ok(false), past);
+        let walked = walk(&view, plan, &q, |_, _| Ok(false), past);
         assert!(matches!(walked, Err(Error::ListDeadline)));
     }
 }

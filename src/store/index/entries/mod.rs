@@ -1,0 +1,967 @@
+//! The index's by-time and by-type-time entries (`keys.rs`: each entry is its key followed by
+//! its value), in a structure of eventsd's own beside sled: a memtable in memory and sorted
+//! runs on disk (`DATA_DIR/index/entries/`), merged when read.
+//!
+//! - **Memtable**: the index thread inserts each applied batch into a sorted in-memory set.
+//!   At [`Config::freeze_entries`] entries it is frozen (still read) and a new one takes the
+//!   writes; the worker thread (`eventsd-entries`) writes each frozen memtable as a run and
+//!   then swaps it for the run in one step, so a reader sees every entry exactly once.
+//! - **Runs** (`run.rs`): immutable sorted files read with `pread`. When [`FANOUT`] runs of
+//!   the same size class are newest, the worker merges them into one, so a store of N
+//!   entries has O(log N) runs and each entry is rewritten O(log N) times.
+//! - **Manifest** (`DATA_DIR/index/entries/manifest`): the runs in use and `through`, the
+//!   sequence every entry up to which is in them. Written under a temporary name, synced and
+//!   renamed after the run files it names are synced; files it does not name are deleted at
+//!   open. A crash takes the memtables, never a run: the open reports `through`, and the
+//!   caller inserts the entries of the log's records after it again.
+//! - **Retention**: entries below the first kept sequence ([`Entries::set_floor`]) are dead:
+//!   readers skip them, and the worker drops them whenever it writes a run.
+//!
+//! Readers take a [`Snapshot`] (the memtables and runs of one moment) and read ranges of it,
+//! merged in either direction, between a floor and a ceiling of sequences. Memory is the
+//! memtables (bounded by `freeze_entries` each) and one fence per 8 KiB block of the runs.
+
+mod run;
+
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::fs::File;
+use std::io::Write;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::Error;
+use crate::store::index::keys;
+use crate::store::Direction;
+use run::Run;
+
+/// The entries' folder inside the index folder.
+pub const DIR: &str = "entries";
+const MANIFEST: &str = "manifest";
+const MANIFEST_MAGIC: &[u8; 4] = b"EMF1";
+/// Runs of one size class merged at once.
+pub const FANOUT: usize = 4;
+/// Entries copied out of a memtable per lock taken while reading it.
+const CHUNK: usize = 64;
+/// How often the worker retries a failed run write.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Sizes of the structure.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// A memtable is frozen (and written as a run) at this many entries.
+    pub freeze_entries: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // ~60 bytes each in memory: ~8 MiB per memtable.
+        Config { freeze_entries: 131_072 }
+    }
+}
+
+/// A sorted in-memory set of entries, and the last sequence inserted into it.
+struct Memtable {
+    set: RwLock<BTreeSet<Box<[u8]>>>,
+    through: AtomicU64,
+}
+
+impl Memtable {
+    fn new(through: u64) -> Arc<Self> {
+        Arc::new(Memtable { set: RwLock::new(BTreeSet::new()), through: AtomicU64::new(through) })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeSet<Box<[u8]>>> {
+        self.set.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What readers see at one moment: the memtable taking writes, the frozen ones not yet
+/// written (oldest first) and the runs (oldest first).
+struct Version {
+    active: Arc<Memtable>,
+    frozen: Vec<Arc<Memtable>>,
+    runs: Vec<Arc<Run>>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    config: Config,
+    version: RwLock<Arc<Version>>,
+    /// The first kept sequence: entries below it are dead.
+    floor: AtomicU64,
+    /// The last sequence inserted (the manifest's `through` right after the open).
+    inserted: AtomicU64,
+    /// The next run file's number.
+    next_run: AtomicU64,
+    /// The manifest's `through`: every entry up to it is in the runs.
+    durable: AtomicU64,
+    /// Held while runs are written, so the worker and a close never write at once.
+    writing: Mutex<()>,
+}
+
+/// Work for the worker thread.
+enum Work {
+    /// A memtable was frozen.
+    Flush,
+    /// Write every memtable and stop.
+    Close(SyncSender<Result<(), Error>>),
+}
+
+/// The worker's channel: dropping the last handle stops it.
+struct Worker(Mutex<Option<SyncSender<Work>>>);
+
+/// The entries of one index: cheap to clone, shared by the index thread and readers.
+#[derive(Clone)]
+pub struct Entries {
+    inner: Arc<Inner>,
+    worker: Arc<Worker>,
+}
+
+impl Entries {
+    /// Opens (or creates) the entries in `index_dir`; returns them and `through`: every entry
+    /// of a sequence up to it is held, those after it must be inserted again from the log.
+    pub fn open(index_dir: &Path, config: Config, floor: u64) -> Result<(Entries, u64), Error> {
+        let dir = index_dir.join(DIR);
+        std::fs::create_dir_all(&dir)?;
+        let (through, ids) = read_manifest(&dir)?;
+        let mut runs = Vec::with_capacity(ids.len());
+        for id in &ids {
+            runs.push(Arc::new(Run::open(&run_path(&dir, *id))?));
+        }
+        // Runs a crash left unnamed (written, or merged, but not yet in the manifest).
+        let mut next_run = ids.iter().max().map_or(1, |m| m + 1);
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let id = name.strip_suffix(".run").and_then(|n| u64::from_str_radix(n, 16).ok());
+            if let Some(id) = id {
+                next_run = next_run.max(id + 1);
+                if ids.contains(&id) {
+                    continue;
+                }
+            } else if name == MANIFEST {
+                continue;
+            }
+            std::fs::remove_file(entry.path())?;
+        }
+        let version = Version { active: Memtable::new(through), frozen: Vec::new(), runs };
+        let inner = Arc::new(Inner {
+            dir,
+            config,
+            version: RwLock::new(Arc::new(version)),
+            floor: AtomicU64::new(floor),
+            inserted: AtomicU64::new(through),
+            next_run: AtomicU64::new(next_run),
+            durable: AtomicU64::new(through),
+            writing: Mutex::new(()),
+        });
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        let worker_inner = inner.clone();
+        std::thread::Builder::new()
+            .name("eventsd-entries".into())
+            .spawn(move || work(worker_inner, rx))?;
+        Ok((Entries { inner, worker: Arc::new(Worker(Mutex::new(Some(tx)))) }, through))
+    }
+
+    /// The last sequence whose entries are held (inserted, or in the runs at open).
+    pub fn through(&self) -> u64 {
+        self.inner.inserted.load(Ordering::Acquire)
+    }
+
+    /// Inserts the entries of the records through `through` (each `keys::entry` bytes followed
+    /// by its value).
+    pub fn insert(&self, batch: Vec<Box<[u8]>>, through: u64) {
+        let version = self.inner.current();
+        let len = {
+            let mut set =
+                version.active.set.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            set.extend(batch);
+            set.len()
+        };
+        version.active.through.fetch_max(through, Ordering::AcqRel);
+        self.inner.inserted.fetch_max(through, Ordering::AcqRel);
+        if len >= self.inner.config.freeze_entries && self.inner.freeze() {
+            self.send(Work::Flush);
+        }
+    }
+
+    /// Moves the first kept sequence: entries below it are skipped from now on.
+    pub fn set_floor(&self, first: u64) {
+        self.inner.floor.fetch_max(first, Ordering::AcqRel);
+    }
+
+    /// What readers read: the memtables and runs of this moment.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot(self.inner.current())
+    }
+
+    /// Writes every memtable as a run and stops the worker (the entries stay readable).
+    pub fn close(&self) -> Result<(), Error> {
+        let tx = self.worker.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let Some(tx) = tx else { return Ok(()) };
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        if tx.send(Work::Close(done)).is_err() {
+            return Err(Error::Internal("the index entries' worker has stopped".into()));
+        }
+        wait.recv().unwrap_or_else(|_| {
+            Err(Error::Internal("the index entries' worker has stopped".into()))
+        })
+    }
+
+    fn send(&self, work: Work) {
+        let tx = self.worker.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tx) = tx.as_ref() {
+            // A full queue already holds a flush for the worker.
+            let _ = tx.try_send(work);
+        }
+    }
+}
+
+impl Inner {
+    fn current(&self) -> Arc<Version> {
+        self.version.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn swap(&self, change: impl FnOnce(&Version) -> Version) {
+        let mut slot = self.version.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = Arc::new(change(&slot));
+    }
+
+    /// Freezes the active memtable if it holds anything; true if it did.
+    fn freeze(&self) -> bool {
+        let mut froze = false;
+        self.swap(|v| {
+            let through = v.active.through.load(Ordering::Acquire);
+            if v.active.read().is_empty() {
+                return Version {
+                    active: v.active.clone(),
+                    frozen: v.frozen.clone(),
+                    runs: v.runs.clone(),
+                };
+            }
+            froze = true;
+            let mut frozen = v.frozen.clone();
+            frozen.push(v.active.clone());
+            Version { active: Memtable::new(through), frozen, runs: v.runs.clone() }
+        });
+        froze
+    }
+
+    /// Writes every frozen memtable as a run, oldest first, then merges runs if `merge`.
+    fn write_frozen(&self, merge: bool) -> Result<(), Error> {
+        let _writing = self.writing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(mem) = self.current().frozen.first().cloned() {
+            let through = mem.through.load(Ordering::Acquire);
+            let floor = self.floor.load(Ordering::Acquire);
+            let run = {
+                let set = mem.read();
+                let live = set.iter().filter(|e| seq_of(e) >= floor).map(Ok);
+                self.new_run(live, through)?
+            };
+            let mut runs = self.current().runs.clone();
+            runs.extend(run);
+            self.write_manifest(&runs, through)?;
+            self.swap(|v| Version {
+                active: v.active.clone(),
+                frozen: v.frozen.iter().filter(|m| !Arc::ptr_eq(m, &mem)).cloned().collect(),
+                runs: runs.clone(),
+            });
+        }
+        if !merge {
+            return Ok(());
+        }
+        loop {
+            let runs = self.current().runs.clone();
+            let n = runs.len();
+            if n < FANOUT
+                || class(&runs[n - FANOUT], self.config) > class(&runs[n - 1], self.config)
+            {
+                break;
+            }
+            let inputs = &runs[n - FANOUT..];
+            let through = inputs[FANOUT - 1].through;
+            let floor = self.floor.load(Ordering::Acquire);
+            let merged = {
+                let snapshot = Snapshot(Arc::new(Version {
+                    active: Memtable::new(0),
+                    frozen: Vec::new(),
+                    runs: inputs.to_vec(),
+                }));
+                let all = snapshot.range(
+                    (Bound::Unbounded, Bound::Unbounded),
+                    Direction::Chronological,
+                    (floor, u64::MAX),
+                );
+                self.new_run(all, through)?
+            };
+            let mut kept: Vec<Arc<Run>> = runs[..n - FANOUT].to_vec();
+            kept.extend(merged);
+            self.write_manifest(&kept, self.durable.load(Ordering::Acquire))?;
+            self.swap(|v| Version {
+                active: v.active.clone(),
+                frozen: v.frozen.clone(),
+                runs: kept.clone(),
+            });
+            for old in inputs {
+                std::fs::remove_file(old.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a run of `entries` (ascending) and opens it; `None` if there were none.
+    fn new_run<E: AsRef<[u8]>>(
+        &self,
+        entries: impl Iterator<Item = Result<E, Error>>,
+        through: u64,
+    ) -> Result<Option<Arc<Run>>, Error> {
+        let id = self.next_run.fetch_add(1, Ordering::AcqRel);
+        let path = run_path(&self.dir, id);
+        let tmp = path.with_extension("tmp");
+        let written = run::write(&tmp, entries, through);
+        let count = match written {
+            Ok(count) => count,
+            Err(err) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(err);
+            }
+        };
+        if count == 0 {
+            std::fs::remove_file(&tmp)?;
+            return Ok(None);
+        }
+        std::fs::rename(&tmp, &path)?;
+        sync_dir(&self.dir)?;
+        Ok(Some(Arc::new(Run::open(&path)?)))
+    }
+
+    /// Durably records `runs` and `through` as the entries on disk.
+    fn write_manifest(&self, runs: &[Arc<Run>], through: u64) -> Result<(), Error> {
+        let mut buf = Vec::with_capacity(20 + 8 * runs.len());
+        buf.extend_from_slice(MANIFEST_MAGIC);
+        buf.extend_from_slice(&through.to_le_bytes());
+        buf.extend_from_slice(&(runs.len() as u32).to_le_bytes());
+        for run in runs {
+            buf.extend_from_slice(&run_id(run.path()).unwrap_or(0).to_le_bytes());
+        }
+        buf.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
+        let tmp = self.dir.join("manifest.tmp");
+        let mut file = File::create(&tmp)?;
+        file.write_all(&buf)?;
+        file.sync_data()?;
+        std::fs::rename(&tmp, self.dir.join(MANIFEST))?;
+        sync_dir(&self.dir)?;
+        self.durable.store(through, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// The size class of a run: 0 below `FANOUT` memtables, one more per `FANOUT`-fold.
+fn class(run: &Run, config: Config) -> u32 {
+    let mut class = 0;
+    let mut cap = (config.freeze_entries as u64).max(1) * FANOUT as u64;
+    while run.entries >= cap {
+        class += 1;
+        cap = cap.saturating_mul(FANOUT as u64);
+    }
+    class
+}
+
+/// The worker: writes frozen memtables and merges runs until closed.
+fn work(inner: Arc<Inner>, jobs: Receiver<Work>) {
+    loop {
+        let job = jobs.recv_timeout(RETRY);
+        let result = match job {
+            Ok(Work::Flush) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if inner.current().frozen.is_empty() {
+                    continue;
+                }
+                inner.write_frozen(true)
+            }
+            Ok(Work::Close(done)) => {
+                inner.freeze();
+                let _ = done.send(inner.write_frozen(false));
+                return;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        if let Err(err) = result {
+            tracing::error!(error = %err, "cannot write the index entries to disk (they stay in memory; retrying)");
+        }
+    }
+}
+
+fn run_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016x}.run"))
+}
+
+fn run_id(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    u64::from_str_radix(name.strip_suffix(".run")?, 16).ok()
+}
+
+/// Reads the manifest: `through` and the run numbers (none without a manifest).
+fn read_manifest(dir: &Path) -> Result<(u64, Vec<u64>), Error> {
+    let path = dir.join(MANIFEST);
+    let buf = match std::fs::read(&path) {
+        Ok(buf) => buf,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
+        Err(e) => return Err(e.into()),
+    };
+    let damaged = || {
+        Error::Corrupt(format!(
+            "{} is damaged; rebuild the index with `eventsd reindex`",
+            path.display()
+        ))
+    };
+    if buf.len() < 20 || &buf[..4] != MANIFEST_MAGIC {
+        return Err(damaged());
+    }
+    let (body, crc) = buf.split_at(buf.len() - 4);
+    if crc32c::crc32c(body).to_le_bytes() != crc {
+        return Err(damaged());
+    }
+    let through = u64::from_le_bytes(body[4..12].try_into().map_err(|_| damaged())?);
+    let n = u32::from_le_bytes(body[12..16].try_into().map_err(|_| damaged())?) as usize;
+    if body.len() != 16 + 8 * n {
+        return Err(damaged());
+    }
+    let ids = body[16..]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
+    Ok((through, ids))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// The sequence of an entry (the last 8 bytes of its key); 0 if it is not an entry.
+pub fn seq_of(entry: &[u8]) -> u64 {
+    keys::entry_key_len(entry).and_then(|len| entry.get(..len)).and_then(keys::seq_of).unwrap_or(0)
+}
+
+/// A lower and an upper bound on keys.
+type KeyBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// The memtables and runs of one moment.
+#[derive(Clone)]
+pub struct Snapshot(Arc<Version>);
+
+/// Entry bounds in byte order. A key bound `k` of a whole entry key (`keys::entry`) covers
+/// the entry whose key is `k` whatever its value: no key is a prefix of another, values are
+/// UTF-8 (never 0xFF), so `k ++ [0xFF]` lies after every entry with key `k` and before every
+/// greater key. Partial keys (a stream prefix) may be given as an inclusive lower bound.
+fn byte_bounds(lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let after = |mut k: Vec<u8>| {
+        k.push(0xFF);
+        k
+    };
+    let lo = match lo {
+        Bound::Excluded(k) => Bound::Excluded(after(k)),
+        other => other,
+    };
+    let hi = match hi {
+        Bound::Included(k) => Bound::Excluded(after(k)),
+        other => other,
+    };
+    (lo, hi)
+}
+
+fn above_lo(lo: &Bound<Vec<u8>>, e: &[u8]) -> bool {
+    match lo {
+        Bound::Included(k) => e >= &k[..],
+        Bound::Excluded(k) => e > &k[..],
+        Bound::Unbounded => true,
+    }
+}
+
+fn below_hi(hi: &Bound<Vec<u8>>, e: &[u8]) -> bool {
+    match hi {
+        Bound::Included(k) => e <= &k[..],
+        Bound::Excluded(k) => e < &k[..],
+        Bound::Unbounded => true,
+    }
+}
+
+impl Snapshot {
+    /// The entries whose keys lie within `bounds` (key bounds, see [`byte_bounds`]) and whose
+    /// sequences lie within `seqs` (inclusive), in `direction`.
+    pub fn range(
+        &self,
+        (lo, hi): (Bound<Vec<u8>>, Bound<Vec<u8>>),
+        direction: Direction,
+        seqs: (u64, u64),
+    ) -> Range {
+        let (lo, hi) = byte_bounds(lo, hi);
+        let bounds = Arc::new((lo, hi));
+        let mut sources: Vec<Source> = Vec::new();
+        let v = &self.0;
+        for mem in std::iter::once(&v.active).chain(v.frozen.iter()) {
+            sources.push(Source::Mem(MemCursor::new(mem.clone(), &bounds, direction)));
+        }
+        for run in &v.runs {
+            sources.push(Source::Run(RunCursor::new(run.clone(), bounds.clone(), direction)));
+        }
+        Range {
+            sources,
+            heads: BinaryHeap::new(),
+            started: false,
+            descending: direction == Direction::ReverseChronological,
+            seqs,
+            failed: false,
+        }
+    }
+}
+
+/// One source's next entry in a merge.
+struct Head {
+    entry: Bytes,
+    source: usize,
+    descending: bool,
+}
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+impl Eq for Head {}
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Head {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let order = (&self.entry, self.source).cmp(&(&other.entry, other.source));
+        if self.descending {
+            order
+        } else {
+            order.reverse()
+        }
+    }
+}
+
+/// A merged range over a snapshot: entries in order, each once.
+pub struct Range {
+    sources: Vec<Source>,
+    heads: BinaryHeap<Head>,
+    started: bool,
+    descending: bool,
+    seqs: (u64, u64),
+    failed: bool,
+}
+
+impl Range {
+    fn refill(&mut self, i: usize) -> Result<(), Error> {
+        while let Some(entry) = self.sources[i].next()? {
+            let seq = seq_of(&entry);
+            if (self.seqs.0..=self.seqs.1).contains(&seq) {
+                self.heads.push(Head { entry, source: i, descending: self.descending });
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Range {
+    type Item = Result<Bytes, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        if !self.started {
+            self.started = true;
+            for i in 0..self.sources.len() {
+                if let Err(err) = self.refill(i) {
+                    self.failed = true;
+                    return Some(Err(err));
+                }
+            }
+        }
+        let head = self.heads.pop()?;
+        if let Err(err) = self.refill(head.source) {
+            self.failed = true;
+            return Some(Err(err));
+        }
+        Some(Ok(head.entry))
+    }
+}
+
+enum Source {
+    Mem(MemCursor),
+    Run(RunCursor),
+}
+
+impl Source {
+    fn next(&mut self) -> Result<Option<Bytes>, Error> {
+        match self {
+            Source::Mem(m) => Ok(m.next()),
+            Source::Run(r) => r.next(),
+        }
+    }
+}
+
+/// Reads a memtable in chunks, a read lock per chunk, resuming after the last entry read.
+struct MemCursor {
+    mem: Arc<Memtable>,
+    /// Where the next chunk starts (lower bound ascending, upper bound descending).
+    from: Bound<Vec<u8>>,
+    /// Where the range ends, on the other side.
+    to: Bound<Vec<u8>>,
+    descending: bool,
+    buf: VecDeque<Bytes>,
+    done: bool,
+}
+
+impl MemCursor {
+    fn new(mem: Arc<Memtable>, bounds: &KeyBounds, direction: Direction) -> Self {
+        let descending = direction == Direction::ReverseChronological;
+        let (from, to) =
+            if descending { (bounds.1.clone(), bounds.0.clone()) } else { bounds.clone() };
+        MemCursor { mem, from, to, descending, buf: VecDeque::new(), done: false }
+    }
+
+    fn next(&mut self) -> Option<Bytes> {
+        if self.buf.is_empty() && !self.done {
+            self.fill();
+        }
+        self.buf.pop_front()
+    }
+
+    fn fill(&mut self) {
+        let set = self.mem.read();
+        let from = match &self.from {
+            Bound::Included(k) => Bound::Included(&k[..]),
+            Bound::Excluded(k) => Bound::Excluded(&k[..]),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let range: Box<dyn Iterator<Item = &Box<[u8]>>> = if self.descending {
+            Box::new(set.range::<[u8], _>((Bound::Unbounded, from)).rev())
+        } else {
+            Box::new(set.range::<[u8], _>((from, Bound::Unbounded)))
+        };
+        let mut last = None;
+        for e in range.take(CHUNK) {
+            let inside =
+                if self.descending { above_lo(&self.to, e) } else { below_hi(&self.to, e) };
+            if !inside {
+                self.done = true;
+                break;
+            }
+            self.buf.push_back(Bytes::copy_from_slice(e));
+            last = Some(e);
+        }
+        match last {
+            Some(e) if !self.done => self.from = Bound::Excluded(e.to_vec()),
+            _ => self.done = true,
+        }
+        if self.buf.len() < CHUNK {
+            self.done = true;
+        }
+    }
+}
+
+/// Reads a run block by block in one direction.
+struct RunCursor {
+    run: Arc<Run>,
+    bounds: Arc<KeyBounds>,
+    descending: bool,
+    /// The block being read and the position of the next entry in it.
+    block: Option<(usize, run::Block, usize)>,
+    started: bool,
+    done: bool,
+}
+
+impl RunCursor {
+    fn new(run: Arc<Run>, bounds: Arc<KeyBounds>, direction: Direction) -> Self {
+        let descending = direction == Direction::ReverseChronological;
+        RunCursor { run, bounds, descending, block: None, started: false, done: false }
+    }
+
+    /// Loads the first block to read and positions in it.
+    fn start(&mut self) -> Result<(), Error> {
+        self.started = true;
+        if self.run.blocks() == 0 {
+            self.done = true;
+            return Ok(());
+        }
+        let (lo, hi) = &*self.bounds;
+        if self.descending {
+            let i = match hi {
+                Bound::Unbounded => self.run.blocks() - 1,
+                Bound::Included(k) | Bound::Excluded(k) => self.run.block_at_or_below(k),
+            };
+            let block = self.run.block(i)?;
+            let n = (0..block.len()).take_while(|&j| below_hi(hi, block.peek(j))).count();
+            // `pos` counts down: the next entry is `pos - 1`.
+            self.block = Some((i, block, n));
+        } else {
+            let i = match lo {
+                Bound::Unbounded => 0,
+                Bound::Included(k) | Bound::Excluded(k) => self.run.block_at_or_below(k),
+            };
+            let block = self.run.block(i)?;
+            let n = (0..block.len()).take_while(|&j| !above_lo(lo, block.peek(j))).count();
+            self.block = Some((i, block, n));
+        }
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<Option<Bytes>, Error> {
+        if !self.started {
+            self.start()?;
+        }
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let Some((i, block, pos)) = self.block.as_mut() else { return Ok(None) };
+            let (lo, hi) = &*self.bounds;
+            if self.descending {
+                if *pos == 0 {
+                    if *i == 0 {
+                        self.done = true;
+                        continue;
+                    }
+                    let prev = *i - 1;
+                    let block = self.run.block(prev)?;
+                    let n = block.len();
+                    self.block = Some((prev, block, n));
+                    continue;
+                }
+                *pos -= 1;
+                let e = block.get(*pos);
+                if !above_lo(lo, &e) {
+                    self.done = true;
+                    continue;
+                }
+                return Ok(Some(e));
+            }
+            if *pos >= block.len() {
+                if *i + 1 >= self.run.blocks() {
+                    self.done = true;
+                    continue;
+                }
+                let next = *i + 1;
+                let block = self.run.block(next)?;
+                self.block = Some((next, block, 0));
+                continue;
+            }
+            let e = block.get(*pos);
+            *pos += 1;
+            if !below_hi(hi, &e) {
+                self.done = true;
+                continue;
+            }
+            return Ok(Some(e));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_types::Timestamp;
+
+    use crate::store::Lcg;
+
+    /// Inserts `n` events from `start` in rounds; returns every entry inserted.
+    fn fill(entries: &Entries, rng: &mut Lcg, start: u64, n: u64) -> Vec<Box<[u8]>> {
+        let mut all = Vec::new();
+        let mut seq = start;
+        while seq < start + n {
+            let mut batch = Vec::new();
+            for _ in 0..(1 + rng.next(50)).min(start + n - seq) {
+                let created = Timestamp {
+                    seconds: 1_765_000_000 + rng.next(100) as i64,
+                    nanos: rng.next(1_000) as i32,
+                };
+                let t = format!("t{}.x", rng.next(4));
+                batch.extend(crate::store::index::entries_of((
+                    seq,
+                    rng.next(2) == 0,
+                    &t,
+                    &created,
+                )));
+                seq += 1;
+            }
+            all.extend(batch.iter().cloned());
+            entries.insert(batch, seq - 1);
+        }
+        all
+    }
+
+    /// The entries a model holds within key bounds and sequences, in `direction`.
+    fn expected(
+        model: &[Box<[u8]>],
+        (lo, hi): &(Bound<Vec<u8>>, Bound<Vec<u8>>),
+        direction: Direction,
+        (floor, ceiling): (u64, u64),
+    ) -> Vec<Vec<u8>> {
+        let key = |e: &[u8]| e[..keys::entry_key_len(e).unwrap()].to_vec();
+        let mut out: Vec<Vec<u8>> = model
+            .iter()
+            .filter(|e| {
+                let k = key(e);
+                let above = match lo {
+                    Bound::Included(b) => k >= *b,
+                    Bound::Excluded(b) => k > *b,
+                    Bound::Unbounded => true,
+                };
+                let below = match hi {
+                    Bound::Included(b) => k <= *b,
+                    Bound::Excluded(b) => k < *b,
+                    Bound::Unbounded => true,
+                };
+                above && below && (floor..=ceiling).contains(&seq_of(e))
+            })
+            .map(|e| e.to_vec())
+            .collect();
+        out.sort();
+        if direction == Direction::ReverseChronological {
+            out.reverse();
+        }
+        out
+    }
+
+    fn random_bounds(rng: &mut Lcg, model: &[Box<[u8]>]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+        let pick = |rng: &mut Lcg| {
+            let e = &model[rng.next(model.len() as u64) as usize];
+            let k = e[..keys::entry_key_len(e).unwrap()].to_vec();
+            match rng.next(4) {
+                0 => Bound::Included(k),
+                1 => Bound::Excluded(k),
+                2 => Bound::Unbounded,
+                _ => Bound::Included(vec![k[0], k[1]]),
+            }
+        };
+        let (a, b) = (pick(rng), pick(rng));
+        // Partial keys only as an inclusive lower bound.
+        let b = match b {
+            Bound::Included(k) if k.len() == 2 => Bound::Unbounded,
+            other => other,
+        };
+        (a, b)
+    }
+
+    fn compare(entries: &Entries, model: &[Box<[u8]>], rng: &mut Lcg, floor: u64, rounds: usize) {
+        let snapshot = entries.snapshot();
+        for _ in 0..rounds {
+            let bounds = random_bounds(rng, model);
+            let direction = if rng.next(2) == 0 {
+                Direction::Chronological
+            } else {
+                Direction::ReverseChronological
+            };
+            let ceiling = if rng.next(3) == 0 { rng.next(5_000) } else { u64::MAX };
+            let found: Vec<Vec<u8>> = snapshot
+                .range(bounds.clone(), direction, (floor, ceiling))
+                .map(|e| e.unwrap().to_vec())
+                .collect();
+            assert_eq!(
+                found,
+                expected(model, &bounds, direction, (floor, ceiling)),
+                "{bounds:?} {direction:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ranges_over_memtables_and_merged_runs_match_a_model_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { freeze_entries: 200 };
+        let (entries, through) = Entries::open(dir.path(), config, 1).unwrap();
+        assert_eq!(through, 0);
+        let mut rng = Lcg(3);
+        let model = fill(&entries, &mut rng, 1, 4_000);
+        // Some entries are in runs being written, some in memtables.
+        compare(&entries, &model, &mut rng, 1, 100);
+        entries.inner.write_frozen(true).unwrap();
+        assert!(entries.inner.current().frozen.is_empty());
+        let runs = entries.inner.current().runs.len();
+        assert!((2..25).contains(&runs), "{runs} runs after merges");
+        compare(&entries, &model, &mut rng, 1, 200);
+        // A clean close writes the memtable; the reopen holds everything.
+        entries.close().unwrap();
+        drop(entries);
+        let (entries, through) = Entries::open(dir.path(), config, 1).unwrap();
+        assert_eq!(through, 4_000);
+        compare(&entries, &model, &mut rng, 1, 200);
+    }
+
+    #[test]
+    fn a_crash_keeps_the_runs_and_reports_how_far_they_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { freeze_entries: 500 };
+        let (entries, _) = Entries::open(dir.path(), config, 1).unwrap();
+        let mut rng = Lcg(5);
+        let mut model = fill(&entries, &mut rng, 1, 3_000);
+        entries.inner.write_frozen(true).unwrap();
+        // A leftover temporary run and an unnamed run, as a crash leaves them.
+        std::fs::write(dir.path().join(DIR).join("00000000000000ff.tmp"), b"torn").unwrap();
+        std::fs::write(dir.path().join(DIR).join("00000000000000fe.run"), b"unnamed").unwrap();
+        drop(entries);
+        let (entries, through) = Entries::open(dir.path(), config, 1).unwrap();
+        assert!(through > 0 && through < 3_000, "through {through}");
+        model.retain(|e| seq_of(e) <= through);
+        let names: Vec<String> = std::fs::read_dir(dir.path().join(DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp") || n.starts_with("00000000000000fe")));
+        compare(&entries, &model, &mut rng, 1, 200);
+    }
+
+    #[test]
+    fn entries_below_the_floor_are_skipped_and_dropped_when_runs_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { freeze_entries: 300 };
+        let (entries, _) = Entries::open(dir.path(), config, 1).unwrap();
+        let mut rng = Lcg(9);
+        let model = fill(&entries, &mut rng, 1, 2_000);
+        entries.set_floor(1_201);
+        compare(&entries, &model, &mut rng, 1_201, 100);
+        entries.close().unwrap();
+        let on_disk: u64 = entries.inner.current().runs.iter().map(|r| r.entries).sum();
+        let kept = model.iter().filter(|e| seq_of(e) >= 1_201).count() as u64;
+        // Memtables frozen before the floor moved were written with every entry.
+        assert!(on_disk >= kept && on_disk < model.len() as u64, "{on_disk} on disk, {kept} kept");
+        compare(&entries, &model, &mut rng, 1_201, 100);
+    }
+
+    #[test]
+    fn a_damaged_block_is_an_error_naming_reindex() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { freeze_entries: 100_000 };
+        let (entries, _) = Entries::open(dir.path(), config, 1).unwrap();
+        let mut rng = Lcg(1);
+        fill(&entries, &mut rng, 1, 2_000);
+        entries.close().unwrap();
+        let run = entries.inner.current().runs[0].path().to_path_buf();
+        drop(entries);
+        let mut bytes = std::fs::read(&run).unwrap();
+        bytes[100] ^= 0x40;
+        std::fs::write(&run, bytes).unwrap();
+        let (entries, _) = Entries::open(dir.path(), config, 1).unwrap();
+        let all = (Bound::Unbounded, Bound::Unbounded);
+        let err = entries
+            .snapshot()
+            .range(all, Direction::Chronological, (1, u64::MAX))
+            .find_map(Result::err)
+            .expect("the damaged block is reported");
+        assert!(err.to_string().contains("eventsd reindex"), "{err}");
+    }
+}
