@@ -23,8 +23,8 @@
 //!
 //! Damage: random byte flips in the records of the last and of sealed segments, truncations
 //! of both, a deleted segment (first, middle, last), deleted offset files (rebuilt), a deleted
-//! or damaged index (sled's files; the index is derived, rebuilt or refused naming
-//! `eventsd reindex`), and a damaged or deleted `eventsd.ack`. Deleting `eventsd.ack` leaves
+//! or damaged index (sled's files, the entries' run files and manifest; the index is derived,
+//! rebuilt or refused naming `eventsd reindex`), and a damaged or deleted `eventsd.ack`. Deleting `eventsd.ack` leaves
 //! the server nothing to prove completeness with, so that row is reported, not judged.
 //! A table of outcomes, with `eventsd check`'s verdict beside each, is printed;
 //! `EVENTSD_CORRUPTION_SEED` repeats a run's random choices.
@@ -350,6 +350,18 @@ fn cases(store: &Path, files: &[String], rng: &mut Prng) -> Vec<Case> {
         add(format!("index/db: byte {offset} ^ 0xff"), vec![flip("index/db", offset, 0xff)]);
     }
     add("index/db: truncated to half".into(), vec![truncate("index/db", db / 2)]);
+    let runs: Vec<&String> = files.iter().filter(|f| f.ends_with(".run")).collect();
+    assert!(!runs.is_empty(), "the premise failed: the index entries have no run file");
+    for run in &runs {
+        let size = len(&store.join(run));
+        let offset = rng.range(0, size - 1);
+        add(format!("{run}: byte {offset} ^ 0xff"), vec![flip(run, offset, 0xff)]);
+        add(format!("{run}: truncated to half"), vec![truncate(run, size / 2)]);
+        add(format!("{run}: deleted"), vec![delete(run)]);
+    }
+    let manifest = "index/entries/manifest";
+    add(format!("{manifest}: byte 6 ^ 0xff"), vec![flip(manifest, 6, 0xff)]);
+    add(format!("{manifest}: deleted (rebuilt)"), vec![delete(manifest)]);
     add(format!("{ACK}: byte 12 flipped"), vec![flip(ACK, 12, 0x01)]);
     add(format!("{ACK}: truncated to 12 B"), vec![truncate(ACK, 12)]);
     add(format!("{ACK}: zeroed"), vec![Damage::Zero { file: ACK.into(), offset: 0, len: 24 }]);

@@ -132,7 +132,14 @@ impl Entries {
         let (through, ids) = read_manifest(&dir)?;
         let mut runs = Vec::with_capacity(ids.len());
         for id in &ids {
-            runs.push(Arc::new(Run::open(&run_path(&dir, *id))?));
+            let path = run_path(&dir, *id);
+            let run = Run::open(&path).map_err(|err| match err {
+                Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => Error::Corrupt(
+                    format!("index run {} is missing; rebuild the index with `eventsd reindex`", path.display()),
+                ),
+                other => other,
+            })?;
+            runs.push(Arc::new(run));
         }
         // Runs a crash left unnamed (written, or merged, but not yet in the manifest).
         let mut next_run = ids.iter().max().map_or(1, |m| m + 1);
