@@ -253,7 +253,8 @@ pub(crate) fn open_parts(
                 std::fs::remove_dir_all(stale)?;
             }
         }
-        let (entries, _) = Entries::open(&index_dir, entries::Config::default(), range.first)?;
+        let config = entries::Config::with_cache(cache_bytes);
+        let (entries, _) = Entries::open(&index_dir, config, range.first)?;
         Ok((tree, entries, loaded))
     };
     let (tree, entries, loaded) = match open_index() {

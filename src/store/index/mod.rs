@@ -60,6 +60,8 @@ pub struct DurableState {
 pub struct View {
     /// The sled tree.
     pub tree: sled::Tree,
+    /// The entries themselves (for what they keep beside their snapshots).
+    pub store: Entries,
     /// The entries of one moment.
     pub entries: entries::Snapshot,
     /// The first kept sequence: entries below it are dead.
@@ -71,7 +73,7 @@ pub struct View {
 impl View {
     /// The view of a reader: every kept entry (a listing bounds it by its own snapshot).
     pub fn new(tree: sled::Tree, entries: &Entries, floor: u64) -> Self {
-        View { tree, entries: entries.snapshot(), floor, ceiling: u64::MAX }
+        View { tree, store: entries.clone(), entries: entries.snapshot(), floor, ceiling: u64::MAX }
     }
 
     /// The entries (key then value) whose keys lie within the bounds, in `direction`.
@@ -142,8 +144,11 @@ pub struct Loaded {
 /// returning an error; either way the index must not be used (rebuild it: `eventsd reindex`).
 pub fn open_tree(data_dir: &Path, cache_bytes: u64) -> Result<sled::Tree, Error> {
     let path = data_dir.join(DIR);
-    // `--cache-bytes` bounds the caches together: the recent-events cache takes its share.
-    let sled_cache = cache_bytes - cache_bytes / crate::store::recent::SHARE_OF_CACHE;
+    // `--cache-bytes` bounds the caches together: the recent-events cache and the entries'
+    // block cache take their shares, sled (counts only) the rest.
+    let sled_cache = cache_bytes
+        - cache_bytes / crate::store::recent::SHARE_OF_CACHE
+        - cache_bytes / entries::SHARE_OF_CACHE;
     let config = sled::Config::new().path(&path).cache_capacity(sled_cache);
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         config.open().and_then(|db| db.open_tree("index"))
@@ -305,8 +310,7 @@ impl Change {
         // The entries as they were before the batch: a replay may find the batch's own there
         // already (written as a run before a crash took the sled part back).
         let before = self.lowest.map_or(applied, |l| l - 1);
-        let view =
-            View { tree: tree.clone(), entries: entries.snapshot(), floor: first, ceiling: before };
+        let view = View { ceiling: before, ..View::new(tree.clone(), entries, first) };
         if let Err(err) = deltas.stage(&view, &mut self.batch, counts_of) {
             return (touched, Err(err));
         }

@@ -32,6 +32,7 @@ use prost_types::Timestamp;
 
 use crate::error::Error;
 use crate::event::time;
+use crate::store::index::entries::Span;
 use crate::store::index::{buckets, DurableState, View};
 use crate::store::StoredEvent;
 use crate::store::{keys, Direction, ListPage, ListQuery};
@@ -69,6 +70,12 @@ pub trait Index {
         _direction: Direction,
     ) -> Option<Keys<'_, (Self::Key, Self::Key)>> {
         None
+    }
+
+    /// The `created` keys of the first and last entries of the stream `prefix`, or bounds on
+    /// them (at or below the first, at or above the last); `None` if it has none.
+    fn span(&self, prefix: &[u8]) -> Result<Option<Span>, Error> {
+        read_span(self, prefix)
     }
 
     /// Whether the index keeps bucket counts ([`Index::buckets`] answers).
@@ -117,6 +124,10 @@ impl Index for View {
                 .ok_or_else(|| Error::Corrupt(format!("index entry {entry:?}")))?;
             Ok((entry.slice(..len), entry.slice(len..)))
         })))
+    }
+
+    fn span(&self, prefix: &[u8]) -> Result<Option<Span>, Error> {
+        self.store.span(prefix, || read_span(self, prefix))
     }
 
     fn keeps_buckets(&self) -> bool {
@@ -501,6 +512,17 @@ fn covers<I: Index>(index: &I, streams: &[Stream], query: &ListQuery) -> Result<
 
 /// Whether `[from, to]` holds every entry of a stream (so its count is the range's total).
 fn covers_stream<I: Index>(index: &I, prefix: &[u8], query: &ListQuery) -> Result<bool, Error> {
+    Ok(match index.span(prefix)? {
+        Some((first, last)) => {
+            time::to_key(&query.from)[..] <= first[..] && last[..] <= time::to_key(&query.to)[..]
+        }
+        None => true,
+    })
+}
+
+/// The `created` keys of the first and last entries of the stream `prefix`, read from the
+/// index.
+fn read_span<I: Index + ?Sized>(index: &I, prefix: &[u8]) -> Result<Option<Span>, Error> {
     let whole = || {
         let lo = Bound::Included(prefix.to_vec());
         let hi = Bound::Included(keys::entry_ceiling(
@@ -519,12 +541,7 @@ fn covers_stream<I: Index>(index: &I, prefix: &[u8], query: &ListQuery) -> Resul
     let first = created(index.keys(lo, hi, Direction::Chronological).next())?;
     let (lo, hi) = whole();
     let last = created(index.keys(lo, hi, Direction::ReverseChronological).next())?;
-    Ok(match (first, last) {
-        (Some(first), Some(last)) => {
-            time::to_key(&query.from)[..] <= first[..] && last[..] <= time::to_key(&query.to)[..]
-        }
-        _ => true,
-    })
+    Ok(first.zip(last))
 }
 
 /// Counts a stream's entries with `from <= created <= to` and sequence within the snapshot.
@@ -597,7 +614,8 @@ mod tests {
         let tree = sled::Config::new().temporary(true).open().unwrap().open_tree("index").unwrap();
         let dir = tempfile::tempdir().unwrap();
         // Small memtables, so the entries are spread over memtables and runs, merged or not.
-        let config = crate::store::index::entries::Config { freeze_entries: 300 };
+        let config =
+            crate::store::index::entries::Config { freeze_entries: 300, cache_bytes: 64 << 10 };
         let (entries, _) =
             crate::store::index::entries::Entries::open(dir.path(), config, 1).unwrap();
         let mut rng = Lcg(seed);

@@ -40,14 +40,18 @@ use crate::store::index::keys;
 use crate::store::Direction;
 use run::Run;
 
+/// The `created` keys (12 bytes) of a stream's oldest and newest entries, or bounds on them.
+pub type Span = (Vec<u8>, Vec<u8>);
+
 /// The entries' folder inside the index folder.
 pub const DIR: &str = "entries";
 const MANIFEST: &str = "manifest";
 const MANIFEST_MAGIC: &[u8; 4] = b"EMF1";
 /// Runs of one size class merged at once.
 pub const FANOUT: usize = 4;
-/// Entries copied out of a memtable per lock taken while reading it.
-const CHUNK: usize = 64;
+/// Entries copied out of a memtable per lock taken while reading it: the first chunk is
+/// small (many reads want one entry), each next one four times larger, up to the last.
+const CHUNKS: [usize; 4] = [4, 16, 64, 256];
 /// How often the worker retries a failed run write.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -56,12 +60,57 @@ const RETRY: Duration = Duration::from_secs(1);
 pub struct Config {
     /// A memtable is frozen (and written as a run) at this many entries.
     pub freeze_entries: usize,
+    /// Bytes of run blocks kept decoded in memory (the block cache).
+    pub cache_bytes: u64,
+}
+
+/// The block cache's share of `--cache-bytes` (a quarter).
+pub const SHARE_OF_CACHE: u64 = 4;
+
+impl Config {
+    /// The sizes for a store whose caches share `cache_bytes` (`--cache-bytes`).
+    pub fn with_cache(cache_bytes: u64) -> Self {
+        Config { cache_bytes: cache_bytes / SHARE_OF_CACHE, ..Config::default() }
+    }
 }
 
 impl Default for Config {
     fn default() -> Self {
         // ~60 bytes each in memory: ~8 MiB per memtable.
-        Config { freeze_entries: 131_072 }
+        Config { freeze_entries: 131_072, cache_bytes: 16 << 20 }
+    }
+}
+
+/// Decoded run blocks, direct-mapped by (run, block): a hit costs a lock and a hash, a miss
+/// a `pread` and a checksum. Newest pages read the same last blocks of every run again and
+/// again; the cache keeps them.
+struct BlockCache {
+    slots: Vec<Mutex<Option<Cached>>>,
+}
+
+/// A cached block: its run's number, its index in the run, the block.
+type Cached = (u64, usize, Arc<run::Block>);
+
+impl BlockCache {
+    fn new(bytes: u64) -> Self {
+        let n = (bytes / run::BLOCK_BYTES as u64).max(1) as usize;
+        BlockCache { slots: (0..n).map(|_| Mutex::new(None)).collect() }
+    }
+
+    /// Block `i` of `run`, from the cache or read.
+    fn get(&self, run: &Run, i: usize) -> Result<Arc<run::Block>, Error> {
+        let hash =
+            run.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_mul(0xC2B2_AE35);
+        let slot = &self.slots[(hash % self.slots.len() as u64) as usize];
+        let lock = || slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((id, at, block)) = lock().as_ref() {
+            if *id == run.id && *at == i {
+                return Ok(block.clone());
+            }
+        }
+        let block = Arc::new(run.block(i)?);
+        *lock() = Some((run.id, i, block.clone()));
+        Ok(block)
     }
 }
 
@@ -92,6 +141,11 @@ struct Version {
 struct Inner {
     dir: PathBuf,
     config: Config,
+    cache: Arc<BlockCache>,
+    /// Per stream prefix, bounds on its entries' `created` (12-byte keys): at or below the
+    /// oldest and at or above the newest (retention may leave them wider than exact). Filled
+    /// on first use, widened by every insert.
+    spans: Mutex<std::collections::HashMap<Vec<u8>, Option<Span>>>,
     version: RwLock<Arc<Version>>,
     /// The first kept sequence: entries below it are dead.
     floor: AtomicU64,
@@ -133,10 +187,13 @@ impl Entries {
         let mut runs = Vec::with_capacity(ids.len());
         for id in &ids {
             let path = run_path(&dir, *id);
-            let run = Run::open(&path).map_err(|err| match err {
-                Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => Error::Corrupt(
-                    format!("index run {} is missing; rebuild the index with `eventsd reindex`", path.display()),
-                ),
+            let run = Run::open(&path, *id).map_err(|err| match err {
+                Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+                    Error::Corrupt(format!(
+                        "index run {} is missing; rebuild the index with `eventsd reindex`",
+                        path.display()
+                    ))
+                }
                 other => other,
             })?;
             runs.push(Arc::new(run));
@@ -162,6 +219,8 @@ impl Entries {
         let inner = Arc::new(Inner {
             dir,
             config,
+            cache: Arc::new(BlockCache::new(config.cache_bytes)),
+            spans: Mutex::new(std::collections::HashMap::new()),
             version: RwLock::new(Arc::new(version)),
             floor: AtomicU64::new(floor),
             inserted: AtomicU64::new(through),
@@ -186,12 +245,19 @@ impl Entries {
     /// by its value).
     pub fn insert(&self, batch: Vec<Box<[u8]>>, through: u64) {
         let version = self.inner.current();
+        let mut widened: Vec<(Vec<u8>, [u8; 12])> = Vec::new();
+        for e in &batch {
+            if let Some((prefix, created)) = split_entry(e) {
+                widened.push((prefix.to_vec(), created));
+            }
+        }
         let len = {
             let mut set =
                 version.active.set.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             set.extend(batch);
             set.len()
         };
+        self.inner.widen(widened);
         version.active.through.fetch_max(through, Ordering::AcqRel);
         self.inner.inserted.fetch_max(through, Ordering::AcqRel);
         if len >= self.inner.config.freeze_entries && self.inner.freeze() {
@@ -206,7 +272,25 @@ impl Entries {
 
     /// What readers read: the memtables and runs of this moment.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot(self.inner.current())
+        Snapshot(self.inner.current(), self.inner.cache.clone())
+    }
+
+    /// Bounds on the `created` keys of the stream `prefix` (`None`: it has no entries): at or
+    /// below its oldest kept entry's and at or above its newest's. `read` finds them the first
+    /// time (under the lock, so an insert meanwhile widens what it found); after that they are
+    /// kept and widened by inserts, and cost no read.
+    pub fn span(
+        &self,
+        prefix: &[u8],
+        read: impl FnOnce() -> Result<Option<Span>, Error>,
+    ) -> Result<Option<Span>, Error> {
+        let mut spans = self.inner.spans.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(span) = spans.get(prefix) {
+            return Ok(span.clone());
+        }
+        let span = read()?;
+        spans.insert(prefix.to_vec(), span.clone());
+        Ok(span)
     }
 
     /// Writes every memtable as a run and stops the worker (the entries stay readable).
@@ -232,6 +316,27 @@ impl Entries {
 }
 
 impl Inner {
+    /// Widens the known spans of the streams that have one.
+    fn widen(&self, entries: Vec<(Vec<u8>, [u8; 12])>) {
+        let mut spans = self.spans.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (prefix, created) in entries {
+            match spans.get_mut(&prefix) {
+                Some(Some((lo, hi))) => {
+                    if created[..] < lo[..] {
+                        *lo = created.to_vec();
+                    }
+                    if created[..] > hi[..] {
+                        *hi = created.to_vec();
+                    }
+                }
+                Some(None) => {
+                    spans.insert(prefix, Some((created.to_vec(), created.to_vec())));
+                }
+                None => {}
+            }
+        }
+    }
+
     fn current(&self) -> Arc<Version> {
         self.version.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
@@ -296,11 +401,15 @@ impl Inner {
             let through = inputs[FANOUT - 1].through;
             let floor = self.floor.load(Ordering::Acquire);
             let merged = {
-                let snapshot = Snapshot(Arc::new(Version {
-                    active: Memtable::new(0),
-                    frozen: Vec::new(),
-                    runs: inputs.to_vec(),
-                }));
+                let snapshot = Snapshot(
+                    Arc::new(Version {
+                        active: Memtable::new(0),
+                        frozen: Vec::new(),
+                        runs: inputs.to_vec(),
+                    }),
+                    // A merge reads every block once: it keeps none.
+                    Arc::new(BlockCache::new(0)),
+                );
                 let all = snapshot.range(
                     (Bound::Unbounded, Bound::Unbounded),
                     Direction::Chronological,
@@ -346,7 +455,7 @@ impl Inner {
         }
         std::fs::rename(&tmp, &path)?;
         sync_dir(&self.dir)?;
-        Ok(Some(Arc::new(Run::open(&path)?)))
+        Ok(Some(Arc::new(Run::open(&path, id)?)))
     }
 
     /// Durably records `runs` and `through` as the entries on disk.
@@ -452,6 +561,14 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// An entry's stream prefix and `created` key.
+fn split_entry(entry: &[u8]) -> Option<(&[u8], [u8; 12])> {
+    let len = keys::entry_key_len(entry)?;
+    let at = len.checked_sub(keys::SUFFIX_LEN)?;
+    let created = entry.get(at..at + 12)?.try_into().ok()?;
+    Some((&entry[..at], created))
+}
+
 /// The sequence of an entry (the last 8 bytes of its key); 0 if it is not an entry.
 pub fn seq_of(entry: &[u8]) -> u64 {
     keys::entry_key_len(entry).and_then(|len| entry.get(..len)).and_then(keys::seq_of).unwrap_or(0)
@@ -462,7 +579,7 @@ type KeyBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 
 /// The memtables and runs of one moment.
 #[derive(Clone)]
-pub struct Snapshot(Arc<Version>);
+pub struct Snapshot(Arc<Version>, Arc<BlockCache>);
 
 /// Entry bounds in byte order. A key bound `k` of a whole entry key (`keys::entry`) covers
 /// the entry whose key is `k` whatever its value: no key is a prefix of another, values are
@@ -517,7 +634,8 @@ impl Snapshot {
             sources.push(Source::Mem(MemCursor::new(mem.clone(), &bounds, direction)));
         }
         for run in &v.runs {
-            sources.push(Source::Run(RunCursor::new(run.clone(), bounds.clone(), direction)));
+            let cursor = RunCursor::new(run.clone(), self.1.clone(), bounds.clone(), direction);
+            sources.push(Source::Run(cursor));
         }
         Range {
             sources,
@@ -630,6 +748,8 @@ struct MemCursor {
     to: Bound<Vec<u8>>,
     descending: bool,
     buf: VecDeque<Bytes>,
+    /// Chunks read so far.
+    chunks: usize,
     done: bool,
 }
 
@@ -638,7 +758,7 @@ impl MemCursor {
         let descending = direction == Direction::ReverseChronological;
         let (from, to) =
             if descending { (bounds.1.clone(), bounds.0.clone()) } else { bounds.clone() };
-        MemCursor { mem, from, to, descending, buf: VecDeque::new(), done: false }
+        MemCursor { mem, from, to, descending, buf: VecDeque::new(), chunks: 0, done: false }
     }
 
     fn next(&mut self) -> Option<Bytes> {
@@ -660,8 +780,10 @@ impl MemCursor {
         } else {
             Box::new(set.range::<[u8], _>((from, Bound::Unbounded)))
         };
+        let chunk = CHUNKS[self.chunks.min(CHUNKS.len() - 1)];
+        self.chunks += 1;
         let mut last = None;
-        for e in range.take(CHUNK) {
+        for e in range.take(chunk) {
             let inside =
                 if self.descending { above_lo(&self.to, e) } else { below_hi(&self.to, e) };
             if !inside {
@@ -675,7 +797,7 @@ impl MemCursor {
             Some(e) if !self.done => self.from = Bound::Excluded(e.to_vec()),
             _ => self.done = true,
         }
-        if self.buf.len() < CHUNK {
+        if self.buf.len() < chunk {
             self.done = true;
         }
     }
@@ -684,18 +806,28 @@ impl MemCursor {
 /// Reads a run block by block in one direction.
 struct RunCursor {
     run: Arc<Run>,
+    cache: Arc<BlockCache>,
     bounds: Arc<KeyBounds>,
     descending: bool,
     /// The block being read and the position of the next entry in it.
-    block: Option<(usize, run::Block, usize)>,
+    block: Option<(usize, Arc<run::Block>, usize)>,
     started: bool,
     done: bool,
 }
 
 impl RunCursor {
-    fn new(run: Arc<Run>, bounds: Arc<KeyBounds>, direction: Direction) -> Self {
+    fn new(
+        run: Arc<Run>,
+        cache: Arc<BlockCache>,
+        bounds: Arc<KeyBounds>,
+        direction: Direction,
+    ) -> Self {
         let descending = direction == Direction::ReverseChronological;
-        RunCursor { run, bounds, descending, block: None, started: false, done: false }
+        RunCursor { run, cache, bounds, descending, block: None, started: false, done: false }
+    }
+
+    fn block(&self, i: usize) -> Result<Arc<run::Block>, Error> {
+        self.cache.get(&self.run, i)
     }
 
     /// Loads the first block to read and positions in it.
@@ -711,7 +843,7 @@ impl RunCursor {
                 Bound::Unbounded => self.run.blocks() - 1,
                 Bound::Included(k) | Bound::Excluded(k) => self.run.block_at_or_below(k),
             };
-            let block = self.run.block(i)?;
+            let block = self.block(i)?;
             let n = (0..block.len()).take_while(|&j| below_hi(hi, block.peek(j))).count();
             // `pos` counts down: the next entry is `pos - 1`.
             self.block = Some((i, block, n));
@@ -720,7 +852,7 @@ impl RunCursor {
                 Bound::Unbounded => 0,
                 Bound::Included(k) | Bound::Excluded(k) => self.run.block_at_or_below(k),
             };
-            let block = self.run.block(i)?;
+            let block = self.block(i)?;
             let n = (0..block.len()).take_while(|&j| !above_lo(lo, block.peek(j))).count();
             self.block = Some((i, block, n));
         }
@@ -744,7 +876,7 @@ impl RunCursor {
                         continue;
                     }
                     let prev = *i - 1;
-                    let block = self.run.block(prev)?;
+                    let block = self.block(prev)?;
                     let n = block.len();
                     self.block = Some((prev, block, n));
                     continue;
@@ -763,7 +895,7 @@ impl RunCursor {
                     continue;
                 }
                 let next = *i + 1;
-                let block = self.run.block(next)?;
+                let block = self.block(next)?;
                 self.block = Some((next, block, 0));
                 continue;
             }
@@ -889,7 +1021,7 @@ mod tests {
     #[test]
     fn ranges_over_memtables_and_merged_runs_match_a_model_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config { freeze_entries: 200 };
+        let config = Config { freeze_entries: 200, cache_bytes: 64 << 10 };
         let (entries, through) = Entries::open(dir.path(), config, 1).unwrap();
         assert_eq!(through, 0);
         let mut rng = Lcg(3);
@@ -912,7 +1044,7 @@ mod tests {
     #[test]
     fn a_crash_keeps_the_runs_and_reports_how_far_they_go() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config { freeze_entries: 500 };
+        let config = Config { freeze_entries: 500, cache_bytes: 64 << 10 };
         let (entries, _) = Entries::open(dir.path(), config, 1).unwrap();
         let mut rng = Lcg(5);
         let mut model = fill(&entries, &mut rng, 1, 3_000);
@@ -935,7 +1067,7 @@ mod tests {
     #[test]
     fn entries_below_the_floor_are_skipped_and_dropped_when_runs_are_written() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config { freeze_entries: 300 };
+        let config = Config { freeze_entries: 300, cache_bytes: 64 << 10 };
         let (entries, _) = Entries::open(dir.path(), config, 1).unwrap();
         let mut rng = Lcg(9);
         let model = fill(&entries, &mut rng, 1, 2_000);
@@ -952,7 +1084,7 @@ mod tests {
     #[test]
     fn a_damaged_block_is_an_error_naming_reindex() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config { freeze_entries: 100_000 };
+        let config = Config { freeze_entries: 100_000, cache_bytes: 64 << 10 };
         let (entries, _) = Entries::open(dir.path(), config, 1).unwrap();
         let mut rng = Lcg(1);
         fill(&entries, &mut rng, 1, 2_000);

@@ -39,6 +39,8 @@ struct Fence {
 
 /// An open run.
 pub struct Run {
+    /// The run's number (its file name).
+    pub id: u64,
     path: PathBuf,
     file: File,
     fences: Vec<Fence>,
@@ -147,7 +149,7 @@ pub fn write<E: AsRef<[u8]>>(
 
 impl Run {
     /// Opens a run file and reads its fence table.
-    pub fn open(path: &Path) -> Result<Run, Error> {
+    pub fn open(path: &Path, id: u64) -> Result<Run, Error> {
         let damaged = |what: &str| {
             Error::Corrupt(format!(
                 "index run {}: {what}; rebuild the index with `eventsd reindex`",
@@ -191,7 +193,7 @@ impl Run {
             fences.push(Fence { offset, len, first: first.into() });
             at += 14 + first_len as usize;
         }
-        Ok(Run { path: path.to_path_buf(), file, fences, entries, through })
+        Ok(Run { id, path: path.to_path_buf(), file, fences, entries, through })
     }
 
     /// The run's file.
