@@ -358,9 +358,16 @@ pub fn page<I: Index>(
     walk(index, plan, query, from_source, None)
 }
 
-/// Each stream's prefix and whether it keeps bucket counts at its count.
-fn with_buckets(streams: &[Stream]) -> Vec<(Vec<u8>, bool)> {
-    streams.iter().map(|s| (s.prefix.clone(), buckets::kept(&s.prefix, s.total))).collect()
+/// Each stream's prefix, whether it keeps bucket counts at its count, and that count.
+fn with_buckets(streams: &[Stream]) -> Vec<span::Counted> {
+    streams
+        .iter()
+        .map(|s| span::Counted {
+            prefix: s.prefix.clone(),
+            bucketed: buckets::kept(&s.prefix, s.total),
+            total: s.total,
+        })
+        .collect()
 }
 
 /// Counts a walk's steps and ends it once its deadline has passed.

@@ -21,6 +21,7 @@
 use std::ops::Bound;
 
 use crate::error::Error;
+use crate::event::time;
 use crate::store::index::buckets::{self, LEVELS, SPLIT};
 use crate::store::list::Index;
 use crate::store::{keys, Direction};
@@ -37,13 +38,22 @@ pub enum Walked {
 /// An entry read one by one: its `created` (nanoseconds) and its (created, sequence) suffix.
 type Entry = (u128, Vec<u8>);
 
+/// One stream of a walk.
+pub struct Counted {
+    /// The stream's key prefix.
+    pub prefix: Vec<u8>,
+    /// Whether it keeps bucket counts.
+    pub bucketed: bool,
+    /// Its entries in the snapshot.
+    pub total: u64,
+}
+
 /// Counts the entries of `streams` created in `[lo, hi)` (nanoseconds, see `buckets::ns`)
 /// (`skip` = `None`), or finds the entry after the first `skip` of them in `direction`.
-/// Each stream is (prefix, whether it keeps bucket counts). `None` when the index keeps no
-/// bucket counts.
+/// `None` when the index keeps no bucket counts.
 pub fn walk<I: Index>(
     index: &I,
-    streams: &[(Vec<u8>, bool)],
+    streams: &[Counted],
     (lo, hi): (u128, u128),
     direction: Direction,
     snapshot: u64,
@@ -52,20 +62,20 @@ pub fn walk<I: Index>(
     if !index.keeps_buckets() {
         return Ok(None);
     }
-    let bucketed: Vec<&[u8]> =
-        streams.iter().filter(|(_, kept)| *kept).map(|(p, _)| p.as_slice()).collect();
+    let bucketed: Vec<&Counted> = streams.iter().filter(|s| s.bucketed).collect();
     let mut loose = Vec::new();
-    for (prefix, _) in streams.iter().filter(|(_, kept)| !kept) {
-        loose.extend(entries(index, prefix, (0, u128::MAX), snapshot)?);
+    for stream in streams.iter().filter(|s| !s.bucketed) {
+        loose.extend(entries(index, &stream.prefix, (0, u128::MAX), snapshot)?);
     }
     loose.sort_unstable_by(|a, b| a.1.cmp(&b.1));
     let rank = |t: u128| -> Result<u64, Error> {
         let mut n = loose.partition_point(|(created, _)| *created < t) as u64;
-        for prefix in &bucketed {
-            n += below(index, prefix, t, snapshot)?;
+        for stream in &bucketed {
+            n += rank_of(index, stream, t, snapshot)?;
         }
         Ok(n)
     };
+    let bucketed: Vec<&[u8]> = bucketed.iter().map(|s| s.prefix.as_slice()).collect();
     let (start, end) = (rank(lo)?, rank(hi.max(lo))?);
     let n = end.saturating_sub(start);
     let Some(k) = skip.filter(|k| *k < n) else { return Ok(Some(Walked::Counted(n))) };
@@ -74,6 +84,22 @@ pub fn walk<I: Index>(
         Direction::ReverseChronological => end - 1 - k,
     };
     select(index, &bucketed, loose, wanted, snapshot).map(|suffix| Some(Walked::At(suffix)))
+}
+
+/// The number of a bucketed stream's entries created before `t`: none when `t` is at or
+/// before its oldest entry, all of them when past its newest (the stream's known span says,
+/// with no read), else [`below`].
+fn rank_of<I: Index>(index: &I, stream: &Counted, t: u128, snapshot: u64) -> Result<u64, Error> {
+    if let Some((first, last)) = index.span(&stream.prefix)? {
+        let key = time::to_key(&buckets::timestamp(t.min(u128::MAX >> 1)));
+        if key[..] > last[..] {
+            return Ok(stream.total);
+        }
+        if key[..] <= first[..] {
+            return Ok(0);
+        }
+    }
+    below(index, &stream.prefix, t, snapshot)
 }
 
 /// The number of `prefix`'s entries created before `t` (a stream that keeps bucket counts).
