@@ -28,7 +28,7 @@ use std::fs::File;
 use std::io::Write;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -155,8 +155,14 @@ struct Inner {
     next_run: AtomicU64,
     /// The manifest's `through`: every entry up to it is in the runs.
     durable: AtomicU64,
-    /// Held while runs are written, so the worker and a close never write at once.
-    writing: Mutex<()>,
+    /// Held while the runs in use change: the manifest and the version move together.
+    manifest: Mutex<()>,
+    /// Set by a close: a merge under way gives up.
+    stop: AtomicBool,
+    /// Held for a whole merge, so two never pick the same runs.
+    merging: Mutex<()>,
+    /// Held while frozen memtables are written, so none is written twice.
+    flushing: Mutex<()>,
 }
 
 /// Work for the worker thread.
@@ -226,13 +232,16 @@ impl Entries {
             inserted: AtomicU64::new(through),
             next_run: AtomicU64::new(next_run),
             durable: AtomicU64::new(through),
-            writing: Mutex::new(()),
+            manifest: Mutex::new(()),
+            stop: AtomicBool::new(false),
+            merging: Mutex::new(()),
+            flushing: Mutex::new(()),
         });
         let (tx, rx) = std::sync::mpsc::sync_channel(16);
         let worker_inner = inner.clone();
         std::thread::Builder::new()
             .name("eventsd-entries".into())
-            .spawn(move || work(worker_inner, rx))?;
+            .spawn(move || flush(worker_inner, rx))?;
         Ok((Entries { inner, worker: Arc::new(Worker(Mutex::new(Some(tx)))) }, through))
     }
 
@@ -366,9 +375,10 @@ impl Inner {
         froze
     }
 
-    /// Writes every frozen memtable as a run, oldest first, then merges runs if `merge`.
-    fn write_frozen(&self, merge: bool) -> Result<(), Error> {
-        let _writing = self.writing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// Writes every frozen memtable as a run, oldest first (the flusher's work: memtables
+    /// never wait behind a merge).
+    fn write_frozen(&self) -> Result<(), Error> {
+        let _flushing = self.flushing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         while let Some(mem) = self.current().frozen.first().cloned() {
             let through = mem.through.load(Ordering::Acquire);
             let floor = self.floor.load(Ordering::Acquire);
@@ -377,6 +387,7 @@ impl Inner {
                 let live = set.iter().filter(|e| seq_of(e) >= floor).map(Ok);
                 self.new_run(live, through)?
             };
+            let _manifest = self.manifest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut runs = self.current().runs.clone();
             runs.extend(run);
             self.write_manifest(&runs, through)?;
@@ -386,50 +397,69 @@ impl Inner {
                 runs: runs.clone(),
             });
         }
-        if !merge {
-            return Ok(());
+        Ok(())
+    }
+
+    /// Merges the newest [`FANOUT`] runs if they are of one size class (the merger's work);
+    /// true if it merged. Runs the flusher adds meanwhile stay as they are. Gives up, leaving
+    /// the runs as they were, once `stop` is set.
+    fn merge_once(&self, stop: &AtomicBool) -> Result<bool, Error> {
+        let _merging = self.merging.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let runs = self.current().runs.clone();
+        let n = runs.len();
+        if n < FANOUT || class(&runs[n - FANOUT], self.config) > class(&runs[n - 1], self.config) {
+            return Ok(false);
         }
-        loop {
-            let runs = self.current().runs.clone();
-            let n = runs.len();
-            if n < FANOUT
-                || class(&runs[n - FANOUT], self.config) > class(&runs[n - 1], self.config)
-            {
-                break;
+        let inputs = &runs[n - FANOUT..];
+        let through = inputs[FANOUT - 1].through;
+        let floor = self.floor.load(Ordering::Acquire);
+        let snapshot = Snapshot(
+            Arc::new(Version {
+                active: Memtable::new(0),
+                frozen: Vec::new(),
+                runs: inputs.to_vec(),
+            }),
+            // A merge reads every block once: it keeps none.
+            Arc::new(BlockCache::new(0)),
+        );
+        let all = snapshot
+            .range(
+                (Bound::Unbounded, Bound::Unbounded),
+                Direction::Chronological,
+                (floor, u64::MAX),
+            )
+            .take_while(|_| !stop.load(Ordering::Acquire));
+        let merged = self.new_run(all, through)?;
+        if stop.load(Ordering::Acquire) {
+            // Cut short: the runs stay as they were (the open deletes an unnamed run anyway).
+            if let Some(merged) = merged {
+                std::fs::remove_file(merged.path())?;
             }
-            let inputs = &runs[n - FANOUT..];
-            let through = inputs[FANOUT - 1].through;
-            let floor = self.floor.load(Ordering::Acquire);
-            let merged = {
-                let snapshot = Snapshot(
-                    Arc::new(Version {
-                        active: Memtable::new(0),
-                        frozen: Vec::new(),
-                        runs: inputs.to_vec(),
-                    }),
-                    // A merge reads every block once: it keeps none.
-                    Arc::new(BlockCache::new(0)),
-                );
-                let all = snapshot.range(
-                    (Bound::Unbounded, Bound::Unbounded),
-                    Direction::Chronological,
-                    (floor, u64::MAX),
-                );
-                self.new_run(all, through)?
-            };
-            let mut kept: Vec<Arc<Run>> = runs[..n - FANOUT].to_vec();
-            kept.extend(merged);
+            return Ok(false);
+        }
+        {
+            let _manifest = self.manifest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let current = self.current().runs.clone();
+            let mut kept: Vec<Arc<Run>> = Vec::with_capacity(current.len());
+            for run in &current {
+                if Arc::ptr_eq(run, &inputs[0]) {
+                    kept.extend(merged.clone());
+                }
+                if !inputs.iter().any(|i| Arc::ptr_eq(i, run)) {
+                    kept.push(run.clone());
+                }
+            }
             self.write_manifest(&kept, self.durable.load(Ordering::Acquire))?;
             self.swap(|v| Version {
                 active: v.active.clone(),
                 frozen: v.frozen.clone(),
                 runs: kept.clone(),
             });
-            for old in inputs {
-                std::fs::remove_file(old.path())?;
-            }
         }
-        Ok(())
+        for old in inputs {
+            std::fs::remove_file(old.path())?;
+        }
+        Ok(true)
     }
 
     /// Writes a run of `entries` (ascending) and opens it; `None` if there were none.
@@ -490,8 +520,22 @@ fn class(run: &Run, config: Config) -> u32 {
     class
 }
 
-/// The worker: writes frozen memtables and merges runs until closed.
-fn work(inner: Arc<Inner>, jobs: Receiver<Work>) {
+/// The flusher: writes frozen memtables as runs until closed, and wakes the merger after
+/// each; a close stops the merger first (a merge under way gives up) and waits for it, so no
+/// file changes after `close` returns.
+fn flush(inner: Arc<Inner>, jobs: Receiver<Work>) {
+    let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+    let merger_inner = inner.clone();
+    let merger = std::thread::Builder::new()
+        .name("eventsd-merge".into())
+        .spawn(move || merge(merger_inner, woken));
+    let merger = match merger {
+        Ok(handle) => Some(handle),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the index runs' merger (runs are not merged)");
+            None
+        }
+    };
     loop {
         let job = jobs.recv_timeout(RETRY);
         let result = match job {
@@ -499,17 +543,46 @@ fn work(inner: Arc<Inner>, jobs: Receiver<Work>) {
                 if inner.current().frozen.is_empty() {
                     continue;
                 }
-                inner.write_frozen(true)
+                let written = inner.write_frozen();
+                let _ = wake.try_send(());
+                written
             }
             Ok(Work::Close(done)) => {
+                inner.stop.store(true, Ordering::Release);
+                drop(wake);
+                if let Some(merger) = merger {
+                    let _ = merger.join();
+                }
                 inner.freeze();
-                let _ = done.send(inner.write_frozen(false));
+                let _ = done.send(inner.write_frozen());
                 return;
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                inner.stop.store(true, Ordering::Release);
+                return;
+            }
         };
         if let Err(err) = result {
             tracing::error!(error = %err, "cannot write the index entries to disk (they stay in memory; retrying)");
+        }
+    }
+}
+
+/// The merger: merges runs whenever the flusher has added one, until stopped.
+fn merge(inner: Arc<Inner>, woken: Receiver<()>) {
+    while woken.recv().is_ok() {
+        loop {
+            if inner.stop.load(Ordering::Acquire) {
+                return;
+            }
+            match inner.merge_once(&inner.stop) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot merge the index runs (they stay as they are; retrying)");
+                    break;
+                }
+            }
         }
     }
 }
@@ -917,6 +990,12 @@ mod tests {
 
     use crate::store::Lcg;
 
+    /// Writes every frozen memtable and merges until no merge is due, on this thread.
+    fn settle(entries: &Entries) {
+        entries.inner.write_frozen().unwrap();
+        while entries.inner.merge_once(&AtomicBool::new(false)).unwrap() {}
+    }
+
     /// Inserts `n` events from `start` in rounds; returns every entry inserted.
     fn fill(entries: &Entries, rng: &mut Lcg, start: u64, n: u64) -> Vec<Box<[u8]>> {
         let mut all = Vec::new();
@@ -1028,7 +1107,7 @@ mod tests {
         let model = fill(&entries, &mut rng, 1, 4_000);
         // Some entries are in runs being written, some in memtables.
         compare(&entries, &model, &mut rng, 1, 100);
-        entries.inner.write_frozen(true).unwrap();
+        settle(&entries);
         assert!(entries.inner.current().frozen.is_empty());
         let runs = entries.inner.current().runs.len();
         assert!((2..25).contains(&runs), "{runs} runs after merges");
@@ -1048,7 +1127,7 @@ mod tests {
         let (entries, _) = Entries::open(dir.path(), config, 1).unwrap();
         let mut rng = Lcg(5);
         let mut model = fill(&entries, &mut rng, 1, 3_000);
-        entries.inner.write_frozen(true).unwrap();
+        settle(&entries);
         // A leftover temporary run and an unnamed run, as a crash leaves them.
         std::fs::write(dir.path().join(DIR).join("00000000000000ff.tmp"), b"torn").unwrap();
         std::fs::write(dir.path().join(DIR).join("00000000000000fe.run"), b"unnamed").unwrap();
