@@ -140,15 +140,18 @@ pub struct Loaded {
     pub counts: Counts,
 }
 
+/// sled's share of `--cache-bytes` (a sixteenth).
+const SLED_SHARE_OF_CACHE: u64 = 16;
+
 /// Opens the index tree in `data_dir/index`. sled may panic on some damaged files instead of
 /// returning an error; either way the index must not be used (rebuild it: `eventsd reindex`).
 pub fn open_tree(data_dir: &Path, cache_bytes: u64) -> Result<sled::Tree, Error> {
     let path = data_dir.join(DIR);
     // `--cache-bytes` bounds the caches together: the recent-events cache and the entries'
-    // block cache take their shares, sled (counts only) the rest.
-    let sled_cache = cache_bytes
-        - cache_bytes / crate::store::recent::SHARE_OF_CACHE
-        - cache_bytes / entries::SHARE_OF_CACHE;
+    // block cache take a quarter each, sled (counts and bucket counts) a sixteenth. sled's
+    // cache counts its pages at their on-disk size and holds several times that in memory:
+    // after a 4M-event fill it held ~230 MB with a 32 MiB cache (BENCHMARKS.md).
+    let sled_cache = cache_bytes / SLED_SHARE_OF_CACHE;
     let config = sled::Config::new().path(&path).cache_capacity(sled_cache);
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         config.open().and_then(|db| db.open_tree("index"))
