@@ -400,6 +400,33 @@ impl Inner {
         Ok(())
     }
 
+    /// Deletes the runs whose every entry lies below the first kept sequence (retention moved
+    /// past them); true if it deleted any.
+    fn drop_dead(&self) -> Result<bool, Error> {
+        let floor = self.floor.load(Ordering::Acquire);
+        let _merging = self.merging.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dead: Vec<Arc<Run>> =
+            self.current().runs.iter().filter(|r| r.last < floor).cloned().collect();
+        if dead.is_empty() {
+            return Ok(false);
+        }
+        {
+            let _manifest = self.manifest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let kept: Vec<Arc<Run>> =
+                self.current().runs.iter().filter(|r| r.last >= floor).cloned().collect();
+            self.write_manifest(&kept, self.durable.load(Ordering::Acquire))?;
+            self.swap(|v| Version {
+                active: v.active.clone(),
+                frozen: v.frozen.clone(),
+                runs: kept.clone(),
+            });
+        }
+        for run in dead {
+            std::fs::remove_file(run.path())?;
+        }
+        Ok(true)
+    }
+
     /// Merges the newest [`FANOUT`] runs if they are of one size class (the merger's work);
     /// true if it merged. Runs the flusher adds meanwhile stay as they are. Gives up, leaving
     /// the runs as they were, once `stop` is set.
@@ -471,7 +498,7 @@ impl Inner {
         let id = self.next_run.fetch_add(1, Ordering::AcqRel);
         let path = run_path(&self.dir, id);
         let tmp = path.with_extension("tmp");
-        let written = run::write(&tmp, entries, through);
+        let written = run::write(&tmp, entries, through, seq_of);
         let count = match written {
             Ok(count) => count,
             Err(err) => {
@@ -568,9 +595,17 @@ fn flush(inner: Arc<Inner>, jobs: Receiver<Work>) {
     }
 }
 
-/// The merger: merges runs whenever the flusher has added one, until stopped.
+/// The merger: merges runs whenever the flusher has added one, and deletes runs retention
+/// has passed (looked for every [`RETRY`] too), until stopped.
 fn merge(inner: Arc<Inner>, woken: Receiver<()>) {
-    while woken.recv().is_ok() {
+    loop {
+        match woken.recv_timeout(RETRY) {
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        if let Err(err) = inner.drop_dead() {
+            tracing::error!(error = %err, "cannot delete index runs below the first kept sequence (retrying)");
+        }
         loop {
             if inner.stop.load(Ordering::Acquire) {
                 return;
@@ -990,9 +1025,11 @@ mod tests {
 
     use crate::store::Lcg;
 
-    /// Writes every frozen memtable and merges until no merge is due, on this thread.
+    /// Writes every frozen memtable, deletes dead runs and merges until no merge is due, on
+    /// this thread.
     fn settle(entries: &Entries) {
         entries.inner.write_frozen().unwrap();
+        entries.inner.drop_dead().unwrap();
         while entries.inner.merge_once(&AtomicBool::new(false)).unwrap() {}
     }
 
@@ -1158,6 +1195,22 @@ mod tests {
         // Memtables frozen before the floor moved were written with every entry.
         assert!(on_disk >= kept && on_disk < model.len() as u64, "{on_disk} on disk, {kept} kept");
         compare(&entries, &model, &mut rng, 1_201, 100);
+        // Retention passes every entry of the oldest runs: they are deleted, files and all.
+        let files = |dir: &Path| std::fs::read_dir(dir.join(DIR)).unwrap().count();
+        let (runs, before) = (entries.inner.current().runs.len(), files(dir.path()));
+        entries.set_floor(1_801);
+        entries.inner.drop_dead().unwrap();
+        let left = entries.inner.current().runs.clone();
+        assert!(
+            left.len() < runs && left.iter().all(|r| r.last >= 1_801),
+            "{runs} -> {}",
+            left.len()
+        );
+        assert_eq!(files(dir.path()), before - (runs - left.len()));
+        compare(&entries, &model, &mut rng, 1_801, 100);
+        drop(entries);
+        let (entries, _) = Entries::open(dir.path(), config, 1_801).unwrap();
+        compare(&entries, &model, &mut rng, 1_801, 100);
     }
 
     #[test]

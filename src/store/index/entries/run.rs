@@ -7,7 +7,8 @@
 //! ```text
 //! block*   crc32c(4) count(2) then count × (len(2) entry)     at most BLOCK_BYTES each
 //! fences   per block: offset(8) len(4) first-entry-len(2) first-entry
-//! footer   fences-offset(8) fences-len(8) entries(8) through(8) fences-crc32c(4) MAGIC(4)
+//! footer   fences-offset(8) fences-len(8) entries(8) through(8) last(8) fences-crc32c(4)
+//!          MAGIC(4)
 //! ```
 //!
 //! Promises: a run is complete or absent (it is written under a temporary name, synced, then
@@ -26,8 +27,8 @@ use crate::error::Error;
 
 /// Target size of a block: a seek reads one.
 pub const BLOCK_BYTES: usize = 8 * 1024;
-const MAGIC: &[u8; 4] = b"ERN1";
-const FOOTER: usize = 40;
+const MAGIC: &[u8; 4] = b"ERN2";
+const FOOTER: usize = 48;
 const BLOCK_HEADER: usize = 6;
 
 /// Where a block is and the first entry it holds.
@@ -48,6 +49,9 @@ pub struct Run {
     pub entries: u64,
     /// Every entry of a sequence at or below this was in the memtables the run was made from.
     pub through: u64,
+    /// The highest sequence of an entry in the run: once the first kept sequence passes it,
+    /// every entry in the run is dead.
+    pub last: u64,
 }
 
 /// The entries of one block, sharing its bytes.
@@ -78,10 +82,12 @@ impl Block {
 
 /// Writes sorted entries into a new run file at `path` (synced before it returns). Entries
 /// must be given in ascending byte order, none longer than `u16::MAX` bytes.
+/// `seq_of` gives an entry's sequence.
 pub fn write<E: AsRef<[u8]>>(
     path: &Path,
     entries: impl Iterator<Item = Result<E, Error>>,
     through: u64,
+    seq_of: fn(&[u8]) -> u64,
 ) -> Result<u64, Error> {
     let file = File::create(path)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
@@ -91,6 +97,7 @@ pub fn write<E: AsRef<[u8]>>(
     let mut count = 0u16;
     let mut offset = 0u64;
     let mut total = 0u64;
+    let mut last = 0u64;
     let mut end_block = |block: &mut Vec<u8>,
                          count: &mut u16,
                          first: &[u8],
@@ -118,6 +125,7 @@ pub fn write<E: AsRef<[u8]>>(
     for entry in entries {
         let entry = entry?;
         let entry = entry.as_ref();
+        last = last.max(seq_of(entry));
         let len = u16::try_from(entry.len())
             .map_err(|_| Error::Corrupt(format!("an index entry of {} bytes", entry.len())))?;
         if count > 0 && (block.len() + 2 + entry.len() > BLOCK_BYTES || count == u16::MAX) {
@@ -138,8 +146,9 @@ pub fn write<E: AsRef<[u8]>>(
     footer[8..16].copy_from_slice(&(fences.len() as u64).to_le_bytes());
     footer[16..24].copy_from_slice(&total.to_le_bytes());
     footer[24..32].copy_from_slice(&through.to_le_bytes());
-    footer[32..36].copy_from_slice(&crc32c::crc32c(&fences).to_le_bytes());
-    footer[36..40].copy_from_slice(MAGIC);
+    footer[32..40].copy_from_slice(&last.to_le_bytes());
+    footer[40..44].copy_from_slice(&crc32c::crc32c(&fences).to_le_bytes());
+    footer[44..48].copy_from_slice(MAGIC);
     out.write_all(&fences)?;
     out.write_all(&footer)?;
     let file = out.into_inner().map_err(|e| Error::from(e.into_error()))?;
@@ -164,16 +173,17 @@ impl Run {
         let mut footer = [0u8; FOOTER];
         file.read_exact_at(&mut footer, size - FOOTER as u64)?;
         let word = |at: usize| u64::from_le_bytes(footer[at..at + 8].try_into().unwrap_or([0; 8]));
-        if &footer[36..40] != MAGIC {
+        if &footer[44..48] != MAGIC {
             return Err(damaged("no footer"));
         }
-        let (fences_at, fences_len, entries, through) = (word(0), word(8), word(16), word(24));
+        let (fences_at, fences_len, entries) = (word(0), word(8), word(16));
+        let (through, last) = (word(24), word(32));
         if fences_at.checked_add(fences_len) != Some(size - FOOTER as u64) {
             return Err(damaged("its footer does not match its size"));
         }
         let mut table = vec![0u8; fences_len as usize];
         file.read_exact_at(&mut table, fences_at)?;
-        let crc = u32::from_le_bytes(footer[32..36].try_into().unwrap_or([0; 4]));
+        let crc = u32::from_le_bytes(footer[40..44].try_into().unwrap_or([0; 4]));
         if crc32c::crc32c(&table) != crc {
             return Err(damaged("its fence table fails its checksum"));
         }
@@ -193,7 +203,7 @@ impl Run {
             fences.push(Fence { offset, len, first: first.into() });
             at += 14 + first_len as usize;
         }
-        Ok(Run { id, path: path.to_path_buf(), file, fences, entries, through })
+        Ok(Run { id, path: path.to_path_buf(), file, fences, entries, through, last })
     }
 
     /// The run's file.
