@@ -100,12 +100,7 @@ impl Index for View {
         hi: Bound<Vec<u8>>,
         direction: Direction,
     ) -> Keys<'_, Bytes> {
-        Box::new(self.range((lo, hi), direction).map(|entry| {
-            let entry = entry?;
-            let len = keys::entry_key_len(&entry)
-                .ok_or_else(|| Error::Corrupt(format!("index entry {entry:?}")))?;
-            Ok(entry.slice(..len))
-        }))
+        Box::new(self.range((lo, hi), direction).map(|entry| Ok(key_and_value(entry?)?.0)))
     }
 
     fn keeps_types(&self) -> bool {
@@ -118,12 +113,7 @@ impl Index for View {
         hi: Bound<Vec<u8>>,
         direction: Direction,
     ) -> Option<Keys<'_, (Bytes, Bytes)>> {
-        Some(Box::new(self.range((lo, hi), direction).map(|entry| {
-            let entry = entry?;
-            let len = keys::entry_key_len(&entry)
-                .ok_or_else(|| Error::Corrupt(format!("index entry {entry:?}")))?;
-            Ok((entry.slice(..len), entry.slice(len..)))
-        })))
+        Some(Box::new(self.range((lo, hi), direction).map(|entry| key_and_value(entry?))))
     }
 
     fn span(&self, prefix: &[u8]) -> Result<Option<Span>, Error> {
@@ -149,6 +139,13 @@ impl Index for View {
             }
         }))
     }
+}
+
+/// A stored entry split into its key and its value, sharing its bytes.
+fn key_and_value(entry: Bytes) -> Result<(Bytes, Bytes), Error> {
+    let len = keys::entry_key_len(&entry)
+        .ok_or_else(|| Error::Corrupt(format!("index entry {entry:?}")))?;
+    Ok((entry.slice(..len), entry.slice(len..)))
 }
 
 /// The sequences of one page; the backend reads the events.

@@ -4,18 +4,19 @@
 //!
 //! - **Memtable**: the index thread inserts each applied batch into a sorted in-memory set.
 //!   At [`Config::freeze_entries`] entries it is frozen (still read) and a new one takes the
-//!   writes; the worker thread (`eventsd-entries`) writes each frozen memtable as a run and
+//!   writes; the flusher thread (`eventsd-entries`) writes each frozen memtable as a run and
 //!   then swaps it for the run in one step, so a reader sees every entry exactly once.
 //! - **Runs** (`run.rs`): immutable sorted files read with `pread`. When [`FANOUT`] runs of
-//!   the same size class are newest, the worker merges them into one, so a store of N
-//!   entries has O(log N) runs and each entry is rewritten O(log N) times.
+//!   the same size class are newest, the merger thread (`eventsd-merge`) merges them into
+//!   one, so a store of N entries has O(log N) runs and each entry is rewritten O(log N)
+//!   times; it also deletes the runs retention has passed entirely.
 //! - **Manifest** (`DATA_DIR/index/entries/manifest`): the runs in use and `through`, the
 //!   sequence every entry up to which is in them. Written under a temporary name, synced and
 //!   renamed after the run files it names are synced; files it does not name are deleted at
 //!   open. A crash takes the memtables, never a run: the open reports `through`, and the
 //!   caller inserts the entries of the log's records after it again.
 //! - **Retention**: entries below the first kept sequence ([`Entries::set_floor`]) are dead:
-//!   readers skip them, and the worker drops them whenever it writes a run.
+//!   readers skip them, and they are dropped whenever a run is written.
 //!
 //! Readers take a [`Snapshot`] (the memtables and runs of one moment) and read ranges of it,
 //! merged in either direction, between a floor and a ceiling of sequences. Memory is the
@@ -23,7 +24,7 @@
 
 mod run;
 
-use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::ops::Bound;
@@ -52,7 +53,7 @@ pub const FANOUT: usize = 4;
 /// Entries copied out of a memtable per lock taken while reading it: the first chunk is
 /// small (many reads want one entry), each next one four times larger, up to the last.
 const CHUNKS: [usize; 4] = [4, 16, 64, 256];
-/// How often the worker retries a failed run write.
+/// How often the flusher retries a failed run write, and the merger looks for dead runs.
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Sizes of the structure.
@@ -145,7 +146,7 @@ struct Inner {
     /// Per stream prefix, bounds on its entries' `created` (12-byte keys): at or below the
     /// oldest and at or above the newest (retention may leave them wider than exact). Filled
     /// on first use, widened by every insert.
-    spans: Mutex<std::collections::HashMap<Vec<u8>, Option<Span>>>,
+    spans: Mutex<HashMap<Vec<u8>, Option<Span>>>,
     version: RwLock<Arc<Version>>,
     /// The first kept sequence: entries below it are dead.
     floor: AtomicU64,
@@ -165,7 +166,7 @@ struct Inner {
     flushing: Mutex<()>,
 }
 
-/// Work for the worker thread.
+/// Work for the flusher thread.
 enum Work {
     /// A memtable was frozen.
     Flush,
@@ -173,7 +174,7 @@ enum Work {
     Close(SyncSender<Result<(), Error>>),
 }
 
-/// The worker's channel: dropping the last handle stops it.
+/// The flusher's channel: dropping the last handle stops it (and with it the merger).
 struct Worker(Mutex<Option<SyncSender<Work>>>);
 
 /// The entries of one index: cheap to clone, shared by the index thread and readers.
@@ -208,15 +209,12 @@ impl Entries {
         let mut next_run = ids.iter().max().map_or(1, |m| m + 1);
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let id = name.strip_suffix(".run").and_then(|n| u64::from_str_radix(n, 16).ok());
-            if let Some(id) = id {
+            if let Some(id) = run_id(&entry.path()) {
                 next_run = next_run.max(id + 1);
                 if ids.contains(&id) {
                     continue;
                 }
-            } else if name == MANIFEST {
+            } else if entry.file_name() == MANIFEST {
                 continue;
             }
             std::fs::remove_file(entry.path())?;
@@ -226,7 +224,7 @@ impl Entries {
             dir,
             config,
             cache: Arc::new(BlockCache::new(config.cache_bytes)),
-            spans: Mutex::new(std::collections::HashMap::new()),
+            spans: Mutex::new(HashMap::new()),
             version: RwLock::new(Arc::new(version)),
             floor: AtomicU64::new(floor),
             inserted: AtomicU64::new(through),
@@ -254,10 +252,12 @@ impl Entries {
     /// by its value).
     pub fn insert(&self, batch: Vec<Box<[u8]>>, through: u64) {
         let version = self.inner.current();
-        let mut widened: Vec<(Vec<u8>, [u8; 12])> = Vec::new();
+        // Under the spans lock, so a span being read meanwhile (`Entries::span`) sees the
+        // batch's entries and their widening together.
+        let mut spans = self.inner.spans.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for e in &batch {
             if let Some((prefix, created)) = split_entry(e) {
-                widened.push((prefix.to_vec(), created));
+                widen(&mut spans, prefix, created);
             }
         }
         let len = {
@@ -266,7 +266,7 @@ impl Entries {
             set.extend(batch);
             set.len()
         };
-        self.inner.widen(widened);
+        drop(spans);
         version.active.through.fetch_max(through, Ordering::AcqRel);
         self.inner.inserted.fetch_max(through, Ordering::AcqRel);
         if len >= self.inner.config.freeze_entries && self.inner.freeze() {
@@ -325,27 +325,6 @@ impl Entries {
 }
 
 impl Inner {
-    /// Widens the known spans of the streams that have one.
-    fn widen(&self, entries: Vec<(Vec<u8>, [u8; 12])>) {
-        let mut spans = self.spans.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (prefix, created) in entries {
-            match spans.get_mut(&prefix) {
-                Some(Some((lo, hi))) => {
-                    if created[..] < lo[..] {
-                        *lo = created.to_vec();
-                    }
-                    if created[..] > hi[..] {
-                        *hi = created.to_vec();
-                    }
-                }
-                Some(None) => {
-                    spans.insert(prefix, Some((created.to_vec(), created.to_vec())));
-                }
-                None => {}
-            }
-        }
-    }
-
     fn current(&self) -> Arc<Version> {
         self.version.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
@@ -387,16 +366,36 @@ impl Inner {
                 let live = set.iter().filter(|e| seq_of(e) >= floor).map(Ok);
                 self.new_run(live, through)?
             };
-            let _manifest = self.manifest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut runs = self.current().runs.clone();
-            runs.extend(run);
-            self.write_manifest(&runs, through)?;
-            self.swap(|v| Version {
-                active: v.active.clone(),
-                frozen: v.frozen.iter().filter(|m| !Arc::ptr_eq(m, &mem)).cloned().collect(),
-                runs: runs.clone(),
-            });
+            self.commit(Some((&mem, through)), |runs| runs.extend(run))?;
         }
+        Ok(())
+    }
+
+    /// Changes the runs in use: `change` edits the current list, which is recorded in the
+    /// manifest and then swapped in for readers, with the manifest lock held throughout (the
+    /// flusher and the merger each change the list). A flush passes the memtable it wrote and
+    /// the sequence it holds entries through: it leaves the frozen list, and the manifest's
+    /// `through` moves.
+    fn commit(
+        &self,
+        flushed: Option<(&Arc<Memtable>, u64)>,
+        change: impl FnOnce(&mut Vec<Arc<Run>>),
+    ) -> Result<(), Error> {
+        let _manifest = self.manifest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut runs = self.current().runs.clone();
+        change(&mut runs);
+        let through = flushed.map_or(self.durable.load(Ordering::Acquire), |(_, t)| t);
+        self.write_manifest(&runs, through)?;
+        self.swap(|v| Version {
+            active: v.active.clone(),
+            frozen: match flushed {
+                Some((mem, _)) => {
+                    v.frozen.iter().filter(|m| !Arc::ptr_eq(m, mem)).cloned().collect()
+                }
+                None => v.frozen.clone(),
+            },
+            runs,
+        });
         Ok(())
     }
 
@@ -410,17 +409,7 @@ impl Inner {
         if dead.is_empty() {
             return Ok(false);
         }
-        {
-            let _manifest = self.manifest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let kept: Vec<Arc<Run>> =
-                self.current().runs.iter().filter(|r| r.last >= floor).cloned().collect();
-            self.write_manifest(&kept, self.durable.load(Ordering::Acquire))?;
-            self.swap(|v| Version {
-                active: v.active.clone(),
-                frozen: v.frozen.clone(),
-                runs: kept.clone(),
-            });
-        }
+        self.commit(None, |runs| runs.retain(|r| r.last >= floor))?;
         for run in dead {
             std::fs::remove_file(run.path())?;
         }
@@ -464,25 +453,14 @@ impl Inner {
             }
             return Ok(false);
         }
-        {
-            let _manifest = self.manifest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let current = self.current().runs.clone();
-            let mut kept: Vec<Arc<Run>> = Vec::with_capacity(current.len());
-            for run in &current {
-                if Arc::ptr_eq(run, &inputs[0]) {
-                    kept.extend(merged.clone());
-                }
-                if !inputs.iter().any(|i| Arc::ptr_eq(i, run)) {
-                    kept.push(run.clone());
-                }
+        self.commit(None, |runs| {
+            // The merged run takes the inputs' place; runs flushed meanwhile follow it.
+            let at = runs.iter().position(|r| Arc::ptr_eq(r, &inputs[0]));
+            runs.retain(|r| !inputs.iter().any(|i| Arc::ptr_eq(i, r)));
+            if let (Some(at), Some(merged)) = (at, merged) {
+                runs.insert(at, merged);
             }
-            self.write_manifest(&kept, self.durable.load(Ordering::Acquire))?;
-            self.swap(|v| Version {
-                active: v.active.clone(),
-                frozen: v.frozen.clone(),
-                runs: kept.clone(),
-            });
-        }
+        })?;
         for old in inputs {
             std::fs::remove_file(old.path())?;
         }
@@ -522,7 +500,7 @@ impl Inner {
         buf.extend_from_slice(&through.to_le_bytes());
         buf.extend_from_slice(&(runs.len() as u32).to_le_bytes());
         for run in runs {
-            buf.extend_from_slice(&run_id(run.path()).unwrap_or(0).to_le_bytes());
+            buf.extend_from_slice(&run.id.to_le_bytes());
         }
         buf.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
         let tmp = self.dir.join("manifest.tmp");
@@ -667,6 +645,23 @@ fn read_manifest(dir: &Path) -> Result<(u64, Vec<u64>), Error> {
 fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// Widens the known span of `prefix`'s stream, if it has one, to an entry created at
+/// `created`.
+fn widen(spans: &mut HashMap<Vec<u8>, Option<Span>>, prefix: &[u8], created: [u8; 12]) {
+    let Some(span) = spans.get_mut(prefix) else { return };
+    match span {
+        Some((lo, hi)) => {
+            if created[..] < lo[..] {
+                *lo = created.to_vec();
+            }
+            if created[..] > hi[..] {
+                *hi = created.to_vec();
+            }
+        }
+        None => *span = Some((created.to_vec(), created.to_vec())),
+    }
 }
 
 /// An entry's stream prefix and `created` key.
